@@ -1,0 +1,132 @@
+"""Argument checks shared by the public functions of ncgeo.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the
+argument and says what was expected, so that the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__: list[str] = []
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking that it is finite and > 0."""
+    value = check_real(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking that it is finite and >= 0."""
+    value = check_real(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def check_real(name: str, value: Any) -> float:
+    """Return ``value`` as a finite float (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """Return ``value`` as an int after checking its type and lower bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def as_float_tensor(name: str, value: Any, ndim: int, check_finite: bool = True) -> torch.Tensor:
+    """Convert numpy/torch/sequence input to a floating torch tensor of ``ndim`` dims.
+
+    Torch tensors keep their dtype and device (and autograd graph); numpy arrays
+    and sequences become float64 CPU tensors.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - exotic objects
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+        if np.iscomplexobj(array):
+            raise TypeError(f"{name} must be real, got a complex array")
+        tensor = torch.as_tensor(array.astype(np.float64))
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(tensor.shape)}")
+    if check_finite and not bool(torch.isfinite(tensor.detach()).all()):
+        raise ValueError(f"{name} must contain only finite values")
+    return tensor
+
+
+def as_label_tensor(name: str, value: Any, length: int, num_classes: int | None,
+                    device: torch.device | None = None, check_range: bool = True) -> torch.Tensor:
+    """Convert labels to an int64 tensor of shape ``(length,)`` with values in ``[0, num_classes)``."""
+    if isinstance(value, torch.Tensor):
+        labels = value
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+        labels = labels.to(torch.int64)
+    else:
+        array = np.asarray(value)
+        if array.size == 0 and array.dtype == np.float64:
+            array = array.astype(np.int64)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+        labels = torch.as_tensor(array.astype(np.int64))
+    if labels.ndim != 1 or labels.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(labels.shape)}")
+    if device is not None:
+        labels = labels.to(device)
+    if check_range and length > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+            raise ValueError(f"{name} must lie in {bound}, got values from {low} to {high}")
+    return labels
+
+
+def as_float_array(name: str, value: Any, ndim: int | None = None) -> np.ndarray:
+    """Convert numpy/torch/sequence input to a finite float64 numpy array."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise TypeError(f"{name} must be real, got a complex array")
+    array = array.astype(np.float64)
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must contain only finite values")
+    return array

@@ -1,0 +1,265 @@
+r"""Prototype constructors and target Gram matrices.
+
+Every constructor returns a ``(d, k)`` float64 numpy array whose ``k`` columns are unit
+vectors in ``R^d`` (the convention of :mod:`ncgeo.losses`: ``W = [w_0 .. w_{k-1}]``).
+Randomness only enters through an explicit ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+
+from ._validation import as_float_array, check_choice, check_int, check_positive
+
+__all__ = [
+    "simplex_etf",
+    "orthogonal_frame",
+    "random_prototypes",
+    "prototypes_from_gram",
+    "load_prototypes",
+    "spherical_code",
+    "etf_gram",
+    "orthogonal_frame_gram",
+    "random_rotation",
+]
+
+
+def etf_gram(k: int) -> np.ndarray:
+    r"""Gram matrix of a ``k``-point simplex ETF: ``k/(k-1) (I - J/k)``.
+
+    Unit diagonal, off-diagonal entries ``-1/(k-1)``.
+    """
+    k = check_int("k", k, minimum=2)
+    return (k / (k - 1)) * (np.eye(k) - np.full((k, k), 1.0 / k))
+
+
+def orthogonal_frame_gram(k: int) -> np.ndarray:
+    """Gram matrix of an orthogonal frame: the ``k x k`` identity."""
+    k = check_int("k", k, minimum=1)
+    return np.eye(k)
+
+
+def random_rotation(d: int, seed: int | None = None) -> np.ndarray:
+    """Haar-distributed random ``d x d`` orthogonal matrix (QR of a Gaussian, signs fixed)."""
+    d = check_int("d", d, minimum=1)
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
+
+
+def _resolve_dim(d: int | None, default: int, minimum: int, what: str) -> int:
+    if d is None:
+        return default
+    d = check_int("d", d, minimum=1)
+    if d < minimum:
+        raise ValueError(f"d must be >= {minimum} for {what}, got {d}")
+    return d
+
+
+def simplex_etf(k: int, d: int | None = None, *, rotate: bool = False, seed: int | None = None) -> np.ndarray:
+    r"""Simplex equiangular tight frame of ``k`` unit vectors in ``R^d`` (``d >= k-1``).
+
+    Columns satisfy ``w_c . w_c' = -1/(k-1)`` for ``c != c'`` and ``sum_c w_c = 0``.
+    Built from an orthonormal basis of the complement of the all-ones vector,
+    ``W = sqrt(k/(k-1)) U^T`` with ``U`` (``k x (k-1)``), padded with zero rows to ``d``;
+    with ``rotate=True`` a seeded Haar rotation of ``R^d`` is applied.
+
+    Parameters
+    ----------
+    k : int
+        Number of classes, ``>= 2``.
+    d : int, optional
+        Dimension, ``>= k - 1`` (default ``k - 1``).
+    rotate : bool
+        Apply a random rotation drawn from ``seed``.
+    seed : int, optional
+        Seed of the rotation.
+    """
+    k = check_int("k", k, minimum=2)
+    d = _resolve_dim(d, k - 1, k - 1, f"a simplex ETF of k={k} points (needs d >= k-1)")
+    # orthonormal basis of 1^perp: last k-1 eigenvectors of the centring projector
+    centring = np.eye(k) - np.full((k, k), 1.0 / k)
+    _, vectors = np.linalg.eigh(centring)
+    basis = vectors[:, 1:]  # eigenvalue 0 first, then the k-1 unit eigenvalues
+    W = np.zeros((d, k))
+    W[: k - 1] = np.sqrt(k / (k - 1)) * basis.T
+    if rotate:
+        W = random_rotation(d, seed) @ W
+    return _unit_columns(W)
+
+
+def orthogonal_frame(k: int, d: int | None = None, *, rotate: bool = False, seed: int | None = None) -> np.ndarray:
+    r"""Orthogonal frame: ``k`` orthonormal vectors in ``R^d`` (``d >= k``).
+
+    Without rotation these are the standard basis vectors ``e_0 .. e_{k-1}``, the
+    non-negative variant needed with non-negative (post-ReLU) features. With
+    ``rotate=True`` a seeded Haar rotation of ``R^d`` is applied (signed entries).
+    """
+    k = check_int("k", k, minimum=1)
+    d = _resolve_dim(d, k, k, f"an orthogonal frame of k={k} vectors (needs d >= k)")
+    W = np.eye(d, k)
+    if rotate:
+        W = random_rotation(d, seed) @ W
+    return W
+
+
+def random_prototypes(k: int, d: int, *, seed: int | None = None, nonnegative: bool = False) -> np.ndarray:
+    """``k`` independent uniformly random unit vectors in ``R^d`` (normalised Gaussians).
+
+    With ``nonnegative=True`` the absolute values are taken first (uniform on the
+    non-negative orthant of the sphere).
+    """
+    k = check_int("k", k, minimum=1)
+    d = check_int("d", d, minimum=1)
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((d, k))
+    if nonnegative:
+        W = np.abs(W)
+    return _unit_columns(W)
+
+
+def prototypes_from_gram(gram, d: int | None = None, *, tol: float = 1e-8) -> np.ndarray:
+    r"""Factorise a prototype Gram matrix: return ``W`` (``d x k``) with ``W^T W = G``.
+
+    Checks that ``G`` is square, symmetric and has unit diagonal (within ``tol``), is
+    positive semidefinite (smallest eigenvalue ``>= -tol * max(1, ||G||_2)``) and has
+    numerical rank ``<= d``. Uses the eigendecomposition ``G = V diag(lambda) V^T``:
+    ``W = diag(sqrt(lambda_+)) V^T`` on the largest ``rank`` eigenvalues, padded with zero
+    rows to ``d`` (default: the rank), with columns renormalised to unit length.
+    """
+    G = as_float_array("gram", gram, ndim=2)
+    tol = check_positive("tol", tol)
+    k = G.shape[0]
+    if G.shape != (k, k) or k == 0:
+        raise ValueError(f"gram must be a square k x k matrix, got shape {G.shape}")
+    asym = float(np.max(np.abs(G - G.T)))
+    if asym > tol:
+        raise ValueError(f"gram must be symmetric, largest |G - G^T| entry is {asym:.3g}")
+    diag_err = float(np.max(np.abs(np.diag(G) - 1.0)))
+    if diag_err > tol:
+        raise ValueError(f"gram must have a unit diagonal (unit prototypes), largest |G_cc - 1| is {diag_err:.3g}")
+    G = 0.5 * (G + G.T)
+    eigenvalues, vectors = np.linalg.eigh(G)
+    scale = max(1.0, float(np.max(np.abs(eigenvalues))))
+    if eigenvalues[0] < -tol * scale:
+        raise ValueError(f"gram must be positive semidefinite, its smallest eigenvalue is {eigenvalues[0]:.3g}")
+    keep = eigenvalues > tol * scale
+    rank = int(keep.sum())
+    if d is None:
+        d = rank
+    d = check_int("d", d, minimum=1)
+    if rank > d:
+        raise ValueError(f"gram has rank {rank}, which does not fit in d = {d} dimensions (d must be >= {rank})")
+    factor = np.sqrt(eigenvalues[keep])[:, None] * vectors[:, keep].T
+    W = np.zeros((d, k))
+    W[:rank] = factor[::-1]
+    return _unit_columns(W)
+
+
+def load_prototypes(path: str | os.PathLike, d: int | None = None,
+                    kind: Literal["auto", "gram", "vectors"] = "auto", *, tol: float = 1e-6) -> np.ndarray:
+    r"""Read prototypes from ``.npy``, ``.csv`` or ``.txt`` and return ``W`` (``d x k``).
+
+    The file holds one matrix, either a Gram ``k x k`` or vectors ``d x k`` (one
+    prototype per column). ``kind="auto"`` (default) treats a square, symmetric matrix
+    with unit diagonal (within ``tol``) as a Gram, and anything else as vectors; pass
+    ``kind="gram"`` or ``kind="vectors"`` to decide explicitly. Grams are factorised with
+    :func:`prototypes_from_gram`; vectors must have unit columns (within ``tol``; they are
+    then renormalised exactly) and are padded with zero rows up to ``d``.
+    CSV/TXT files are read with comma or whitespace separators.
+    """
+    check_choice("kind", kind, ("auto", "gram", "vectors"))
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"prototype file {path!r} does not exist")
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif suffix in (".csv", ".txt"):
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            delimiter = "," if "," in text else None
+            matrix = np.loadtxt(path, delimiter=delimiter, ndmin=2)
+        else:
+            raise ValueError(f"prototype file {path!r} must end in .npy, .csv or .txt")
+    except ValueError as exc:
+        if "must end in" in str(exc):
+            raise
+        raise ValueError(f"prototype file {path!r} could not be read as a numeric matrix: {exc}") from exc
+    matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
+    if kind == "auto":
+        square = matrix.shape[0] == matrix.shape[1]
+        looks_gram = (square and np.allclose(matrix, matrix.T, atol=tol)
+                      and np.allclose(np.diag(matrix), 1.0, atol=tol))
+        kind = "gram" if looks_gram else "vectors"
+    if kind == "gram":
+        try:
+            return prototypes_from_gram(matrix, d, tol=tol)
+        except ValueError as exc:
+            raise ValueError(f"prototype file {path!r}: {exc}") from exc
+    norms = np.linalg.norm(matrix, axis=0)
+    if np.any(np.abs(norms - 1.0) > tol):
+        worst = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValueError(f"prototype file {path!r}: vectors (d x k, one per column) must have unit norm; "
+                         f"column {worst} has norm {norms[worst]:.6g}")
+    rows = matrix.shape[0]
+    if d is None:
+        d = rows
+    d = check_int("d", d, minimum=1)
+    if rows > d:
+        raise ValueError(f"prototype file {path!r} holds vectors of dimension {rows} > d = {d}")
+    W = np.zeros((d, matrix.shape[1]))
+    W[:rows] = matrix
+    return _unit_columns(W)
+
+
+def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 2000,
+                   energy_power: float = 2.0) -> np.ndarray:
+    r"""Numerical spherical code: ``k`` well-separated unit vectors in ``R^d``.
+
+    Minimises the Riesz ``s``-energy ``sum_{c < c'} ||w_c - w_{c'}||^{-s}`` (``s =
+    energy_power``) over the product of spheres by projected gradient descent with a
+    backtracking step, from a seeded random start. Useful when ``k > d + 1`` (no ETF
+    exists); for ``k <= d + 1`` it approaches the simplex ETF.
+    """
+    k = check_int("k", k, minimum=2)
+    d = check_int("d", d, minimum=2)
+    iterations = check_int("iterations", iterations, minimum=1)
+    s = check_positive("energy_power", energy_power)
+    W = random_prototypes(k, d, seed=seed).T  # rows
+
+    def energy_and_grad(X):
+        diff = X[:, None, :] - X[None, :, :]
+        dist2 = np.sum(diff**2, axis=-1) + np.eye(k)
+        inv = dist2 ** (-s / 2)
+        np.fill_diagonal(inv, 0.0)
+        energy = 0.5 * inv.sum()
+        coef = -s * inv / dist2
+        np.fill_diagonal(coef, 0.0)
+        grad = np.einsum("ij,ijk->ik", coef, diff)
+        return energy, grad
+
+    step = 0.1
+    energy, grad = energy_and_grad(W)
+    for _ in range(iterations):
+        tangent = grad - np.sum(grad * W, axis=1, keepdims=True) * W
+        if np.linalg.norm(tangent) < 1e-12 * max(1.0, energy):
+            break
+        while True:
+            candidate = W - step * tangent / max(1.0, np.linalg.norm(tangent))
+            candidate /= np.linalg.norm(candidate, axis=1, keepdims=True)
+            new_energy, new_grad = energy_and_grad(candidate)
+            if new_energy <= energy or step < 1e-12:
+                break
+            step *= 0.5
+        W, energy, grad = candidate, new_energy, new_grad
+        step *= 1.2
+    return _unit_columns(W.T)
+
+
+def _unit_columns(W: np.ndarray) -> np.ndarray:
+    return W / np.linalg.norm(W, axis=0, keepdims=True)

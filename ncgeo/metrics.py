@@ -1,0 +1,368 @@
+r"""Neural-collapse metrics and Gram distances (THEORY.md section 6).
+
+Inputs are embeddings ``H`` of shape ``(N, d)`` (numpy or torch, any float dtype, any
+device), integer labels ``y`` of shape ``(N,)`` and, where needed, prototypes ``W`` of
+shape ``(d, k)``. Class statistics are accumulated in float64 over chunks of samples
+(:class:`ClassStatistics`), so ``N = 10^6`` embeddings of dimension 512 need only
+``O(k d + d^2)`` extra memory. Class means are the columns of ``M`` (``d x k``).
+
+Conventions (one definition each):
+
+* ``gram_distance(M, G*) = || M^T M / ||M^T M||_F - G* / ||G*||_F ||_F``.
+* Distance to the ETF uses the **centred** means ``mu_c - mu_G`` (``mu_G`` the unweighted
+  mean of the class means); distances to the OF and to the prototypes use the
+  **uncentred** means.
+* ``NC1 = (1/k) tr(Sigma_W Sigma_B^+)`` with ``Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i -
+  mu_{y_i})^T`` and ``Sigma_B = (1/k) sum_c (mu_c - mu_G)(mu_c - mu_G)^T``.
+* Only classes that occur in ``y`` enter (``k`` is then their number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._validation import as_float_tensor, as_label_tensor, check_int
+from .geometry import etf_gram
+
+__all__ = [
+    "ClassStatistics",
+    "GeometryMetrics",
+    "class_means",
+    "gram_distance",
+    "delta_to_etf",
+    "delta_to_orthogonal_frame",
+    "delta_to_prototypes",
+    "nc1",
+    "equinorm",
+    "equiangularity",
+    "mean_pairwise_cosine",
+    "prototype_alignment",
+    "ncc_accuracy",
+    "nearest_prototype_accuracy",
+    "class_mean_cosines",
+    "geometry_metrics",
+]
+
+DEFAULT_CHUNK = 65536
+
+
+class ClassStatistics:
+    r"""Streaming per-class counts, means and pooled within-class covariance.
+
+    Call :meth:`update` with chunks ``(H_chunk, y_chunk)``; all sums are float64 on
+    ``device``. The within-class scatter is accumulated around a per-class shift (the
+    first chunk's class mean) to avoid cancellation:
+    ``N Sigma_W = sum_i (h_i - s_{y_i})(h_i - s_{y_i})^T - sum_c n_c (mu_c - s_c)(mu_c - s_c)^T``.
+    Memory ``O(k d + d^2)`` regardless of the number of samples.
+    """
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device | str | None = None):
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        self.dim = check_int("dim", dim, minimum=1)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        kw = dict(dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(self.num_classes, **kw)
+        self._shift = torch.zeros(self.num_classes, self.dim, **kw)
+        self._shift_set = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
+        self._shifted_sum = torch.zeros(self.num_classes, self.dim, **kw)
+        self._scatter = torch.zeros(self.dim, self.dim, **kw)
+
+    def update(self, embeddings, labels) -> "ClassStatistics":
+        """Add a chunk of embeddings ``(n, d)`` with labels ``(n,)``; returns ``self``."""
+        H = as_float_tensor("embeddings", embeddings, ndim=2)
+        if H.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have {self.dim} columns, got shape {tuple(H.shape)}")
+        H = H.detach().to(device=self.device, dtype=torch.float64)
+        y = as_label_tensor("labels", labels, H.shape[0], self.num_classes, device=self.device)
+        if H.shape[0] == 0:
+            return self
+        one_hot = torch.nn.functional.one_hot(y, self.num_classes).to(torch.float64)
+        chunk_counts = one_hot.sum(dim=0)
+        new = (chunk_counts > 0) & ~self._shift_set
+        if bool(new.any()):
+            chunk_means = (one_hot.T @ H) / chunk_counts.clamp_min(1.0)[:, None]
+            self._shift[new] = chunk_means[new]
+            self._shift_set |= new
+        centred = H - self._shift[y]
+        self.counts += chunk_counts
+        self._shifted_sum += one_hot.T @ centred
+        self._scatter += centred.T @ centred
+        return self
+
+    @classmethod
+    def from_embeddings(cls, embeddings, labels, num_classes: int | None = None,
+                        chunk_size: int = DEFAULT_CHUNK) -> "ClassStatistics":
+        """Accumulate all of ``embeddings`` in chunks of ``chunk_size`` rows."""
+        H = as_float_tensor("embeddings", embeddings, ndim=2)
+        y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=H.device)
+        if num_classes is None:
+            num_classes = int(y.max()) + 1 if y.numel() else 1
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+        stats = cls(num_classes, H.shape[1], device=H.device)
+        for start in range(0, H.shape[0], chunk_size):
+            stats.update(H[start:start + chunk_size], y[start:start + chunk_size])
+        return stats
+
+    @property
+    def present(self) -> torch.Tensor:
+        """Boolean mask of the classes seen so far."""
+        return self.counts > 0
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+    def means(self) -> torch.Tensor:
+        """Class means ``M`` of the present classes, shape ``(d, k_present)``, float64."""
+        present = self.present
+        if not bool(present.any()):
+            raise ValueError("no samples were accumulated")
+        offset = self._shifted_sum[present] / self.counts[present][:, None]
+        return (self._shift[present] + offset).T
+
+    def within_covariance(self) -> torch.Tensor:
+        """Pooled within-class covariance ``Sigma_W`` (``d x d``), normalised by ``N``."""
+        present = self.present
+        offset = self._shifted_sum[present] / self.counts[present][:, None]
+        correction = (offset * self.counts[present][:, None]).T @ offset
+        sigma = (self._scatter - correction) / self.total
+        return 0.5 * (sigma + sigma.T)
+
+
+def _stats(embeddings, labels, num_classes=None) -> ClassStatistics:
+    if isinstance(embeddings, ClassStatistics):
+        return embeddings
+    return ClassStatistics.from_embeddings(embeddings, labels, num_classes)
+
+
+def class_means(embeddings, labels, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class means and counts: ``(M, counts)`` with ``M`` of shape ``(d, k)``.
+
+    Classes without samples get a zero mean and count 0.
+    """
+    stats = _stats(embeddings, labels, num_classes)
+    M = torch.zeros(stats.dim, stats.num_classes, dtype=torch.float64, device=stats.device)
+    M[:, stats.present] = stats.means()
+    return M.cpu().numpy(), stats.counts.cpu().numpy()
+
+
+def _matrix(name: str, value) -> np.ndarray:
+    return as_float_tensor(name, value, ndim=2).detach().cpu().to(torch.float64).numpy()
+
+
+def gram_distance(means, target) -> float:
+    r"""``Delta(M, G*) = || M^T M / ||M^T M||_F - G*/||G*||_F ||_F`` for ``M`` of shape ``(d, k)``.
+
+    Scale-free: 0 when the Gram of the columns of ``M`` is proportional to ``target``,
+    at most 2. No centring is done here.
+    """
+    M = _matrix("means", means)
+    G = _matrix("target", target)
+    if G.shape != (M.shape[1], M.shape[1]):
+        raise ValueError(f"target must be {M.shape[1]} x {M.shape[1]} to match the {M.shape[1]} "
+                         f"columns of means, got shape {G.shape}")
+    gram = M.T @ M
+    norm_gram, norm_target = np.linalg.norm(gram), np.linalg.norm(G)
+    if norm_gram == 0 or norm_target == 0:
+        raise ValueError("gram_distance is undefined for an all-zero means or target matrix")
+    return float(np.linalg.norm(gram / norm_gram - G / norm_target))
+
+
+def _centred(M: np.ndarray) -> np.ndarray:
+    return M - M.mean(axis=1, keepdims=True)
+
+
+def _present_means(embeddings, labels, num_classes=None) -> tuple[np.ndarray, np.ndarray]:
+    stats = _stats(embeddings, labels, num_classes)
+    return stats.means().cpu().numpy(), stats.present.cpu().numpy()
+
+
+def delta_to_etf(embeddings, labels) -> float:
+    """``Delta`` between the **centred** class means and the simplex-ETF Gram."""
+    M, _ = _present_means(embeddings, labels)
+    return gram_distance(_centred(M), etf_gram(M.shape[1]))
+
+
+def delta_to_orthogonal_frame(embeddings, labels) -> float:
+    """``Delta`` between the **uncentred** class means and the identity (OF) Gram."""
+    M, _ = _present_means(embeddings, labels)
+    return gram_distance(M, np.eye(M.shape[1]))
+
+
+def delta_to_prototypes(embeddings, labels, prototypes) -> float:
+    """``Delta`` between the **uncentred** class means and ``G_W = W^T W``."""
+    W = _matrix("prototypes", prototypes)
+    M, present = _present_means(embeddings, labels, W.shape[1])
+    Wp = W[:, present]
+    return gram_distance(M, Wp.T @ Wp)
+
+
+def nc1(embeddings, labels) -> float:
+    r"""``NC1 = (1/k) tr(Sigma_W Sigma_B^+)`` (Papyan et al. 2020).
+
+    ``Sigma_B`` is the covariance of the class means around their unweighted mean; the
+    pseudo-inverse drops eigenvalues below ``1e-12`` times the largest.
+    """
+    stats = _stats(embeddings, labels)
+    M = stats.means()
+    k = M.shape[1]
+    centred = M - M.mean(dim=1, keepdim=True)
+    sigma_b = (centred @ centred.T / k).cpu().numpy()
+    sigma_w = stats.within_covariance().cpu().numpy()
+    return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-12, hermitian=True)) / k)
+
+
+def equinorm(embeddings, labels) -> float:
+    """Coefficient of variation (std / mean, population std) of ``||mu_c - mu_G||``."""
+    M, _ = _present_means(embeddings, labels)
+    norms = np.linalg.norm(_centred(M), axis=0)
+    return float(norms.std() / norms.mean())
+
+
+def _cosines(M: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(M, axis=0)
+    if np.any(norms == 0):
+        raise ValueError("a class mean is zero; its cosine with other means is undefined")
+    unit = M / norms
+    return unit.T @ unit
+
+
+def equiangularity(embeddings, labels) -> float:
+    """Mean over ``c != c'`` of ``|cos(mu_c - mu_G, mu_c' - mu_G) + 1/(k-1)|`` (centred means)."""
+    M, _ = _present_means(embeddings, labels)
+    k = M.shape[1]
+    if k < 2:
+        raise ValueError("equiangularity needs at least 2 classes")
+    cos = _cosines(_centred(M))
+    off = ~np.eye(k, dtype=bool)
+    return float(np.mean(np.abs(cos[off] + 1.0 / (k - 1))))
+
+
+def mean_pairwise_cosine(embeddings, labels) -> float:
+    """Mean over ``c != c'`` of ``cos(mu_c, mu_c')`` of the **uncentred** class means."""
+    M, _ = _present_means(embeddings, labels)
+    k = M.shape[1]
+    if k < 2:
+        raise ValueError("mean_pairwise_cosine needs at least 2 classes")
+    cos = _cosines(M)
+    return float(np.mean(cos[~np.eye(k, dtype=bool)]))
+
+
+def class_mean_cosines(embeddings, labels, num_classes: int | None = None) -> np.ndarray:
+    """``k x k`` matrix of cosines between the uncentred class means (NaN for absent classes)."""
+    stats = _stats(embeddings, labels, num_classes)
+    k = stats.num_classes
+    out = np.full((k, k), np.nan)
+    present = stats.present.cpu().numpy()
+    out[np.ix_(present, present)] = _cosines(stats.means().cpu().numpy())
+    return out
+
+
+def prototype_alignment(embeddings, labels, prototypes) -> float:
+    """``mean_c cos(mu_c, w_c)`` over the present classes."""
+    W = _matrix("prototypes", prototypes)
+    M, present = _present_means(embeddings, labels, W.shape[1])
+    Wp = W[:, present]
+    cos = np.sum(M * Wp, axis=0) / (np.linalg.norm(M, axis=0) * np.linalg.norm(Wp, axis=0))
+    return float(np.mean(cos))
+
+
+def _accuracy_from_predictions(prediction: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, np.ndarray]:
+    correct = torch.zeros(k, dtype=torch.float64, device=y.device)
+    total = torch.zeros(k, dtype=torch.float64, device=y.device)
+    total.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+    correct.index_add_(0, y, (prediction == y).to(torch.float64))
+    per_class = (correct / total).cpu().numpy()  # NaN where a class is absent
+    present = total.cpu().numpy() > 0
+    return float(np.mean(per_class[present])), per_class
+
+
+def _nearest(embeddings, labels, centres: np.ndarray, chunk_size: int, num_classes: int):
+    H = as_float_tensor("embeddings", embeddings, ndim=2)
+    y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=H.device)
+    if centres.shape[0] != H.shape[1]:
+        raise ValueError(f"centres must have {H.shape[1]} rows (the embedding dimension), got {centres.shape}")
+    C = torch.as_tensor(centres, dtype=torch.float64, device=H.device)
+    predictions = []
+    for start in range(0, H.shape[0], chunk_size):
+        chunk = H[start:start + chunk_size].detach().to(torch.float64)
+        distance = (chunk**2).sum(1, keepdim=True) - 2 * chunk @ C + (C**2).sum(0)[None, :]
+        predictions.append(distance.argmin(dim=1))
+    prediction = torch.cat(predictions) if predictions else y.new_empty(0)
+    return _accuracy_from_predictions(prediction, y, num_classes)
+
+
+def ncc_accuracy(embeddings, labels, means, chunk_size: int = DEFAULT_CHUNK) -> tuple[float, np.ndarray]:
+    """Nearest-class-centre accuracy: ``(balanced, per_class)``.
+
+    Each sample is assigned to the class whose mean (a column of ``means``, ``d x k``,
+    e.g. the training means from :func:`class_means`) is nearest in Euclidean distance.
+    ``balanced`` is the mean of the per-class accuracies over the classes present in
+    ``labels``; ``per_class`` has NaN for absent classes. Classes whose mean column is
+    all-zero (absent from training) are never predicted.
+    """
+    M = _matrix("means", means).copy()
+    M[:, ~np.any(M != 0, axis=0)] = np.inf
+    return _nearest(embeddings, labels, M, chunk_size, M.shape[1])
+
+
+def nearest_prototype_accuracy(embeddings, labels, prototypes,
+                               chunk_size: int = DEFAULT_CHUNK) -> tuple[float, np.ndarray]:
+    """Nearest-prototype accuracy ``(balanced, per_class)``: predict ``argmin_c ||h - w_c||``.
+
+    For unit prototypes this equals ``argmax_c h.w_c``.
+    """
+    W = _matrix("prototypes", prototypes)
+    return _nearest(embeddings, labels, W, chunk_size, W.shape[1])
+
+
+@dataclass(frozen=True)
+class GeometryMetrics:
+    """Summary of the class-mean geometry; see the module docstring for the definitions."""
+
+    nc1: float
+    delta_etf: float
+    delta_of: float
+    delta_prototypes: float | None
+    equinorm: float
+    equiangularity: float
+    mean_cosine: float
+    alignment: float | None
+    ncc_accuracy: float
+    nearest_prototype_accuracy: float | None
+    gram_means: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["gram_means"] = np.asarray(self.gram_means).tolist()
+        return out
+
+
+def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | None = None) -> GeometryMetrics:
+    """All the metrics of THEORY.md section 6 for one set of embeddings (one pass + NCC pass)."""
+    H = as_float_tensor("embeddings", embeddings, ndim=2)
+    W = None if prototypes is None else _matrix("prototypes", prototypes)
+    if W is not None:
+        if W.shape[0] != H.shape[1]:
+            raise ValueError(f"prototypes must have shape (d, k) with d = {H.shape[1]}, got {W.shape}")
+        num_classes = W.shape[1]
+    stats = ClassStatistics.from_embeddings(H, labels, num_classes)
+    M_full, _ = class_means(stats, None)
+    ncc, _ = ncc_accuracy(H, labels, M_full)
+    return GeometryMetrics(
+        nc1=nc1(stats, None),
+        delta_etf=delta_to_etf(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
+        delta_of=delta_to_orthogonal_frame(stats, None),
+        delta_prototypes=None if W is None else delta_to_prototypes(stats, None, W),
+        equinorm=equinorm(stats, None),
+        equiangularity=equiangularity(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
+        mean_cosine=mean_pairwise_cosine(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
+        alignment=None if W is None else prototype_alignment(stats, None, W),
+        ncc_accuracy=ncc,
+        nearest_prototype_accuracy=None if W is None else nearest_prototype_accuracy(H, labels, W)[0],
+        gram_means=class_mean_cosines(stats, None),
+    )
