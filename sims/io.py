@@ -1,0 +1,128 @@
+"""Atomic writers for the studies' tables, JSON summaries and figures.
+
+Every file is first written to a temporary file in the target directory and then moved
+into place with :func:`os.replace`, so a reader (or a crash) never sees half a file:
+``DIR/NAME.csv`` (tidy table), ``DIR/NAME.json`` (settings, seconds, verdict, rows),
+``DIR/NAME.png`` and ``DIR/NAME.pdf`` (figure).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["write_text_atomic", "write_json_atomic", "write_csv_atomic", "save_figure_atomic",
+           "jsonable", "table_columns"]
+
+
+def _atomic_write(path: str | os.PathLike, data: bytes) -> str:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return _atomic_write(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any, strict: bool = True) -> Any:
+    """Convert numpy/torch scalars and arrays, tuples and dataclass dicts to plain JSON values.
+
+    With ``strict=True`` non-finite floats become ``None`` (standard JSON has no NaN).
+    """
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, strict) for v in value]
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), strict)
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if strict and not math.isfinite(value):
+            return None
+        return value
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, strict: bool = False) -> str:
+    """Write ``obj`` as indented JSON atomically.
+
+    ``strict=False`` keeps NaN/inf as the (Python-readable) tokens ``NaN``/``Infinity``;
+    ``strict=True`` writes them as ``null``.
+    """
+    text = json.dumps(jsonable(obj, strict), indent=1, allow_nan=not strict, sort_keys=False)
+    return write_text_atomic(path, text + "\n")
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Column names of a tidy table: keys in order of first appearance over all rows."""
+    columns: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                columns.append(key)
+    return columns
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
+                     columns: Iterable[str] | None = None) -> str:
+    """Write a tidy table (one dict per row, scalar values) as CSV atomically.
+
+    Missing values and ``None`` are empty cells; lists/dicts are written as JSON text;
+    floats use ``repr`` (round-trip precision).
+    """
+    columns = list(columns) if columns is not None else table_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = jsonable(row.get(column), strict=False)
+            if value is None:
+                cells.append("")
+            elif isinstance(value, (list, dict)):
+                cells.append(json.dumps(value))
+            else:
+                cells.append(repr(value) if isinstance(value, float) else str(value))
+        writer.writerow(cells)
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def save_figure_atomic(figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"),
+                       dpi: int = 110) -> list[str]:
+    """Save a matplotlib figure as ``stem.png`` and ``stem.pdf`` (atomically); returns the paths."""
+    paths = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        paths.append(_atomic_write(f"{os.fspath(stem)}.{fmt}", buffer.getvalue()))
+    return paths

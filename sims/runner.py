@@ -1,0 +1,244 @@
+r"""Resumable, parallel sweep runner shared by every study.
+
+A sweep is a list of **points** (plain JSON-serialisable dicts of settings) and a
+top-level function ``compute(point) -> dict`` (the result of that point: plain values).
+:func:`run_sweep` evaluates the points in parallel over CPU cores with a
+:class:`concurrent.futures.ProcessPoolExecutor` and stores every finished point as
+
+    DIR/NAME.points/<key>.json     {"point": {...}, "result": {...}, "seconds": s}
+
+written atomically (temporary file + ``os.replace``), where ``key`` is a hash of the
+point's canonical JSON. A point whose file exists is read back and never recomputed,
+so an interrupted sweep resumes where it stopped and a finished sweep is free to
+rerun (e.g. to redraw a figure). Progress goes to stderr.
+
+Worker processes are started with the ``forkserver`` method (safe with torch and
+cvxpy; the computing module is preloaded once) and each limits torch to one thread,
+so ``workers`` processes use ``workers`` cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from .io import write_json_atomic
+
+__all__ = ["SweepOutcome", "point_key", "run_sweep", "resolve_workers", "grid", "Progress"]
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """Stable file key of a point: the first 16 hex digits of SHA-256 of its canonical JSON."""
+    text = json.dumps(point, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``workers`` validated (an int ``>= 1``); ``None`` means ``os.cpu_count()``."""
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an integer, got {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers}")
+    return workers
+
+
+class Progress:
+    """A one-line progress bar on stderr: ``name [#####.....] done/total (cached) elapsed ETA``.
+
+    On a terminal the line is redrawn in place; otherwise one line is printed per 10 %.
+    """
+
+    def __init__(self, name: str, total: int, cached: int = 0, stream=None, enabled: bool = True):
+        self.name, self.total, self.cached = name, total, cached
+        self.done = cached
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled and total > 0
+        self.start = time.perf_counter()
+        self._last_decile = -1
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._draw()
+
+    def step(self, count: int = 1) -> None:
+        self.done += count
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        fraction = self.done / self.total
+        elapsed = time.perf_counter() - self.start
+        computed = self.done - self.cached
+        remaining = self.total - self.done
+        eta = elapsed / computed * remaining if computed > 0 else math.nan
+        width = 24
+        filled = int(round(width * fraction))
+        bar = "#" * filled + "." * (width - filled)
+        eta_text = "--" if math.isnan(eta) else f"{eta:.0f}s"
+        line = (f"{self.name} [{bar}] {self.done}/{self.total} points ({self.cached} cached) "
+                f"{elapsed:.0f}s elapsed, ETA {eta_text}")
+        if self._tty:
+            end = "\n" if self.done >= self.total else ""
+            self.stream.write("\r" + line + end)
+            self.stream.flush()
+        else:
+            decile = int(10 * fraction)
+            if decile != self._last_decile or self.done >= self.total:
+                if decile != self._last_decile:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
+                self._last_decile = decile
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What :func:`run_sweep` returns.
+
+    Attributes
+    ----------
+    results : list of dict
+        ``{"point": ..., "result": ..., "seconds": ...}`` in the order of the input points.
+    computed : int
+        Number of points evaluated in this call.
+    cached : int
+        Number of points read back from ``DIR/NAME.points`` (not recomputed).
+    seconds : float
+        Wall time of the call.
+    """
+
+    results: list[dict[str, Any]]
+    computed: int
+    cached: int
+    seconds: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Flat rows: each point's settings merged with its result (result keys win)."""
+        return [{**entry["point"], **entry["result"]} for entry in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"computed": self.computed, "cached": self.cached, "seconds": self.seconds,
+                "points": len(self.results)}
+
+
+def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
+    start = time.perf_counter()
+    result = compute(point)
+    if not isinstance(result, dict):
+        raise TypeError(f"a sweep's compute function must return a dict, got {type(result).__name__}")
+    return result, time.perf_counter() - start
+
+
+def _init_worker() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _read_point(path: str, point: dict) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            entry = json.load(handle)
+    except (OSError, ValueError):
+        return None  # unreadable or truncated by a crash: recompute
+    if entry.get("point") != json.loads(json.dumps(point)) or "result" not in entry:
+        return None
+    return entry
+
+
+def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, Any]],
+              compute: Callable[[dict[str, Any]], dict[str, Any]], *, workers: int | None = None,
+              progress: bool = True) -> SweepOutcome:
+    """Evaluate ``compute`` on every point, in parallel, skipping points already stored.
+
+    Parameters
+    ----------
+    name : str
+        Sweep name; points are stored under ``out_dir/name.points/``.
+    out_dir : path
+        Output directory (created if missing).
+    points : sequence of dict
+        JSON-serialisable settings, one dict per point; duplicates are evaluated once.
+    compute : callable
+        A **top-level** (picklable) function ``point -> dict`` of plain values.
+    workers : int, optional
+        Number of processes (default ``os.cpu_count()``); ``1`` computes in this process.
+    progress : bool
+        Draw a progress bar on stderr.
+
+    Returns
+    -------
+    SweepOutcome
+        Results in the order of ``points``, with the numbers computed and cached.
+    """
+    if not isinstance(name, str) or not name or os.sep in name:
+        raise ValueError(f"name must be a non-empty file name, got {name!r}")
+    workers = resolve_workers(workers)
+    points = [dict(p) for p in points]
+    for i, point in enumerate(points):
+        try:
+            json.dumps(point, allow_nan=True)
+        except TypeError as exc:
+            raise TypeError(f"points[{i}] must be JSON-serialisable: {exc}") from exc
+    start = time.perf_counter()
+    store = os.path.join(os.fspath(out_dir), f"{name}.points")
+    os.makedirs(store, exist_ok=True)
+    keys = [point_key(p) for p in points]
+    entries: dict[str, dict] = {}
+    todo: dict[str, dict] = {}
+    for key, point in zip(keys, points):
+        if key in entries or key in todo:
+            continue
+        entry = _read_point(os.path.join(store, f"{key}.json"), point)
+        if entry is None:
+            todo[key] = point
+        else:
+            entries[key] = entry
+    cached = len(entries)
+    bar = Progress(name, len(entries) + len(todo), cached=cached, enabled=progress)
+
+    def finish(key: str, result: dict, seconds: float) -> None:
+        entry = {"point": todo[key], "result": result, "seconds": seconds}
+        write_json_atomic(os.path.join(store, f"{key}.json"), entry)
+        entries[key] = json.loads(json.dumps(entry, allow_nan=True))
+        bar.step()
+
+    if todo and (workers == 1 or len(todo) == 1):
+        for key, point in todo.items():
+            finish(key, *_timed(compute, point))
+    elif todo:
+        module = getattr(compute, "__module__", None)
+        context = multiprocessing.get_context("forkserver")
+        preload = ["torch", "cvxpy"] + ([module] if module and module != "__main__" else [])
+        context.set_forkserver_preload(preload)
+        with futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                                         initializer=_init_worker) as pool:
+            pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
+            try:
+                for future in futures.as_completed(pending):
+                    finish(pending[future], *future.result())
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    return SweepOutcome(results=[entries[key] for key in keys], computed=len(todo), cached=cached,
+                        seconds=time.perf_counter() - start)
+
+
+def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
+    """Cartesian product of named axes as a list of point dicts (last axis fastest)."""
+    points: list[dict[str, Any]] = [{}]
+    for axis, values in axes.items():
+        points = [{**p, axis: v} for p in points for v in values]
+    return points

@@ -1,0 +1,157 @@
+"""What every study shares: its result type, its option specs and how its files are written.
+
+A study is a pair of functions
+
+* ``run_NAME(out_dir, quick=False, workers=None, **options) -> StudyResult``: runs the
+  sweep (resumable, see :mod:`sims.runner`), writes ``DIR/NAME.csv``, ``DIR/NAME.json``,
+  ``DIR/NAME.png`` and ``DIR/NAME.pdf``, and returns the tidy table and a verdict;
+* ``plot_NAME(rows, settings) -> matplotlib.figure.Figure``.
+
+Options are declared once as :class:`Option` specs (name, type, quick and full
+defaults, help); :func:`resolve_settings` merges the user's options into the defaults
+and the CLI builds its flags from the same specs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .io import jsonable, save_figure_atomic, write_csv_atomic, write_json_atomic
+
+__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "finish_study", "parse_float_list"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Pass/fail of a study against the theory, with the reason in words and numbers."""
+
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": bool(self.passed), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Outcome of one study.
+
+    Attributes
+    ----------
+    name : str
+        Study name (``limit``, ``geometry``, ...).
+    rows : list of dict
+        The tidy table: one dict of plain values per row (also written to ``NAME.csv``).
+    verdict : Verdict
+        Pass/fail against the theory, with the reason.
+    settings : dict
+        The settings used (defaults merged with the options).
+    seconds : float
+        Wall time of the run, including cached points and writing the files.
+    files : tuple of str
+        Paths written.
+    summary : dict
+        Study-specific numbers behind the verdict (fitted slopes, worst Deltas, ...).
+    """
+
+    name: str
+    rows: list[dict[str, Any]]
+    verdict: Verdict
+    settings: dict[str, Any]
+    seconds: float
+    files: tuple[str, ...] = ()
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"name": self.name, "verdict": self.verdict.to_dict(), "settings": self.settings,
+                         "seconds": self.seconds, "summary": self.summary, "files": list(self.files),
+                         "rows": self.rows})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One study option: ``name`` (Python identifier), ``kind`` (``int``, ``float``, ``str``,
+    ``bool``, ``floats`` = comma-separated floats, ``ints``, ``strs``), quick and full defaults
+    and a help line."""
+
+    name: str
+    kind: str
+    quick: Any
+    full: Any
+    help: str
+
+    def parse(self, value: Any) -> Any:
+        """Convert a user value (possibly a string from the CLI) to the option's type."""
+        if value is None:
+            return None
+        try:
+            if self.kind == "int":
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                return int(value)
+            if self.kind == "float":
+                if isinstance(value, bool):
+                    raise ValueError
+                return float(value)
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    lowered = value.lower()
+                    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    return lowered in ("true", "1", "yes")
+                return bool(value)
+            if self.kind == "str":
+                return str(value)
+            if self.kind in ("floats", "ints", "strs"):
+                items = value.split(",") if isinstance(value, str) else list(value)
+                items = [item.strip() if isinstance(item, str) else item for item in items]
+                items = [item for item in items if item != ""]
+                convert = {"floats": float, "ints": int, "strs": str}[self.kind]
+                return [convert(item) for item in items]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option {self.name} expects {self.kind}, got {value!r}") from exc
+        raise ValueError(f"unknown option kind {self.kind!r}")  # pragma: no cover
+
+
+def parse_float_list(name: str, value: Any) -> list[float]:
+    """A list of floats from a list or a comma-separated string; errors name ``name``."""
+    return Option(name, "floats", None, None, "").parse(value)
+
+
+def resolve_settings(study: str, specs: Sequence[Option], quick: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults (quick or full) overridden by ``options``; unknown names raise ``ValueError``."""
+    known = {spec.name: spec for spec in specs}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"study {study!r} has no option {', '.join(unknown)}; "
+                         f"its options are {', '.join(sorted(known))}")
+    settings = {spec.name: (spec.quick if quick else spec.full) for spec in specs}
+    for name, value in options.items():
+        if value is not None:
+            settings[name] = known[name].parse(value)
+    settings["quick"] = bool(quick)
+    return settings
+
+
+def finish_study(name: str, out_dir: str | os.PathLike, rows: list[dict[str, Any]], verdict: Verdict,
+                 settings: dict[str, Any], start: float, plot: Callable[[list, dict], Any],
+                 summary: dict[str, Any] | None = None) -> StudyResult:
+    """Write ``NAME.csv``, draw and save ``NAME.png``/``.pdf``, write ``NAME.json``; return the result."""
+    import matplotlib.pyplot as plt
+
+    out_dir = os.fspath(out_dir)
+    stem = os.path.join(out_dir, name)
+    files = [write_csv_atomic(stem + ".csv", rows)]
+    figure = plot(rows, settings)
+    try:
+        files += save_figure_atomic(figure, stem)
+    finally:
+        plt.close(figure)
+    files.append(stem + ".json")
+    result = StudyResult(name=name, rows=rows, verdict=verdict, settings=settings,
+                         seconds=time.perf_counter() - start, files=tuple(files), summary=summary or {})
+    write_json_atomic(stem + ".json", result.to_dict(), strict=True)
+    return result

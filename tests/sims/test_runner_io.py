@@ -1,0 +1,102 @@
+"""Sweep runner (parallel, resumable) and atomic writers of sims."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import matplotlib
+import pytest
+
+from sims.io import save_figure_atomic, write_csv_atomic, write_json_atomic
+from sims.runner import grid, point_key, run_sweep
+from sims.study import Option, resolve_settings
+
+
+def square_with_marker(point):
+    """Count computations: every call appends a line to the marker file named in the point."""
+    with open(point["marker"], "a", encoding="utf-8") as handle:
+        handle.write(f"{point['x']}\n")
+    return {"square": point["x"] ** 2}
+
+
+def cube(point):
+    return {"cube": point["x"] ** 3, "pid": os.getpid()}
+
+
+def test_resumed_sweep_recomputes_nothing(tmp_path):
+    marker = str(tmp_path / "marker.txt")
+    points = grid(x=[1, 2, 3, 4], marker=[marker])
+    first = run_sweep("demo", tmp_path, points, square_with_marker, workers=1, progress=False)
+    assert first.computed == 4 and first.cached == 0
+    assert [row["square"] for row in first.rows()] == [1, 4, 9, 16]
+    again = run_sweep("demo", tmp_path, points, square_with_marker, workers=1, progress=False)
+    assert again.computed == 0 and again.cached == 4
+    assert again.rows() == first.rows()
+    with open(marker) as handle:
+        assert len(handle.read().split()) == 4  # nothing recomputed
+    # a new point is the only one computed; a truncated file is recomputed
+    extended = points + [{"x": 5, "marker": marker}]
+    store = tmp_path / "demo.points"
+    with open(store / f"{point_key(points[0])}.json", "w") as handle:
+        handle.write('{"point": ')
+    third = run_sweep("demo", tmp_path, extended, square_with_marker, workers=1, progress=False)
+    assert third.computed == 2 and third.cached == 3
+    assert [row["square"] for row in third.rows()] == [1, 4, 9, 16, 25]
+    assert not [p for p in os.listdir(store) if p.startswith(".tmp")]
+
+
+def test_parallel_sweep_matches_and_resumes(tmp_path, capsys):
+    points = grid(x=[0, 1, 2, 3, 4, 5])
+    outcome = run_sweep("par", tmp_path, points, cube, workers=2, progress=True)
+    assert [row["cube"] for row in outcome.rows()] == [x**3 for x in range(6)]
+    assert "par [" in capsys.readouterr().err  # progress bar on stderr
+    assert run_sweep("par", tmp_path, points, cube, workers=2, progress=False).computed == 0
+
+
+def test_point_key_is_order_independent():
+    assert point_key({"a": 1, "b": 2.5}) == point_key({"b": 2.5, "a": 1})
+    assert point_key({"a": 1}) != point_key({"a": 2})
+
+
+def test_bad_arguments_name_themselves(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep("x", tmp_path, [{"x": 1}], cube, workers=0)
+    with pytest.raises(TypeError, match="points"):
+        run_sweep("x", tmp_path, [{"x": object()}], cube, workers=1)
+    with pytest.raises(ValueError, match="no option bogus"):
+        resolve_settings("demo", [Option("k", "int", 2, 3, "classes")], True, {"bogus": 1})
+    with pytest.raises(ValueError, match="option k expects int"):
+        resolve_settings("demo", [Option("k", "int", 2, 3, "classes")], True, {"k": "two"})
+
+
+def test_atomic_writers(tmp_path):
+    rows = [{"a": 1, "b": 0.1}, {"a": 2, "c": float("nan")}]
+    path = write_csv_atomic(tmp_path / "t.csv", rows)
+    with open(path) as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["a"] for r in table] == ["1", "2"] and table[0]["b"] == "0.1" and table[1]["b"] == ""
+    write_json_atomic(tmp_path / "t.json", {"x": float("nan"), "y": [1, 2]}, strict=True)
+    with open(tmp_path / "t.json") as handle:
+        assert json.load(handle) == {"x": None, "y": [1, 2]}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure()
+    paths = save_figure_atomic(figure, tmp_path / "fig")
+    plt.close(figure)
+    assert [os.path.basename(p) for p in paths] == ["fig.png", "fig.pdf"]
+    with open(paths[0], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_failed_write_leaves_old_file(tmp_path):
+    target = tmp_path / "keep.json"
+    write_json_atomic(target, {"old": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"bad": object()})
+    with open(target) as handle:
+        assert json.load(handle) == {"old": 1}
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
