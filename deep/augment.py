@@ -1,0 +1,153 @@
+"""Batched data augmentation on tensors, on the data's own device (THEORY.md section 7).
+
+Random crop with zero padding and random horizontal flip, as in the SupCon training code,
+but for a whole batch at once: the crop and flip of every image are one gather from the
+zero-padded batch (no loop over images, no host round trip), so a training set kept on the
+GPU as ``uint8`` is augmented there. Images are ``(N, C, H, W)``; any dtype.
+
+Randomness comes only from the ``generator`` argument. Random numbers are drawn on the
+generator's device and moved to the images' device; pass a generator that lives on the
+images' device (``torch.Generator(device="cuda")``) to keep the step free of host
+synchronisation. Draw order (fixed, so runs are reproducible): vertical offsets, horizontal
+offsets, then flip decisions, each of length ``views * N`` (view-major).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ncgeo._validation import check_int, check_real
+
+__all__ = [
+    "augment_batch",
+    "augment_views",
+    "random_crop",
+    "random_crop_flip",
+    "random_horizontal_flip",
+    "to_float",
+]
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch tensor, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    return images
+
+
+def _draw(kind: str, high: int, size: int, generator: torch.Generator | None,
+          device: torch.device) -> torch.Tensor:
+    """``size`` integers in ``[0, high)`` (``kind="int"``) or uniforms in [0, 1) (``"uniform"``),
+    drawn on the generator's device and moved to ``device``."""
+    where = generator.device if generator is not None else device
+    if kind == "int":
+        values = torch.randint(0, high, (size,), generator=generator, device=where)
+    else:
+        values = torch.rand((size,), generator=generator, device=where)
+    return values.to(device, non_blocking=True)
+
+
+def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+             std: Sequence[float] | torch.Tensor, *, dtype: torch.dtype = torch.float32,
+             channels_last: bool = False) -> torch.Tensor:
+    r"""Normalise ``uint8`` images: ``out[:, c] = (x[:, c] / 255 - mean_c) / std_c``.
+
+    Computed as one fused ``addcmul`` (``x * (1 / (255 std)) - mean / std``) in ``dtype`` on the
+    images' device. With ``channels_last=True`` the result uses ``torch.channels_last`` memory
+    format (the conversion is done on the ``uint8`` input, the cheaper tensor).
+    """
+    images = _check_images(images)
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    channels = images.shape[1]
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+    if mean_t.numel() != channels or std_t.numel() != channels:
+        raise ValueError(f"mean and std must have {channels} entries (one per channel), "
+                         f"got {mean_t.numel()} and {std_t.numel()}")
+    if not bool((std_t > 0).all()):
+        raise ValueError("std must be > 0")
+    scale = (1.0 / (255.0 * std_t)).to(device=images.device, dtype=dtype).view(1, channels, 1, 1)
+    shift = (-mean_t / std_t).to(device=images.device, dtype=dtype).view(1, channels, 1, 1)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    out = torch.addcmul(shift, images.to(dtype), scale)
+    if channels_last:
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()
+
+
+def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
+                     generator: torch.Generator | None = None, views: int = 1) -> torch.Tensor:
+    r"""Random crop with zero padding and (optionally) random horizontal flip, fused.
+
+    Each output image ``v * N + i`` (``v < views``) is the ``H x W`` window at offset
+    ``(a, b)``, ``a, b`` uniform in ``{0, ..., 2 padding}``, of image ``i`` zero-padded by
+    ``padding`` pixels on every side, mirrored left-right with probability 1/2 when ``flip``:
+    ``out[v N + i, c, r, s] = P_i[c, a + r, b + s']`` with ``s' = W - 1 - s`` if flipped else
+    ``s``. One gather from the padded batch; the result is ``(views N, C, H, W)`` in
+    ``channels_last`` memory layout.
+    """
+    images = _check_images(images)
+    padding = check_int("padding", padding, minimum=0)
+    views = check_int("views", views, minimum=1)
+    n, _, height, width = images.shape
+    total, device = views * n, images.device
+    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    top = _draw("int", 2 * padding + 1, total, generator, device)
+    left = _draw("int", 2 * padding + 1, total, generator, device)
+    rows = top[:, None] + torch.arange(height, device=device)             # (V N, H)
+    cols = left[:, None] + torch.arange(width, device=device)             # (V N, W)
+    if flip:
+        mirrored = _draw("uniform", 0, total, generator, device) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    source = torch.arange(n, device=device).repeat(views)
+    # advanced indices around a slice: the result is (V N, H, W, C); permuting back gives a
+    # (V N, C, H, W) tensor whose strides are exactly channels_last.
+    out = padded[source[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def random_crop(images: torch.Tensor, padding: int = 4,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop of each image from its ``padding``-pixel zero-padded version, same size as
+    the input (see :func:`random_crop_flip` with ``flip=False``); ``padding=0`` is the identity."""
+    return random_crop_flip(images, padding, flip=False, generator=generator)
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator | None = None,
+                           probability: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right (``torch.flip(x, [-1])``) independently with
+    ``probability``; one uniform is drawn per image."""
+    images = _check_images(images)
+    p = check_real("probability", probability)
+    if not 0 <= p <= 1:
+        raise ValueError(f"probability must lie in [0, 1], got {p}")
+    mirrored = _draw("uniform", 0, images.shape[0], generator, images.device) < p
+    return torch.where(mirrored.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def augment_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+                  std: Sequence[float] | torch.Tensor, views: int = 2, padding: int = 4,
+                  generator: torch.Generator | None = None, *, flip: bool = True,
+                  dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """``views`` independently augmented copies of a ``uint8`` batch, normalised, as one tensor
+    ``(views N, C, H, W)`` ordered view-major (rows ``v N .. v N + N - 1`` are view ``v`` of
+    images ``0 .. N - 1``): :func:`random_crop_flip` then :func:`to_float`."""
+    crops = random_crop_flip(images, padding, flip, generator, views)
+    return to_float(crops, mean, std, dtype=dtype, channels_last=channels_last)
+
+
+def augment_views(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+                  std: Sequence[float] | torch.Tensor, views: int = 2, padding: int = 4,
+                  generator: torch.Generator | None = None, *, flip: bool = True,
+                  dtype: torch.dtype = torch.float32, channels_last: bool = False) -> list[torch.Tensor]:
+    """The views of :func:`augment_batch` as a list of ``views`` tensors ``(N, C, H, W)`` (slices
+    of one tensor; use :func:`augment_batch` directly to avoid a later ``torch.cat``)."""
+    batch = augment_batch(images, mean, std, views, padding, generator, flip=flip, dtype=dtype,
+                          channels_last=channels_last)
+    return list(batch.split(images.shape[0]))
