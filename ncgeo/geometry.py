@@ -182,15 +182,19 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
         elif suffix in (".csv", ".txt"):
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
+            if not text.strip():
+                raise ValueError(f"prototype file {path!r} is empty")
             delimiter = "," if "," in text else None
             matrix = np.loadtxt(path, delimiter=delimiter, ndmin=2)
         else:
             raise ValueError(f"prototype file {path!r} must end in .npy, .csv or .txt")
     except ValueError as exc:
-        if "must end in" in str(exc):
+        if "must end in" in str(exc) or "is empty" in str(exc):
             raise
         raise ValueError(f"prototype file {path!r} could not be read as a numeric matrix: {exc}") from exc
     matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
+    if matrix.size == 0:
+        raise ValueError(f"prototype file {path!r} is empty")
     if kind == "auto":
         square = matrix.shape[0] == matrix.shape[1]
         looks_gram = (square and np.allclose(matrix, matrix.T, atol=tol)
