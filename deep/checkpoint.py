@@ -1,0 +1,148 @@
+"""Atomic files for a training run: checkpoints, JSON files and an append-only JSON-lines log.
+
+Every whole-file write goes to a temporary file in the same folder, is flushed and
+``fsync``-ed, then moved over the target with ``os.replace`` (atomic on POSIX): a run
+killed at any moment leaves either the old or the new file, never a torn one. Lines of
+``metrics.jsonl`` are appended with one ``write`` followed by ``flush`` and ``fsync``.
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: only tensors, numbers,
+strings and plain containers are accepted, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_save_arrays",
+    "append_jsonl",
+    "read_jsonl",
+    "rewrite_jsonl",
+    "save_checkpoint",
+    "load_checkpoint",
+    "json_ready",
+]
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def json_ready(value: Any) -> Any:
+    """Convert numpy/torch values to JSON types; non-finite floats become ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_ready(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` (after :func:`json_ready`) as indented JSON, atomically."""
+    text = json.dumps(json_ready(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Save named arrays as an uncompressed ``.npz`` atomically (read with ``allow_pickle=False``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(a) for name, a in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON object as one line; flushed and fsync-ed before returning."""
+    line = json.dumps(json_ready(record), sort_keys=True, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(line)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete lines of a JSON-lines file (a torn last line, without newline, is ignored)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as stream:
+        text = stream.read()
+    records = []
+    for number, line in enumerate(text.split("\n")[:-1]):  # the part after the last newline is torn
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number + 1} is not valid JSON: {exc}") from exc
+    return records
+
+
+def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file by ``records`` atomically."""
+    text = "".join(json.dumps(json_ready(r), sort_keys=True, allow_nan=False) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """``torch.save`` a state dictionary (tensors, numbers, strings, containers) atomically.
+
+    ``state`` gets the key ``"format"`` (:data:`CHECKPOINT_FORMAT`).
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
+
+    Raises ``ValueError`` naming the file when it is missing, unreadable, or of another format.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise ValueError(f"checkpoint {path!r} could not be loaded safely: {' '.join(str(exc).split())[:300]}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path!r} is not an ncgeo deep checkpoint (format {CHECKPOINT_FORMAT})")
+    return state

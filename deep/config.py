@@ -1,0 +1,362 @@
+"""Configuration of a deep training run: one frozen dataclass, its checks and its sources.
+
+A :class:`TrainConfig` can be built from keyword arguments, from a TOML file whose keys
+are the command-line option names (``batch-size = 128``; ``batch_size`` is accepted too)
+or from both, the explicit options winning. Every check raises ``ValueError`` or
+``TypeError`` naming the command-line option, so the CLI prints one line.
+
+Defaults follow THEORY.md section 7: ResNet-18, SGD lr 0.1, momentum 0.9, weight decay
+5e-4, multistep schedule (x0.1 at 50% and 75% of the epochs unless ``milestones`` is
+given), tau 0.1, batch 128 images (each seen in two augmented views, so 256 samples per
+contrastive batch), ETF prototypes with multiplicity ``protos`` (``n_w``; 0 is plain SCL).
+
+This module imports neither torch nor the rest of ``deep`` so that ``ncgeo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "RESUME_MUTABLE", "load_toml", "train_options",
+           "option_name", "resolve_config"]
+
+DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "fmnist")
+ARCH_CHOICES = ("resnet18", "resnet34")
+FEATURE_CHOICES = ("signed", "nonnegative", "linear", "mlp")
+IMBALANCE_CHOICES = ("none", "step", "exp")
+SCHEDULE_CHOICES = ("multistep", "cosine")
+LOSS_CHOICES = ("scl", "ce", "ce-fixed")
+GEOMETRY_NAMES = ("etf", "of", "random")
+#: fields that may differ between a run and its ``--resume`` (they do not change the result)
+RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume"})
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{option_name(name)} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option_name(name)} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{option_name(name)} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_real(name: str, value: Any, minimum: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option_name(name)} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{option_name(name)} must be a finite number {relation} {minimum:g}, got {value!r}")
+    return value
+
+
+def _parse_milestones(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        parts = [part for part in value.replace(" ", ",").split(",") if part]
+        try:
+            value = [int(part) for part in parts]
+        except ValueError as exc:
+            raise ValueError(f"--milestones must be comma-separated epochs such as 15,22, got {value!r}") from exc
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"--milestones must be a list of epochs, got {value!r}")
+    out = tuple(_check_int("milestones", item, 1) for item in value)
+    if list(out) != sorted(set(out)):
+        raise ValueError(f"--milestones must be strictly increasing, got {list(out)}")
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All options of ``ncgeo deep train`` (field ``batch_size`` is option ``--batch-size``).
+
+    Attributes
+    ----------
+    dataset : {"cifar10", "cifar100", "mnist", "fmnist"}
+    data_root : str or None
+        Folder holding the dataset files (default: the reader's standard place).
+    arch : {"resnet18", "resnet34"}
+    width : int
+        Channels of the first ResNet stage (64 is the standard network).
+    feature : {"signed", "nonnegative", "linear", "mlp"}
+        Feature head: L2-normalised penultimate output without (signed) or with the final
+        ReLU (non-negative), or a linear / MLP projection to ``feature_dim``.
+    feature_dim : int or None
+        Dimension ``d`` of a linear/MLP head (None: the model's default).
+    imbalance, ratio :
+        Subsampling of the training set (THEORY.md section 1): ``none``, ``step`` or ``exp``
+        with ratio ``R >= 1``.
+    protos : float
+        ``n_w``, copies of every prototype in each batch (real ``>= 0``; 0 = plain SCL).
+    geometry : str
+        Prototypes: ``etf``, ``of``, ``random`` or the path of a Gram / vector file.
+    epochs, batch_size, lr, momentum, weight_decay :
+        SGD; ``batch_size`` counts images, each contributes ``views = 2`` samples.
+    schedule : {"multistep", "cosine"}
+    milestones : tuple of int
+        Epochs where multistep multiplies the rate by 0.1 (empty: 50% and 75% of ``epochs``).
+    warmup_epochs : float
+        Linear warm-up from 0.1 x lr, in epochs (0: none).
+    tau : float
+        Temperature of the SCL / the logit scale ``1/tau`` of ``ce-fixed``.
+    loss : {"scl", "ce", "ce-fixed"}
+        SCL with prototypes, CE with a learnt linear classifier, or CE with the fixed
+        prototype classifier on normalised features.
+    eval_every : int
+        Evaluate (and append to ``metrics.jsonl``) every this many epochs, and after the last.
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
+    seed : int
+    out : str
+        Run folder.
+    resume : bool
+        Continue the run in ``out`` from its checkpoint (start afresh when there is none).
+    max_train_samples, max_test_samples : int or None
+        Keep at most this many images, drawn per class in the proportions of the set.
+    eval_batch_size, log_every, progress :
+        Evaluation chunk size, steps between progress lines, progress on/off.
+    """
+
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    arch: str = "resnet18"
+    width: int = 64
+    feature: str = "signed"
+    feature_dim: int | None = None
+    imbalance: str = "none"
+    ratio: float = 1.0
+    protos: float = 0.0
+    geometry: str = "etf"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: tuple[int, ...] = field(default_factory=tuple)
+    warmup_epochs: float = 0.0
+    tau: float = 0.1
+    loss: str = "scl"
+    eval_every: int = 1
+    device: str = "auto"
+    seed: int = 0
+    out: str = "runs/deep"
+    resume: bool = False
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    eval_batch_size: int = 512
+    log_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("dataset", _check_choice("dataset", self.dataset, DATASET_CHOICES))
+        put("arch", _check_choice("arch", self.arch, ARCH_CHOICES))
+        put("feature", _check_choice("feature", self.feature, FEATURE_CHOICES))
+        put("imbalance", _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES))
+        put("schedule", _check_choice("schedule", self.schedule, SCHEDULE_CHOICES))
+        put("loss", _check_choice("loss", self.loss, LOSS_CHOICES))
+        for name in ("data_root", "out", "device", "geometry"):
+            value = getattr(self, name)
+            if value is None and name == "data_root":
+                continue
+            if not isinstance(value, str):
+                raise TypeError(f"{option_name(name)} must be a string, got {value!r}")
+            if not value.strip():
+                raise ValueError(f"{option_name(name)} must not be empty")
+        put("width", _check_int("width", self.width, 1))
+        if self.feature_dim is not None:
+            put("feature_dim", _check_int("feature_dim", self.feature_dim, 1))
+        put("ratio", _check_real("ratio", self.ratio, 1.0))
+        put("protos", _check_real("protos", self.protos, 0.0))
+        put("epochs", _check_int("epochs", self.epochs, 1))
+        put("batch_size", _check_int("batch_size", self.batch_size, 1))
+        put("lr", _check_real("lr", self.lr, 0.0, strict=True))
+        put("momentum", _check_real("momentum", self.momentum, 0.0))
+        put("weight_decay", _check_real("weight_decay", self.weight_decay, 0.0))
+        put("milestones", _parse_milestones(self.milestones))
+        put("warmup_epochs", _check_real("warmup_epochs", self.warmup_epochs, 0.0))
+        put("tau", _check_real("tau", self.tau, 0.0, strict=True))
+        put("eval_every", _check_int("eval_every", self.eval_every, 1))
+        put("seed", _check_int("seed", self.seed, 0))
+        for name in ("max_train_samples", "max_test_samples"):
+            if getattr(self, name) is not None:
+                put(name, _check_int(name, getattr(self, name), 1))
+        put("eval_batch_size", _check_int("eval_batch_size", self.eval_batch_size, 1))
+        put("log_every", _check_int("log_every", self.log_every, 1))
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"--momentum must be < 1, got {self.momentum}")
+        if self.milestones and self.milestones[-1] > self.epochs:
+            raise ValueError(f"--milestones must not exceed --epochs ({self.epochs}), got {list(self.milestones)}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup-epochs must be smaller than --epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.geometry not in GEOMETRY_NAMES and not os.path.isfile(self.geometry):
+            raise ValueError(f"--geometry must be one of {', '.join(GEOMETRY_NAMES)} or the path of a "
+                             f"prototype file, got {self.geometry!r} (no such file)")
+
+    @property
+    def effective_milestones(self) -> tuple[int, ...]:
+        """The multistep milestones in epochs (the default: 50% and 75% of ``epochs``)."""
+        if self.milestones:
+            return self.milestones
+        return tuple(sorted({m for m in (self.epochs // 2, (3 * self.epochs) // 4) if 0 < m < self.epochs}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary keyed by field name (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping whose keys are field names or option names (``batch-size``)."""
+        return cls(**_normalise_keys(values, source="configuration"))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: "TrainConfig", ignore=RESUME_MUTABLE) -> list[str]:
+        """Option names whose values differ between ``self`` and ``other``."""
+        return [option_name(f.name) for f in dataclasses.fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _normalise_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in _FIELDS:
+            known = ", ".join(sorted(option_name(n)[2:] for n in _FIELDS))
+            raise ValueError(f"unknown option {key!r} in the {source} (known: {known})")
+        if name in out:
+            raise ValueError(f"option {key!r} is given twice in the {source}")
+        out[name] = value
+    return out
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file of options (keys are option names, e.g. ``batch-size``) as field names.
+
+    A ``[train]`` table is used when present, else the top level.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ValueError(f"--config file {path!r} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config file {path!r} is not valid TOML: {exc}") from exc
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    return _normalise_keys(data, source=f"--config file {path!r}")
+
+
+def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | None = None) -> TrainConfig:
+    """Combine defaults, a TOML file and explicit options (``None`` values mean "not given").
+
+    With ``resume`` and a run folder that already holds ``config.json``, that stored
+    configuration is the base: options given now must agree with it, except
+    :data:`RESUME_MUTABLE` ones (a mismatch raises ``ValueError`` naming the option).
+    """
+    given = _normalise_keys({k: v for k, v in options.items() if v is not None}, source="options")
+    values = load_toml(config_file) if config_file is not None else {}
+    values.update(given)
+    config = TrainConfig(**values)
+    stored_path = os.path.join(config.out, "config.json")
+    if config.resume and os.path.isfile(stored_path):
+        with open(stored_path, encoding="utf-8") as handle:
+            stored = TrainConfig.from_dict(json.load(handle))
+        merged = stored.replace(**values)
+        mismatched = merged.differences(stored)
+        if mismatched:
+            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {config.out!r}; "
+                             "only --device, --progress and --log-every may change")
+        config = merged
+    return config
+
+
+def _option_specs():
+    """``(field, click type, help)`` of every ``ncgeo deep train`` option, in help order."""
+    import click
+
+    return [
+        ("dataset", click.Choice(DATASET_CHOICES), "Image dataset."),
+        ("data_root", str, "Folder of the dataset files (default: the reader's standard place)."),
+        ("arch", click.Choice(ARCH_CHOICES), "Network."),
+        ("width", int, "Channels of the first ResNet stage (64 = standard)."),
+        ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU normalised output, or a linear/MLP projection)."),
+        ("feature_dim", int, "Dimension of a linear/MLP head (default 128)."),
+        ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (THEORY.md section 1)."),
+        ("ratio", float, "Imbalance ratio R >= 1."),
+        ("protos", float, "n_w: copies of every prototype in each batch (0 = plain SCL)."),
+        ("geometry", str, "Prototypes: etf, of, random or a Gram/vector file (.npy/.csv/.txt)."),
+        ("epochs", int, "Training epochs."),
+        ("batch_size", int, "Images per batch (each in 2 augmented views)."),
+        ("lr", float, "Learning rate."),
+        ("momentum", float, "SGD momentum."),
+        ("weight_decay", float, "SGD weight decay."),
+        ("schedule", click.Choice(SCHEDULE_CHOICES), "Learning-rate schedule."),
+        ("milestones", str, "Multistep epochs, comma-separated (default: 50% and 75% of the epochs)."),
+        ("warmup_epochs", float, "Linear warm-up from 0.1 x lr over this many epochs."),
+        ("tau", float, "Temperature (logit scale 1/tau for ce-fixed)."),
+        ("loss", click.Choice(LOSS_CHOICES), "scl (with prototypes), ce (learnt linear classifier), ce-fixed (prototype classifier)."),
+        ("eval_every", int, "Evaluate every this many epochs (and after the last)."),
+        ("device", str, "auto, cpu, cuda, cuda:N."),
+        ("seed", int, "Seed of the initialisation, shuffling, augmentation and subsampling."),
+        ("out", str, "Run folder."),
+        ("max_train_samples", int, "Keep at most this many training images (class proportions kept)."),
+        ("max_test_samples", int, "Keep at most this many test images (balanced)."),
+        ("eval_batch_size", int, "Images per evaluation chunk."),
+        ("log_every", int, "Steps between progress lines."),
+    ]
+
+
+def train_options(function):
+    """Click decorator adding every :class:`TrainConfig` option plus ``--config FILE.toml``.
+
+    Every option defaults to ``None`` ("not given"; the dataclass default applies), so
+    :func:`resolve_config` can let explicit options override the TOML file.
+    """
+    import click
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    decorators = [click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                               help="TOML file whose keys are these option names (explicit options win).")]
+    for name, kind, text in _option_specs():
+        default = defaults[name]
+        shown = "" if default is None or default is dataclasses.MISSING else f"  [default: {default}]"
+        decorators.append(click.option(option_name(name), name, type=kind, default=None, help=text + shown))
+    decorators.append(click.option("--resume", "resume", is_flag=True, default=None,
+                                   help="Continue the run in --out from its checkpoint."))
+    decorators.append(click.option("--progress/--no-progress", "progress", default=None,
+                                   help="Progress lines on stderr  [default: on]."))
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function

@@ -1,0 +1,161 @@
+r"""Evaluation of a feature network: the THEORY.md section 6 metrics on a train and a test set.
+
+The network embeds the un-augmented images in chunks of ``batch_size`` (eval mode, no
+gradient, on the images' device); the embeddings ``H`` (``N x d``, float32) stay on that
+device and the class statistics are accumulated in float64 with
+:class:`ncgeo.metrics.ClassStatistics`. Every number comes from :mod:`ncgeo.metrics`
+(one definition each):
+
+* ``delta_prototypes``: ``Delta(M, G_W)`` with uncentred class means ``M`` (``d x k``);
+* ``delta_etf``: ``Delta`` of the centred means to the simplex-ETF Gram;
+* ``delta_of``: ``Delta`` of the uncentred means to the identity;
+* ``nc1 = (1/k) tr(Sigma_W Sigma_B^+)``; ``equinorm``, ``equiangularity``, ``mean_cosine``;
+* ``alignment = mean_c cos(mu_c, w_c)``;
+* ``ncc_accuracy``: nearest class mean, with the **training** class means for both sets;
+* ``nearest_prototype_accuracy``: ``argmax_c h.w_c``;
+
+accuracies balanced (mean over present classes) and per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ncgeo.metrics import (
+    ClassStatistics,
+    class_means,
+    delta_to_etf,
+    delta_to_orthogonal_frame,
+    delta_to_prototypes,
+    equiangularity,
+    equinorm,
+    mean_pairwise_cosine,
+    nc1,
+    ncc_accuracy,
+    nearest_prototype_accuracy,
+    prototype_alignment,
+)
+
+from .augment import to_float
+
+__all__ = ["SplitMetrics", "embed", "evaluate_split", "evaluate_run"]
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    """Geometry and accuracy of one set of embeddings (see the module docstring).
+
+    ``means`` (``d x k``, zero columns for absent classes) and ``gram_means`` (``M^T M``
+    of the uncentred means, ``k x k``) are kept for reports; ``to_dict`` includes
+    ``gram_means`` but not ``means``.
+    """
+
+    samples: int
+    delta_prototypes: float
+    delta_etf: float
+    delta_of: float
+    nc1: float
+    equinorm: float
+    equiangularity: float
+    mean_cosine: float
+    alignment: float
+    ncc_accuracy: float
+    nearest_prototype_accuracy: float
+    ncc_per_class: np.ndarray
+    nearest_prototype_per_class: np.ndarray
+    class_counts: np.ndarray
+    gram_means: np.ndarray
+    means: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "delta_prototypes": self.delta_prototypes,
+            "delta_etf": self.delta_etf,
+            "delta_of": self.delta_of,
+            "nc1": self.nc1,
+            "equinorm": self.equinorm,
+            "equiangularity": self.equiangularity,
+            "mean_cosine": self.mean_cosine,
+            "alignment": self.alignment,
+            "ncc_accuracy": self.ncc_accuracy,
+            "nearest_prototype_accuracy": self.nearest_prototype_accuracy,
+            "ncc_per_class": self.ncc_per_class.tolist(),
+            "nearest_prototype_per_class": self.nearest_prototype_per_class.tolist(),
+            "class_counts": self.class_counts.astype(int).tolist(),
+            "gram_means": self.gram_means.tolist(),
+        }
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512) -> torch.Tensor:
+    """Features ``(N, d)`` (float32, on the images' device) of ``uint8`` images ``(N, C, H, W)``.
+
+    The model is put in eval mode for the pass and restored to its previous mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model(to_float(images[start:start + batch_size], mean, std)).float()
+                  for start in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, getattr(model, "feature_dim", 0),
+                                                        device=images.device)
+
+
+def evaluate_split(embeddings: torch.Tensor, labels: torch.Tensor, prototypes, num_classes: int,
+                   reference_means: np.ndarray | None = None) -> SplitMetrics:
+    """Metrics of ``embeddings`` ``(N, d)`` with ``labels`` ``(N,)`` against ``prototypes`` ``(d, k)``.
+
+    ``reference_means`` (``d x k``) are the class means used by the NCC classifier (the
+    training means); by default the means of these embeddings.
+    """
+    W = torch.as_tensor(prototypes, dtype=torch.float64).cpu().numpy()
+    stats = ClassStatistics.from_embeddings(embeddings, labels, num_classes)
+    means, counts = class_means(stats, None)
+    present = int(stats.present.sum())
+    reference = means if reference_means is None else reference_means
+    ncc, ncc_per_class = ncc_accuracy(embeddings, labels, reference)
+    proto, proto_per_class = nearest_prototype_accuracy(embeddings, labels, W)
+    several = present >= 2
+    return SplitMetrics(
+        samples=int(embeddings.shape[0]),
+        delta_prototypes=delta_to_prototypes(stats, None, W),
+        delta_etf=delta_to_etf(stats, None) if several else float("nan"),
+        delta_of=delta_to_orthogonal_frame(stats, None),
+        nc1=nc1(stats, None),
+        equinorm=equinorm(stats, None),
+        equiangularity=equiangularity(stats, None) if several else float("nan"),
+        mean_cosine=mean_pairwise_cosine(stats, None) if several else float("nan"),
+        alignment=prototype_alignment(stats, None, W),
+        ncc_accuracy=ncc,
+        nearest_prototype_accuracy=proto,
+        ncc_per_class=ncc_per_class,
+        nearest_prototype_per_class=proto_per_class,
+        class_counts=counts,
+        gram_means=means.T @ means,
+        means=means,
+    )
+
+
+def evaluate_run(model: torch.nn.Module, train_set, test_set, prototypes: torch.Tensor,
+                 batch_size: int = 512) -> tuple[SplitMetrics, SplitMetrics | None]:
+    """Evaluate on the training set (its own means) and the test set (training means for NCC).
+
+    ``train_set``/``test_set`` are :class:`deep.data.ImageDataset` on the model's device;
+    ``test_set`` may be ``None``. Returns ``(train_metrics, test_metrics)``.
+    """
+    k = train_set.num_classes
+    H = embed(model, train_set.images, train_set.mean, train_set.std, batch_size)
+    train = evaluate_split(H, train_set.labels, prototypes, k)
+    del H
+    test = None
+    if test_set is not None and len(test_set) > 0:
+        H = embed(model, test_set.images, train_set.mean, train_set.std, batch_size)
+        test = evaluate_split(H, test_set.labels, prototypes, k, reference_means=train.means)
+    return train, test

@@ -1,0 +1,441 @@
+r"""Training engine: SCL with prototypes (or a CE baseline) on a ResNet, geometry logged per epoch.
+
+One step (THEORY.md sections 2 and 7): a batch of ``b`` images is augmented on its device
+into ``views = 2`` crops-and-flips each; the ``2 b`` views are samples of the batch with the
+label of their image, and the loss is
+
+* ``scl``: :func:`ncgeo.losses.scl_prototype_loss` with ``n_w = --protos`` copies of every
+  prototype (never materialised), temperature ``tau``, **mean** over the ``2 b`` sample
+  anchors;
+* ``ce``: cross-entropy of a learnt linear classifier (with bias) on the un-normalised
+  penultimate features ``z`` (the standard baseline), mean over the views;
+* ``ce-fixed``: :func:`ncgeo.losses.fixed_classifier_cross_entropy` with the prototypes as
+  fixed classifier on the normalised features, logit scale ``1/tau``, mean over the views
+  (the ``n_w -> infinity`` limit of ``scl``, THEORY.md section 4).
+
+Optimiser: SGD with momentum and weight decay; the rate follows an optional linear warm-up
+(``torch.optim.lr_scheduler.LinearLR`` from 0.1 x lr) then ``MultiStepLR`` (x0.1 at the
+milestones) or ``CosineAnnealingLR``, chained with ``SequentialLR`` and stepped every
+iteration. Each epoch draws one permutation of the training set from a CPU generator
+(``drop_last``: ``floor(N / b)`` steps); the augmentation draws from a generator on the data's
+device. The training set stays on the device as ``uint8``; :func:`train_step` neither
+synchronises with the host nor validates its inputs (the loss is returned as a device tensor).
+
+Run folder ``--out``: ``config.json``, ``run.json`` (class counts, dimensions, model used),
+``prototypes.npz`` (``W``, ``d x k``), ``metrics.jsonl`` (one line per evaluation: epoch,
+step, lr, mean training loss, ``train`` and ``test`` metrics of :mod:`deep.evaluate`; epoch 0
+is the initial network), ``timing.jsonl`` (seconds and images/s per epoch, kept apart so
+that metrics lines are reproducible bit for bit), ``means.npz`` (latest class means) and
+``checkpoint.pt`` (written atomically after every epoch). ``--resume`` reloads the model,
+objective, optimiser, scheduler and both generators and continues to the same parameters,
+bit for bit on CPU, as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncgeo.classes import class_sizes
+from ncgeo.geometry import load_prototypes, orthogonal_frame, random_prototypes, simplex_etf
+from ncgeo.losses import fixed_classifier_cross_entropy, scl_prototype_loss
+
+from .augment import augment_batch
+from .checkpoint import (
+    append_jsonl,
+    atomic_save_arrays,
+    atomic_write_json,
+    load_checkpoint,
+    read_jsonl,
+    rewrite_jsonl,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .data import ImageDataset, imbalanced_indices, load_dataset
+from .evaluate import evaluate_run
+from .models import build_model
+
+__all__ = [
+    "VIEWS",
+    "PADDING",
+    "Objective",
+    "resolve_device",
+    "build_prototypes",
+    "prepare_data",
+    "build_optimizer",
+    "build_scheduler",
+    "train_step",
+    "train",
+    "main",
+]
+
+VIEWS = 2
+PADDING = 4
+WARMUP_START_FACTOR = 0.1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a torch device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
+                     nonnegative: bool = False) -> np.ndarray:
+    """Prototypes ``W`` (``dim x num_classes``, unit columns) from an :mod:`ncgeo.geometry` constructor.
+
+    ``etf``: :func:`~ncgeo.geometry.simplex_etf` (needs ``dim >= k - 1``); ``of``:
+    :func:`~ncgeo.geometry.orthogonal_frame` (standard basis, non-negative; ``dim >= k``);
+    ``random``: :func:`~ncgeo.geometry.random_prototypes` (non-negative when the features are);
+    anything else is a file read by :func:`~ncgeo.geometry.load_prototypes`.
+    """
+    try:
+        if geometry == "etf":
+            W = simplex_etf(num_classes, dim)
+        elif geometry == "of":
+            W = orthogonal_frame(num_classes, dim)
+        elif geometry == "random":
+            W = random_prototypes(num_classes, dim, seed=seed, nonnegative=nonnegative)
+        else:
+            W = load_prototypes(geometry, dim)
+    except ValueError as exc:
+        raise ValueError(f"--geometry {geometry!r} with {num_classes} classes in dimension {dim}: {exc}") from exc
+    if W.shape != (dim, num_classes):
+        raise ValueError(f"--geometry {geometry!r} gives prototypes of shape {W.shape}, "
+                         f"expected ({dim}, {num_classes}) (feature dimension x classes)")
+    return W
+
+
+class Objective(nn.Module):
+    """The training loss as a module of ``(model, images, labels)`` (see the module docstring).
+
+    Holds the prototypes as a buffer and, for ``ce``, the learnt classifier; its state is
+    checkpointed with the model.
+    """
+
+    def __init__(self, loss: str, prototypes: torch.Tensor, n_w: float, tau: float) -> None:
+        super().__init__()
+        self.loss = loss
+        self.n_w = float(n_w)
+        self.tau = float(tau)
+        self.register_buffer("prototypes", prototypes.clone())
+        dim, classes = prototypes.shape
+        self.classifier = nn.Linear(dim, classes) if loss == "ce" else None
+
+    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss of float images ``(B, C, H, W)`` with labels ``(B,)``; no host synchronisation."""
+        if self.loss == "ce":
+            logits = self.classifier(model(images, normalize=False))
+            return F.cross_entropy(logits, labels)
+        features = model(images)
+        if self.loss == "ce-fixed":
+            return fixed_classifier_cross_entropy(features, labels, self.prototypes, self.tau,
+                                                  reduction="mean", validate=False)
+        return scl_prototype_loss(features, labels, self.prototypes, self.n_w, self.tau,
+                                  reduction="mean", validate=False)
+
+
+def _majority_size(counts: np.ndarray, imbalance: str, ratio: float, limit: int) -> int:
+    """Largest majority size ``n`` whose ``class_sizes`` total is at most ``limit`` (at least 1)."""
+    low, high = 1, int(counts.min())
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(class_sizes(len(counts), middle, imbalance, ratio)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageDataset, ImageDataset]:
+    """Training set (imbalanced, capped by ``max_train_samples``) and test set, on ``device``.
+
+    The training set keeps ``ncgeo.classes.class_sizes(k, n, imbalance, ratio)`` images per
+    class, ``n`` the largest majority size available (or that fits ``max_train_samples``);
+    the test set stays balanced (``max_test_samples // k`` per class when capped).
+    """
+    train_set = load_dataset(config.dataset, config.data_root, train=True)
+    test_set = load_dataset(config.dataset, config.data_root, train=False)
+    k = train_set.num_classes
+    counts = train_set.class_counts()
+    majority = None
+    if config.max_train_samples is not None:
+        majority = _majority_size(counts, config.imbalance, config.ratio, config.max_train_samples)
+    if config.imbalance != "none" or majority is not None:
+        index = imbalanced_indices(train_set.labels, config.imbalance, config.ratio, config.seed, k, majority)
+        train_set = train_set.subset(index)
+    if config.max_test_samples is not None and config.max_test_samples < len(test_set):
+        per_class = max(1, min(config.max_test_samples // k, int(test_set.class_counts().min())))
+        test_set = test_set.subset(imbalanced_indices(test_set.labels, "none", 1.0, config.seed, k, per_class))
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
+    return train_set.to(device), test_set.to(device)
+
+
+def build_optimizer(parameters, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with ``config.lr``, ``momentum`` and ``weight_decay``."""
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: optional ``LinearLR`` warm-up, then multistep (x0.1) or cosine.
+
+    Milestones are epochs counted from the start of training (converted to iterations);
+    the cosine runs from the end of the warm-up to the last iteration.
+    """
+    total = config.epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if config.schedule == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    else:
+        milestones = [m * steps_per_epoch - warmup for m in config.effective_milestones]
+        if any(m <= 0 for m in milestones):
+            raise ValueError(f"--milestones {list(config.effective_milestones)} must lie after the "
+                             f"warm-up ({config.warmup_epochs} epochs)")
+        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if warmup == 0:
+        return main
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0,
+                                             total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One optimisation step on a ``uint8`` batch ``(b, C, H, W)`` with labels ``(b,)``.
+
+    The batch becomes ``VIEWS * b`` augmented samples (view-major, labels repeated); returns
+    the detached mean loss as a device tensor (no host synchronisation).
+    """
+    views = augment_batch(images, mean, std, VIEWS, PADDING, generator)
+    loss = objective(model, views, labels.repeat(VIEWS))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class _Progress:
+    """Periodic one-line progress on stderr: epoch, step, loss, images/s, learning rate."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int, stream=sys.stderr) -> None:
+        self.enabled, self.epochs, self.steps, self.stream = enabled, epochs, steps, stream
+
+    def line(self, epoch: int, step: int, loss: float, images_per_second: float, lr: float) -> None:
+        if self.enabled:
+            self.stream.write(f"epoch {epoch}/{self.epochs} step {step}/{self.steps} loss {loss:.4f} "
+                              f"{images_per_second:.0f} img/s lr {lr:.4g}\n")
+            self.stream.flush()
+
+
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    shuffle = torch.Generator(device="cpu")
+    shuffle.manual_seed(seed)
+    augment = torch.Generator(device=device)
+    augment.manual_seed(seed + 1)
+    return shuffle, augment
+
+
+def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
+    """Model, objective and prototypes, initialised from ``config.seed`` without touching the
+    global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, train_set.images.shape[1], config.width, config.feature,
+                            config.feature_dim)
+        W = build_prototypes(config.geometry, train_set.num_classes, model.feature_dim, config.seed,
+                             nonnegative=config.feature == "nonnegative")
+        objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau)
+    return model.to(device), objective.to(device), W
+
+
+def _clean_run_folder(out: Path) -> None:
+    for name in ("metrics.jsonl", "timing.jsonl"):
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: TrainConfig,
+                      epoch: int, step: int, lr: float, loss: float | None) -> dict:
+    train_metrics, test_metrics = evaluate_run(model, train_set, test_set, objective.prototypes,
+                                               config.eval_batch_size)
+    record = {"epoch": epoch, "step": step, "lr": lr, "loss": loss, "train": train_metrics.to_dict(),
+              "test": None if test_metrics is None else test_metrics.to_dict()}
+    append_jsonl(out / "metrics.jsonl", record)
+    arrays = {"epoch": np.array(epoch), "train": train_metrics.means}
+    if test_metrics is not None:
+        arrays["test"] = test_metrics.means
+    atomic_save_arrays(out / "means.npz", **arrays)
+    return record
+
+
+def train(config: TrainConfig, *, stop_after: int | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Train (or resume) the run described by ``config``; returns the run folder.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    stop_after : int, optional
+        Stop after this many epochs of this call, leaving a resumable run (for time-sliced
+        jobs; the test of resumption uses it).
+    log : callable, optional
+        Receives one-line status messages (default: stderr when ``config.progress``).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if log is None:
+        log = (lambda text: print(text, file=sys.stderr, flush=True)) if config.progress else (lambda text: None)
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    checkpoint_path = out / "checkpoint.pt"
+    state = None
+    if checkpoint_path.exists():
+        if not config.resume:
+            raise ValueError(f"--out {str(out)!r} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        state = load_checkpoint(checkpoint_path, map_location="cpu")
+        stored = TrainConfig.from_dict(state["config"])
+        mismatched = config.differences(stored)
+        if mismatched:
+            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_set, test_set = prepare_data(config, device)
+    model, objective, W = _build(config, train_set, device)
+    parameters = list(model.parameters()) + list(objective.parameters())
+    optimizer = build_optimizer(parameters, config)
+    steps = len(train_set) // config.batch_size
+    scheduler = build_scheduler(optimizer, config, steps)
+    shuffle, augment = _generators(config.seed, device)
+
+    epoch = 0
+    if state is None:
+        _clean_run_folder(out)
+        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "run.json", {
+            "dataset": config.dataset, "num_classes": train_set.num_classes,
+            "train_class_counts": train_set.class_counts(), "test_class_counts": test_set.class_counts(),
+            "image_shape": list(train_set.images.shape[1:]), "feature_dim": model.feature_dim,
+            "views": VIEWS, "samples_per_batch": VIEWS * config.batch_size, "steps_per_epoch": steps,
+            "n_w": config.protos, "tau": config.tau, "loss": config.loss, "geometry": config.geometry,
+            "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+        })
+        atomic_save_arrays(out / "prototypes.npz", prototypes=W)
+        _evaluate_and_log(out, model, objective, train_set, test_set, config, 0, 0,
+                          optimizer.param_groups[0]["lr"], None)
+    else:
+        model.load_state_dict(state["model"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        shuffle.set_state(state["shuffle_generator"])
+        augment.set_state(state["augment_generator"])
+        epoch = int(state["epoch"])
+        for name in ("metrics.jsonl", "timing.jsonl"):  # drop lines written after the checkpoint
+            records = read_jsonl(out / name)
+            rewrite_jsonl(out / name, [r for r in records if r["epoch"] <= epoch])
+        log(f"resuming {out} after epoch {epoch}")
+
+    progress = _Progress(config.progress, config.epochs, steps)
+    done_now = 0
+    model.train()
+    while epoch < config.epochs and (stop_after is None or done_now < stop_after):
+        epoch += 1
+        started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=shuffle).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        last_time, last_step = started, 0
+        for step in range(steps):
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            loss = train_step(model, objective, optimizer, train_set.images[index], train_set.labels[index],
+                              train_set.mean, train_set.std, augment)
+            scheduler.step()
+            loss_sum += loss
+            if config.progress and ((step + 1) % config.log_every == 0 or step + 1 == steps):
+                now = time.perf_counter()
+                rate = (step + 1 - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                progress.line(epoch, step + 1, float(loss), rate, optimizer.param_groups[0]["lr"])
+                last_time, last_step = now, step + 1
+        mean_loss = float(loss_sum) / steps
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"the training loss became {mean_loss} in epoch {epoch}; "
+                                     "lower --lr or raise --tau")
+        seconds = time.perf_counter() - started
+        append_jsonl(out / "timing.jsonl", {"epoch": epoch, "seconds": seconds,
+                                            "images_per_second": steps * config.batch_size / seconds})
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            record = _evaluate_and_log(out, model, objective, train_set, test_set, config, epoch,
+                                       epoch * steps, optimizer.param_groups[0]["lr"], mean_loss)
+            log(f"epoch {epoch}: loss {mean_loss:.4f}  train Delta(prototypes) "
+                f"{record['train']['delta_prototypes']:.4f}  test NCC acc "
+                f"{(record['test'] or {}).get('ncc_accuracy', float('nan')):.4f}")
+        save_checkpoint(checkpoint_path, {
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "objective": objective.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "shuffle_generator": shuffle.get_state(),
+            "augment_generator": augment.get_state(),
+        })
+        done_now += 1
+    return out
+
+
+def _command():
+    import click
+
+    from .config import resolve_config, train_options
+
+    @click.command(name="deep.train", context_settings={"help_option_names": ["-h", "--help"]})
+    @train_options
+    def command(config_file, **options):
+        """Train a ResNet with SCL + prototypes (python -m deep.train; same options as `ncgeo deep train`)."""
+        click.echo(str(train(resolve_config(options, config_file))))
+
+    return command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m deep.train`` (and of ``torchrun ... -m deep.train``).
+
+    Bad input ends with one line ``Error: ...`` and exit status 2.
+    """
+    import click
+
+    try:
+        _command().main(args=list(argv) if argv is not None else None, prog_name="python -m deep.train",
+                        standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    except (ValueError, TypeError) as exc:
+        click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
