@@ -167,10 +167,18 @@ def channel_stats(images: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...],
     x = torch.as_tensor(images)
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
-    x = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)
-    mean = x.mean(dim=1)
-    std = (x.square().mean(dim=1) - mean.square()).clamp_min(0).sqrt()
-    return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+    if x.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8, got {x.dtype}")
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(x.shape[1]):  # exact moments from the 256-bin histogram of each channel
+        hist = torch.bincount(x[:, c].reshape(-1).cpu().to(torch.int64), minlength=256).to(torch.float64)
+        total = hist.sum()
+        mean = (hist * values).sum() / total
+        var = ((hist * values.square()).sum() / total - mean.square()).clamp_min(0)
+        means.append(float(mean) / 255)
+        stds.append(float(var.sqrt()) / 255)
+    return tuple(means), tuple(stds)
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
