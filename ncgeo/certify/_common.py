@@ -1,0 +1,73 @@
+"""Input checks and small helpers shared by the certificates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._validation import as_float_array, as_label_tensor, check_nonnegative, check_positive
+from ..losses import scl_prototype_loss
+
+
+def class_weights(name: str, sizes) -> np.ndarray:
+    """Class sizes as a float array of positive reals (non-integers allowed)."""
+    w = as_float_array(name, sizes, ndim=1)
+    if len(w) < 1 or np.any(w <= 0):
+        raise ValueError(f"{name} must be a non-empty 1-D array of positive class weights, got {w}")
+    return w
+
+
+def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative: bool,
+                    prototypes_nonnegative: bool | None):
+    """Return ``(W or None, G_W or None, dim or None, sample-prototype nonnegativity)``."""
+    W = None
+    G_W = None
+    if prototypes is not None:
+        W = as_float_array("prototypes", prototypes, ndim=2)
+        if W.shape[1] != k:
+            raise ValueError(f"prototypes must have shape (d, {k}), got {W.shape}")
+        G_W = W.T @ W
+    elif prototype_gram is not None:
+        G_W = as_float_array("prototype_gram", prototype_gram, ndim=2)
+        if G_W.shape != (k, k):
+            raise ValueError(f"prototype_gram must have shape ({k}, {k}), got {G_W.shape}")
+    if G_W is not None:
+        if not np.allclose(np.diag(G_W), 1.0, atol=1e-8):
+            raise ValueError("prototypes must be unit vectors (prototype_gram must have unit diagonal)")
+        G_W = (G_W + G_W.T) / 2
+    if n_w > 0 and G_W is None:
+        raise ValueError("prototypes (or prototype_gram) are required when n_w > 0")
+    if prototypes_nonnegative is None:
+        prototypes_nonnegative = bool(W is not None and np.all(W >= 0))
+    return W, G_W, (W.shape[0] if W is not None else None), bool(nonnegative and prototypes_nonnegative)
+
+
+def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
+    n_w = check_nonnegative("n_w", n_w)
+    tau = check_positive("tau", tau)
+    if prototypes_as_anchors and 0 < n_w < 1:
+        raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
+    return n_w, tau
+
+
+def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
+                   prototypes_as_anchors: bool = False) -> float:
+    """UFM objective of a candidate on the certificates' scale: sum over batches of the
+    summed batch loss (THEORY.md section 2), divided by the number of samples ``N``."""
+    H = torch.as_tensor(as_float_array("H", H, ndim=2))
+    y = as_label_tensor("y", y, H.shape[0], None)
+    Wt = None if W is None else torch.as_tensor(as_float_array("W", W, ndim=2))
+    if batches is None:
+        batches = [np.arange(H.shape[0])]
+    total = 0.0
+    for batch in batches:
+        idx = torch.as_tensor(np.asarray(batch, dtype=np.int64))
+        total += float(scl_prototype_loss(H[idx], y[idx], Wt, n_w, tau,
+                                          prototypes_as_anchors=prototypes_as_anchors))
+    return total / H.shape[0]
+
+
+def log_or_none(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf

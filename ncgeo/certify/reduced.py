@@ -1,0 +1,245 @@
+r"""The symmetry-reduced ``2k x 2k`` relaxation for full-batch problems (THEORY.md section 5b).
+
+Full batch, any class sizes (real-valued weights allowed), any ``n_w``, UFM or UFM+.
+Within a class the relaxation is invariant under permutations of the samples, so a
+symmetric optimum exists, described by ``a_c`` (similarity of two samples of class c),
+``b_cc'`` (a sample of c with a sample of c') and ``p_cc'`` (a sample of c with the
+prototype w_c'). With ``D = diag(sqrt(n_c))`` the Gram of ``[H, W]`` is PSD iff ``a_c <= 1``
+and
+
+.. math::
+
+    R = \begin{pmatrix} \mathrm{diag}(1 + (n_c - 1) a_c) + \mathrm{offdiag}(\sqrt{n_c n_{c'}} b_{cc'}) & D P \\
+                        (D P)^T & G_W \end{pmatrix} \succeq 0 .
+
+The program's variable is ``R`` itself; the loss per sample (sum over anchors / N) is
+
+.. math::
+
+    \frac1N \sum_c n_c \Big[\log\Big((n_c-1) e^{a_c/\tau} + \sum_{c' \ne c} n_{c'} e^{b_{cc'}/\tau}
+    + n_w \sum_{c'} e^{p_{cc'}/\tau}\Big) - \frac{(n_c - 1) a_c + n_w p_{cc}}{\tau P_c}\Big],
+    \quad P_c = (n_c - 1) + n_w ,
+
+with the counts as additive log-weights. Real weights: the within-class count is
+``(n_c - 1)_+``; a class with ``n_c <= 1`` has no within-class positive and its ``a_c`` is
+fixed to 1 (its mean is a unit vector). Anchors with ``P_c = 0`` contribute 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._common import check_loss_args, class_weights, prototype_setup
+from ._program import LogSumExpObjective, Timer, matrix_rank, solve_problem
+from .result import DEFAULT_RTOL, CertificateResult, make_result
+
+__all__ = ["solve_reduced", "reduced_objective", "realise_collapse"]
+
+
+def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, tau: float,
+                      prototypes_as_anchors: bool = False) -> LogSumExpObjective:
+    """The reduced objective as a :class:`LogSumExpObjective` over ``R`` (``k + k_p`` square)."""
+    k = len(weights)
+    kp = k if n_w > 0 else 0
+    obj = LogSumExpObjective(k + kp, weights.sum())
+    within = np.maximum(weights - 1.0, 0.0)
+    count = within + n_w
+    logw = np.log(weights)
+    for c in range(k):
+        if count[c] <= 0:
+            continue
+        others = np.array([c2 for c2 in range(k) if c2 != c], dtype=int)
+        i = [np.full(len(others), c)]
+        j = [others]
+        coef = [1.0 / (np.sqrt(weights[c] * weights[others]) * tau)]
+        off = [logw[others]]
+        if within[c] > 0:
+            i.append([c]); j.append([c])
+            coef.append([1.0 / (within[c] * tau)])
+            off.append([-1.0 / (within[c] * tau) + math.log(within[c])])
+            obj.add_linear([c], [c], weights[c] / (tau * count[c]))
+            obj.constant -= weights[c] / (tau * count[c])
+        if kp:
+            i.append(np.full(k, c)); j.append(k + np.arange(k))
+            coef.append(np.full(k, 1.0 / (math.sqrt(weights[c]) * tau)))
+            off.append(np.full(k, math.log(n_w)))
+            obj.add_linear([c], [k + c], weights[c] * n_w / (math.sqrt(weights[c]) * tau * count[c]))
+        obj.add_rows([weights[c]], [np.concatenate(i)], [np.concatenate(j)],
+                     [np.concatenate(coef)], [np.concatenate(off)])
+    if prototypes_as_anchors and kp:
+        own = n_w - 1.0
+        for c in range(k):
+            P = weights[c] + own
+            if P <= 0:
+                continue
+            protos = [c2 for c2 in range(k) if c2 != c or own > 0]
+            logc = [math.log(n_w) if c2 != c else math.log(own) for c2 in protos]
+            i = np.concatenate([np.arange(k), np.zeros(len(protos), int)])
+            j = np.concatenate([np.full(k, k + c), np.zeros(len(protos), int)])
+            coef = np.concatenate([1.0 / (np.sqrt(weights) * tau), np.zeros(len(protos))])
+            off = np.concatenate([logw, G_W[c, protos] / tau + np.array(logc)])
+            obj.add_rows([n_w], [i], [j], [coef], [off])
+            obj.add_linear([c], [k + c], n_w * math.sqrt(weights[c]) / (tau * P))
+            obj.constant += n_w * own * G_W[c, c] / (tau * P)
+    return obj
+
+
+def _similarities(R: np.ndarray, weights: np.ndarray, kp: int):
+    k = len(weights)
+    s = np.sqrt(weights)
+    a = np.where(weights > 1, (np.diag(R)[:k] - 1.0) / np.maximum(weights - 1.0, 1e-300), 1.0)
+    b = R[:k, :k] / np.outer(s, s)
+    np.fill_diagonal(b, a)
+    p = R[:k, k:] / s[:, None] if kp else np.zeros((k, 0))
+    return a, b, p
+
+
+def realise_collapse(R: np.ndarray, weights: np.ndarray, W: np.ndarray | None, dim: int | None,
+                     tol: float = 1e-5) -> np.ndarray:
+    r"""Class means ``(d, k)`` of a collapsed reduced optimum (``a_c = 1``).
+
+    Factorises ``R = F^T F`` (eigendecomposition, negative eigenvalues clipped), takes the
+    class means ``F[:, :k] / sqrt(n_c)`` and prototypes ``F[:, k:]``, and rotates them onto
+    the given prototypes ``W`` (orthogonal Procrustes) so that the means live in the
+    same ``R^d``. Columns are normalised to unit length.
+    """
+    k = len(weights)
+    eig, vec = np.linalg.eigh((R + R.T) / 2)
+    keep = eig > tol * max(1.0, eig.max())
+    F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, n)
+    means = F[:, :k] / np.sqrt(weights)
+    r = F.shape[0]
+    if W is not None:
+        d = W.shape[0]
+        if r > d:
+            raise ValueError(f"the optimum has rank {r} > d = {d}")
+        U, _, Vt = np.linalg.svd(W @ F[:, k:].T, full_matrices=False)  # (d, r)
+        means = (U @ Vt) @ means
+    else:
+        d = dim if dim is not None else r
+        if r > d:
+            raise ValueError(f"the optimum has rank {r} > d = {d}")
+        means = np.vstack([means, np.zeros((d - r, k))])
+    return means / np.linalg.norm(means, axis=0, keepdims=True)
+
+
+def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
+                  nonnegative: bool = False, prototype_gram=None,
+                  prototypes_nonnegative: bool | None = None,
+                  prototypes_as_anchors: bool = False, dim: int | None = None,
+                  solver: str = "CLARABEL", time_limit: float | None = None,
+                  fallback: bool = True, rtol: float = DEFAULT_RTOL,
+                  verbose: bool = False) -> CertificateResult:
+    r"""Solve the reduced ``2k x 2k`` relaxation of the full-batch UFM (module docstring).
+
+    Parameters
+    ----------
+    class_sizes : (k,) array
+        Samples per class ``n_c`` (positive reals; non-integers give the formal
+        extension described in the module docstring).
+    prototypes : (d, k) array, optional
+        Fixed prototypes ``W`` (required when ``n_w > 0`` unless ``prototype_gram``).
+    n_w, tau : float
+        Prototype multiplicity (``>= 0``) and temperature (``> 0``).
+    nonnegative : bool
+        UFM+: add ``a, b >= 0`` and, when the prototypes are entrywise non-negative
+        (``prototypes_nonnegative``, inferred from ``W``; False for a Gram only),
+        ``p >= 0``: the doubly non-negative relaxation.
+    prototype_gram : (k, k) array, optional
+        ``G_W`` instead of ``W`` (then the realisation has no fixed frame).
+    prototypes_as_anchors : bool
+        Prototype copies are anchors too (THEORY.md section 2).
+    dim : int, optional
+        Embedding dimension ``d`` (default: rows of ``W``).
+    solver : {"CLARABEL", "SCS"}
+        Conic solver; on failure the other one is tried when ``fallback``.
+    time_limit : float, optional
+        Seconds per solver attempt.
+    rtol : float
+        Relative gap accepted as certified.
+
+    Returns
+    -------
+    CertificateResult
+        ``lower_bound``: the relaxation optimum; ``upper_bound``: the loss of the realised
+        collapsed optimum (when ``a_c = 1`` and ``rank R <= d``) or the relaxation value at
+        the returned ``R``; ``solution``: ``a`` (k,), ``b`` (k, k), ``p`` (k, k), ``R``,
+        ``weights``, and ``means`` (d, k) when realised.
+    """
+    import cvxpy as cp
+
+    timer = Timer()
+    weights = class_weights("class_sizes", class_sizes)
+    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    k = len(weights)
+    W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
+                                              prototypes_nonnegative)
+    d = dim if dim is not None else d
+    kp = k if n_w > 0 else 0
+    objective = reduced_objective(weights, G_W, n_w, tau, prototypes_as_anchors)
+    R = cp.Variable((k + kp, k + kp), symmetric=True)
+    diag = cp.diag(R)[:k]
+    many = weights > 1
+    constraints = [R >> 0]
+    if np.any(many):
+        constraints.append(diag[np.flatnonzero(many)] <= weights[many])
+        if nonnegative:
+            constraints.append(diag[np.flatnonzero(many)] >= 1)
+    if np.any(~many):
+        constraints.append(diag[np.flatnonzero(~many)] == weights[~many])
+    if kp:
+        constraints.append(R[k:, k:] == G_W)
+        if proto_nonneg:
+            constraints.append(R[:k, k:] >= 0)
+    if nonnegative:
+        constraints.append(R[:k, :k] >= 0)
+    problem = cp.Problem(cp.Minimize(objective.expression(R)), constraints)
+    used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
+                                          fallback=fallback, verbose=verbose)
+    if failure is not None:
+        return make_result(None, None, method="reduced", status=status, seconds=timer(),
+                           rtol=rtol, dim=d, failure=f"reduced SDP failed ({failure})")
+    Rv = np.asarray(R.value)
+    lower = float(problem.value)
+    a, b, p = _similarities(Rv, weights, kp)
+    scale = np.concatenate([1.0 / np.sqrt(weights), np.ones(kp)])
+    rank_R = matrix_rank(Rv * np.outer(scale, scale))
+    collapsed = bool(np.all(a >= 1 - 1e-6))
+    extra = int(np.sum(np.ceil(weights[a < 1 - 1e-6]) - 1))
+    rank = rank_R + extra
+    realisable = None if d is None else rank <= d
+    solution = {"a": a, "b": b, "p": p, "R": Rv, "weights": weights, "solver": used}
+    upper = objective.value(_clip_psd(Rv))
+    if collapsed and realisable is not False:
+        try:
+            means = realise_collapse(Rv, weights, W, d)
+            upper = objective.value(_collapsed_R(means, weights, W, G_W, kp))
+            solution["means"] = means
+            if nonnegative and means.min() < -1e-6:
+                return make_result(lower, upper, method="reduced", status=status, seconds=timer(),
+                                   rtol=rtol, rank=rank, dim=d, realisable=realisable,
+                                   solution=solution,
+                                   failure="the realised optimum is not entrywise non-negative")
+        except ValueError as exc:
+            return make_result(lower, None, method="reduced", status=status, seconds=timer(),
+                               rtol=rtol, rank=rank, dim=d, realisable=False, solution=solution,
+                               failure=str(exc))
+    return make_result(lower, upper, method="reduced", status=status, seconds=timer(), rtol=rtol,
+                       rank=rank, dim=d, realisable=realisable, solution=solution)
+
+
+def _clip_psd(R: np.ndarray) -> np.ndarray:
+    eig, vec = np.linalg.eigh((R + R.T) / 2)
+    return (vec * np.maximum(eig, 0)) @ vec.T
+
+
+def _collapsed_R(means: np.ndarray, weights: np.ndarray, W, G_W, kp: int) -> np.ndarray:
+    """``R`` of the collapsed configuration with the given unit class means."""
+    s = np.sqrt(weights)
+    top = (means.T @ means) * np.outer(s, s)
+    if not kp:
+        return top
+    cross = (means.T @ W) * s[:, None] if W is not None else np.zeros((len(s), kp))
+    return np.block([[top, cross], [cross.T, G_W]])
