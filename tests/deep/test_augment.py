@@ -1,0 +1,129 @@
+"""Batched crop/flip/normalisation on hand-made images against per-image references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deep.augment import (
+    augment_batch,
+    augment_views,
+    random_crop,
+    random_crop_flip,
+    random_horizontal_flip,
+    to_float,
+)
+
+
+def _images(n: int = 5, c: int = 3, h: int = 6, w: int = 7) -> torch.Tensor:
+    # every pixel distinct and non-zero so that content and zero padding are told apart
+    return (torch.arange(n * c * h * w) % 250 + 1).to(torch.uint8).view(n, c, h, w)
+
+
+def _reference_window(image: torch.Tensor, top: int, left: int, padding: int, flip: bool) -> torch.Tensor:
+    """Per-image reference: zero-pad, slice the window, optionally mirror."""
+    h, w = image.shape[-2:]
+    window = F.pad(image, (padding,) * 4)[:, top:top + h, left:left + w]
+    return window.flip(-1) if flip else window
+
+
+def test_crop_padding_zero_is_identity():
+    x = _images()
+    out = random_crop(x, padding=0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, x) and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_crop_flip_matches_per_image_reference(flip):
+    x, padding = _images(), 2
+    generator = torch.Generator().manual_seed(3)
+    out = random_crop_flip(x, padding, flip=flip, generator=generator, views=2)
+    # replay the documented draw order: tops, lefts, then flip uniforms (view-major, length 2N)
+    replay = torch.Generator().manual_seed(3)
+    tops = torch.randint(0, 2 * padding + 1, (10,), generator=replay)
+    lefts = torch.randint(0, 2 * padding + 1, (10,), generator=replay)
+    mirrored = torch.rand(10, generator=replay) < 0.5 if flip else torch.zeros(10, dtype=torch.bool)
+    assert out.shape == (10, 3, 6, 7) and out.dtype == torch.uint8
+    for j in range(10):
+        expected = _reference_window(x[j % 5], int(tops[j]), int(lefts[j]), padding, bool(mirrored[j]))
+        assert torch.equal(out[j], expected), j
+    # offsets vary, some windows include zero padding and some are flipped
+    assert (out == 0).any() and len(set(tops.tolist())) > 1
+    if flip:
+        assert 0 < int(mirrored.sum()) < 10
+
+
+def test_crop_shifted_content_with_zeros():
+    x = _images(n=64, c=1, h=4, w=4)
+    out = random_crop(x, padding=1, generator=torch.Generator().manual_seed(0))
+    seen = set()
+    for j in range(64):
+        matches = [(a, b) for a in range(3) for b in range(3)
+                   if torch.equal(out[j], _reference_window(x[j], a, b, 1, False))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+        a, b = matches[0]
+        # content is shifted by (1 - a, 1 - b); the uncovered strip is exactly zero padding
+        assert int((out[j] == 0).sum()) == 16 - (4 - abs(a - 1)) * (4 - abs(b - 1))
+        assert torch.equal(out[j, 0, max(0, 1 - a):4 - max(0, a - 1), max(0, 1 - b):4 - max(0, b - 1)],
+                           x[j, 0, max(0, a - 1):4 - max(0, 1 - a), max(0, b - 1):4 - max(0, 1 - b)])
+    assert len(seen) == 9             # all 3 x 3 offsets occur
+
+
+def test_flip_equals_torch_flip():
+    x = _images(n=40)
+    out = random_horizontal_flip(x, generator=torch.Generator().manual_seed(1))
+    flipped = [torch.equal(out[i], torch.flip(x[i], [-1])) for i in range(40)]
+    kept = [torch.equal(out[i], x[i]) for i in range(40)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 0 < sum(flipped) < 40
+    assert torch.equal(random_horizontal_flip(x, probability=1.0), torch.flip(x, [-1]))
+    assert torch.equal(random_horizontal_flip(x, probability=0.0), x)
+
+
+def test_generator_determinism():
+    x = _images(n=16)
+    a = augment_batch(x, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(7))
+    b = augment_batch(x, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(7))
+    c = augment_batch(x, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_to_float_formula_and_layout():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(2, 2, 1, 3).contiguous()
+    mean, std = (0.2, 0.5), (0.4, 0.25)
+    out = to_float(x, mean, std, dtype=torch.float64)
+    expected = torch.stack([(x[:, c].double() / 255 - mean[c]) / std[c] for c in range(2)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert out.dtype == torch.float64 and out.is_contiguous()
+    last = to_float(x, mean, std, channels_last=True)
+    assert last.dtype == torch.float32 and last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(last, expected.float())
+    with pytest.raises(ValueError, match="2 entries"):
+        to_float(x, (0.1,), (0.2,))
+    with pytest.raises(TypeError, match="floating"):
+        to_float(x, mean, std, dtype=torch.int32)
+
+
+def test_augment_views_shapes_and_content():
+    x = _images(n=8)
+    mean, std = (0.1, 0.2, 0.3), (0.3, 0.2, 0.1)
+    views = augment_views(x, mean, std, views=2, padding=3, generator=torch.Generator().manual_seed(2),
+                          channels_last=True)
+    assert len(views) == 2
+    for v in views:
+        assert v.shape == (8, 3, 6, 7) and v.dtype == torch.float32
+    batch = augment_batch(x, mean, std, views=2, padding=3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(torch.cat(views), batch)
+    crops = random_crop_flip(x, 3, generator=torch.Generator().manual_seed(2), views=2)
+    torch.testing.assert_close(batch, to_float(crops, mean, std))
+    assert not torch.equal(views[0], views[1])     # two independent views
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="padding must be an integer >= 0"):
+        random_crop(_images(), padding=-1)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        random_crop(torch.zeros(3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="probability"):
+        random_horizontal_flip(_images(), probability=2.0)

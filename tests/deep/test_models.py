@@ -1,0 +1,110 @@
+"""CIFAR-stem ResNets: shapes, unit-norm features, feature options, channels_last, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deep.models import ARCHITECTURES, BasicBlock, ResNet, build_model, resnet18, resnet34
+
+WIDTH = 8  # narrow networks keep these tests fast
+
+
+@pytest.mark.parametrize("feature,dim", [("signed", 64), ("nonnegative", 64), ("linear", 128), ("mlp", 128)])
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_feature_shapes_and_unit_norm(feature, dim, channels, size):
+    torch.manual_seed(0)
+    model = resnet18(in_channels=channels, width=WIDTH, feature=feature)
+    h = model(torch.randn(4, channels, size, size))
+    assert model.feature_dim == dim and h.shape == (4, dim)
+    torch.testing.assert_close(h.norm(dim=1), torch.ones(4))
+    z = model(torch.randn(4, channels, size, size), normalize=False)
+    assert z.shape == (4, dim) and not torch.allclose(z.norm(dim=1), torch.ones(4))
+
+
+def test_nonnegative_vs_signed():
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 32, 32)
+    nonnegative = resnet18(width=WIDTH, feature="nonnegative").train()
+    assert (nonnegative(x) >= 0).all()
+    signed = resnet18(width=WIDTH, feature="signed").train()
+    signed.load_state_dict(nonnegative.state_dict())    # same weights, only the last ReLU differs
+    h = signed(x)
+    assert (h < 0).any()
+    # the signed features are the pooled pre-activation of the last block: ReLU'ing that
+    # before pooling reproduces the non-negative network exactly
+    last = signed.layer4[-1]
+    assert not last.final_relu and all(b.final_relu for b in list(signed.layer4)[:-1])
+    assert all(b.final_relu for layer in (signed.layer1, signed.layer2, signed.layer3) for b in layer)
+    last.final_relu = True
+    torch.testing.assert_close(signed(x), nonnegative(x))
+
+
+def test_feature_dim_options():
+    model = resnet18(width=WIDTH, feature="linear", feature_dim=10)
+    assert model.feature_dim == 10 and model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    mlp = resnet18(width=WIDTH, feature="mlp", feature_dim=5)
+    assert [type(m).__name__ for m in mlp.head] == ["Linear", "ReLU", "Linear"]
+    assert mlp.head[0].in_features == mlp.head[0].out_features == 64 and mlp.head[2].out_features == 5
+    assert resnet18(width=WIDTH, feature="signed", feature_dim=64).feature_dim == 64
+    with pytest.raises(ValueError, match="8 \\* width = 64"):
+        resnet18(width=WIDTH, feature="signed", feature_dim=10)
+    with pytest.raises(ValueError, match="feature must be one of"):
+        resnet18(width=WIDTH, feature="relu")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_model("resnet50")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        resnet18(width=WIDTH)(torch.randn(2, 1, 8, 8))
+
+
+def test_architecture_layout():
+    for arch, counts in (("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))):
+        model = build_model(arch, in_channels=1, width=WIDTH, feature="nonnegative", feature_dim=None)
+        assert ARCHITECTURES[arch] == counts and model.num_blocks == counts
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        assert [len(s) for s in stages] == list(counts)
+        assert all(isinstance(b, BasicBlock) for s in stages for b in s)
+        assert [s[-1].conv2.out_channels for s in stages] == [8, 16, 32, 64]
+        assert [s[0].conv1.stride[0] for s in stages] == [1, 2, 2, 2]
+    # CIFAR stem: 3x3 stride 1, no max-pool
+    stem = resnet34(width=WIDTH).conv1
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in resnet34(width=WIDTH).modules())
+
+
+def test_standard_resnet18_parameter_count():
+    # 11,168,832 backbone parameters: the CIFAR ResNet-18 of the SupCon code without its fc layer
+    assert sum(p.numel() for p in resnet18().parameters()) == 11_168_832
+
+
+def test_kaiming_init_and_batchnorm():
+    model = resnet18(width=WIDTH)
+    conv = model.layer2[0].conv1                                   # fan_out = 16 * 9
+    std = conv.weight.std().item()
+    assert abs(std - (2 / (16 * 9)) ** 0.5) < 0.25 * (2 / (16 * 9)) ** 0.5
+    assert torch.equal(model.bn1.weight, torch.ones(8)) and torch.equal(model.bn1.bias, torch.zeros(8))
+
+
+def test_channels_last_matches_and_gradients_flow():
+    torch.manual_seed(2)
+    model = resnet18(width=WIDTH, feature="mlp", feature_dim=16)
+    x = torch.randn(4, 3, 32, 32)
+    reference = model(x)
+    model_cl = resnet18(width=WIDTH, feature="mlp", feature_dim=16)
+    model_cl.load_state_dict(model.state_dict())
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+    out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    for name, parameter in model_cl.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert model_cl.conv1.weight.grad.abs().sum() > 0 and model_cl.head[2].weight.grad.abs().sum() > 0
+
+
+def test_float64_and_unnormalised_alias():
+    model = ResNet((1, 1, 1, 1), in_channels=1, width=4, feature="signed").double().eval()
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    h = model(x)
+    assert h.dtype == torch.float64
+    z = model.forward_unnormalised(x)
+    torch.testing.assert_close(h, z / z.norm(dim=1, keepdim=True))
