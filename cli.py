@@ -53,5 +53,60 @@ def main() -> None:
     """
 
 
+# ----------------------------------------------------------------------------- deep
+
+from deep.config import train_options as _deep_train_options  # stdlib + click only: keeps --help fast
+
+
+@main.group("deep", cls=_CleanErrors)
+def deep() -> None:
+    """Train ResNets with SCL + prototypes on real images and compare with the UFM prediction."""
+
+
+@deep.command("train")
+@_deep_train_options
+def deep_train(config_file, **options) -> None:
+    """Train (or --resume) a run; writes metrics.jsonl, checkpoints and the run facts to --out.
+
+    \b
+    Example:
+      ncgeo deep train --dataset fmnist --imbalance step --ratio 10 --protos 100 --out runs/demo
+    """
+    from deep.config import resolve_config
+    from deep.train import train
+
+    click.echo(str(train(resolve_config(options, config_file))))
+
+
+@deep.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for figures and tables.")
+@click.option("--predict/--no-predict", default=True, show_default=True,
+              help="Compute the UFM prediction of SCL runs (cached in RUN/prediction.json).")
+@click.option("--model", type=click.Choice(["batch", "dataset"]), default="batch", show_default=True,
+              help="Class weights of the prediction: expected per-batch counts or training-set counts.")
+def deep_report(runs, out, predict, model) -> None:
+    """Delta-vs-epoch curves, final Gram heatmaps beside G_W and the prediction, accuracy tables."""
+    from deep.report import report
+
+    result = report(list(runs), out, predict=predict, model=model)
+    click.echo((result.out / "accuracy.md").read_text(encoding="utf-8"), nl=False)
+    for path in result.files:
+        click.echo(f"wrote {path}")
+
+
+@deep.command("predict")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--model", type=click.Choice(["batch", "dataset"]), default="batch", show_default=True,
+              help="Class weights: expected per-batch counts b*n_c/N (THEORY.md section 7) or the counts n_c.")
+@click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
+def deep_predict(run, model, solver) -> None:
+    """Certified UFM prediction for RUN's class proportions, batch, n_w, tau and prototypes."""
+    from deep.predict import predict_run
+
+    prediction = predict_run(run, model, solver=solver)
+    click.echo(prediction.summary())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,214 @@
+r"""The UFM prediction for a deep run, and how far the learnt geometry is from it (THEORY.md section 7).
+
+Prototypes compete with the batch, not with the dataset. The default model (``"batch"``)
+is therefore the full-batch reduced relaxation of :func:`ncgeo.certify.reduced.solve_reduced`
+with the **expected per-batch class counts** as real weights,
+
+.. math::
+
+    \bar n_c = s \, n_c / N, \qquad s = \text{views} \times \text{batch size}
+    \ (\text{the samples of one contrastive batch}),
+
+the run's ``n_w``, ``tau`` and prototypes ``W`` (UFM+ when the features are non-negative).
+``model="dataset"`` uses the training-set counts ``n_c`` themselves instead.
+
+The predicted class-mean Gram comes from the optimal ``R`` of the reduced program:
+``G_pred[c, c'] = R[c, c'] / sqrt(w_c w_c')`` (``= b_cc'`` off the diagonal and
+``(1 + (w_c - 1) a_c) / w_c`` on it; 1 at collapse). Distances use
+:func:`ncgeo.metrics.gram_distance`: ``Delta(measured, predicted)`` with the uncentred
+training class means ``M`` of the run's last evaluation, and ``Delta(predicted, G_W)``.
+Only the SCL loss has this prediction; CE baselines are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncgeo._validation import check_choice
+from ncgeo.metrics import gram_distance
+
+from .checkpoint import atomic_write_json, read_jsonl
+
+__all__ = ["PREDICTION_MODELS", "Prediction", "RunRecord", "load_run", "expected_batch_counts",
+           "predict_run", "predicted_means_gram"]
+
+PREDICTION_MODELS = ("batch", "dataset")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run folder holds: configuration, run facts, metrics lines, prototypes, latest means."""
+
+    path: Path
+    config: dict[str, Any]
+    run: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    prototypes: np.ndarray
+    train_means: np.ndarray | None
+    means_epoch: int | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(path: str | os.PathLike) -> RunRecord:
+    """Read a run folder written by :func:`deep.train.train` (``ValueError`` naming what is missing)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"run folder {str(folder)!r} does not exist")
+    needed = ("config.json", "run.json", "metrics.jsonl", "prototypes.npz")
+    for name in needed:
+        if not (folder / name).is_file():
+            raise ValueError(f"run folder {str(folder)!r} has no {name}; is it a `ncgeo deep train` run?")
+    with open(folder / "config.json", encoding="utf-8") as handle:
+        config = json.load(handle)
+    with open(folder / "run.json", encoding="utf-8") as handle:
+        run = json.load(handle)
+    metrics = read_jsonl(folder / "metrics.jsonl")
+    if not metrics:
+        raise ValueError(f"run folder {str(folder)!r} has no evaluation in metrics.jsonl yet")
+    with np.load(folder / "prototypes.npz", allow_pickle=False) as data:
+        prototypes = np.asarray(data["prototypes"], dtype=np.float64)
+    train_means, epoch = None, None
+    if (folder / "means.npz").is_file():
+        with np.load(folder / "means.npz", allow_pickle=False) as data:
+            train_means = np.asarray(data["train"], dtype=np.float64)
+            epoch = int(data["epoch"])
+    return RunRecord(folder, config, run, metrics, prototypes, train_means, epoch)
+
+
+def expected_batch_counts(class_counts, samples_per_batch: float) -> np.ndarray:
+    """``s n_c / N``: expected samples of each class in a batch of ``s`` samples drawn uniformly."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.sum() <= 0 or np.any(counts < 0):
+        raise ValueError(f"class_counts must be non-negative with a positive total, got {counts}")
+    return float(samples_per_batch) * counts / counts.sum()
+
+
+def predicted_means_gram(R: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Class-mean Gram ``R[:k, :k] / sqrt(w_c w_c')`` of a reduced optimum ``R`` with weights ``w``."""
+    scale = np.sqrt(np.asarray(weights, dtype=np.float64))
+    k = len(scale)
+    return R[:k, :k] / np.outer(scale, scale)
+
+
+def _factor(gram: np.ndarray) -> np.ndarray:
+    """A matrix ``F`` (``k x k``) with ``F^T F = gram`` (negative eigenvalues clipped)."""
+    eigenvalues, vectors = np.linalg.eigh((gram + gram.T) / 2)
+    return (vectors * np.sqrt(np.clip(eigenvalues, 0, None))).T
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """UFM prediction for a run and its distance to the measured geometry.
+
+    Attributes
+    ----------
+    model : str
+        ``"batch"`` (expected per-batch counts) or ``"dataset"`` (training-set counts).
+    weights : ndarray (k,)
+        Class weights given to the reduced program.
+    n_w, tau : float
+    nonnegative : bool
+        Whether the UFM+ (non-negative) relaxation was solved.
+    gram_predicted : ndarray (k, k)
+        Predicted class-mean Gram.
+    delta_measured_predicted : float or None
+        ``Delta(M, G_pred)`` with the run's latest training class means ``M``.
+    delta_predicted_prototypes : float or None
+        ``Delta`` between the predicted means and ``G_W`` (None when ``n_w = 0``).
+    delta_measured_prototypes : float or None
+        ``Delta(M, G_W)`` as logged by the run (same definition).
+    epoch : int or None
+        Epoch of the measured means.
+    certificate : dict
+        :meth:`ncgeo.certify.result.CertificateResult.to_dict` of the solve (bounds, gap, verdict).
+    """
+
+    model: str
+    weights: np.ndarray
+    n_w: float
+    tau: float
+    nonnegative: bool
+    gram_predicted: np.ndarray
+    delta_measured_predicted: float | None
+    delta_predicted_prototypes: float | None
+    delta_measured_prototypes: float | None
+    epoch: int | None
+    verdict: str
+    certificate: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "weights": self.weights.tolist(), "n_w": self.n_w, "tau": self.tau,
+            "nonnegative": self.nonnegative, "gram_predicted": self.gram_predicted.tolist(),
+            "delta_measured_predicted": self.delta_measured_predicted,
+            "delta_predicted_prototypes": self.delta_predicted_prototypes,
+            "delta_measured_prototypes": self.delta_measured_prototypes,
+            "epoch": self.epoch, "verdict": self.verdict, "certificate": self.certificate,
+        }
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        def show(value):
+            return "n/a" if value is None else f"{value:.4f}"
+        weights = ", ".join(f"{w:.3g}" for w in self.weights)
+        return "\n".join([
+            f"model: reduced full-batch UFM{'+' if self.nonnegative else ''} with "
+            f"{'expected per-batch' if self.model == 'batch' else 'training-set'} class counts [{weights}], "
+            f"n_w = {self.n_w:g}, tau = {self.tau:g}",
+            f"certificate: {self.verdict}",
+            f"Delta(measured, predicted) = {show(self.delta_measured_predicted)} (epoch {self.epoch})",
+            f"Delta(predicted, prototypes) = {show(self.delta_predicted_prototypes)}",
+            f"Delta(measured, prototypes) = {show(self.delta_measured_prototypes)}",
+        ])
+
+
+def predict_run(run: str | os.PathLike | RunRecord, model: str = "batch", *, solver: str = "CLARABEL",
+                write: bool = True) -> Prediction:
+    """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``."""
+    from ncgeo.certify.reduced import solve_reduced
+
+    check_choice("model", model, PREDICTION_MODELS)
+    record = run if isinstance(run, RunRecord) else load_run(run)
+    loss = record.config.get("loss", "scl")
+    if loss != "scl":
+        raise ValueError(f"predict needs a run trained with --loss scl; {record.name!r} used --loss {loss} "
+                         "(its limit is CE with a fixed classifier, not the reduced SCL model)")
+    counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
+    if np.any(counts <= 0):
+        raise ValueError(f"run {record.name!r} has classes without training samples: {counts.astype(int).tolist()}")
+    if model == "batch":
+        weights = expected_batch_counts(counts, record.run["samples_per_batch"])
+    else:
+        weights = counts
+    n_w, tau = float(record.config["protos"]), float(record.config["tau"])
+    nonnegative = record.config.get("feature") == "nonnegative"
+    W = record.prototypes
+    result = solve_reduced(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
+                           dim=W.shape[0], solver=solver)
+    if "R" not in result.solution:
+        raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
+    gram = predicted_means_gram(np.asarray(result.solution["R"]), weights)
+    measured = None
+    if record.train_means is not None:
+        present = np.any(record.train_means != 0, axis=0)
+        if np.all(present):
+            measured = gram_distance(record.train_means, gram)
+    delta_predicted_prototypes = gram_distance(_factor(gram), W.T @ W) if n_w > 0 else None
+    prediction = Prediction(
+        model=model, weights=weights, n_w=n_w, tau=tau, nonnegative=nonnegative, gram_predicted=gram,
+        delta_measured_predicted=measured, delta_predicted_prototypes=delta_predicted_prototypes,
+        delta_measured_prototypes=record.metrics[-1]["train"]["delta_prototypes"],
+        epoch=record.means_epoch, verdict=result.verdict(), certificate=result.to_dict(),
+    )
+    if write:
+        atomic_write_json(record.path / "prediction.json", prediction.to_dict())
+    return prediction

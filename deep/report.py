@@ -1,0 +1,206 @@
+"""Figures and tables comparing deep runs (``ncgeo deep report RUN [RUN ...] --out DIR``).
+
+Writes into ``out``:
+
+* ``delta_curves.png``: ``Delta`` to the prototype Gram, to the ETF (centred means) and
+  to the OF (uncentred) against the epoch, one colour per run, training set solid and
+  test set dashed (definitions of :mod:`ncgeo.metrics`, as logged in ``metrics.jsonl``);
+* ``grams.png``: one row per run with the cosines of the final training class means, the
+  prototype Gram ``G_W`` and the UFM prediction of :mod:`deep.predict` (cosines of the
+  predicted means);
+* ``accuracy.md`` / ``accuracy.csv``: one row per run (final epoch): balanced NCC and
+  nearest-prototype accuracies on train and test, ``Delta`` values and the prediction gap;
+* ``per_class.csv``: per-class counts and accuracies of every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .checkpoint import atomic_write_bytes
+from .predict import Prediction, RunRecord, load_run, predict_run
+
+__all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
+
+TABLE_COLUMNS = (
+    "run", "loss", "n_w", "imbalance", "ratio", "epoch", "train_ncc", "test_ncc", "train_nearest_prototype",
+    "test_nearest_prototype", "train_delta_prototypes", "test_delta_prototypes", "train_delta_etf",
+    "train_nc1", "delta_measured_predicted", "prediction_model",
+)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Paths written by :func:`report` and the table rows."""
+
+    out: Path
+    files: tuple[Path, ...]
+    rows: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "files": [str(f) for f in self.files], "rows": list(self.rows)}
+
+
+def cosines(gram: np.ndarray) -> np.ndarray:
+    """``G_cc' / sqrt(G_cc G_c'c')``: the cosine matrix of a Gram (zero rows stay zero)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+    scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+    return gram * np.outer(scale, scale)
+
+
+def _final(record: RunRecord) -> dict[str, Any]:
+    return record.metrics[-1]
+
+
+def accuracy_rows(records: Sequence[RunRecord], predictions: Sequence[Prediction | None]) -> list[dict[str, Any]]:
+    """One row per run (keys :data:`TABLE_COLUMNS`) from its last metrics line and prediction."""
+    rows = []
+    for record, prediction in zip(records, predictions):
+        last = _final(record)
+        train, test = last["train"], last.get("test") or {}
+        rows.append({
+            "run": record.name, "loss": record.config.get("loss"), "n_w": record.config.get("protos"),
+            "imbalance": record.config.get("imbalance"), "ratio": record.config.get("ratio"),
+            "epoch": last["epoch"], "train_ncc": train["ncc_accuracy"], "test_ncc": test.get("ncc_accuracy"),
+            "train_nearest_prototype": train["nearest_prototype_accuracy"],
+            "test_nearest_prototype": test.get("nearest_prototype_accuracy"),
+            "train_delta_prototypes": train["delta_prototypes"],
+            "test_delta_prototypes": test.get("delta_prototypes"),
+            "train_delta_etf": train["delta_etf"], "train_nc1": train["nc1"],
+            "delta_measured_predicted": None if prediction is None else prediction.delta_measured_predicted,
+            "prediction_model": None if prediction is None else prediction.model,
+        })
+    return rows
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _save_figure(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _curves(records: Sequence[RunRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("delta_prototypes", "Delta to prototype Gram"), ("delta_etf", "Delta to ETF (centred)"),
+              ("delta_of", "Delta to OF (uncentred)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, record in enumerate(records):
+        colour = colours[index % len(colours)]
+        epochs = [m["epoch"] for m in record.metrics]
+        for axis, (key, title) in zip(axes[0], panels):
+            train = [m["train"][key] for m in record.metrics]
+            axis.plot(epochs, [np.nan if v is None else v for v in train], "-o", ms=3, color=colour,
+                      label=f"{record.name} (train)")
+            if all(m.get("test") for m in record.metrics):
+                test = [m["test"][key] for m in record.metrics]
+                axis.plot(epochs, [np.nan if v is None else v for v in test], "--", color=colour,
+                          label=f"{record.name} (test)")
+            axis.set_title(title)
+            axis.set_xlabel("epoch")
+            axis.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("Delta")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(records), 3, figsize=(10.5, 3.3 * len(records)), squeeze=False)
+    image = None
+    for row, (record, prediction) in enumerate(zip(records, predictions)):
+        measured = cosines(np.asarray(_final(record)["train"]["gram_means"], dtype=np.float64))
+        panels = [(measured, f"{record.name}: learnt (epoch {_final(record)['epoch']})"),
+                  (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
+                  (None if prediction is None else cosines(prediction.gram_predicted),
+                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model} counts)"))]
+        for axis, (matrix, title) in zip(axes[row], panels):
+            axis.set_title(title, fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if matrix is None:
+                axis.text(0.5, 0.5, "no prediction", ha="center", va="center", transform=axis.transAxes)
+                continue
+            image = axis.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine")
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict: bool = True,
+           model: str = "batch") -> ReportResult:
+    """Write the figures and tables of the module docstring for ``runs`` into ``out``.
+
+    ``predict`` computes (and caches in each run's ``prediction.json``) the UFM prediction
+    with :func:`deep.predict.predict_run`; runs without one (CE baselines) show none.
+    """
+    if isinstance(runs, (str, os.PathLike)) or len(runs) == 0:
+        raise ValueError("runs must be a non-empty list of run folders")
+    records = [load_run(run) for run in runs]
+    predictions: list[Prediction | None] = []
+    for record in records:
+        if predict and record.config.get("loss", "scl") == "scl":
+            predictions.append(predict_run(record, model))
+        else:
+            predictions.append(None)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = accuracy_rows(records, predictions)
+    files = [folder / name for name in ("delta_curves.png", "grams.png", "accuracy.md", "accuracy.csv",
+                                        "per_class.csv")]
+    _curves(records, files[0])
+    _grams(records, predictions, files[1])
+    atomic_write_bytes(files[2], _markdown(rows).encode("utf-8"))
+    atomic_write_bytes(files[3], _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows]))
+    per_class = []
+    for record in records:
+        last = _final(record)
+        test = last.get("test") or {}
+        for c, count in enumerate(last["train"]["class_counts"]):
+            per_class.append([record.name, c, count, last["train"]["ncc_per_class"][c],
+                              (test.get("ncc_per_class") or [None] * (c + 1))[c],
+                              (test.get("nearest_prototype_per_class") or [None] * (c + 1))[c]])
+    atomic_write_bytes(files[4], _csv(("run", "class", "train_count", "train_ncc", "test_ncc",
+                                       "test_nearest_prototype"), per_class))
+    return ReportResult(folder, tuple(files), tuple(rows))
