@@ -61,6 +61,28 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def as_real_array(name: str, value: Any, ndim: int | None = None) -> np.ndarray:
+    """``np.asarray(value)`` after checking it is real and numeric (no copy, no cast).
+
+    Used where a large array must be converted chunk by chunk rather than at once.
+    """
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise TypeError(f"{name} must be real, got a complex array")
+    _check_ndim(name, array.shape, ndim)
+    return array
+
+
+def _check_ndim(name: str, shape: tuple, ndim: int | None) -> None:
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(shape)}")
+
+
 def as_float_tensor(name: str, value: Any, ndim: int, check_finite: bool = True) -> torch.Tensor:
     """Convert numpy/torch/sequence input to a floating torch tensor of ``ndim`` dims.
 
@@ -72,17 +94,8 @@ def as_float_tensor(name: str, value: Any, ndim: int, check_finite: bool = True)
         if not tensor.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
     else:
-        try:
-            array = np.asarray(value)
-        except Exception as exc:  # pragma: no cover - exotic objects
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
-        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
-        if np.iscomplexobj(array):
-            raise TypeError(f"{name} must be real, got a complex array")
-        tensor = torch.as_tensor(array.astype(np.float64))
-    if tensor.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(tensor.shape)}")
+        tensor = torch.as_tensor(as_real_array(name, value).astype(np.float64))
+    _check_ndim(name, tuple(tensor.shape), ndim)
     if check_finite and not bool(torch.isfinite(tensor.detach()).all()):
         raise ValueError(f"{name} must contain only finite values")
     return tensor
@@ -118,15 +131,9 @@ def as_label_tensor(name: str, value: Any, length: int, num_classes: int | None,
 def as_float_array(name: str, value: Any, ndim: int | None = None) -> np.ndarray:
     """Convert numpy/torch/sequence input to a finite float64 numpy array."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
-    if np.iscomplexobj(array):
-        raise TypeError(f"{name} must be real, got a complex array")
-    array = array.astype(np.float64)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array, got shape {array.shape}")
+        value = value.detach().cpu()
+        value = (value.to(torch.float64) if value.is_floating_point() else value).numpy()
+    array = as_real_array(name, value, ndim).astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must contain only finite values")
     return array

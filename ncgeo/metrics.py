@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_float_tensor, as_label_tensor, check_int
+from ._validation import as_float_tensor, as_label_tensor, as_real_array, check_int
 from .geometry import etf_gram
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "equiangularity",
     "mean_pairwise_cosine",
     "prototype_alignment",
+    "prototype_cosines",
     "ncc_accuracy",
     "nearest_prototype_accuracy",
     "class_mean_cosines",
@@ -57,7 +58,9 @@ class ClassStatistics:
     ``device``. The within-class scatter is accumulated around a per-class shift (the
     first chunk's class mean) to avoid cancellation:
     ``N Sigma_W = sum_i (h_i - s_{y_i})(h_i - s_{y_i})^T - sum_c n_c (mu_c - s_c)(mu_c - s_c)^T``.
-    Memory ``O(k d + d^2)`` regardless of the number of samples.
+    State: ``2 k d + d^2 + 2 k`` numbers regardless of the number of samples; an update
+    needs ``O(n d)`` more for a chunk of ``n`` rows (converted to float64 chunk by chunk,
+    so numpy float32 input of ``N = 10^6`` rows of dimension 512 is never copied whole).
     """
 
     def __init__(self, num_classes: int, dim: int, device: torch.device | str | None = None):
@@ -80,29 +83,33 @@ class ClassStatistics:
         y = as_label_tensor("labels", labels, H.shape[0], self.num_classes, device=self.device)
         if H.shape[0] == 0:
             return self
-        one_hot = torch.nn.functional.one_hot(y, self.num_classes).to(torch.float64)
-        chunk_counts = one_hot.sum(dim=0)
+        chunk_counts = torch.bincount(y, minlength=self.num_classes).to(torch.float64)
         new = (chunk_counts > 0) & ~self._shift_set
         if bool(new.any()):
-            chunk_means = (one_hot.T @ H) / chunk_counts.clamp_min(1.0)[:, None]
-            self._shift[new] = chunk_means[new]
+            chunk_sums = torch.zeros_like(self._shift).index_add_(0, y, H)
+            self._shift[new] = chunk_sums[new] / chunk_counts[new][:, None]
             self._shift_set |= new
         centred = H - self._shift[y]
         self.counts += chunk_counts
-        self._shifted_sum += one_hot.T @ centred
+        self._shifted_sum.index_add_(0, y, centred)
         self._scatter += centred.T @ centred
         return self
 
     @classmethod
     def from_embeddings(cls, embeddings, labels, num_classes: int | None = None,
                         chunk_size: int = DEFAULT_CHUNK) -> "ClassStatistics":
-        """Accumulate all of ``embeddings`` in chunks of ``chunk_size`` rows."""
-        H = as_float_tensor("embeddings", embeddings, ndim=2)
-        y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=H.device)
+        """Accumulate all of ``embeddings`` in chunks of ``chunk_size`` rows.
+
+        Each chunk is converted to float64 (and checked for finiteness) on its own, so the
+        input (numpy or torch, any float dtype) is never copied as a whole.
+        """
+        H = _rows("embeddings", embeddings)
+        device = H.device if isinstance(H, torch.Tensor) else None
+        y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=device)
         if num_classes is None:
             num_classes = int(y.max()) + 1 if y.numel() else 1
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-        stats = cls(num_classes, H.shape[1], device=H.device)
+        stats = cls(num_classes, H.shape[1], device=device)
         for start in range(0, H.shape[0], chunk_size):
             stats.update(H[start:start + chunk_size], y[start:start + chunk_size])
         return stats
@@ -127,10 +134,19 @@ class ClassStatistics:
     def within_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance ``Sigma_W`` (``d x d``), normalised by ``N``."""
         present = self.present
+        if not bool(present.any()):
+            raise ValueError("no samples were accumulated")
         offset = self._shifted_sum[present] / self.counts[present][:, None]
         correction = (offset * self.counts[present][:, None]).T @ offset
         sigma = (self._scatter - correction) / self.total
         return 0.5 * (sigma + sigma.T)
+
+
+def _rows(name: str, value) -> torch.Tensor | np.ndarray:
+    """A 2-D torch tensor (kept as is) or real numpy array (not copied, not cast)."""
+    if isinstance(value, torch.Tensor):
+        return as_float_tensor(name, value, ndim=2, check_finite=False)
+    return as_real_array(name, value, ndim=2)
 
 
 def _stats(embeddings, labels, num_classes=None) -> ClassStatistics:
@@ -193,10 +209,24 @@ def delta_to_orthogonal_frame(embeddings, labels) -> float:
     return gram_distance(M, np.eye(M.shape[1]))
 
 
+def _prototypes_and_means(embeddings, labels, prototypes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(W, M, present)``: prototypes ``(d, k)`` checked against the embedding dimension."""
+    W = _matrix("prototypes", prototypes)
+    stats = _stats(embeddings, labels, W.shape[1])
+    if W.shape[0] != stats.dim:
+        raise ValueError(f"prototypes must have shape (d, k) with d = {stats.dim} (the embedding "
+                         f"dimension), got {W.shape}")
+    if stats.num_classes > W.shape[1]:
+        raise ValueError(f"prototypes has {W.shape[1]} columns but the statistics hold "
+                         f"{stats.num_classes} classes")
+    present = np.zeros(W.shape[1], dtype=bool)
+    present[:stats.num_classes] = stats.present.cpu().numpy()
+    return W, stats.means().cpu().numpy(), present
+
+
 def delta_to_prototypes(embeddings, labels, prototypes) -> float:
     """``Delta`` between the **uncentred** class means and ``G_W = W^T W``."""
-    W = _matrix("prototypes", prototypes)
-    M, present = _present_means(embeddings, labels, W.shape[1])
+    W, M, present = _prototypes_and_means(embeddings, labels, prototypes)
     Wp = W[:, present]
     return gram_distance(M, Wp.T @ Wp)
 
@@ -210,6 +240,8 @@ def nc1(embeddings, labels) -> float:
     stats = _stats(embeddings, labels)
     M = stats.means()
     k = M.shape[1]
+    if k < 2:
+        raise ValueError("nc1 needs at least 2 classes (Sigma_B vanishes for one class)")
     centred = M - M.mean(dim=1, keepdim=True)
     sigma_b = (centred @ centred.T / k).cpu().numpy()
     sigma_w = stats.within_covariance().cpu().numpy()
@@ -219,6 +251,8 @@ def nc1(embeddings, labels) -> float:
 def equinorm(embeddings, labels) -> float:
     """Coefficient of variation (std / mean, population std) of ``||mu_c - mu_G||``."""
     M, _ = _present_means(embeddings, labels)
+    if M.shape[1] < 2:
+        raise ValueError("equinorm needs at least 2 classes")
     norms = np.linalg.norm(_centred(M), axis=0)
     return float(norms.std() / norms.mean())
 
@@ -262,13 +296,18 @@ def class_mean_cosines(embeddings, labels, num_classes: int | None = None) -> np
     return out
 
 
-def prototype_alignment(embeddings, labels, prototypes) -> float:
-    """``mean_c cos(mu_c, w_c)`` over the present classes."""
-    W = _matrix("prototypes", prototypes)
-    M, present = _present_means(embeddings, labels, W.shape[1])
+def prototype_cosines(embeddings, labels, prototypes) -> np.ndarray:
+    """``cos(mu_c, w_c)`` for every class ``c`` of ``prototypes`` (``(k,)``; NaN for absent classes)."""
+    W, M, present = _prototypes_and_means(embeddings, labels, prototypes)
     Wp = W[:, present]
-    cos = np.sum(M * Wp, axis=0) / (np.linalg.norm(M, axis=0) * np.linalg.norm(Wp, axis=0))
-    return float(np.mean(cos))
+    out = np.full(W.shape[1], np.nan)
+    out[present] = np.sum(M * Wp, axis=0) / (np.linalg.norm(M, axis=0) * np.linalg.norm(Wp, axis=0))
+    return out
+
+
+def prototype_alignment(embeddings, labels, prototypes) -> float:
+    """``mean_c cos(mu_c, w_c)`` over the present classes (see :func:`prototype_cosines`)."""
+    return float(np.nanmean(prototype_cosines(embeddings, labels, prototypes)))
 
 
 def _accuracy_from_predictions(prediction: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, np.ndarray]:
@@ -281,16 +320,26 @@ def _accuracy_from_predictions(prediction: torch.Tensor, y: torch.Tensor, k: int
     return float(np.mean(per_class[present])), per_class
 
 
-def _nearest(embeddings, labels, centres: np.ndarray, chunk_size: int, num_classes: int):
-    H = as_float_tensor("embeddings", embeddings, ndim=2)
-    y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=H.device)
+def _nearest(embeddings, labels, centres: np.ndarray, chunk_size: int, name: str,
+             allowed: np.ndarray | None = None):
+    """Balanced and per-class accuracy of ``argmin_c ||h - centre_c||`` over allowed columns."""
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    H = _rows("embeddings", embeddings)
+    device = H.device if isinstance(H, torch.Tensor) else torch.device("cpu")
+    num_classes = centres.shape[1]
+    y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=device)
     if centres.shape[0] != H.shape[1]:
-        raise ValueError(f"centres must have {H.shape[1]} rows (the embedding dimension), got {centres.shape}")
-    C = torch.as_tensor(centres, dtype=torch.float64, device=H.device)
+        raise ValueError(f"{name} must have shape (d, k) with d = {H.shape[1]} (the embedding "
+                         f"dimension), got {centres.shape}")
+    C = torch.as_tensor(centres, dtype=torch.float64, device=device)
+    excluded = None if allowed is None else torch.as_tensor(~allowed, device=device)
     predictions = []
     for start in range(0, H.shape[0], chunk_size):
-        chunk = H[start:start + chunk_size].detach().to(torch.float64)
+        chunk = as_float_tensor("embeddings", H[start:start + chunk_size], ndim=2)
+        chunk = chunk.detach().to(device=device, dtype=torch.float64)
         distance = (chunk**2).sum(1, keepdim=True) - 2 * chunk @ C + (C**2).sum(0)[None, :]
+        if excluded is not None:
+            distance = distance.masked_fill(excluded[None, :], float("inf"))
         predictions.append(distance.argmin(dim=1))
     prediction = torch.cat(predictions) if predictions else y.new_empty(0)
     return _accuracy_from_predictions(prediction, y, num_classes)
@@ -305,9 +354,11 @@ def ncc_accuracy(embeddings, labels, means, chunk_size: int = DEFAULT_CHUNK) -> 
     ``labels``; ``per_class`` has NaN for absent classes. Classes whose mean column is
     all-zero (absent from training) are never predicted.
     """
-    M = _matrix("means", means).copy()
-    M[:, ~np.any(M != 0, axis=0)] = np.inf
-    return _nearest(embeddings, labels, M, chunk_size, M.shape[1])
+    M = _matrix("means", means)
+    allowed = np.any(M != 0, axis=0)
+    if not allowed.any():
+        raise ValueError("means must have at least one non-zero column")
+    return _nearest(embeddings, labels, M, chunk_size, "means", allowed)
 
 
 def nearest_prototype_accuracy(embeddings, labels, prototypes,
@@ -316,8 +367,7 @@ def nearest_prototype_accuracy(embeddings, labels, prototypes,
 
     For unit prototypes this equals ``argmax_c h.w_c``.
     """
-    W = _matrix("prototypes", prototypes)
-    return _nearest(embeddings, labels, W, chunk_size, W.shape[1])
+    return _nearest(embeddings, labels, _matrix("prototypes", prototypes), chunk_size, "prototypes")
 
 
 @dataclass(frozen=True)
@@ -343,8 +393,15 @@ class GeometryMetrics:
 
 
 def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | None = None) -> GeometryMetrics:
-    """All the metrics of THEORY.md section 6 for one set of embeddings (one pass + NCC pass)."""
-    H = as_float_tensor("embeddings", embeddings, ndim=2)
+    """All the metrics of THEORY.md section 6 for one set of embeddings (one pass + NCC pass).
+
+    ``embeddings`` ``(N, d)`` and ``labels`` ``(N,)``; with ``prototypes`` ``(d, k)`` the
+    number of classes is ``k`` and the prototype metrics are filled in (else ``None``).
+    Metrics that need two classes (NC1, Delta to the ETF, equinorm, equiangularity, mean
+    cosine) are NaN when fewer than two classes occur. ``gram_means`` is the ``k x k``
+    cosine matrix of the uncentred class means (NaN rows/columns for absent classes).
+    """
+    H = _rows("embeddings", embeddings)
     W = None if prototypes is None else _matrix("prototypes", prototypes)
     if W is not None:
         if W.shape[0] != H.shape[1]:
@@ -353,14 +410,19 @@ def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | Non
     stats = ClassStatistics.from_embeddings(H, labels, num_classes)
     M_full, _ = class_means(stats, None)
     ncc, _ = ncc_accuracy(H, labels, M_full)
+    several = int(stats.present.sum()) >= 2
+
+    def if_several(metric):
+        return metric(stats, None) if several else float("nan")
+
     return GeometryMetrics(
-        nc1=nc1(stats, None),
-        delta_etf=delta_to_etf(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
+        nc1=if_several(nc1),
+        delta_etf=if_several(delta_to_etf),
         delta_of=delta_to_orthogonal_frame(stats, None),
         delta_prototypes=None if W is None else delta_to_prototypes(stats, None, W),
-        equinorm=equinorm(stats, None),
-        equiangularity=equiangularity(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
-        mean_cosine=mean_pairwise_cosine(stats, None) if int(stats.present.sum()) >= 2 else float("nan"),
+        equinorm=if_several(equinorm),
+        equiangularity=if_several(equiangularity),
+        mean_cosine=if_several(mean_pairwise_cosine),
         alignment=None if W is None else prototype_alignment(stats, None, W),
         ncc_accuracy=ncc,
         nearest_prototype_accuracy=None if W is None else nearest_prototype_accuracy(H, labels, W)[0],

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._validation import as_float_array, check_nonnegative
 from .geometry import etf_gram
-from .metrics import ClassStatistics, gram_distance
+from .metrics import ClassStatistics, gram_distance, prototype_cosines
 
 __all__ = [
     "assert_collapsed",
@@ -96,14 +96,11 @@ def assert_orthogonal_frame(embeddings, labels, atol: float = 1e-6) -> None:
 def assert_aligned_with_prototypes(embeddings, labels, prototypes, atol: float = 1e-6) -> None:
     """Assert ``1 - cos(mu_c, w_c) <= atol`` for every present class ``c``."""
     atol = check_nonnegative("atol", atol)
-    W = as_float_array("prototypes", prototypes, ndim=2)
-    M, present = _means(embeddings, labels, W.shape[1])
-    Wp = W[:, present]
-    cos = np.sum(M * Wp, axis=0) / (np.linalg.norm(M, axis=0) * np.linalg.norm(Wp, axis=0))
+    cos = prototype_cosines(embeddings, labels, prototypes)
     misalignment = 1.0 - cos
-    worst = int(np.argmax(misalignment))
+    worst = int(np.nanargmax(misalignment))
     if not misalignment[worst] <= atol:
         raise AssertionError(
             f"class means are not aligned with the prototypes: max 1 - cos(mu_c, w_c) = "
-            f"{misalignment[worst]:.3e} > atol = {atol:.1e} (worst class {present[worst]})"
+            f"{misalignment[worst]:.3e} > atol = {atol:.1e} (worst class {worst})"
         )
