@@ -87,9 +87,11 @@ class DataError(ValueError):
     where it was expected and how to obtain it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageDataset:
     """Images and labels as tensors, with the normalisation statistics of the training split.
+
+    Two datasets compare equal only when they are the same object (tensors are not compared).
 
     Attributes
     ----------
@@ -154,6 +156,12 @@ class ImageDataset:
         """The same dataset with both tensors on ``device`` (kept as ``uint8`` / ``int64``)."""
         return replace(self, images=self.images.to(device, non_blocking=non_blocking),
                        labels=self.labels.to(device, non_blocking=non_blocking))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (no pixel data): name, sizes, class counts, statistics."""
+        return {"name": self.name, "num_samples": len(self), "num_classes": self.num_classes,
+                "image_shape": list(self.images.shape[1:]), "class_counts": self.class_counts().tolist(),
+                "mean": list(self.mean), "std": list(self.std), "class_names": list(self.class_names)}
 
     def class_counts(self) -> np.ndarray:
         """Number of samples per class, ``int64`` array of length ``num_classes``."""

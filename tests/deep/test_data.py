@@ -329,6 +329,10 @@ def test_make_imbalanced_and_dataset_methods():
     assert moved.device.type == "cpu" and torch.equal(moved.images, ds.images)
     with pytest.raises(TypeError, match="indices must be integers"):
         ds.subset(np.array([0.5]))
+    description = sub.to_dict()
+    assert description["num_samples"] == 24 and description["class_counts"] == [10, 10, 2, 2]
+    assert description["image_shape"] == [1, 2, 2] and description["mean"] == [0.5]
+    assert sub == sub and sub != again      # identity equality, no tensor comparison
 
 
 def test_image_dataset_validation():

@@ -24,7 +24,7 @@ def test_feature_shapes_and_unit_norm(feature, dim, channels, size):
 
 def test_nonnegative_vs_signed():
     torch.manual_seed(1)
-    x = torch.randn(6, 3, 32, 32)
+    x = torch.randn(6, 3, 16, 16)
     nonnegative = resnet18(width=WIDTH, feature="nonnegative").train()
     assert (nonnegative(x) >= 0).all()
     signed = resnet18(width=WIDTH, feature="signed").train()
@@ -88,7 +88,7 @@ def test_kaiming_init_and_batchnorm():
 def test_channels_last_matches_and_gradients_flow():
     torch.manual_seed(2)
     model = resnet18(width=WIDTH, feature="mlp", feature_dim=16)
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 16, 16)
     reference = model(x)
     model_cl = resnet18(width=WIDTH, feature="mlp", feature_dim=16)
     model_cl.load_state_dict(model.state_dict())
