@@ -224,7 +224,7 @@ def test_anchor_without_positive_counts_in_mean():
     labels = [0, 1, 1]  # anchor 0 has no positive when n_w = 0
     H, y, W = batch(5, labels, d=3, k=2)
     H.requires_grad_(True)
-    per = scl_prototype_loss(H, y, n_w=0, tau=0.2, reduction="none")
+    per = scl_prototype_loss(H, y, n_w=0, tau=0.2, reduction="none").detach()
     assert float(per[0]) == 0.0
     assert torch.all(torch.isfinite(per))
     mean = scl_prototype_loss(H, y, n_w=0, tau=0.2, reduction="mean")
