@@ -34,16 +34,24 @@ def test_crop_padding_zero_is_identity():
     assert torch.equal(out, x) and out.dtype == x.dtype
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("flip", [False, True])
-def test_crop_flip_matches_per_image_reference(flip):
-    x, padding = _images(), 2
-    generator = torch.Generator().manual_seed(3)
+def test_crop_flip_matches_per_image_reference(flip, device):
+    x, padding = _images().to(device), 2
+    generator = torch.Generator(device=device).manual_seed(3)
     out = random_crop_flip(x, padding, flip=flip, generator=generator, views=2)
+    assert out.device.type == device
+    x, out = x.cpu(), out.cpu()
     # replay the documented draw order: tops, lefts, then flip uniforms (view-major, length 2N)
-    replay = torch.Generator().manual_seed(3)
-    tops = torch.randint(0, 2 * padding + 1, (10,), generator=replay)
-    lefts = torch.randint(0, 2 * padding + 1, (10,), generator=replay)
-    mirrored = torch.rand(10, generator=replay) < 0.5 if flip else torch.zeros(10, dtype=torch.bool)
+    replay = torch.Generator(device=device).manual_seed(3)
+    tops = torch.randint(0, 2 * padding + 1, (10,), generator=replay, device=device).cpu()
+    lefts = torch.randint(0, 2 * padding + 1, (10,), generator=replay, device=device).cpu()
+    mirrored = (torch.rand(10, generator=replay, device=device).cpu() < 0.5 if flip
+                else torch.zeros(10, dtype=torch.bool))
     assert out.shape == (10, 3, 6, 7) and out.dtype == torch.uint8
     for j in range(10):
         expected = _reference_window(x[j % 5], int(tops[j]), int(lefts[j]), padding, bool(mirrored[j]))

@@ -108,3 +108,16 @@ def test_float64_and_unnormalised_alias():
     assert h.dtype == torch.float64
     z = model.forward_unnormalised(x)
     torch.testing.assert_close(h, z / z.norm(dim=1, keepdim=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_channels_last_bf16_autocast():
+    model = resnet18(width=WIDTH, feature="signed").cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h = model(x)
+    assert h.dtype == torch.float32 and h.shape == (8, 64)
+    torch.testing.assert_close(h.norm(dim=1), torch.ones(8, device="cuda"))
+    h.sum().backward()
+    assert torch.isfinite(model.conv1.weight.grad).all()
