@@ -36,8 +36,11 @@ without batch-norm in training mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -47,6 +50,8 @@ import torch
 import torch.distributed as dist
 
 from ncgeo._validation import check_choice, check_int
+
+from .config import TrainConfig, option_name
 from ncgeo.losses import scl_prototype_loss
 from ncgeo.metrics import ClassStatistics
 
@@ -61,12 +66,18 @@ __all__ = [
     "distributed_scl_prototype_loss",
     "ShardedBatchSampler",
     "shard_range",
+    "gather_rows",
+    "broadcast_buffers",
+    "average_gradients",
     "all_reduce_sum",
     "all_reduce_class_statistics",
     "mean_over_ranks",
     "prepare_model",
     "barrier",
     "on_main_process",
+    "config_arguments",
+    "torchrun_command",
+    "launch",
 ]
 
 T = TypeVar("T")
@@ -344,6 +355,27 @@ class ShardedBatchSampler:
         return iter(self.epoch_indices().tolist())
 
 
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order (no gradient); row counts may differ.
+
+    Rows are padded to the largest count for the collective and trimmed afterwards.
+    Without a process group, ``local`` itself.
+    """
+    if not is_distributed():
+        return local
+    world = dist.get_world_size()
+    where = _collective_device(local)
+    count = torch.tensor([local.shape[0]], device=where)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=where)
+    padded[: local.shape[0]] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(local.device)
+
+
 def shard_range(num_items: int, rank: int, world_size: int) -> range:
     """Contiguous part of ``range(num_items)`` for ``rank`` (sizes differ by at most one).
 
@@ -449,6 +481,31 @@ def prepare_model(model: torch.nn.Module, context: DistributedContext, *,
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def broadcast_buffers(module: torch.nn.Module, source: int = 0) -> None:
+    """Copy the buffers (batch-norm running statistics) of rank ``source`` to every rank.
+
+    Without SyncBatchNorm each rank updates its running statistics with its own batches;
+    this makes evaluation use the same network on every rank.
+    """
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        moved = buffer.to(_collective_device(buffer))
+        dist.broadcast(moved, src=source)
+        if moved is not buffer:
+            buffer.copy_(moved)
+
+
+def average_gradients(parameters) -> None:
+    """Average the ``.grad`` of parameters that DDP does not manage (mean over ranks)."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is not None:
+            all_reduce_sum(parameter.grad).div_(world)
+
+
 def barrier() -> None:
     """Wait for all ranks (no-op for a single process)."""
     if is_distributed():
@@ -458,3 +515,42 @@ def barrier() -> None:
 def on_main_process(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call ``function(*args, **kwargs)`` on rank 0 only (files, printing); None elsewhere."""
     return function(*args, **kwargs) if rank() == 0 else None
+
+
+def config_arguments(config: TrainConfig) -> list[str]:
+    """Options of ``python -m deep.train`` that rebuild exactly ``config``.
+
+    Every field is passed explicitly (``--batch-size 128``; milestones comma-separated),
+    except unset optional ones; a boolean appears only when it differs from its default
+    (``--resume``, ``--no-progress``, ...).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    arguments: list[str] = []
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if isinstance(value, bool):
+            if value != spec.default:
+                arguments.append(option_name(spec.name) if value else f"--no-{option_name(spec.name)[2:]}")
+        elif value is None or value == ():
+            continue
+        elif isinstance(value, tuple):
+            arguments += [option_name(spec.name), ",".join(str(item) for item in value)]
+        else:
+            arguments += [option_name(spec.name), str(value)]
+    return arguments
+
+
+def torchrun_command(config: TrainConfig, nproc: int, python: str | None = None) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m deep.train OPTIONS``.
+
+    ``--standalone`` runs a single-node rendezvous on a free local port.
+    """
+    nproc = check_int("nproc", nproc, minimum=1)
+    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "deep.train", *config_arguments(config)]
+
+
+def launch(config: TrainConfig, nproc: int) -> int:
+    """Run :func:`torchrun_command` and wait; returns its exit status."""
+    return subprocess.run(torchrun_command(config, nproc), check=False).returncode

@@ -16,7 +16,10 @@ from deep.distributed import (
     ShardedBatchSampler,
     all_reduce_class_statistics,
     all_reduce_sum,
+    average_gradients,
+    broadcast_buffers,
     distributed_scl_prototype_loss,
+    gather_rows,
     init_distributed,
     mean_over_ranks,
     prepare_model,
@@ -93,6 +96,16 @@ def main(path: str) -> None:
     results["within"] = stats.within_covariance()
     results["counts"] = stats.counts.clone()
     results["rank_sum"] = all_reduce_sum(torch.tensor([float(rank + 1)]))
+    # unequal row counts, buffers from rank 0, averaged gradients of a module outside DDP
+    results["rows"] = gather_rows(torch.full((rank + 1, 2), float(rank)))
+    norm = torch.nn.BatchNorm1d(3)
+    norm.running_mean.fill_(float(rank + 10))
+    broadcast_buffers(norm)
+    results["running_mean"] = norm.running_mean.clone()
+    extra = torch.nn.Parameter(torch.zeros(2))
+    extra.grad = torch.full((2,), float(rank))
+    average_gradients([extra])
+    results["averaged_grad"] = extra.grad.clone()
     torch.save(results, path if rank == 0 else f"{path}.rank{rank}")
     shutdown_distributed()
 

@@ -92,6 +92,17 @@ def test_class_statistics_merge_equals_single_pass(runs):
     assert float(rank0["rank_sum"]) == float(rank1["rank_sum"]) == 3.0
 
 
+def test_row_gather_buffer_broadcast_and_gradient_average(runs):
+    single, rank0, rank1 = runs
+    expected_rows = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    for rank_result in (rank0, rank1):
+        assert torch.equal(rank_result["rows"], expected_rows)
+        assert torch.equal(rank_result["running_mean"], torch.full((3,), 10.0))
+        assert torch.equal(rank_result["averaged_grad"], torch.full((2,), 0.5))
+    assert torch.equal(single["rows"], torch.zeros(1, 2))
+    assert torch.equal(single["averaged_grad"], torch.zeros(2))
+
+
 def test_single_process_fallbacks():
     context = init_distributed("cpu", env={})
     assert context == DistributedContext(0, 0, 1, None, "cpu") and not context.enabled
@@ -153,3 +164,35 @@ def test_sampler_and_shard_validation():
     assert list(shard_range(10, 2, 3)) == [7, 8, 9]
     with pytest.raises(ValueError, match="rank"):
         shard_range(5, 3, 3)
+
+
+def _parse_training_options(arguments: list[str]):
+    import click
+
+    from deep.config import resolve_config, train_options
+
+    @click.command()
+    @train_options
+    def capture(config_file, **options):
+        return resolve_config(options, config_file)
+
+    return capture.main(args=arguments, standalone_mode=False)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"dataset": "fmnist", "imbalance": "step", "ratio": 10.0, "protos": 100.0, "milestones": (3, 5),
+     "epochs": 6, "lr": 1e-4, "weight_decay": 0.0, "max_train_samples": 500, "progress": False,
+     "feature": "mlp", "feature_dim": 32, "warmup_epochs": 0.5, "seed": 3, "device": "cpu"},
+])
+def test_launch_arguments_rebuild_the_configuration(tmp_path, changes):
+    from deep.config import TrainConfig
+    from deep.distributed import config_arguments, torchrun_command
+
+    config = TrainConfig(out=str(tmp_path / "run"), **changes)
+    assert _parse_training_options(config_arguments(config)) == config
+    command = torchrun_command(config, 2, python="python3")
+    assert command[:7] == ["python3", "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "deep.train"]
+    with pytest.raises(ValueError, match="nproc"):
+        torchrun_command(config, 0)
