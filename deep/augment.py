@@ -89,13 +89,13 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
     ``(a, b)``, ``a, b`` uniform in ``{0, ..., 2 padding}``, of image ``i`` zero-padded by
     ``padding`` pixels on every side, mirrored left-right with probability 1/2 when ``flip``:
     ``out[v N + i, c, r, s] = P_i[c, a + r, b + s']`` with ``s' = W - 1 - s`` if flipped else
-    ``s``. One gather from the padded batch; the result is ``(views N, C, H, W)`` in
-    ``channels_last`` memory layout.
+    ``s``. One ``torch.gather`` from the flattened padded batch (the pixel index is shared by
+    the channels); the result is a contiguous ``(views N, C, H, W)`` tensor of the input dtype.
     """
     images = _check_images(images)
     padding = check_int("padding", padding, minimum=0)
     views = check_int("views", views, minimum=1)
-    n, _, height, width = images.shape
+    n, channels, height, width = images.shape
     total, device = views * n, images.device
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
     top = _draw("int", 2 * padding + 1, total, generator, device)
@@ -105,11 +105,13 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
     if flip:
         mirrored = _draw("uniform", 0, total, generator, device) < 0.5
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
-    source = torch.arange(n, device=device).repeat(views)
-    # advanced indices around a slice: the result is (V N, H, W, C); permuting back gives a
-    # (V N, C, H, W) tensor whose strides are exactly channels_last.
-    out = padded[source[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)
+    padded_height, padded_width = padded.shape[-2:]
+    flat = padded.reshape(n, channels, padded_height * padded_width)
+    if views > 1:
+        flat = flat.repeat(views, 1, 1)                                   # view-major copies
+    pixel = (rows[:, :, None] * padded_width + cols[:, None, :]).reshape(total, 1, height * width)
+    out = torch.gather(flat, 2, pixel.expand(total, channels, height * width))
+    return out.view(total, channels, height, width)
 
 
 def random_crop(images: torch.Tensor, padding: int = 4,
