@@ -344,12 +344,22 @@ class ShardedBatchSampler:
         """This rank's batches of ``epoch`` (default: the current one), shape ``(len(self), b)``."""
         epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
+        batches = self.split(torch.randperm(self.num_samples, generator=generator))
+        return batches.to(device) if device is not None else batches
+
+    def split(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's batches ``(len(self), b)`` cut from a permutation ``order`` of the samples.
+
+        For callers that draw the epoch's permutation themselves (e.g. from a checkpointed
+        generator); with one process the batches are ``order[t b:(t+1) b]``.
+        """
+        if order.shape != (self.num_samples,):
+            raise ValueError(f"order must have shape ({self.num_samples},), got {tuple(order.shape)}")
         needed = len(self) * self.global_batch_size
         if needed > self.num_samples:
             order = torch.cat([order, order[: needed - self.num_samples]])
         batches = order[:needed].view(len(self), self.world_size, self.batch_size)[:, self.rank]
-        return batches.contiguous().to(device) if device is not None else batches.contiguous()
+        return batches.contiguous()
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.epoch_indices().tolist())

@@ -141,6 +141,12 @@ def test_sampler_shards_partition_the_epoch(drop_last):
         else:
             assert len(shards[0]) == 4 and drawn.unique().numel() == n  # padded with repeats
     assert not torch.equal(single.epoch_indices(0), single.epoch_indices(1))
+    order = torch.randperm(n)
+    assert torch.equal(torch.cat([s.split(order) for s in shards], dim=1), single.split(order))
+    if drop_last:  # one process: consecutive slices of the permutation, as a plain loop would cut
+        assert torch.equal(single.split(order), order[: len(single) * b * world].view(-1, b * world))
+    with pytest.raises(ValueError, match="order"):
+        single.split(order[:-1])
     shards[0].set_epoch(1)
     assert list(shards[0]) == shards[0].epoch_indices(1).tolist()
 
