@@ -36,6 +36,9 @@ def check_real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
             value = value.item()
+        elif (isinstance(value, np.ndarray) and value.ndim == 0
+              and (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))):
+            value = value.item()
         else:
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)

@@ -68,7 +68,8 @@ def assert_gram_close(gram, target, atol: float = 1e-6) -> None:
 
 
 def _assert_mean_gram(M: np.ndarray, present: np.ndarray, target: np.ndarray, atol: float, what: str) -> None:
-    unit = M / np.linalg.norm(M, axis=0, keepdims=True)
+    norms = np.linalg.norm(M, axis=0, keepdims=True)
+    unit = M / np.where(norms > 0, norms, 1.0)  # a zero mean has cosine 0 with every other
     difference = unit.T @ unit - target
     measured = gram_distance(M, target)
     if not measured <= atol:

@@ -89,6 +89,14 @@ def test_assert_simplex_etf_fails_with_delta_and_pair():
     assert_pair(message, labels[i], labels[j])
 
 
+def test_assert_simplex_etf_with_a_mean_at_the_centroid_fails_cleanly():
+    # class 2 sits at the centroid of the three means: its centred mean is zero
+    H = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(AssertionError, match=r"not a simplex ETF: Delta = [0-9.e+-]+ > atol") as info:
+        assert_simplex_etf(H, [0, 1, 2], atol=1e-3)
+    assert "nan" not in str(info.value)
+
+
 def test_assert_simplex_etf_rejects_an_orthogonal_frame_of_means_in_general_position():
     W = orthogonal_frame(3, 3)
     W[:, 0] *= 2  # uncentred OF with unequal norms is not an ETF after centring

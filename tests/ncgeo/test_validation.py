@@ -153,6 +153,7 @@ def test_scalar_checks_accept_good_values():
     assert check_positive("x", torch.tensor(2.0)) == 2.0
     assert check_nonnegative("x", 0) == 0.0
     assert check_real("x", np.int64(3)) == 3.0
+    assert check_real("x", np.array(0.25)) == 0.25  # 0-d arrays are scalars
     assert check_int("x", np.int32(4), minimum=1) == 4
     assert check_choice("x", "a", ("a", "b")) == "a"
 
@@ -165,6 +166,8 @@ def test_scalar_checks_accept_good_values():
     (check_real, torch.tensor([1.0, 2.0]), TypeError, r"x must be a real number"),
     (check_real, torch.tensor(True), TypeError, r"x must be a real number"),
     (check_int, 2.0, TypeError, r"x must be an integer, got float"),
+    (check_real, np.array([0.5]), TypeError, r"x must be a real number, got ndarray"),
+    (check_real, np.array(True), TypeError, r"x must be a real number"),
 ])
 def test_scalar_checks_reject(check, value, error, message):
     with pytest.raises(error, match=message):
