@@ -557,6 +557,11 @@ def torchrun_command(config: TrainConfig, nproc: int, python: str | None = None)
     ``--standalone`` runs a single-node rendezvous on a free local port.
     """
     nproc = check_int("nproc", nproc, minimum=1)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if config.batch_size % nproc:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
+                         "(it is the global batch, split equally over the processes)")
     return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={nproc}", "-m", "deep.train", *config_arguments(config)]
 
