@@ -163,15 +163,24 @@ def _majority_size(counts: np.ndarray, imbalance: str, ratio: float, limit: int)
     return low
 
 
-def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageDataset, ImageDataset]:
+def prepare_data(config: TrainConfig, device: torch.device,
+                 datasets: tuple[ImageDataset, ImageDataset] | None = None) -> tuple[ImageDataset, ImageDataset]:
     """Training set (imbalanced, capped by ``max_train_samples``) and test set, on ``device``.
 
-    The training set keeps ``ncgeo.classes.class_sizes(k, n, imbalance, ratio)`` images per
+    ``datasets`` (train, test) replaces reading ``config.dataset`` from ``config.data_root``
+    (e.g. your own images as :class:`deep.data.ImageDataset`). The training set keeps ``ncgeo.classes.class_sizes(k, n, imbalance, ratio)`` images per
     class, ``n`` the largest majority size available (or that fits ``max_train_samples``);
     the test set stays balanced (``max_test_samples // k`` per class when capped).
     """
-    train_set = load_dataset(config.dataset, config.data_root, train=True)
-    test_set = load_dataset(config.dataset, config.data_root, train=False)
+    if datasets is None:
+        train_set = load_dataset(config.dataset, config.data_root, train=True)
+        test_set = load_dataset(config.dataset, config.data_root, train=False)
+    else:
+        train_set, test_set = datasets
+        if not isinstance(train_set, ImageDataset) or not isinstance(test_set, ImageDataset):
+            raise TypeError("datasets must be a pair (train, test) of deep.data.ImageDataset")
+        if train_set.num_classes != test_set.num_classes:
+            raise ValueError(f"datasets: train has {train_set.num_classes} classes, test {test_set.num_classes}")
     k = train_set.num_classes
     counts = train_set.class_counts()
     majority = None
@@ -287,13 +296,16 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
     return record
 
 
-def train(config: TrainConfig, *, stop_after: int | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
+def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | None = None,
+          stop_after: int | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) the run described by ``config``; returns the run folder.
 
     Parameters
     ----------
     config : TrainConfig
+    datasets : (ImageDataset, ImageDataset), optional
+        Train and test images to use instead of reading ``config.dataset`` (imbalance and
+        sample caps of ``config`` still apply).
     stop_after : int, optional
         Stop after this many epochs of this call, leaving a resumable run (for time-sliced
         jobs; the test of resumption uses it).
@@ -302,6 +314,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None,
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after must be a positive integer or None, got {stop_after!r}")
     if log is None:
         log = (lambda text: print(text, file=sys.stderr, flush=True)) if config.progress else (lambda text: None)
     device = resolve_device(config.device)
@@ -319,7 +333,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None,
             raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
     out.mkdir(parents=True, exist_ok=True)
 
-    train_set, test_set = prepare_data(config, device)
+    train_set, test_set = prepare_data(config, device, datasets)
     model, objective, W = _build(config, train_set, device)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = build_optimizer(parameters, config)

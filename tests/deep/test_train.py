@@ -1,0 +1,178 @@
+"""Training engine: loss decreases on real Fashion-MNIST, bit-identical resume, baselines, schedules, files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import FASHION_MNIST, synthetic_images, tiny_config
+
+from deep.checkpoint import load_checkpoint, read_jsonl, save_checkpoint
+from deep.config import TrainConfig
+from deep.train import (
+    Objective,
+    build_optimizer,
+    build_prototypes,
+    build_scheduler,
+    main,
+    prepare_data,
+    train,
+)
+from ncgeo.geometry import etf_gram
+from ncgeo.losses import scl_prototype_loss
+
+
+def _datasets():
+    return synthetic_images(seed=0), synthetic_images(per_class=8, seed=1)
+
+
+def _state(run):
+    return load_checkpoint(run / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_loss_decreases_and_metrics_written(tmp_path):
+    if not os.path.isdir(FASHION_MNIST):
+        pytest.skip(f"Fashion-MNIST not installed at {FASHION_MNIST} (Debian package dataset-fashion-mnist)")
+    config = TrainConfig(dataset="fmnist", width=4, epochs=3, batch_size=32, lr=0.05, protos=100,
+                         max_train_samples=192, max_test_samples=100, milestones=(3,), device="cpu",
+                         progress=False, out=str(tmp_path / "fmnist"), seed=0)
+    run = train(config)
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert [line["epoch"] for line in lines] == [0, 1, 2, 3]
+    assert lines[-1]["loss"] < lines[1]["loss"]
+    for line in lines:
+        for split, samples in (("train", 190), ("test", 100)):
+            metrics = line[split]
+            assert metrics["samples"] == samples
+            for key in ("delta_prototypes", "delta_etf", "delta_of", "nc1", "alignment", "ncc_accuracy",
+                        "nearest_prototype_accuracy"):
+                assert np.isfinite(metrics[key]), (split, key)
+            assert len(metrics["ncc_per_class"]) == 10 and len(metrics["gram_means"]) == 10
+    # with n_w = 100 ETF prototypes the class means move towards the prototype Gram
+    assert lines[-1]["train"]["delta_prototypes"] < lines[0]["train"]["delta_prototypes"]
+    facts = json.loads((run / "run.json").read_text())
+    assert facts["train_class_counts"] == [19] * 10 and facts["samples_per_batch"] == 64
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = train(tiny_config(tmp_path / "straight", epochs=2), datasets=_datasets())
+    config = tiny_config(tmp_path / "resumed", epochs=2)
+    train(config, datasets=_datasets(), stop_after=1)
+    assert _state(tmp_path / "resumed")["epoch"] == 1
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, datasets=_datasets())
+    with pytest.raises(ValueError, match="--lr"):
+        train(config.replace(resume=True, lr=0.2), datasets=_datasets())
+    train(config.replace(resume=True), datasets=_datasets())
+    first, second = _state(straight), _state(tmp_path / "resumed")
+    assert first["epoch"] == second["epoch"] == 2
+    for key in ("model", "objective"):
+        assert first[key].keys() == second[key].keys()
+        for name in first[key]:
+            assert torch.equal(first[key][name], second[key][name]), name
+    for name in ("shuffle_generator", "augment_generator"):
+        assert torch.equal(first[name], second[name])
+    assert (straight / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
+
+
+def test_resume_drops_lines_written_after_the_checkpoint(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=2)
+    run = train(config, datasets=_datasets(), stop_after=1)
+    with open(run / "metrics.jsonl", "a") as stream:  # an evaluation whose checkpoint was never written
+        stream.write(json.dumps({"epoch": 2, "train": {}}) + "\n" + '{"epoch": 3, "tor')
+    train(config.replace(resume=True), datasets=_datasets())
+    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("loss", ["ce", "ce-fixed"])
+def test_baselines_train_and_log(tmp_path, loss):
+    run = train(tiny_config(tmp_path / loss, loss=loss, epochs=1), datasets=_datasets())
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert len(lines) == 2 and np.isfinite(lines[1]["loss"])
+    names = set(_state(run)["objective"])
+    assert ("classifier.weight" in names) == (loss == "ce") and "prototypes" in names
+
+
+def test_objective_is_the_ncgeo_loss_over_two_views():
+    torch.manual_seed(0)
+    W = torch.as_tensor(build_prototypes("etf", 3, 4), dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4).double())
+
+    class Normalised(torch.nn.Module):
+        def forward(self, x, normalize=True):
+            z = model(x)
+            return torch.nn.functional.normalize(z, dim=1) if normalize else z
+
+    images, labels = torch.randn(6, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    value = Objective("scl", W, 100.0, 0.1)(Normalised(), images, labels)
+    H = torch.nn.functional.normalize(model(images), dim=1)
+    assert torch.allclose(value, scl_prototype_loss(H, labels, W, 100.0, 0.1) / 6)
+
+
+def test_prototypes_from_every_constructor(tmp_path):
+    assert np.allclose(build_prototypes("etf", 4, 6).T @ build_prototypes("etf", 4, 6), etf_gram(4))
+    assert np.allclose(build_prototypes("of", 4, 6).T @ build_prototypes("of", 4, 6), np.eye(4))
+    assert build_prototypes("random", 4, 6, seed=1, nonnegative=True).min() >= 0
+    path = tmp_path / "gram.npy"
+    np.save(path, etf_gram(4))
+    assert np.allclose(build_prototypes(str(path), 4, 8).T @ build_prototypes(str(path), 4, 8), etf_gram(4))
+    with pytest.raises(ValueError, match="--geometry 'of'"):
+        build_prototypes("of", 10, 8)
+
+
+def test_schedules_warmup_then_multistep_or_cosine():
+    config = TrainConfig(epochs=4, lr=1.0, warmup_epochs=1, milestones=(2, 3))
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([parameter], config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.55)
+    assert rates[10:20] == pytest.approx([1.0] * 10)
+    assert rates[20:30] == pytest.approx([0.1] * 10) and rates[30:] == pytest.approx([0.01] * 10)
+    cosine = config.replace(schedule="cosine", milestones=())
+    optimizer = build_optimizer([parameter], cosine)
+    scheduler = build_scheduler(optimizer, cosine, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[10] == pytest.approx(1.0) and rates[25] == pytest.approx(0.5) and rates[-1] < 0.01
+
+
+def test_sample_caps_keep_the_imbalance():
+    train_set, test_set = synthetic_images(per_class=40), synthetic_images(per_class=10, seed=1)
+    config = TrainConfig(imbalance="step", ratio=4.0, max_train_samples=50, max_test_samples=20, batch_size=8)
+    train_part, test_part = prepare_data(config, torch.device("cpu"), (train_set, test_set))
+    assert train_part.class_counts().tolist() == [20, 20, 5, 5]
+    assert test_part.class_counts().tolist() == [5, 5, 5, 5]
+    with pytest.raises(ValueError, match="--batch-size"):
+        prepare_data(config.replace(batch_size=64), torch.device("cpu"), (train_set, test_set))
+
+
+def test_checkpoints_refuse_foreign_files(tmp_path):
+    torch.save({"format": 1, "value": np.float64(1.0)}, tmp_path / "unsafe.pt")  # needs a numpy global
+    with pytest.raises(ValueError, match="could not be loaded safely"):
+        load_checkpoint(tmp_path / "unsafe.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an ncgeo deep checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"epoch": 3})
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_module_entry_point_reports_bad_input_in_one_line(capsys):
+    assert main(["--epochs", "0"]) == 2
+    assert main(["--loss", "hinge"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and errors[0] == "Error: --epochs must be an integer >= 1, got 0"
+    assert errors[1].startswith("Error:") and "--loss" in errors[1]
