@@ -1,0 +1,188 @@
+"""Result of a UFM solve, and its ``.npz`` file format.
+
+An ``.npz`` written by :meth:`UFMResult.save_npz` holds
+
+* ``H`` ``(N, d)`` float64 embeddings, ``y`` ``(N,)`` int64 labels,
+* ``W`` ``(d, k)`` float64 prototypes (``(d, 0)`` when the solve had none),
+* ``settings``: the solver settings as a JSON string (class sizes, n_w, tau, batching,
+  batch size, seed, ... and any caller metadata such as the prototype geometry),
+* ``summary``: :meth:`UFMResult.to_dict` as a JSON string (loss, gradient norm, metrics),
+* ``batch_indices`` / ``batch_offsets``: the batches of the objective, concatenated
+  (batch ``j`` is ``batch_indices[batch_offsets[j]:batch_offsets[j + 1]]``); absent for
+  the reshuffled scheme, whose batches change every epoch.
+
+:func:`load_npz` reads it back as a :class:`SavedSolution`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..metrics import GeometryMetrics
+
+__all__ = ["UFMResult", "SavedSolution", "load_npz", "atomic_write"]
+
+
+def atomic_write(path: str | os.PathLike, write, suffix: str = "") -> None:
+    """Call ``write(handle)`` on a temporary binary file next to ``path``, then ``os.replace`` it.
+
+    Readers never see a half-written file; the temporary file is removed on failure.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=suffix, delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise
+
+
+@dataclass(frozen=True)
+class UFMResult:
+    """Minimiser found by :func:`ncgeo.ufm.solve_ufm`.
+
+    Attributes
+    ----------
+    H : (N, d) numpy float64
+        Unit-norm embeddings (non-negative for UFM+).
+    labels : (N,) numpy int64
+    W : (d, k) numpy float64 or None
+        Prototypes (``None`` when solved without).
+    class_sizes : list of int
+    loss : float
+        Objective at ``H``: sum over batches of the batch loss, summed over anchors
+        (THEORY.md section 2). For ``batching="shuffle"`` the full-batch objective.
+    loss_history : list of float
+        Objective after every iteration (per epoch for ``"shuffle"``: the sum of that
+        epoch's batch losses) of the best restart.
+    iterations : int
+        Optimiser iterations (epochs for ``"shuffle"``) of the best restart.
+    seconds : float
+        Wall time of the whole solve, restarts included.
+    stopping_reason : str
+    grad_norm : float
+        Frobenius norm of the Riemannian gradient (UFM) or of the KKT residual (UFM+)
+        of the objective at ``H``.
+    metrics : GeometryMetrics
+        :func:`ncgeo.metrics.geometry_metrics` of ``H``.
+    settings : dict
+        Everything needed to reproduce the solve, plus caller metadata.
+    restart_losses : list of float
+        Final objective of every restart (the best is kept).
+    batches : list of numpy arrays or None
+        Batches of the objective (``None`` for ``"shuffle"``).
+    """
+
+    H: np.ndarray
+    labels: np.ndarray
+    W: np.ndarray | None
+    class_sizes: list[int]
+    loss: float
+    loss_history: list[float]
+    iterations: int
+    seconds: float
+    stopping_reason: str
+    grad_norm: float
+    metrics: GeometryMetrics
+    settings: dict[str, Any]
+    restart_losses: list[float] = field(default_factory=list)
+    batches: list[np.ndarray] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_sizes)
+
+    def closed_form(self) -> tuple[float, str] | None:
+        """``(value, geometry)`` of :func:`ncgeo.closed_form.closed_form_for_setup`, or ``None``."""
+        from ..closed_form import closed_form_for_setup
+
+        s = self.settings
+        W = self.W if self.W is not None else np.eye(self.H.shape[1], self.num_classes)
+        return closed_form_for_setup(self.class_sizes, W, s["n_w"], s["tau"], nonnegative=s["nonnegative"],
+                                     batching=s["batching"], prototypes_as_anchors=s["prototypes_as_anchors"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: scalars, class sizes, geometry metrics, settings, closed form."""
+        closed = self.closed_form()
+        return {
+            "loss": self.loss,
+            "class_sizes": list(self.class_sizes),
+            "num_samples": int(self.H.shape[0]),
+            "dim": int(self.H.shape[1]),
+            "iterations": self.iterations,
+            "grad_norm": self.grad_norm,
+            "seconds": self.seconds,
+            "stopping_reason": self.stopping_reason,
+            "restart_losses": list(self.restart_losses),
+            "closed_form": None if closed is None else {"value": closed[0], "geometry": closed[1],
+                                                        "difference": self.loss - closed[0]},
+            "geometry": self.metrics.to_dict(),
+            "settings": dict(self.settings),
+            "loss_history": list(self.loss_history),
+        }
+
+    def save_npz(self, path: str | os.PathLike) -> None:
+        """Write ``H``, ``y``, ``W``, settings and summary to ``path`` atomically (see module doc)."""
+        W = self.W if self.W is not None else np.zeros((self.H.shape[1], 0))
+        arrays = {
+            "H": np.asarray(self.H, dtype=np.float64),
+            "y": np.asarray(self.labels, dtype=np.int64),
+            "W": np.asarray(W, dtype=np.float64),
+            "settings": np.array(json.dumps(self.settings)),
+            "summary": np.array(json.dumps(self.to_dict())),
+        }
+        if self.batches is not None:
+            arrays["batch_indices"] = np.concatenate(self.batches).astype(np.int64)
+            arrays["batch_offsets"] = np.cumsum([0] + [len(b) for b in self.batches]).astype(np.int64)
+        atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")
+
+
+@dataclass(frozen=True)
+class SavedSolution:
+    """Contents of a UFM ``.npz``: ``H`` (N, d), ``labels`` (N,), ``W`` (d, k) or None,
+    ``settings`` and ``summary`` dicts, ``batches`` (list of index arrays) or None."""
+
+    H: np.ndarray
+    labels: np.ndarray
+    W: np.ndarray | None
+    settings: dict[str, Any]
+    summary: dict[str, Any]
+    batches: list[np.ndarray] | None
+
+
+def load_npz(path: str | os.PathLike) -> SavedSolution:
+    """Read a file written by :meth:`UFMResult.save_npz`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"solution file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in ("H", "y", "W", "settings") if key not in data.files]
+            if missing:
+                raise ValueError(f"solution file {path!r} lacks {', '.join(missing)} (not written by ncgeo solve --save)")
+            H, y, W = data["H"], data["y"], data["W"]
+            settings = json.loads(str(data["settings"]))
+            summary = json.loads(str(data["summary"])) if "summary" in data.files else {}
+            batches = None
+            if "batch_indices" in data.files:
+                index, offsets = data["batch_indices"], data["batch_offsets"]
+                batches = [index[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+    except (OSError, json.JSONDecodeError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"solution file {path!r} could not be read: {exc}") from exc
+    if H.ndim != 2 or y.shape != (H.shape[0],) or W.ndim != 2 or W.shape[0] != H.shape[1]:
+        raise ValueError(f"solution file {path!r} has inconsistent shapes H {H.shape}, y {y.shape}, W {W.shape}")
+    return SavedSolution(H=H, labels=y, W=None if W.shape[1] == 0 else W, settings=settings,
+                         summary=summary, batches=batches)

@@ -1,0 +1,336 @@
+r"""The UFM solver: minimise the SCL-with-prototypes objective over free unit embeddings.
+
+.. math::
+
+    \min_{H} \; \sum_{B \in \mathcal{B}} \sum_{i \in B} \ell_i(H_B; W, n_w, \tau)
+    \quad \text{s.t. } \|h_i\| = 1 \;(\text{and } h_i \ge 0 \text{ for UFM+})
+
+(THEORY.md section 3), with the batches ``B`` of :func:`ncgeo.ufm.make_batches`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .._validation import (
+    as_float_array,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
+from ..classes import labels_from_sizes
+from ..closed_form import collapsed_loss
+from ..metrics import geometry_metrics
+from .batching import BATCHING_SCHEMES, make_batches, ufm_objective
+from .optimiser import riemannian_lbfgs, stationarity_residual
+from .result import UFMResult
+
+__all__ = ["solve_ufm"]
+
+INIT_CHOICES = ("auto", "collapsed", "random")
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float64
+    names = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+    if isinstance(dtype, str):
+        if dtype not in names:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        return names[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def _resolve_device(device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available")
+    return resolved
+
+
+def _resolve_prototypes(prototypes, k: int, dim: int | None, n_w: float) -> tuple[np.ndarray | None, int]:
+    if prototypes is None:
+        if n_w > 0:
+            raise ValueError("prototypes are required when n_w > 0")
+        return None, (k if dim is None else check_int("dim", dim, minimum=1))
+    W = as_float_array("prototypes", prototypes, ndim=2)
+    if W.shape[1] != k:
+        raise ValueError(f"prototypes must have k = {k} columns (one per class), got shape {W.shape}")
+    norms = np.linalg.norm(W, axis=0)
+    if np.any(np.abs(norms - 1.0) > 1e-6):
+        raise ValueError(f"prototypes must have unit columns; column {int(np.argmax(np.abs(norms - 1)))} "
+                         f"has norm {norms[int(np.argmax(np.abs(norms - 1)))]:.6g}")
+    if dim is not None and check_int("dim", dim, minimum=1) != W.shape[0]:
+        raise ValueError(f"dim must equal the number of rows of prototypes ({W.shape[0]}), got {dim}")
+    return W / norms, W.shape[0]
+
+
+class _Progress:
+    """Periodic one-line progress report on stderr once a solve runs longer than ``after`` seconds."""
+
+    def __init__(self, enabled: bool, restarts: int, after: float = 2.0, every: float = 1.0):
+        self.enabled, self.restarts, self.after, self.every = enabled, restarts, after, every
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.shown = False
+        self.restart = 0
+
+    def __call__(self, iteration: int, value: float, grad_norm: float, unit: str = "iteration") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.start < self.after or now - self.last < self.every:
+            return
+        self.last, self.shown = now, True
+        sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {unit} {iteration}, "
+                         f"loss {value:.10g}, grad norm {grad_norm:.2e}, {now - self.start:.0f} s   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _random_rows(rows: int, d: int, nonnegative: bool, generator: torch.Generator, dtype, device) -> torch.Tensor:
+    x = torch.randn(rows, d, generator=generator, dtype=torch.float64)
+    if nonnegative:
+        x = x.abs()
+    return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
+
+
+def _collapsed_start(sizes, W_t, n_w, tau, anchors, nonnegative, grad_tol, generator, d, dtype, device):
+    """Solve the reduced problem over the k class directions (``collapsed_loss``); returns ``(k, d)`` rows."""
+    k = len(sizes)
+
+    def reduced(rows):
+        rows = rows.detach().requires_grad_(True)
+        value = collapsed_loss(rows.T, sizes, None if W_t is None else W_t, n_w, tau,
+                               prototypes_as_anchors=anchors)
+        (grad,) = torch.autograd.grad(value, rows)
+        return value.detach(), grad
+
+    x0 = _random_rows(k, d, nonnegative, generator, dtype, device)
+    tol = max(grad_tol * 1e-2, 10 * torch.finfo(dtype).eps)
+    return riemannian_lbfgs(reduced, x0, nonnegative=nonnegative, grad_tol=tol, max_iterations=5000).x
+
+
+def solve_ufm(
+    class_sizes: Sequence[int],
+    prototypes=None,
+    n_w: float = 0.0,
+    tau: float = 0.1,
+    dim: int | None = None,
+    nonnegative: bool = False,
+    batching: str = "full",
+    batch_size: int | None = None,
+    prototypes_as_anchors: bool = False,
+    restarts: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    grad_tol: float | None = None,
+    max_iterations: int | None = None,
+    init: str = "auto",
+    learning_rate: float = 0.01,
+    time_limit: float | None = None,
+    progress: bool = False,
+    metadata: dict | None = None,
+) -> UFMResult:
+    r"""Minimise the UFM (or UFM+) objective of THEORY.md section 3.
+
+    Samples ``0..N-1`` are ordered by class (``labels = [0]*n_0 + [1]*n_1 + ...``). The
+    objective is :func:`ncgeo.ufm.ufm_objective` over the batches of
+    :func:`ncgeo.ufm.make_batches`.
+
+    * ``"full"``, ``"partition"``, ``"bind"``: the batches are fixed, the objective is
+      deterministic and is minimised by Riemannian L-BFGS on the product of spheres
+      (:func:`ncgeo.ufm.optimiser.riemannian_lbfgs`; for UFM+ projected steps on the
+      non-negative part of the sphere, which never produce an all-zero row) until the
+      Riemannian gradient norm (UFM+: KKT residual norm) is ``<= grad_tol``.
+    * ``"shuffle"``: ``max_iterations`` epochs of Adam (Riemannian gradient, rows
+      re-projected after every step, cosine-decayed ``learning_rate``) over freshly
+      shuffled batches; ``loss`` and ``grad_norm`` are then those of the full-batch
+      objective (one batch holding every sample) at the final point.
+
+    Starts (``init``): ``"random"`` draws uniform rows on the (non-negative) sphere;
+    ``"collapsed"`` first minimises the reduced problem over ``k`` class directions
+    (:func:`ncgeo.closed_form.collapsed_loss`, cost independent of ``N``) and starts
+    from every sample at its class direction. That point is stationary for the full
+    batch (the objective is symmetric under permutations within a class), so the
+    full-batch polish needs a handful of ``O(N^2 d)`` evaluations even at ``N = 10^4``;
+    global optimality is the job of the certificates. ``"auto"`` (default) is
+    ``"collapsed"`` for the full batch and ``"random"`` otherwise. Restart ``r`` draws
+    its start from ``torch.Generator().manual_seed(seed + r)``; the lowest loss is kept.
+
+    Parameters
+    ----------
+    class_sizes : sequence of int
+        ``n_c >= 1`` per class, ``k >= 2`` classes.
+    prototypes : (d, k) array, optional
+        Unit prototypes ``W``; required when ``n_w > 0``, also used for the metrics.
+    n_w : float
+        Copies of each prototype in every batch (``>= 0``).
+    tau : float
+        Temperature ``> 0``.
+    dim : int, optional
+        Embedding dimension ``d``; defaults to the rows of ``prototypes``, else ``k``.
+    nonnegative : bool
+        UFM+ (``h_i >= 0``, a final ReLU).
+    batching : {"full", "partition", "shuffle", "bind"}
+    batch_size : int, optional
+        Required unless ``batching="full"``.
+    prototypes_as_anchors : bool
+        Prototype copies are anchors too (:func:`ncgeo.losses.scl_prototype_loss`).
+    restarts : int
+        Number of starts (``>= 1``).
+    seed : int
+        Seed of the starts and of the batches.
+    device, dtype
+        Torch device and ``float32``/``float64`` (default float64 on every device).
+    grad_tol : float, optional
+        Stopping tolerance (default ``1e-9`` in float64, ``1e-4`` in float32).
+    max_iterations : int, optional
+        Iteration cap (default 20000), or number of epochs for ``"shuffle"`` (default 200).
+    init : {"auto", "collapsed", "random"}
+    learning_rate : float
+        Adam step size for ``"shuffle"``.
+    time_limit : float, optional
+        Seconds per restart after which the optimiser stops.
+    progress : bool
+        Print a progress line on stderr when the solve takes longer than 2 s.
+    metadata : dict, optional
+        Extra entries for ``settings`` (e.g. the name of the prototype geometry).
+
+    Returns
+    -------
+    UFMResult
+    """
+    start_time = time.perf_counter()
+    if isinstance(class_sizes, (str, bytes)) or not hasattr(class_sizes, "__len__"):
+        raise TypeError("class_sizes must be a sequence of integers")
+    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    k = len(sizes)
+    if k < 2:
+        raise ValueError(f"class_sizes must describe at least 2 classes, got {k}")
+    n_w = check_nonnegative("n_w", n_w)
+    tau = check_positive("tau", tau)
+    check_choice("batching", batching, BATCHING_SCHEMES)
+    check_choice("init", init, INIT_CHOICES)
+    restarts = check_int("restarts", restarts, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    learning_rate = check_positive("learning_rate", learning_rate)
+    if prototypes_as_anchors and 0 < n_w < 1:
+        raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
+    dtype_t = _resolve_dtype(dtype)
+    device_t = _resolve_device(device)
+    grad_tol = (1e-9 if dtype_t == torch.float64 else 1e-4) if grad_tol is None else check_positive("grad_tol", grad_tol)
+    shuffle = batching == "shuffle"
+    if max_iterations is None:
+        max_iterations = 200 if shuffle else 20_000
+    max_iterations = check_int("max_iterations", max_iterations, minimum=0)
+    W, d = _resolve_prototypes(prototypes, k, dim, n_w)
+    labels = labels_from_sizes(sizes)
+    N = labels.shape[0]
+    batches = None if shuffle else make_batches(labels, batching, batch_size, seed)
+    if shuffle:
+        make_batches(labels, batching, batch_size, seed)  # validates batch_size
+    y_t = torch.as_tensor(labels, device=device_t)
+    W_t = None if W is None else torch.as_tensor(W, dtype=dtype_t, device=device_t)
+    use_collapsed = init == "collapsed" or (init == "auto" and batching == "full")
+
+    def objective_on(batch_list):
+        def objective(x):
+            x = x.detach().requires_grad_(True)
+            value = ufm_objective(x, y_t, W_t, n_w, tau, batch_list, prototypes_as_anchors, validate=False)
+            (grad,) = torch.autograd.grad(value, x)
+            return value.detach(), grad
+        return objective
+
+    reporter = _Progress(progress, restarts)
+    best = None
+    restart_losses = []
+    for restart in range(restarts):
+        reporter.restart = restart
+        generator = torch.Generator().manual_seed(seed + restart)
+        if use_collapsed:
+            directions = _collapsed_start(sizes, W_t, n_w, tau, prototypes_as_anchors, nonnegative,
+                                          grad_tol, generator, d, dtype_t, device_t)
+            x0 = directions[y_t]
+        else:
+            x0 = _random_rows(N, d, nonnegative, generator, dtype_t, device_t)
+        if shuffle:
+            run = _adam_epochs(x0, y_t, W_t, n_w, tau, prototypes_as_anchors, labels, batch_size, seed,
+                               max_iterations, learning_rate, nonnegative, reporter, time_limit)
+            value, grad = objective_on(make_batches(labels, "full"))(run["x"])
+            run.update(value=float(value), grad_norm=float(stationarity_residual(run["x"], grad, nonnegative).norm()))
+        else:
+            out = riemannian_lbfgs(objective_on(batches), x0, nonnegative=nonnegative, grad_tol=grad_tol,
+                                   max_iterations=max_iterations, time_limit=time_limit, callback=reporter)
+            run = dict(x=out.x, value=out.value, grad_norm=out.grad_norm, iterations=out.iterations,
+                       history=out.history, reason=out.reason)
+        restart_losses.append(run["value"])
+        if best is None or run["value"] < best["value"]:
+            best = run
+    reporter.close()
+    H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
+    settings = dict(
+        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=bool(nonnegative), batching=batching,
+        batch_size=batch_size, prototypes_as_anchors=bool(prototypes_as_anchors), restarts=restarts, seed=seed,
+        device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
+        max_iterations=max_iterations, init=init, learning_rate=learning_rate, time_limit=time_limit,
+        **(metadata or {}),
+    )
+    return UFMResult(
+        H=H, labels=labels, W=W, class_sizes=sizes, loss=best["value"], loss_history=best["history"],
+        iterations=best["iterations"], seconds=time.perf_counter() - start_time, stopping_reason=best["reason"],
+        grad_norm=best["grad_norm"], metrics=geometry_metrics(H, labels, W, num_classes=k), settings=settings,
+        restart_losses=restart_losses, batches=batches,
+    )
+
+
+def _adam_epochs(x0, y_t, W_t, n_w, tau, anchors, labels, batch_size, seed, epochs, learning_rate,
+                 nonnegative, reporter, time_limit):
+    """Reshuffled mini-batches: Adam on the Riemannian gradient, rows re-projected after each step."""
+    start = time.perf_counter()
+    X = x0.clone()
+    X.requires_grad_(True)
+    optimiser = torch.optim.Adam([X], lr=learning_rate)
+    steps_per_epoch = len(make_batches(labels, "shuffle", batch_size, seed, 0))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * steps_per_epoch))
+    history = []
+    reason = f"completed {epochs} epochs"
+    epoch = 0
+    for epoch in range(epochs):
+        epoch_loss = 0.0
+        for index in make_batches(labels, "shuffle", batch_size, seed, epoch):
+            index_t = torch.as_tensor(index, device=X.device)
+            value = ufm_objective(X, y_t, W_t, n_w, tau, [index_t.cpu().numpy()], anchors, validate=False)
+            (grad,) = torch.autograd.grad(value, X)
+            with torch.no_grad():
+                previous = X.detach().clone()
+                X.grad = grad - (grad * X).sum(dim=1, keepdim=True) * X
+                optimiser.step()
+                projected = X.clamp(min=0.0) if nonnegative else X
+                norms = projected.norm(dim=1, keepdim=True)
+                dead = norms <= torch.finfo(X.dtype).tiny * 1e6  # a row would vanish: keep it where it was
+                X.copy_(torch.where(dead, previous, projected / norms.clamp_min(torch.finfo(X.dtype).tiny)))
+            schedule.step()
+            epoch_loss += float(value)
+        history.append(epoch_loss)
+        reporter(epoch + 1, epoch_loss, float("nan"), unit="epoch")
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            reason = f"time limit reached after {epoch + 1} epochs"
+            break
+    return dict(x=X.detach(), iterations=len(history), history=history, reason=reason)
