@@ -36,6 +36,7 @@ CONFIGS = [  # (n_w, reduction, prototypes_as_anchors)
     (10.0, "sum", False),
     (10.0, "mean", False),
     (3.0, "sum", True),
+    (2.0, "mean", True),
     (2.5, "mean", False),
 ]
 
