@@ -15,11 +15,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from ncgeo.ufm.result import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,22 +39,17 @@ CHECKPOINT_FORMAT = 1
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically: :func:`ncgeo.ufm.result.atomic_write` (temporary
+    file, ``os.replace``) with a flush and ``fsync`` before the move; mode ``0644``."""
+    def write(handle) -> None:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # temporary files are created 0600; results are meant to be shared
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
 
 
 def json_ready(value: Any) -> Any:

@@ -124,27 +124,25 @@ def test_prototypes_from_every_constructor(tmp_path):
         build_prototypes("of", 10, 8)
 
 
-def test_schedules_warmup_then_multistep_or_cosine():
-    config = TrainConfig(epochs=4, lr=1.0, warmup_epochs=1, milestones=(2, 3))
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer([parameter], config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)
+def _rates(config: TrainConfig, steps_per_epoch: int = 10) -> list[float]:
+    """Learning rate used at each iteration of ``config``'s whole schedule."""
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     rates = []
-    for _ in range(40):
+    for _ in range(config.epochs * steps_per_epoch):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return rates
+
+
+def test_schedules_warmup_then_multistep_or_cosine():
+    config = TrainConfig(epochs=4, lr=1.0, warmup_epochs=1, milestones=(2, 3))
+    rates = _rates(config)
     assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.55)
     assert rates[10:20] == pytest.approx([1.0] * 10)
     assert rates[20:30] == pytest.approx([0.1] * 10) and rates[30:] == pytest.approx([0.01] * 10)
-    cosine = config.replace(schedule="cosine", milestones=())
-    optimizer = build_optimizer([parameter], cosine)
-    scheduler = build_scheduler(optimizer, cosine, steps_per_epoch=10)
-    rates = []
-    for _ in range(40):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    rates = _rates(config.replace(schedule="cosine", milestones=()))
     assert rates[10] == pytest.approx(1.0) and rates[25] == pytest.approx(0.5) and rates[-1] < 0.01
 
 
@@ -167,7 +165,7 @@ def test_checkpoints_refuse_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     save_checkpoint(tmp_path / "ok.pt", {"epoch": 3})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert sorted(os.listdir(tmp_path)) == ["ok.pt", "other.pt", "unsafe.pt"]  # no temporary left
 
 
 def test_module_entry_point_reports_bad_input_in_one_line(capsys):
