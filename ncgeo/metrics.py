@@ -235,13 +235,14 @@ def nc1(embeddings, labels) -> float:
     r"""``NC1 = (1/k) tr(Sigma_W Sigma_B^+)`` (Papyan et al. 2020).
 
     ``Sigma_B`` is the covariance of the class means around their unweighted mean; the
-    pseudo-inverse drops eigenvalues below ``1e-12`` times the largest.
+    pseudo-inverse drops eigenvalues below ``1e-12`` times the largest. NaN when fewer
+    than two classes occur.
     """
     stats = _stats(embeddings, labels)
     M = stats.means()
     k = M.shape[1]
     if k < 2:
-        raise ValueError("nc1 needs at least 2 classes (Sigma_B vanishes for one class)")
+        return float("nan")  # Sigma_B vanishes: undefined for one class
     centred = M - M.mean(dim=1, keepdim=True)
     sigma_b = (centred @ centred.T / k).cpu().numpy()
     sigma_w = stats.within_covariance().cpu().numpy()
@@ -249,10 +250,13 @@ def nc1(embeddings, labels) -> float:
 
 
 def equinorm(embeddings, labels) -> float:
-    """Coefficient of variation (std / mean, population std) of ``||mu_c - mu_G||``."""
+    """Coefficient of variation (std / mean, population std) of ``||mu_c - mu_G||``.
+
+    NaN when fewer than two classes occur.
+    """
     M, _ = _present_means(embeddings, labels)
     if M.shape[1] < 2:
-        raise ValueError("equinorm needs at least 2 classes")
+        return float("nan")  # a single centred mean is zero: undefined
     norms = np.linalg.norm(_centred(M), axis=0)
     return float(norms.std() / norms.mean())
 

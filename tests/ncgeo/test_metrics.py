@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -276,6 +277,14 @@ def test_geometry_metrics_to_dict_is_json():
                          "mean_cosine", "alignment", "ncc_accuracy", "nearest_prototype_accuracy", "gram_means"}
     assert all(isinstance(back[key], float) for key in back if key != "gram_means")
     assert len(back["gram_means"]) == 3 and all(len(row) == 3 for row in back["gram_means"])
+
+
+def test_one_class_metrics_are_nan_without_warnings():
+    H = random_prototypes(4, 3, seed=1).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(nc1(H, [0, 0, 0, 0]))
+        assert math.isnan(equinorm(H, [0, 0, 0, 0]))
 
 
 def test_geometry_metrics_with_one_class():

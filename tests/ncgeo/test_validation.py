@@ -92,7 +92,8 @@ CASES = [
     # --- metrics
     ("nc1 labels length", lambda: metrics.nc1(H, [0, 1]), ValueError, r"labels must have shape \(3,\)"),
     ("nc1 nan", lambda: metrics.nc1(NAN_H, Y), ValueError, r"embeddings must contain only finite"),
-    ("nc1 one class", lambda: metrics.nc1(H, [0, 0, 0]), ValueError, r"nc1 needs at least 2 classes"),
+    ("equiangularity one class", lambda: metrics.equiangularity(H, [0, 0, 0]), ValueError,
+     r"equiangularity needs at least 2 classes"),
     ("metrics float labels", lambda: metrics.delta_to_etf(H, [0.0, 1.0, 1.0]), TypeError, r"labels must hold integer"),
     ("metrics 3-D embeddings", lambda: metrics.equinorm(np.ones((2, 2, 2)), [0, 1]), ValueError,
      r"embeddings must be a 2-D array"),
