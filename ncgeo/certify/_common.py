@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from .._validation import as_float_array, as_label_tensor, check_nonnegative, check_positive
-from ..losses import scl_prototype_loss
 
 
 def class_weights(name: str, sizes) -> np.ndarray:
@@ -54,19 +53,14 @@ def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float
 
 def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
                    prototypes_as_anchors: bool = False) -> float:
-    """UFM objective of a candidate on the certificates' scale: sum over batches of the
-    summed batch loss (THEORY.md section 2), divided by the number of samples ``N``."""
+    """:func:`ncgeo.ufm.ufm_objective` of a candidate (default: one full batch), as a float."""
+    from ..ufm import ufm_objective
+
     H = torch.as_tensor(as_float_array("H", H, ndim=2))
     y = as_label_tensor("y", y, H.shape[0], None)
-    Wt = None if W is None else torch.as_tensor(as_float_array("W", W, ndim=2))
     if batches is None:
         batches = [np.arange(H.shape[0])]
-    total = 0.0
-    for batch in batches:
-        idx = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-        total += float(scl_prototype_loss(H[idx], y[idx], Wt, n_w, tau,
-                                          prototypes_as_anchors=prototypes_as_anchors))
-    return total / H.shape[0]
+    return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors))
 
 
 def log_or_none(x: float) -> float:

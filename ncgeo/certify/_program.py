@@ -14,7 +14,10 @@ SOLVERS = ("CLARABEL", "SCS")
 
 
 class LogSumExpObjective:
-    r"""Objective ``(1/N) [ sum_r w_r LSE_r(x) - <L, X> - c ]`` over a symmetric ``n x n`` matrix ``X``.
+    r"""Objective ``sum_r w_r LSE_r(X) - <L, X> - c`` over a symmetric ``n x n`` matrix ``X``.
+
+    :meth:`expression` divides it by ``normaliser`` (the number of samples ``N``) for the
+    conic solver (they are sensitive to scale); :meth:`value` returns it undivided.
 
     Each row ``r`` is a log-sum-exp of entries ``coef * X[i, j] + offset`` (counts enter
     as additive log-weights in ``offset``); rows of equal width are stacked into one
@@ -79,13 +82,13 @@ class LogSumExpObjective:
         return (total - self.constant) / self.normaliser
 
     def value(self, X: np.ndarray) -> float:
-        """The objective at a numeric matrix ``X`` (numpy, float64)."""
+        """The (undivided) objective at a numeric matrix ``X`` (numpy, float64)."""
         total = 0.0
         for _, w, i, j, c, o in self._groups():
             total += float(w @ logsumexp(c * X[i, j] + o, axis=1))
         li, lj, lc = self._linear()
         total -= float(lc @ X[li, lj]) if len(lc) else 0.0
-        return (total - self.constant) / self.normaliser
+        return total - self.constant
 
 
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,

@@ -5,14 +5,15 @@ For any batching (a list of index batches) the UFM loss depends on ``H`` only th
 
 .. math::
 
-    \min_G \; \frac1N \sum_{B} \sum_{i \in B} \ell_i(G) \quad \text{s.t.}\quad
+    \min_G \; \sum_{B} \sum_{i \in B} \ell_i(G) \quad \text{s.t.}\quad
     G \succeq 0,\; \mathrm{diag}(G) = 1,\; G_{PP} = G_W \;(+\; G_{SS} \ge 0,\; G_{SP} \ge 0 \text{ for UFM+})
 
 (``G_SP >= 0`` only when the prototypes are entrywise non-negative) lower-bounds the UFM
 (UFM+) optimum and equals it when ``rank G* <= d`` (and, for UFM+, ``G*`` is completely
 positive). ``l_i`` is the loss of THEORY.md section 2 written with log-weights, e.g.
 ``log D_i = LSE_{j in B, j != i}(G_ij / tau) (+) LSE_c(G_{i,N+c}/tau + log n_w)``. Prototype
-anchors (each weighted ``n_w``) are supported. Meant for small ``N`` (Clarabel takes ~30 s
+anchors (each weighted ``n_w``) are supported. The conic solver sees the objective divided
+by ``N``; the reported values are undivided (the scale of ``UFMResult.loss``). Meant for small ``N`` (Clarabel takes ~30 s
 at ``N = 100`` on 2 cores).
 """
 
@@ -166,6 +167,6 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
         Gp[N:, N:] = G_W
     rank = matrix_rank(Gv)
     realisable = None if d is None else rank <= d
-    return make_result(float(problem.value), objective.value(Gp), method="full", status=status,
+    return make_result(float(problem.value) * objective.normaliser, objective.value(Gp), method="full", status=status,
                        seconds=timer(), rtol=rtol, rank=rank, dim=d, realisable=realisable,
                        solution={"G": Gv, "solver": used})

@@ -12,11 +12,12 @@ and
     R = \begin{pmatrix} \mathrm{diag}(1 + (n_c - 1) a_c) + \mathrm{offdiag}(\sqrt{n_c n_{c'}} b_{cc'}) & D P \\
                         (D P)^T & G_W \end{pmatrix} \succeq 0 .
 
-The program's variable is ``R`` itself; the loss per sample (sum over anchors / N) is
+The program's variable is ``R`` itself; the loss (sum over anchors; divided by
+``N = sum_c n_c`` inside the conic solver only) is
 
 .. math::
 
-    \frac1N \sum_c n_c \Big[\log\Big((n_c-1) e^{a_c/\tau} + \sum_{c' \ne c} n_{c'} e^{b_{cc'}/\tau}
+    \sum_c n_c \Big[\log\Big((n_c-1) e^{a_c/\tau} + \sum_{c' \ne c} n_{c'} e^{b_{cc'}/\tau}
     + n_w \sum_{c'} e^{p_{cc'}/\tau}\Big) - \frac{(n_c - 1) a_c + n_w p_{cc}}{\tau P_c}\Big],
     \quad P_c = (n_c - 1) + n_w ,
 
@@ -97,32 +98,76 @@ def _similarities(R: np.ndarray, weights: np.ndarray, kp: int):
 
 
 def realise_collapse(R: np.ndarray, weights: np.ndarray, W: np.ndarray | None, dim: int | None,
-                     tol: float = 1e-5) -> np.ndarray:
-    r"""Class means ``(d, k)`` of a collapsed reduced optimum (``a_c = 1``).
+                     tol: float = 1e-5, nonnegative: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    r"""Class means ``(d, k)`` (and prototypes) of a collapsed reduced optimum (``a_c = 1``).
 
-    Factorises ``R = F^T F`` (eigendecomposition, negative eigenvalues clipped), takes the
-    class means ``F[:, :k] / sqrt(n_c)`` and prototypes ``F[:, k:]``, and rotates them onto
-    the given prototypes ``W`` (orthogonal Procrustes) so that the means live in the
-    same ``R^d``. Columns are normalised to unit length.
+    Factorises ``R = F^T F`` (eigendecomposition, eigenvalues below ``tol`` times the largest
+    dropped), takes the class means ``F[:, :k] / sqrt(n_c)`` and prototypes ``F[:, k:]``,
+    and rotates them onto the given prototypes ``W`` (orthogonal Procrustes) so that the
+    means live in the same ``R^d``; without ``W`` the factor's prototypes are returned.
+    When ``rank R > d`` the best rank-``d`` approximation is used (the caller evaluates
+    the exact loss of the result, so a poor approximation only widens the gap).
+    Columns are normalised to unit length. Without ``W`` and with ``nonnegative``, an
+    orthogonal optimum (UFM+ OF) is realised by the standard basis.
     """
     k = len(weights)
     eig, vec = np.linalg.eigh((R + R.T) / 2)
-    keep = eig > tol * max(1.0, eig.max())
-    F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, n)
+    d = W.shape[0] if W is not None else (dim if dim is not None else R.shape[0])
+    keep = np.zeros(len(eig), bool)
+    keep[np.argsort(eig)[::-1][:d]] = True  # best rank-d approximation
+    keep &= eig > tol * max(1.0, eig.max())
+    F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, n), r <= d
     means = F[:, :k] / np.sqrt(weights)
     r = F.shape[0]
     if W is not None:
-        d = W.shape[0]
-        if r > d:
-            raise ValueError(f"the optimum has rank {r} > d = {d}")
         U, _, Vt = np.linalg.svd(W @ F[:, k:].T, full_matrices=False)  # (d, r)
         means = (U @ Vt) @ means
+        protos = W
     else:
-        d = dim if dim is not None else r
-        if r > d:
-            raise ValueError(f"the optimum has rank {r} > d = {d}")
+        gram = means.T @ means
+        if nonnegative and R.shape[0] == k and np.abs(gram - np.diag(np.diag(gram))).max() < 1e-4 and d >= k:
+            return np.eye(d, k), None
         means = np.vstack([means, np.zeros((d - r, k))])
-    return means / np.linalg.norm(means, axis=0, keepdims=True)
+        protos = np.vstack([F[:, k:], np.zeros((d - r, R.shape[0] - k))]) if R.shape[0] > k else None
+        if protos is not None:
+            protos = protos / np.linalg.norm(protos, axis=0, keepdims=True)
+    return means / np.linalg.norm(means, axis=0, keepdims=True), protos
+
+
+COLLAPSE_TOL = 1e-3
+
+
+def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None, nonnegative: bool,
+                      objective, *, method: str, lower: float, status: str, seconds: float,
+                      rtol: float, solution: dict) -> CertificateResult:
+    """Rank, realisation and upper bound of a reduced optimum ``R``; the verdict.
+
+    Classes with ``a_c >= 1 - 1e-3`` are snapped to collapse (``a_c = 1``); the collapsed
+    configuration is realised (:func:`realise_collapse`) and its exact loss is the upper
+    bound, so a wrong snap can only widen the gap, never certify falsely.
+    """
+    k = len(weights)
+    kp = Rv.shape[0] - k
+    a, b, p = _similarities(Rv, weights, kp)
+    solution.update(a=a, b=b, p=p, R=Rv, weights=weights)
+    collapsed = a >= 1 - COLLAPSE_TOL
+    Rc = Rv.copy()
+    Rc[np.flatnonzero(collapsed), np.flatnonzero(collapsed)] = weights[collapsed]
+    scale = np.concatenate([1.0 / np.sqrt(weights), np.ones(kp)])
+    rank = matrix_rank(Rc * np.outer(scale, scale)) + int(np.sum(np.ceil(weights[~collapsed]) - 1))
+    realisable = None if d is None else rank <= d
+    common = dict(method=method, status=status, rtol=rtol, rank=rank, dim=d, solution=solution)
+    if not np.all(collapsed):
+        return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable, **common)
+    means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
+    upper = objective.value(_collapsed_R(means, weights, protos, G_W, kp))
+    solution["means"] = means
+    if realisable is False and upper - lower <= rtol * max(abs(upper), 1e-12):
+        realisable = True  # the rank-d realisation attains the bound: the extra rank is numerical
+    if nonnegative and means.min() < -1e-6:
+        return make_result(lower, upper, seconds=seconds(), realisable=realisable,
+                           failure="the realised optimum is not entrywise non-negative", **common)
+    return make_result(lower, upper, seconds=seconds(), realisable=realisable, **common)
 
 
 def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
@@ -201,33 +246,9 @@ def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0
     if failure is not None:
         return make_result(None, None, method="reduced", status=status, seconds=timer(),
                            rtol=rtol, dim=d, failure=f"reduced SDP failed ({failure})")
-    Rv = np.asarray(R.value)
-    lower = float(problem.value)
-    a, b, p = _similarities(Rv, weights, kp)
-    scale = np.concatenate([1.0 / np.sqrt(weights), np.ones(kp)])
-    rank_R = matrix_rank(Rv * np.outer(scale, scale))
-    collapsed = bool(np.all(a >= 1 - 1e-6))
-    extra = int(np.sum(np.ceil(weights[a < 1 - 1e-6]) - 1))
-    rank = rank_R + extra
-    realisable = None if d is None else rank <= d
-    solution = {"a": a, "b": b, "p": p, "R": Rv, "weights": weights, "solver": used}
-    upper = objective.value(_clip_psd(Rv))
-    if collapsed and realisable is not False:
-        try:
-            means = realise_collapse(Rv, weights, W, d)
-            upper = objective.value(_collapsed_R(means, weights, W, G_W, kp))
-            solution["means"] = means
-            if nonnegative and means.min() < -1e-6:
-                return make_result(lower, upper, method="reduced", status=status, seconds=timer(),
-                                   rtol=rtol, rank=rank, dim=d, realisable=realisable,
-                                   solution=solution,
-                                   failure="the realised optimum is not entrywise non-negative")
-        except ValueError as exc:
-            return make_result(lower, None, method="reduced", status=status, seconds=timer(),
-                               rtol=rtol, rank=rank, dim=d, realisable=False, solution=solution,
-                               failure=str(exc))
-    return make_result(lower, upper, method="reduced", status=status, seconds=timer(), rtol=rtol,
-                       rank=rank, dim=d, realisable=realisable, solution=solution)
+    return finish_relaxation(np.asarray(R.value), weights, W, G_W, d, nonnegative, objective,
+                             method="reduced", lower=float(problem.value) * objective.normaliser,
+                             status=status, seconds=timer, rtol=rtol, solution={"solver": used})
 
 
 def _clip_psd(R: np.ndarray) -> np.ndarray:

@@ -30,8 +30,8 @@ def _plain(value: Any) -> Any:
 class CertificateResult:
     r"""Outcome of a global-optimality certificate (THEORY.md section 5).
 
-    All objective values are on one scale: the UFM loss summed over batches and anchors
-    and divided by the number of samples ``N`` (for real class weights, ``N = sum_c n_c``).
+    All objective values are on the scale of :func:`ncgeo.ufm.ufm_objective` (and of
+    ``UFMResult.loss``): the loss summed over batches and over anchors.
 
     Attributes
     ----------
