@@ -1,0 +1,205 @@
+"""Small helpers shared by the studies: prototype geometries by name, Gram distances
+between Gram matrices, and class sizes from settings. Everything numeric is delegated
+to :mod:`ncgeo` (geometry constructors, :func:`ncgeo.metrics.gram_distance`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ncgeo.classes import class_sizes
+from ncgeo.geometry import (etf_gram, load_prototypes, orthogonal_frame, prototypes_from_gram,
+                            random_prototypes, simplex_etf)
+from ncgeo.metrics import gram_distance
+
+__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta",
+           "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
+
+#: Built-in prototype geometries (anything else is read as a file path).
+GEOMETRIES = ("etf", "of", "random", "random+", "hierarchical")
+
+
+def hierarchical_gram(k: int, group: int = 2) -> np.ndarray:
+    r"""A non-symmetric (not permutation-invariant) target Gram: superclasses of ``group`` classes.
+
+    ``G = (G_ETF + B) / 2`` where ``B_cc' = 1`` when ``c`` and ``c'`` belong to the same
+    superclass (consecutive blocks of ``group`` classes) and 0 otherwise. Unit diagonal,
+    PSD (a sum of PSD matrices); for ``k = 4`` the within-superclass cosine is ``1/3`` and
+    the between-superclass cosine ``-1/6``.
+    """
+    block = np.zeros((k, k))
+    for start in range(0, k, group):
+        block[start:start + group, start:start + group] = 1.0
+    return 0.5 * (etf_gram(k) + block)
+
+
+def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -> np.ndarray:
+    """Prototypes ``W`` (``d x k``) named by ``geometry``.
+
+    ``"etf"`` (simplex ETF, ``d >= k-1``), ``"of"`` (orthogonal frame = standard basis,
+    non-negative, ``d >= k``), ``"random"`` (uniform on the sphere), ``"random+"`` (uniform
+    on the non-negative orthant), ``"hierarchical"`` (a factor of :func:`hierarchical_gram`),
+    or a path to a Gram/vector file read by :func:`ncgeo.geometry.load_prototypes`.
+    ``d`` defaults to ``k``.
+    """
+    d = k if d is None else d
+    if geometry == "etf":
+        return simplex_etf(k, d)
+    if geometry == "of":
+        return orthogonal_frame(k, d)
+    if geometry == "random":
+        return random_prototypes(k, d, seed=seed)
+    if geometry == "random+":
+        return random_prototypes(k, d, seed=seed, nonnegative=True)
+    if geometry == "hierarchical":
+        return prototypes_from_gram(hierarchical_gram(k), d)
+    if isinstance(geometry, str) and os.path.isfile(geometry):
+        W = load_prototypes(geometry, d)
+        if W.shape[1] != k:
+            raise ValueError(f"geometry file {geometry!r} holds {W.shape[1]} prototypes, expected k = {k}")
+        return W
+    raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)} or an existing file, got {geometry!r}")
+
+
+def target_gram(target: str, k: int, seed: int = 0) -> np.ndarray:
+    """A target Gram ``G*`` (``k x k``): ``"hierarchical"``, ``"etf"``, ``"random"`` or a file path."""
+    if target == "hierarchical":
+        return hierarchical_gram(k)
+    W = prototypes_for(target, k, None if target != "etf" else k, seed=seed)
+    return W.T @ W
+
+
+def gram_factor(gram: np.ndarray) -> np.ndarray:
+    """``M`` (``r x k``) with ``M^T M = G`` for a PSD ``G`` (negative eigenvalues clipped)."""
+    G = 0.5 * (np.asarray(gram, dtype=float) + np.asarray(gram, dtype=float).T)
+    eigenvalues, vectors = np.linalg.eigh(G)
+    return np.sqrt(np.clip(eigenvalues, 0.0, None))[:, None] * vectors.T
+
+
+def gram_delta(gram: np.ndarray, target: np.ndarray) -> float:
+    r"""``Delta = || G / ||G||_F - G* / ||G*||_F ||_F`` between two Gram matrices.
+
+    Uses :func:`ncgeo.metrics.gram_distance` on a factor of ``G`` (uncentred convention).
+    """
+    return gram_distance(gram_factor(gram), np.asarray(target, dtype=float))
+
+
+def sizes_from_settings(settings: dict[str, Any], ratio: float | None = None) -> list[int]:
+    """Class sizes from ``k``, ``n``, ``imbalance`` and ``ratio`` settings (THEORY.md section 1)."""
+    R = settings.get("ratio", 1.0) if ratio is None else ratio
+    imbalance = settings.get("imbalance", "step") if R > 1 else "none"
+    return class_sizes(settings["k"], settings["n"], imbalance, R)
+
+
+def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegative: bool = False,
+                      prototypes_as_anchors: bool = False, dim: int | None = None, polish: bool = True,
+                      time_limit: float = 60.0) -> dict[str, Any]:
+    r"""Certified full-batch UFM optimum: reduced SDP bound, polished by the torch solver.
+
+    1. :func:`ncgeo.certify.reduced.solve_reduced` with embedding dimension ``dim``
+       (default ``N + k``: every relaxation optimum is realisable, so the relaxation
+       optimum is the UFM optimum) gives the lower bound and a Gram ``R``.
+    2. With ``polish``, :func:`ncgeo.ufm.solve_ufm` (full batch, collapsed start,
+       Riemannian gradient ``<= 1e-9``) gives a feasible point; when its loss is within the
+       certificate tolerance of the bound (relative ``1e-6``,
+       :data:`ncgeo.certify.result.DEFAULT_RTOL`) its geometry and loss are used
+       (``source = "solver"``): a conic solver's Gram is only accurate to about the square
+       root of its tolerance where the loss is flat, the solver's to its gradient norm.
+       Otherwise (e.g. no within-class collapse) the SDP's ``R`` is used (``source = "sdp"``).
+
+    Returns plain values: ``loss`` (loss per sample ``L/N``, ``L`` summed over anchors),
+    ``lower_bound`` (per sample), ``certified``, ``reason``, ``source``,
+    ``min_within_similarity`` (``min_c a_c`` of the SDP; 1 at within-class collapse) and
+    ``gram``: the uncentred class-mean Gram ``(G_M)_cc' = mu_c . mu_c'`` as nested lists.
+    """
+    from ncgeo.certify.reduced import solve_reduced
+    from ncgeo.certify.result import DEFAULT_RTOL
+
+    sizes = [int(s) for s in sizes]
+    k = len(sizes)
+    N = float(sum(sizes))
+    dim = int(N) + k if dim is None else dim
+    result = solve_reduced(sizes, W, n_w, tau, nonnegative=nonnegative,
+                           prototypes_as_anchors=prototypes_as_anchors, dim=dim)
+    if "R" not in result.solution:
+        return {"loss": float("nan"), "lower_bound": float("nan"), "certified": False, "reason": result.reason,
+                "source": "none", "min_within_similarity": float("nan"), "gram": np.full((k, k), np.nan).tolist()}
+    s = np.sqrt(np.asarray(sizes, dtype=float))
+    R = np.asarray(result.solution["R"], dtype=float)
+    out = {"loss": float(result.upper_bound) / N, "lower_bound": float(result.lower_bound) / N,
+           "certified": bool(result.certified), "reason": result.reason, "source": "sdp",
+           "min_within_similarity": float(np.min(result.solution["a"])),
+           "gram": (R[:k, :k] / np.outer(s, s)).tolist()}
+    if polish:
+        from ncgeo.metrics import class_means
+        from ncgeo.ufm import solve_ufm
+
+        solved = solve_ufm(sizes, W, n_w, tau, nonnegative=nonnegative,
+                           prototypes_as_anchors=prototypes_as_anchors, time_limit=time_limit)
+        loss = solved.loss / N
+        lower = out["lower_bound"]
+        if loss - lower <= DEFAULT_RTOL * max(abs(loss), 1e-12):
+            M, _ = class_means(solved.H, solved.labels, k)
+            out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(),
+                       reason=f"solver loss within {max(loss - lower, 0.0) / max(abs(loss), 1e-12):.1e} "
+                              "(relative) of the reduced-SDP bound")
+    return out
+
+
+def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = False,
+                     polish: bool = True) -> dict[str, Any]:
+    r"""Certified optimum of cross-entropy with the fixed classifier ``W`` (THEORY.md section 4).
+
+    :func:`ncgeo.certify.certify_ce_limit` (per-class ``(k+1) x (k+1)`` SDP) gives the
+    per-class optima ``CE_c`` and the learnt Gram ``G_CE``. With ``polish`` (and without
+    non-negativity) the per-class problems ``min_{||h_c|| = 1} CE(h_c; W)`` are re-solved
+    by :func:`ncgeo.ufm.riemannian_lbfgs` (float64, gradient ``<= 1e-12``) from the SDP's
+    solution or from ``w_c``; the polished point replaces the SDP's when its value is
+    within ``1e-9`` (absolute, per class) of the certified one. Returns ``ce_value`` =
+    ``(1/N) sum_c n_c CE_c`` (per-sample CE optimum for these class sizes), ``certified``,
+    ``reason``, ``source`` and ``gram`` (nested lists).
+    """
+    from ncgeo.certify import certify_ce_limit
+
+    result = certify_ce_limit(W, tau, nonnegative=nonnegative)
+    values = np.asarray(result.solution["values"], dtype=float)
+    gram = np.asarray(result.solution["gram"], dtype=float)
+    source = "sdp"
+    if polish and not nonnegative:
+        polished = _polish_ce(W, tau)
+        if polished is not None and np.all(polished[0] <= values + 1e-9):
+            values, gram, source = polished[0], polished[1], "solver"
+    sizes = np.asarray(sizes, dtype=float)
+    return {"ce_value": float(sizes @ values / sizes.sum()), "certified": bool(result.certified),
+            "reason": result.reason, "source": source, "gram": gram.tolist()}
+
+
+def _polish_ce(W: np.ndarray, tau: float):
+    """Per-class CE optima on the sphere by Riemannian L-BFGS; ``(values (k,), Gram)`` or None."""
+    import torch
+
+    from ncgeo.losses import fixed_classifier_cross_entropy
+    from ncgeo.ufm import riemannian_lbfgs
+
+    Wt = torch.as_tensor(W, dtype=torch.float64)
+    k = W.shape[1]
+    labels = torch.arange(k)
+
+    def objective(x):
+        x = x.detach().requires_grad_(True)
+        value = fixed_classifier_cross_entropy(x, labels, Wt, tau, validate=False)
+        (grad,) = torch.autograd.grad(value, x)
+        return value.detach(), grad
+
+    # start from w_c pushed away from the other prototypes (inside the CE basin)
+    start = Wt.T - 0.5 * (Wt.T.sum(dim=0, keepdim=True) - Wt.T) / max(k - 1, 1)
+    start = torch.nn.functional.normalize(start, dim=1)
+    out = riemannian_lbfgs(objective, start, grad_tol=1e-12, max_iterations=5000)
+    if not np.isfinite(out.value):
+        return None
+    X = out.x.detach()
+    values = fixed_classifier_cross_entropy(X, labels, Wt, tau, reduction="none").numpy()
+    X = X.numpy()
+    return values, X @ X.T
