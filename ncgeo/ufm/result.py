@@ -18,36 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write
 from ..metrics import GeometryMetrics
 
-__all__ = ["UFMResult", "SavedSolution", "load_npz", "atomic_write"]
-
-
-def atomic_write(path: str | os.PathLike, write, suffix: str = "") -> None:
-    """Call ``write(handle)`` on a temporary binary file next to ``path``, then ``os.replace`` it.
-
-    Readers never see a half-written file; the temporary file is removed on failure.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=suffix, delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-        raise
+__all__ = ["UFMResult", "SavedSolution", "load_npz"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +114,39 @@ class UFMResult:
             "loss_history": list(self.loss_history),
         }
 
+    def report(self) -> str:
+        """Short human-readable report: set-up, loss, closed form, iterations, gradient norm, geometry."""
+        s = self.settings
+        sizes = self.class_sizes
+        size_text = f"{sizes[0]} x {len(sizes)}" if len(set(sizes)) == 1 else "[" + ", ".join(map(str, sizes)) + "]"
+        batching = s["batching"] if s["batching"] == "full" else f"{s['batching']} (batch size {s['batch_size']})"
+        geometry = s.get("geometry", "given" if self.W is not None else "none")
+        m = self.metrics
+        stationarity = "KKT residual" if s["nonnegative"] else "Riemannian gradient"
+        lines = [
+            f"set-up       k = {self.num_classes} classes, N = {self.H.shape[0]} (sizes {size_text}), "
+            f"d = {self.H.shape[1]}, n_w = {s['n_w']:g}, tau = {s['tau']:g}",
+            f"             prototypes {geometry}, {'UFM+ (ReLU, h >= 0)' if s['nonnegative'] else 'UFM (no ReLU)'}, "
+            f"batching {batching}, prototypes as anchors: {'yes' if s['prototypes_as_anchors'] else 'no'}",
+            f"loss         {self.loss:.12g}  (sum over anchors of all batches)",
+        ]
+        closed = self.closed_form()
+        if closed is not None:
+            what = "simplex ETF" if closed[1] == "etf" else "orthogonal frame"
+            lines.append(f"closed form  {closed[0]:.12g}  (collapse to a {what}; loss - closed form = "
+                         f"{self.loss - closed[0]:.2e})")
+        restarts = "" if len(self.restart_losses) <= 1 else f", best of {len(self.restart_losses)} restarts"
+        lines += [
+            f"iterations   {self.iterations} from a {s.get('start', 'random')} start in {self.seconds:.2f} s ({self.stopping_reason}{restarts})",
+            f"grad norm    {self.grad_norm:.2e}  ({stationarity}, Frobenius norm)",
+            f"geometry     NC1 {m.nc1:.2e}, Delta to ETF {m.delta_etf:.2e}, to OF {m.delta_of:.2e}"
+            + ("" if m.delta_prototypes is None else f", to prototypes {m.delta_prototypes:.2e}"),
+        ]
+        if m.alignment is not None:
+            lines.append(f"             prototype alignment {m.alignment:.6f}, mean cosine of class means "
+                         f"{m.mean_cosine:+.4f}")
+        return "\n".join(lines)
+
     def save_npz(self, path: str | os.PathLike) -> None:
         """Write ``H``, ``y``, ``W``, settings and summary to ``path`` atomically (see module doc)."""
         W = self.W if self.W is not None else np.zeros((self.H.shape[1], 0))
@@ -147,7 +160,7 @@ class UFMResult:
         if self.batches is not None:
             arrays["batch_indices"] = np.concatenate(self.batches).astype(np.int64)
             arrays["batch_offsets"] = np.cumsum([0] + [len(b) for b in self.batches]).astype(np.int64)
-        atomic_write(path, lambda handle: np.savez(handle, **arrays), suffix=".npz")
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 @dataclass(frozen=True)
@@ -169,10 +182,16 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
     if not os.path.isfile(path):
         raise ValueError(f"solution file {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in ("H", "y", "W", "settings") if key not in data.files]
-            if missing:
-                raise ValueError(f"solution file {path!r} lacks {', '.join(missing)} (not written by ncgeo solve --save)")
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"solution file {path!r} could not be read as an .npz archive: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"solution file {path!r} is not an .npz archive (written by ncgeo solve --save)")
+    with data:
+        missing = [key for key in ("H", "y", "W", "settings") if key not in data.files]
+        if missing:
+            raise ValueError(f"solution file {path!r} lacks {', '.join(missing)} (not written by ncgeo solve --save)")
+        try:
             H, y, W = data["H"], data["y"], data["W"]
             settings = json.loads(str(data["settings"]))
             summary = json.loads(str(data["summary"])) if "summary" in data.files else {}
@@ -180,8 +199,8 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
             if "batch_indices" in data.files:
                 index, offsets = data["batch_indices"], data["batch_offsets"]
                 batches = [index[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
-    except (OSError, json.JSONDecodeError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"solution file {path!r} could not be read: {exc}") from exc
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"solution file {path!r} could not be read: {exc}") from exc
     if H.ndim != 2 or y.shape != (H.shape[0],) or W.ndim != 2 or W.shape[0] != H.shape[1]:
         raise ValueError(f"solution file {path!r} has inconsistent shapes H {H.shape}, y {y.shape}, W {W.shape}")
     return SavedSolution(H=H, labels=y, W=None if W.shape[1] == 0 else W, settings=settings,

@@ -147,6 +147,7 @@ def solve_ufm(
     time_limit: float | None = None,
     progress: bool = False,
     metadata: dict | None = None,
+    num_threads: int | None = None,
 ) -> UFMResult:
     r"""Minimise the UFM (or UFM+) objective of THEORY.md section 3.
 
@@ -212,6 +213,10 @@ def solve_ufm(
         Print a progress line on stderr when the solve takes longer than 2 s.
     metadata : dict, optional
         Extra entries for ``settings`` (e.g. the name of the prototype geometry).
+    num_threads : int, optional
+        CPU threads of torch during the solve (restored afterwards). Default: 1 when the
+        largest batch has at most 1024 samples (small kernels gain nothing from threads and
+        lose much to them on a busy machine), else torch's setting.
 
     Returns
     -------
@@ -250,6 +255,41 @@ def solve_ufm(
     W_t = None if W is None else torch.as_tensor(W, dtype=dtype_t, device=device_t)
     use_collapsed = init == "collapsed" or (init == "auto" and batching == "full")
 
+    largest = min(N, batch_size) if shuffle else max(len(b) for b in batches)
+    previous_threads = torch.get_num_threads()
+    if num_threads is None:
+        num_threads = 1 if largest <= 1024 else previous_threads
+    torch.set_num_threads(check_int("num_threads", num_threads, minimum=1))
+    try:
+        best, restart_losses = _run_restarts(
+            restarts, seed, use_collapsed, sizes, W_t, n_w, tau, prototypes_as_anchors, nonnegative, grad_tol, d,
+            dtype_t, device_t, y_t, N, shuffle, labels, batch_size, max_iterations, learning_rate, time_limit,
+            batches, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
+    settings = dict(
+        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=bool(nonnegative), batching=batching,
+        batch_size=batch_size, prototypes_as_anchors=bool(prototypes_as_anchors), restarts=restarts, seed=seed,
+        device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
+        max_iterations=max_iterations, init=init,
+        start="collapsed" if use_collapsed else "random", learning_rate=learning_rate, time_limit=time_limit,
+        **(metadata or {}),
+    )
+    return UFMResult(
+        H=H, labels=labels, W=W, class_sizes=sizes, loss=best["value"], loss_history=best["history"],
+        iterations=best["iterations"], seconds=time.perf_counter() - start_time, stopping_reason=best["reason"],
+        grad_norm=best["grad_norm"], metrics=geometry_metrics(H, labels, W, num_classes=k), settings=settings,
+        restart_losses=restart_losses, batches=batches,
+    )
+
+
+def _run_restarts(restarts, seed, use_collapsed, sizes, W_t, n_w, tau, anchors, nonnegative, grad_tol, d,
+                  dtype_t, device_t, y_t, N, shuffle, labels, batch_size, max_iterations, learning_rate, time_limit,
+                  batches, progress):
+    """Run every restart; returns ``(best run dict, final loss of every restart)``."""
+    prototypes_as_anchors = anchors
+
     def objective_on(batch_list):
         def objective(x):
             x = x.detach().requires_grad_(True)
@@ -284,20 +324,7 @@ def solve_ufm(
         if best is None or run["value"] < best["value"]:
             best = run
     reporter.close()
-    H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
-    settings = dict(
-        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=bool(nonnegative), batching=batching,
-        batch_size=batch_size, prototypes_as_anchors=bool(prototypes_as_anchors), restarts=restarts, seed=seed,
-        device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
-        max_iterations=max_iterations, init=init, learning_rate=learning_rate, time_limit=time_limit,
-        **(metadata or {}),
-    )
-    return UFMResult(
-        H=H, labels=labels, W=W, class_sizes=sizes, loss=best["value"], loss_history=best["history"],
-        iterations=best["iterations"], seconds=time.perf_counter() - start_time, stopping_reason=best["reason"],
-        grad_norm=best["grad_norm"], metrics=geometry_metrics(H, labels, W, num_classes=k), settings=settings,
-        restart_losses=restart_losses, batches=batches,
-    )
+    return best, restart_losses
 
 
 def _adam_epochs(x0, y_t, W_t, n_w, tau, anchors, labels, batch_size, seed, epochs, learning_rate,
@@ -327,7 +354,7 @@ def _adam_epochs(x0, y_t, W_t, n_w, tau, anchors, labels, batch_size, seed, epoc
                 dead = norms <= torch.finfo(X.dtype).tiny * 1e6  # a row would vanish: keep it where it was
                 X.copy_(torch.where(dead, previous, projected / norms.clamp_min(torch.finfo(X.dtype).tiny)))
             schedule.step()
-            epoch_loss += float(value)
+            epoch_loss += float(value.detach())
         history.append(epoch_loss)
         reporter(epoch + 1, epoch_loss, float("nan"), unit="epoch")
         if time_limit is not None and time.perf_counter() - start > time_limit:

@@ -1,0 +1,62 @@
+"""Figures of ncgeo (matplotlib with the Agg backend, imported only when a figure is drawn)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from ._io import atomic_write_bytes
+from ._validation import as_float_array
+
+__all__ = ["plot_gram_comparison"]
+
+
+def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLike | None = None, *,
+                         title: str | None = None, dpi: int = 120):
+    """Heatmaps of the class-mean cosine Gram beside the prototype Gram (both ``k x k``).
+
+    Colour scale fixed to ``[-1, 1]`` (diverging), one panel per matrix, entries written
+    in the cells when ``k <= 12``. Writes a PNG to ``path`` atomically when given and
+    returns the matplotlib figure.
+
+    Parameters
+    ----------
+    gram_means : (k, k) array
+        Cosines between class means (e.g. ``GeometryMetrics.gram_means``).
+    gram_prototypes : (k, k) array, optional
+        ``W^T W``; omitted panel when ``None``.
+    path : path, optional
+        Output ``.png``.
+    title : str, optional
+        Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("class means: cos(mu_c, mu_c')", as_float_array("gram_means", gram_means, ndim=2))]
+    if gram_prototypes is not None:
+        panels.append(("prototypes: W^T W", as_float_array("gram_prototypes", gram_prototypes, ndim=2)))
+    k = panels[0][1].shape[0]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.8, 4.0), squeeze=False)
+    image = None
+    for axis, (name, matrix) in zip(axes[0], panels):
+        image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("class")
+        axis.set_ylabel("class")
+        if k <= 12:
+            for (i, j), value in np.ndenumerate(matrix):
+                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    if path is not None:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        atomic_write_bytes(path, buffer.getvalue())
+    plt.close(figure)
+    return figure

@@ -1,0 +1,254 @@
+"""UFM solver: batching, objective, reduced/closed forms, optimiser, result files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ncgeo.classes import labels_from_sizes
+from ncgeo.closed_form import closed_form_for_setup, closed_form_loss, collapsed_loss
+from ncgeo.geometry import orthogonal_frame, random_prototypes, simplex_etf
+from ncgeo.losses import materialise_prototypes, scl_prototype_loss, supcon_loss_materialised
+from ncgeo.ufm import (
+    load_npz,
+    make_batches,
+    riemannian_lbfgs,
+    solve_ufm,
+    stationarity_residual,
+    ufm_objective,
+)
+
+
+def _unit_rows(rows, d, seed, nonnegative=False):
+    x = torch.randn(rows, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.nn.functional.normalize(x.abs() if nonnegative else x, dim=1)
+
+
+# ------------------------------------------------------------------ batching
+
+def test_make_batches_full_and_partition():
+    y = labels_from_sizes([5, 4, 3])
+    assert [b.tolist() for b in make_batches(y, "full")] == [list(range(12))]
+    batches = make_batches(y, "partition", 5, seed=3)
+    assert [len(b) for b in batches] == [5, 5, 2]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(12))
+    same = make_batches(y, "partition", 5, seed=3, epoch=7)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, same))
+    other = make_batches(y, "partition", 5, seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+
+
+def test_make_batches_shuffle_changes_every_epoch():
+    y = labels_from_sizes([6, 6])
+    first, second = make_batches(y, "shuffle", 4, seed=0, epoch=0), make_batches(y, "shuffle", 4, seed=0, epoch=1)
+    for batches in (first, second):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(12))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))
+    again = make_batches(y, "shuffle", 4, seed=0, epoch=1)
+    assert all(np.array_equal(a, b) for a, b in zip(second, again))
+
+
+def test_make_batches_bind_adds_one_fixed_sample_per_class():
+    y = labels_from_sizes([4, 4, 4])
+    batches = make_batches(y, "bind", 3, seed=1)
+    bound = set(batches[0].tolist())
+    for b in batches:
+        assert sorted(set(y[b].tolist())) == [0, 1, 2]
+    common = set.intersection(*(set(b.tolist()) for b in batches))
+    assert len(common) == 3 and sorted(y[list(common)].tolist()) == [0, 1, 2]
+    rest = np.concatenate([np.setdiff1d(b, list(common)) for b in batches])
+    assert sorted(rest.tolist()) == sorted(set(range(12)) - common)
+    assert [len(b) for b in batches] == [6, 6, 6]
+    assert bound >= common
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scheme="partition"), "batch_size is required"),
+    (dict(scheme="partition", batch_size=1), "batch_size must be an integer >= 2"),
+    (dict(scheme="nope", batch_size=2), "batching must be one of"),
+])
+def test_make_batches_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_batches(labels_from_sizes([3, 3]), **kwargs)
+
+
+# ------------------------------------------------------------------ objective
+
+@pytest.mark.parametrize("anchors", [False, True])
+def test_ufm_objective_equals_materialised_per_batch_sum(anchors):
+    sizes, n_w, tau = [4, 3, 2], 3, 0.3
+    y = labels_from_sizes(sizes)
+    W = torch.tensor(random_prototypes(3, 4, seed=0))
+    H = _unit_rows(len(y), 4, seed=1)
+    batches = make_batches(y, "bind", 2, seed=2)
+    expected = 0.0
+    for b in batches:
+        features, labels, is_proto = materialise_prototypes(H[b], y[b], W, n_w)
+        expected += float(supcon_loss_materialised(features, labels, tau, None if anchors else ~is_proto))
+    value = ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors=anchors)
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------ closed forms
+
+@pytest.mark.parametrize("anchors", [False, True])
+def test_collapsed_loss_equals_loss_of_expanded_configuration(anchors):
+    sizes, n_w, tau = [3, 1, 5], 2.0, 0.2
+    M = _unit_rows(3, 5, seed=4).T
+    W = torch.tensor(random_prototypes(3, 5, seed=5))
+    y = labels_from_sizes(sizes)
+    expanded = scl_prototype_loss(M.T[y], y, W, n_w, tau, prototypes_as_anchors=anchors)
+    value = collapsed_loss(M, sizes, W, n_w, tau, prototypes_as_anchors=anchors)
+    assert float(value) == pytest.approx(float(expanded), rel=1e-12)
+
+
+@pytest.mark.parametrize("geometry, anchors, n_w", [("etf", False, 10.0), ("of", False, 3.0),
+                                                     ("etf", True, 5.0), ("of", True, 1.0), ("etf", False, 0.0)])
+def test_closed_form_equals_loss_at_aligned_collapse(geometry, anchors, n_w):
+    k, n, tau = 4, 3, 0.1
+    W = torch.tensor(simplex_etf(k, k) if geometry == "etf" else orthogonal_frame(k))
+    y = labels_from_sizes([n] * k)
+    direct = scl_prototype_loss(W.T[y], y, W, n_w, tau, prototypes_as_anchors=anchors)
+    assert closed_form_loss(k, n, n_w, tau, geometry, prototypes_as_anchors=anchors) == pytest.approx(
+        float(direct), rel=1e-12)
+
+
+def test_closed_form_is_finite_for_small_tau_and_large_n_w():
+    assert np.isfinite(closed_form_loss(10, 100, 1e9, 0.01, "etf"))
+
+
+def test_closed_form_for_setup_cases():
+    etf, of = simplex_etf(4, 4), orthogonal_frame(4)
+    assert closed_form_for_setup([5] * 4, etf, 10, 0.1)[1] == "etf"
+    assert closed_form_for_setup([5] * 4, of, 0, 0.1, nonnegative=True)[1] == "of"
+    assert closed_form_for_setup([5] * 4, of, 10, 0.1, nonnegative=True)[1] == "of"
+    assert closed_form_for_setup([5] * 4, of, 10, 0.1) is None  # OF prototypes without ReLU
+    assert closed_form_for_setup([5, 5, 1, 1], etf, 10, 0.1) is None  # imbalance
+    assert closed_form_for_setup([5] * 4, etf, 10, 0.1, batching="bind") is None
+
+
+# ------------------------------------------------------------------ optimiser
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_riemannian_lbfgs_linear_objective(nonnegative):
+    a = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def objective(x):
+        return -(x * a).sum(), -a
+
+    start = _unit_rows(6, 3, seed=1, nonnegative=nonnegative)
+    out = riemannian_lbfgs(objective, start, nonnegative=nonnegative, grad_tol=1e-12)
+    target = a.clamp(min=0) if nonnegative else a
+    target = torch.where(target.norm(dim=1, keepdim=True) > 0, target, torch.nn.functional.one_hot(
+        a.argmax(dim=1), 3).to(a.dtype))
+    assert out.grad_norm <= 1e-12
+    assert torch.allclose(out.x, torch.nn.functional.normalize(target, dim=1), atol=1e-10)
+
+
+# ------------------------------------------------------------------ solver
+
+def _projected_grad_norm(result, batches=None, nonnegative=False):
+    H = torch.tensor(result.H, requires_grad=True)
+    W = None if result.W is None else torch.tensor(result.W)
+    value = ufm_objective(H, result.labels, W, result.settings["n_w"], result.settings["tau"],
+                          batches or make_batches(result.labels, "full"), result.settings["prototypes_as_anchors"])
+    (grad,) = torch.autograd.grad(value, H)
+    return float(value.detach()), float(stationarity_residual(H.detach(), grad, nonnegative).norm())
+
+
+@pytest.mark.parametrize("init", ["random", "collapsed"])
+def test_full_batch_reaches_gradient_tolerance_and_closed_form(init):
+    W = simplex_etf(5, 5)
+    result = solve_ufm([6] * 5, W, n_w=20, tau=0.2, init=init)
+    assert result.stopping_reason == "gradient norm below tolerance"
+    value, grad_norm = _projected_grad_norm(result)
+    assert grad_norm <= 1e-9 and result.grad_norm <= 1e-9
+    assert value == pytest.approx(result.loss, rel=1e-13)
+    closed = result.closed_form()
+    assert closed is not None and closed[1] == "etf"
+    assert result.loss == pytest.approx(closed[0], rel=1e-10)
+    assert result.settings["start"] == init
+
+
+def test_ufm_plus_rows_nonnegative_unit_and_kkt():
+    result = solve_ufm([5, 4, 3], random_prototypes(3, 4, seed=0, nonnegative=True), n_w=2, tau=0.3,
+                       nonnegative=True, init="random", restarts=2, seed=3)
+    assert np.all(result.H >= 0)
+    assert np.allclose(np.linalg.norm(result.H, axis=1), 1.0)
+    _, kkt = _projected_grad_norm(result, nonnegative=True)
+    assert kkt <= 1e-9
+    assert result.loss == min(result.restart_losses) and len(result.restart_losses) == 2
+
+
+@pytest.mark.parametrize("batching", ["partition", "bind"])
+def test_fixed_batches_minimise_the_deterministic_sum(batching):
+    result = solve_ufm([4, 4, 4], None, tau=0.5, batching=batching, batch_size=3, seed=2)
+    batches = make_batches(result.labels, batching, 3, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, result.batches))
+    value, grad_norm = _projected_grad_norm(result, batches)
+    assert value == pytest.approx(result.loss, rel=1e-13)
+    assert grad_norm <= 1e-9
+
+
+def test_shuffle_reports_full_batch_objective():
+    result = solve_ufm([4, 4], None, tau=0.5, batching="shuffle", batch_size=4, max_iterations=15,
+                       learning_rate=0.05)
+    value, grad_norm = _projected_grad_norm(result)
+    assert result.iterations == 15 and len(result.loss_history) == 15
+    assert result.loss == pytest.approx(value, rel=1e-12)
+    assert result.grad_norm == pytest.approx(grad_norm, rel=1e-6)
+    assert result.batches is None
+
+
+def test_float32_solve_stops_and_reports():
+    result = solve_ufm([5, 5, 5], simplex_etf(3, 3), n_w=5, tau=0.2, dtype="float32", init="random")
+    assert result.settings["dtype"] == "float32" and result.grad_norm <= 1e-3
+    assert result.H.dtype == np.float64
+
+
+def test_solve_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        solve_ufm([5])
+    with pytest.raises(ValueError, match="prototypes are required"):
+        solve_ufm([5, 5], n_w=1)
+    with pytest.raises(ValueError, match="k = 2 columns"):
+        solve_ufm([5, 5], simplex_etf(3, 3), n_w=1)
+    with pytest.raises(ValueError, match="dim must equal"):
+        solve_ufm([5, 5], simplex_etf(2, 2), n_w=1, dim=3)
+    with pytest.raises(ValueError, match="unit columns"):
+        solve_ufm([5, 5], 2 * simplex_etf(2, 2), n_w=1)
+    with pytest.raises(ValueError, match="batch_size is required"):
+        solve_ufm([5, 5], batching="bind")
+    with pytest.raises(ValueError, match="class_sizes\\[1\\]"):
+        solve_ufm([5, 0])
+
+
+def test_save_and_load_npz_round_trip(tmp_path):
+    result = solve_ufm([3, 3, 3], orthogonal_frame(3), n_w=2, tau=0.3, batching="partition", batch_size=4,
+                       metadata={"geometry": "of"})
+    path = tmp_path / "sol.npz"
+    result.save_npz(path)
+    assert os.listdir(tmp_path) == ["sol.npz"]
+    saved = load_npz(path)
+    assert np.array_equal(saved.H, result.H) and np.array_equal(saved.labels, result.labels)
+    assert np.array_equal(saved.W, result.W)
+    assert saved.settings == result.settings and saved.settings["geometry"] == "of"
+    assert saved.summary["loss"] == result.loss
+    assert all(np.array_equal(a, b) for a, b in zip(saved.batches, result.batches))
+    without = solve_ufm([2, 2], None, tau=0.5)
+    without.save_npz(tmp_path / "none.npz")
+    assert load_npz(tmp_path / "none.npz").W is None
+
+
+def test_load_npz_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_npz(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="lacks H, y, W, settings"):
+        load_npz(tmp_path / "other.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ValueError, match="could not be read|not an .npz"):
+        load_npz(tmp_path / "text.npz")
