@@ -53,6 +53,142 @@ def main() -> None:
     """
 
 
+# ----------------------------------------------------------------------------- solve
+
+
+def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: int):
+    """``(W, d, name)`` for ``--geometry``; errors name the option that is wrong."""
+    import os
+
+    from ncgeo import geometry as geo
+
+    if geometry == "etf":
+        d = k if dim is None else dim
+        if d < k - 1:
+            raise click.BadParameter(f"must be >= K-1 = {k - 1} for --geometry etf (a simplex ETF of {k} "
+                                     f"points needs K-1 dimensions), got {d}", param_hint="'--dim'")
+        return geo.simplex_etf(k, d), d, "etf"
+    if geometry == "of":
+        d = k if dim is None else dim
+        if d < k:
+            raise click.BadParameter(f"must be >= K = {k} for --geometry of (an orthogonal frame of {k} "
+                                     f"vectors), got {d}", param_hint="'--dim'")
+        return geo.orthogonal_frame(k, d), d, "of (standard basis, non-negative)"
+    if geometry == "random":
+        d = k if dim is None else dim
+        return geo.random_prototypes(k, d, seed=seed, nonnegative=relu), d, \
+            f"random ({'non-negative, ' if relu else ''}seed {seed})"
+    if not os.path.isfile(geometry):
+        raise click.BadParameter(f"must be etf, of, random or an existing .npy/.csv/.txt file holding a "
+                                 f"k x k Gram or d x k vectors; {geometry!r} does not exist", param_hint="'--geometry'")
+    try:
+        W = geo.load_prototypes(geometry, d=dim)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (expected a PSD k x k Gram with unit diagonal or d x k unit "
+                                 f"vectors)", param_hint="'--geometry'") from exc
+    if W.shape[1] != k:
+        raise click.BadParameter(f"{geometry!r} holds {W.shape[1]} prototypes, expected K = {k} (--classes)",
+                                 param_hint="'--geometry'")
+    return W, W.shape[0], f"file {geometry}"
+
+
+@main.command("solve")
+@click.option("--classes", "classes", type=click.IntRange(min=2), required=True, help="Number of classes K (>= 2).")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Samples per (majority) class n.")
+@click.option("--imbalance", type=click.Choice(["none", "step", "exp"]), default="none", show_default=True,
+              help="step: first floor(K/2) classes n, rest floor(n/R); exp: n R^(-c/(K-1)).")
+@click.option("--ratio", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              help="Imbalance ratio R >= 1 (ignored with --imbalance none).")
+@click.option("--protos", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="n_w: copies of each class prototype in every batch (0 = plain SCL).")
+@click.option("--geometry", default="etf", show_default=True, metavar="{etf,of,random,PATH}",
+              help="Prototypes: simplex ETF, orthogonal frame (standard basis), random unit vectors "
+                   "(non-negative with --relu), or a .npy/.csv/.txt file with a K x K Gram or D x K vectors.")
+@click.option("--dim", type=click.IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
+@click.option("--tau", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+              help="Temperature (> 0).")
+@click.option("--relu/--no-relu", default=False, show_default=True, help="UFM+: non-negative features.")
+@click.option("--batching", type=click.Choice(["full", "partition", "shuffle", "bind"]), default="full",
+              show_default=True, help="Full batch, fixed random partition, reshuffled every epoch, or binding.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None,
+              help="Batch size B >= 2 (required unless --batching full).")
+@click.option("--proto-anchors/--no-proto-anchors", default=False, show_default=True,
+              help="Prototype copies are anchors too.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Random restarts (the best is kept).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--init", type=click.Choice(["auto", "collapsed", "random"]), default="auto", show_default=True,
+              help="Start: collapsed = solve the K-direction reduced problem first (auto: for full batch).")
+@click.option("--max-iterations", type=click.IntRange(min=0), default=None,
+              help="Iteration cap [default: 20000; epochs for shuffle: 200].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
+                   "('-': print only the JSON, to stdout).")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
+              help="Write H, y, W and the settings to an .npz file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG heatmap of the class-mean Gram beside the prototype Gram.")
+def solve(classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
+          proto_anchors, restarts, seed, device, dtype, init, max_iterations, json_path, save_path, plot_path):
+    """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
+
+    Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
+    embeddings (non-negative with --relu) to a gradient norm of 1e-9 (float64, full
+    batch), then prints the loss, the closed-form value when one is known, and the
+    geometry: NC1 and the Gram distances Delta to the prototypes, the ETF and the OF.
+
+    \b
+    Examples:
+      ncgeo solve --classes 10 --protos 1000
+      ncgeo solve --classes 4 --samples 10 --imbalance step --ratio 10 --tau 0.5
+      ncgeo solve --classes 4 --samples 20 --imbalance step --relu --geometry of --protos 10
+      ncgeo solve --classes 4 --samples 4 --relu --batching bind --batch-size 4 --json out.json
+      ncgeo solve --classes 10 --protos 100 --geometry gram.npy --save sol.npz --plot gram.png
+    """
+    import json
+
+    from ncgeo._io import atomic_write_bytes
+    from ncgeo.classes import class_sizes
+    from ncgeo.ufm import solve_ufm
+
+    if batching != "full" and batch_size is None:
+        raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
+    if proto_anchors and 0 < protos < 1:
+        raise click.BadParameter(f"must be 0 or >= 1 with --proto-anchors, got {protos:g}", param_hint="'--protos'")
+    try:
+        sizes = class_sizes(classes, samples, imbalance, ratio)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
+    W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
+    quiet = json_path == "-"
+    result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
+                       batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
+                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, progress=not quiet,
+                       metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
+                                 "ratio": ratio})
+    summary = result.to_dict()
+    text = json.dumps(summary, indent=2)
+    if quiet:
+        click.echo(text)
+    else:
+        click.echo(result.report())
+        if json_path is not None:
+            atomic_write_bytes(json_path, (text + "\n").encode())
+            click.echo(f"wrote {json_path}")
+    if save_path is not None:
+        result.save_npz(save_path)
+        click.echo(f"wrote {save_path}", err=quiet)
+    if plot_path is not None:
+        from ncgeo.plotting import plot_gram_comparison
+
+        plot_gram_comparison(result.metrics.gram_means, result.W.T @ result.W, plot_path,
+                             title=f"k = {classes}, n_w = {protos:g}, tau = {tau:g}, prototypes {geometry_name}")
+        click.echo(f"wrote {plot_path}", err=quiet)
+
+
 # ----------------------------------------------------------------------------- deep
 
 from deep.config import train_options as _deep_train_options  # stdlib + click only: keeps --help fast

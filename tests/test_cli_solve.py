@@ -1,0 +1,90 @@
+"""`ncgeo solve`: report, --json/--save/--plot files, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from ncgeo.ufm import load_npz
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["solve", *args], standalone_mode=True)
+
+
+def test_default_solve_reports_loss_closed_form_and_geometry(tmp_path):
+    json_path, npz_path, png_path = tmp_path / "r.json", tmp_path / "r.npz", tmp_path / "r.png"
+    result = _run("--classes", "4", "--protos", "100", "--samples", "3", "--json", str(json_path),
+                  "--save", str(npz_path), "--plot", str(png_path))
+    assert result.exit_code == 0, result.output
+    for word in ("loss", "closed form", "iterations", "grad norm", "NC1", "Delta to ETF", "to OF",
+                 "to prototypes", "alignment"):
+        assert word in result.output
+    data = json.loads(json_path.read_text())
+    for key in ("loss", "class_sizes", "iterations", "grad_norm", "seconds"):
+        assert key in data
+    for key in ("nc1", "delta_prototypes", "delta_etf", "delta_of", "gram_means"):
+        assert key in data["geometry"]
+    assert data["class_sizes"] == [3, 3, 3, 3] and data["grad_norm"] <= 1e-9
+    assert np.array(data["geometry"]["gram_means"]).shape == (4, 4)
+    assert data["loss"] == pytest.approx(data["closed_form"]["value"], rel=1e-10)
+    saved = load_npz(npz_path)
+    assert saved.H.shape == (12, 4) and saved.W.shape == (4, 4)
+    assert saved.settings["n_w"] == 100 and saved.settings["geometry"] == "etf"
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]
+
+
+def test_json_to_stdout_relu_bind():
+    result = _run("--classes", "3", "--samples", "3", "--relu", "--geometry", "of", "--batching", "bind",
+                  "--batch-size", "2", "--json", "-")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "bind"
+    assert data["geometry"]["delta_of"] < 1e-6
+
+
+def test_prototype_gram_file(tmp_path):
+    gram = np.array([[1.0, 0.2, -0.1], [0.2, 1.0, 0.0], [-0.1, 0.0, 1.0]])
+    path = tmp_path / "g.npy"
+    np.save(path, gram)
+    result = _run("--classes", "3", "--protos", "10", "--geometry", str(path), "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["geometry"] == f"file {path}"
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    not_psd = tmp_path / "notpsd.npy"
+    np.save(not_psd, np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]))
+    malformed = tmp_path / "bad.csv"
+    malformed.write_text("1, 0, x\n0, 1, 0\n")
+    return {"notpsd": str(not_psd), "malformed": str(malformed), "missing": str(tmp_path / "missing.npy")}
+
+
+@pytest.mark.parametrize("args, option, expected", [
+    (["--classes", "1"], "--classes", ">=2"),
+    (["--classes", "3", "--protos", "-1"], "--protos", ">=0"),
+    (["--classes", "3", "--tau", "0"], "--tau", ">0"),
+    (["--classes", "4", "--dim", "2"], "--dim", ">= K-1 = 3"),
+    (["--classes", "4", "--geometry", "of", "--dim", "3"], "--dim", ">= K = 4"),
+    (["--classes", "3", "--geometry", "@notpsd"], "--geometry", "positive semidefinite"),
+    (["--classes", "3", "--geometry", "@malformed"], "--geometry", "numeric matrix"),
+    (["--classes", "3", "--geometry", "@missing"], "--geometry", "does not exist"),
+    (["--classes", "3", "--batching", "partition", "--batch-size", "1"], "--batch-size", ">=2"),
+    (["--classes", "3", "--batching", "partition"], "--batch-size", "required"),
+    (["--classes", "3", "--imbalance", "step", "--ratio", "0"], "--ratio", ">=1"),
+])
+def test_bad_input_is_one_line_naming_the_option(args, option, expected, bad_files):
+    args = [bad_files[a[1:]] if a.startswith("@") else a for a in args]
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error:") and option in lines[0] and expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
