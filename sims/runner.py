@@ -12,9 +12,9 @@ point's canonical JSON. A point whose file exists is read back and never recompu
 so an interrupted sweep resumes where it stopped and a finished sweep is free to
 rerun (e.g. to redraw a figure). Progress goes to stderr.
 
-Worker processes are started with the ``forkserver`` method (safe with torch and
-cvxpy; the computing module is preloaded once) and each limits torch to one thread,
-so ``workers`` processes use ``workers`` cores.
+Worker processes are forked where the platform allows it (no re-import of the caller's
+main module, imports shared with the parent; ``spawn`` elsewhere) and each limits torch
+to one thread, so ``workers`` processes use ``workers`` cores.
 """
 
 from __future__ import annotations
@@ -218,10 +218,8 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
         for key, point in todo.items():
             finish(key, *_timed(compute, point))
     elif todo:
-        module = getattr(compute, "__module__", None)
-        context = multiprocessing.get_context("forkserver")
-        preload = ["torch", "cvxpy"] + ([module] if module and module != "__main__" else [])
-        context.set_forkserver_preload(preload)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                          initializer=_init_worker) as pool:
             pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
