@@ -1,0 +1,203 @@
+r"""The many-prototype (cross-entropy) limit as a convex program (THEORY.md section 4).
+
+As ``n_w -> infinity`` (only samples as anchors) the per-sample loss minus ``log n_w`` tends
+to the cross-entropy with the fixed classifier ``W``, no bias and logit scale ``1/tau``. With
+``p = W^T h`` each class ``y`` solves
+
+.. math::
+
+    \min_p \; -\frac{p_y}{\tau} + \log \sum_c e^{p_c / \tau}
+    \quad\text{s.t.}\quad \begin{pmatrix} 1 & p^T \\ p & G_W \end{pmatrix} \succeq 0 .
+
+The PSD constraint says ``p = W^T h`` with ``||h|| <= 1`` (``p`` in the range of ``G_W`` and
+``p^T G_W^+ p <= 1``). This module solves that exact equivalent: a second-order-cone
+program over ``h = F x``, where ``G_W = F^T F`` (``F`` is ``r x k``, ``r = rank G_W``), one unit
+ball per class, all classes in one vectorised program. The norm bound is active at the
+optimum (the objective decreases along ``h``'s direction), so the relaxation ``||h|| <= 1``
+of the sphere is exact and the class means are unit vectors; ``G_CE = X^T X`` is the
+learnt class-mean Gram. When ``G_W`` is invariant under all permutations of the classes
+(ETF, OF) only class 0 is solved and the others follow by permutation.
+
+UFM+ (``nonnegative=True``, needs ``W`` itself): ``h >= 0`` entrywise in ``R^d``; the norm
+bound is still active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._validation import as_float_array, check_positive
+from ._program import Timer, solve_problem
+from .result import _plain
+
+__all__ = ["CELimitResult", "certify_ce_limit"]
+
+
+@dataclass(frozen=True)
+class CELimitResult:
+    """Solution of the CE-limit program.
+
+    Attributes
+    ----------
+    p : (k, k) array
+        Row ``y``: the optimal ``p = W^T h_y`` of class ``y``.
+    values : (k,) array
+        Optimal per-class cross-entropy.
+    value : float
+        ``sum_y values[y]`` (the CE limit of one sample per class).
+    gram : (k, k) array
+        Learnt class-mean Gram ``G_CE`` (unit diagonal).
+    means : (r, k) array or None
+        Optimal class means in the coordinates of the factor of ``G_W`` (of ``W`` for UFM+;
+        a factor of ``gram`` in the symmetric case, None there when ``k > 200``).
+    solver_status, seconds, certified, reason
+        As in :class:`ncgeo.certify.CertificateResult`; ``certified`` means the program
+        was solved to optimality and the norm bound is active (the relaxation is exact).
+    """
+
+    p: np.ndarray
+    values: np.ndarray
+    value: float
+    gram: np.ndarray
+    means: np.ndarray | None
+    solver_status: str
+    seconds: float
+    certified: bool
+    reason: str
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p": _plain(self.p), "values": _plain(self.values), "value": self.value,
+                "gram": _plain(self.gram), "solver_status": self.solver_status,
+                "seconds": self.seconds, "certified": self.certified, "reason": self.reason}
+
+
+def _fully_symmetric(G: np.ndarray, atol: float = 1e-9) -> bool:
+    off = G[~np.eye(len(G), dtype=bool)]
+    return off.size == 0 or float(np.ptp(off)) <= atol
+
+
+def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, prototype_gram=None,
+                     solver: str = "CLARABEL", time_limit: float | None = None,
+                     use_symmetry: bool = True) -> CELimitResult:
+    r"""Solve the CE-limit program of every class (module docstring).
+
+    Parameters
+    ----------
+    W : (d, k) array, optional
+        Prototypes (unit columns). Required for ``nonnegative``.
+    tau : float
+        Temperature (logit scale ``1/tau``).
+    nonnegative : bool
+        UFM+: class means ``h >= 0`` in ``R^d``.
+    prototype_gram : (k, k) array, optional
+        ``G_W`` instead of ``W``.
+    solver, time_limit
+        Conic solver (``"CLARABEL"`` default, ``"SCS"``) and time limit per attempt.
+    use_symmetry : bool
+        Solve one class only when ``G_W`` is invariant under all class permutations.
+
+    Returns
+    -------
+    CELimitResult
+        Failures (solver status, missing solver, time-out) give ``certified=False`` with
+        the reason and NaN arrays, never an exception.
+    """
+    import cvxpy as cp
+
+    timer = Timer()
+    tau = check_positive("tau", tau)
+    if W is not None:
+        Wm = as_float_array("W", W, ndim=2)
+        G = Wm.T @ Wm
+    elif prototype_gram is not None:
+        Wm = None
+        G = as_float_array("prototype_gram", prototype_gram, ndim=2)
+        if G.shape[0] != G.shape[1]:
+            raise ValueError(f"prototype_gram must be square, got {G.shape}")
+    else:
+        raise ValueError("W or prototype_gram is required")
+    if not np.allclose(np.diag(G), 1.0, atol=1e-8):
+        raise ValueError("prototypes must be unit vectors (unit diagonal Gram)")
+    if nonnegative and Wm is None:
+        raise ValueError("nonnegative=True needs the prototypes W themselves, not only their Gram")
+    k = G.shape[0]
+    symmetric = use_symmetry and _fully_symmetric(G) and not nonnegative and k > 1
+    if nonnegative:
+        F = Wm
+    elif not symmetric:
+        eig, vec = np.linalg.eigh((G + G.T) / 2)
+        keep = eig > 1e-10 * max(1.0, eig.max())
+        F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, k), F^T F = G
+    if symmetric:
+        # class 0 only, p = (a, b, .., b): p^T G_W^+ p <= 1 splits on the all-ones vector
+        # (eigenvalue 1 + (k-1) gamma of G_W) and its complement (eigenvalue 1 - gamma)
+        gamma = float(G[0, 1])
+        ab = cp.Variable(2)
+        a_, b_ = ab[0], ab[1]
+        comp_eig, ones_eig = 1 - gamma, 1 + (k - 1) * gamma
+        terms, constraints = [], []
+        for eig_value, component in ((comp_eig, (a_ - b_) * np.sqrt(1 - 1 / k)),
+                                     (ones_eig, (a_ + (k - 1) * b_) / np.sqrt(k))):
+            if eig_value > 1e-12:
+                terms.append(component / np.sqrt(eig_value))
+            else:
+                constraints.append(component == 0)
+        constraints.append(cp.norm(cp.hstack(terms), 2) <= 1)
+        objective = cp.log_sum_exp(cp.hstack([a_ / tau, b_ / tau + np.log(k - 1)])) - a_ / tau
+        problem = cp.Problem(cp.Minimize(objective), constraints)
+        X = None
+    else:
+        classes = list(range(k))
+        X = cp.Variable((F.shape[0], k), nonneg=nonnegative)
+        P = F.T @ X  # (k, k): column y is p of class y
+        objective = cp.sum(cp.log_sum_exp(P / tau, axis=0)) - cp.trace(P) / tau
+        problem = cp.Problem(cp.Minimize(objective), [cp.norm(X, 2, axis=0) <= 1])
+    used, status, failure = solve_problem(problem, solver, time_limit=time_limit)
+    if failure is not None:
+        nan = np.full((k, k), np.nan)
+        return CELimitResult(nan, np.full(k, np.nan), float("nan"), nan, None, status,
+                             timer(), False, f"CE-limit program failed ({failure})")
+    if symmetric:
+        # class y's optimum is the class-0 optimum with classes 0 and y swapped:
+        # p = (a - b) I + b J; with G_W = (1 - g) I + g J both are diagonal on the all-ones
+        # vector and its complement, so G_CE = p G_W^+ p has the eigenvalues below.
+        a, b = (float(v) for v in ab.value)
+        p = np.full((k, k), b)
+        np.fill_diagonal(p, a)
+        comp = (a - b) ** 2 / (1 - gamma) if 1 - gamma > 1e-12 else 0.0
+        ones_val = 1 + (k - 1) * gamma
+        ones = ((a - b) + k * b) ** 2 / ones_val if ones_val > 1e-12 else 0.0
+        gram = comp * (np.eye(k) - 1.0 / k) + ones / k
+        means = None
+        if k <= 200:
+            eig, vec = np.linalg.eigh(gram)
+            means = (vec * np.sqrt(np.maximum(eig, 0))).T
+    else:
+        Xv = np.asarray(X.value)
+        norms = np.linalg.norm(Xv, axis=0)
+        p = (F.T @ Xv).T
+        gram = Xv.T @ Xv
+        means = Xv
+    from scipy.special import logsumexp
+
+    if symmetric:
+        norms = np.full(k, np.sqrt(max(comp, 0.0) * (1 - 1 / k) + ones / k))  # ||h_y||^2 = G_CE[y, y]
+    # the norm bound is active at the optimum: rescale the solver's h to unit length (this
+    # can only lower the objective) and check that it did not raise it
+    scale = 1.0 / np.maximum(norms, 1e-300)
+    p = p * scale[:, None]
+    gram = gram * np.outer(scale, scale)
+    if means is not None:
+        means = means * (scale if means.shape[1] == k else 1.0)
+    values = logsumexp(p / tau, axis=1) - np.diag(p) / tau
+    solver_value = float(problem.value) * (k if symmetric else 1)
+    active = bool(values.sum() <= solver_value + 1e-8 * max(1.0, abs(solver_value)))
+    reason = ("optimal; the unit-norm point attains the optimum (the norm bound is active, the "
+              "relaxation is exact)") if active else \
+        f"rescaling to unit norm raised the value from {solver_value:.10g} to {values.sum():.10g}"
+    return CELimitResult(p, values, float(values.sum()), gram, means, status, timer(), active, reason,
+                         extra={"solver": used, "symmetric": symmetric})
