@@ -219,8 +219,9 @@ def deep_train(config_file, **options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for figures and tables.")
 @click.option("--predict/--no-predict", default=True, show_default=True,
               help="Compute the UFM prediction of SCL runs (cached in RUN/prediction.json).")
-@click.option("--model", type=click.Choice(["batch", "dataset"]), default="batch", show_default=True,
-              help="Class weights of the prediction: expected per-batch counts or training-set counts.")
+@click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
+              help="Prediction: reduced UFM with expected per-batch counts (default for SCL runs) or "
+                   "training-set counts, or the CE limit (default for ce-fixed runs).")
 def deep_report(runs, out, predict, model) -> None:
     """Delta-vs-epoch curves, final Gram heatmaps beside G_W and the prediction, accuracy tables."""
     from deep.report import report
@@ -233,8 +234,9 @@ def deep_report(runs, out, predict, model) -> None:
 
 @deep.command("predict")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--model", type=click.Choice(["batch", "dataset"]), default="batch", show_default=True,
-              help="Class weights: expected per-batch counts b*n_c/N (THEORY.md section 7) or the counts n_c.")
+@click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
+              help="Reduced UFM with expected per-batch counts 2*b*n_c/N (THEORY.md section 7; default for "
+                   "SCL runs) or the counts n_c, or the CE limit with fixed classifier W (default for ce-fixed runs).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
 def deep_predict(run, model, solver) -> None:
     """Certified UFM prediction for RUN's class proportions, batch, n_w, tau and prototypes."""
@@ -242,6 +244,115 @@ def deep_predict(run, model, solver) -> None:
 
     prediction = predict_run(run, model, solver=solver)
     click.echo(prediction.summary())
+
+
+# ----------------------------------------------------------------------------- sims
+
+_SIMS_KINDS = {"int": int, "float": float, "str": str, "floats": str, "ints": str, "strs": str}
+
+
+def _sims_print(result) -> None:
+    status = "PASS" if result.verdict.passed else "FAIL"
+    click.echo(f"{result.name}: {status} ({result.seconds:.1f} s): {result.verdict.reason}")
+    for path in result.files:
+        click.echo(f"wrote {path}")
+
+
+def _sims_default(value) -> str:
+    if isinstance(value, list):
+        if len(value) > 6:
+            return f"{len(value)} values from {value[0]:g} to {value[-1]:g}"
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _sims_command(study) -> click.Command:
+    """A click command for one registered study, its flags built from the study's option specs."""
+    params = [
+        click.Option(["--out"], required=True, type=click.Path(file_okay=False),
+                     help="Output folder: NAME.csv, NAME.json, NAME.png/.pdf and NAME.points/ (resume cache)."),
+        click.Option(["--quick"], is_flag=True, help="Small sizes (seconds); default: the full sizes."),
+        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
+                     help="Processes for the sweep [default: all CPU cores]."),
+        click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Progress bar on stderr."),
+    ]
+    for spec in study.options:
+        flag = "--" + spec.name.replace("_", "-")
+        shown = f"[quick: {_sims_default(spec.quick)}; full: {_sims_default(spec.full)}]"
+        if spec.kind == "bool":
+            params.append(click.Option([f"{flag}/--no-{spec.name.replace('_', '-')}", spec.name], default=None,
+                                       help=f"{spec.help} {shown}"))
+        else:
+            listed = " (comma-separated)" if spec.kind in ("floats", "ints", "strs") else ""
+            params.append(click.Option([flag, spec.name], type=_SIMS_KINDS[spec.kind], default=None,
+                                       help=f"{spec.help}{listed} {shown}"))
+
+    def callback(out, quick, workers, progress, **options):
+        from sims.registry import run_study
+
+        _sims_print(run_study(study.name, out, quick=quick, workers=workers, progress=progress, **options))
+
+    return click.Command(study.name, callback=callback, params=params,
+                         help=f"{study.question}\n\nSee the module sims.{study.run.__module__.split('.')[-1]} "
+                              "for the method and the verdict. Exit status 0 whatever the verdict.",
+                         short_help=study.question)
+
+
+class _SimsGroup(_CleanErrors):
+    """Builds the study commands from :mod:`sims.registry` on demand (keeps ``ncgeo --help`` fast)."""
+
+    def list_commands(self, ctx):
+        from sims.registry import STUDIES
+
+        return ["all", *STUDIES]
+
+    def get_command(self, ctx, name):
+        if name == "all":
+            return sims_all
+        from sims.registry import STUDIES
+
+        return _sims_command(STUDIES[name]) if name in STUDIES else None
+
+
+@click.command("all")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for every study.")
+@click.option("--quick", is_flag=True, help="Small sizes: all studies in about 3 minutes on 2 cores.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+def sims_all(out, quick, workers, progress) -> None:
+    """Run every study with its default settings and print a table of verdicts.
+
+    The exit status is 0 even when a verdict fails: FAIL rows are printed in the table
+    (the run itself succeeded; the verdict is a scientific result, in NAME.json).
+    """
+    from sims.registry import run_all, verdict_table
+
+    results = run_all(out, quick=quick, workers=workers, progress=progress)
+    click.echo(verdict_table(results))
+    failed = [r.name for r in results if not r.verdict.passed]
+    click.echo(f"{len(results) - len(failed)}/{len(results)} studies PASS" +
+               (f"; FAIL: {', '.join(failed)}" if failed else "") + f"; files in {out}")
+
+
+@main.group("sims", cls=_SimsGroup)
+def sims() -> None:
+    """Studies of the theory's claims: table (CSV), figure (PNG/PDF) and verdict (JSON) each.
+
+    \b
+    ncgeo sims NAME --out DIR [--quick] [--workers N] [study options]
+    ncgeo sims all --out DIR --quick      every study, small sizes (~3 min on 2 cores)
+    \b
+    Studies and their full sizes (--quick: k=4 and short grids):
+      limit        k=10, n=100 (step R=10), OF prototypes, tau=0.2, 25 n_w in [1, 1e6]
+      geometry     k=10, n=100, R in {1,10,100}, ETF/OF/random/user Gram (+ReLU), tau=0.2, 13 n_w in [1, 1e6]
+      batching     k=10, n=10, b=10, 10 seeds x {full, bind, partition, shuffle}, UFM+
+      temperature  k=10, n=20 (R=10), 13 tau in [0.02, 2] x 6 n_w in [10, 1e6]
+      inverse      k=6, hierarchical target, tau=0.1, CE limit and n_w=1000
+    \b
+    Sweeps run in parallel over CPU cores and resume: finished points are kept in
+    DIR/NAME.points/ and never recomputed. Every verdict is PASS or FAIL; the exit
+    status is 0 either way (see NAME.json for the numbers behind it).
+    """
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -121,6 +121,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     k = len(sizes)
     N = float(sum(sizes))
     dim = int(N) + k if dim is None else dim
+    W = W if n_w > 0 else None  # without prototype copies the loss does not involve W
     result = solve_reduced(sizes, W, n_w, tau, nonnegative=nonnegative,
                            prototypes_as_anchors=prototypes_as_anchors, dim=dim)
     if "R" not in result.solution:
@@ -136,7 +137,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
         from ncgeo.metrics import class_means
         from ncgeo.ufm import solve_ufm
 
-        solved = solve_ufm(sizes, W, n_w, tau, nonnegative=nonnegative,
+        solved = solve_ufm(sizes, W, n_w, tau, dim=k if W is None else W.shape[0], nonnegative=nonnegative,
                            prototypes_as_anchors=prototypes_as_anchors, time_limit=time_limit)
         loss = solved.loss / N
         lower = out["lower_bound"]
@@ -152,7 +153,7 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
                      polish: bool = True) -> dict[str, Any]:
     r"""Certified optimum of cross-entropy with the fixed classifier ``W`` (THEORY.md section 4).
 
-    :func:`ncgeo.certify.certify_ce_limit` (per-class ``(k+1) x (k+1)`` SDP) gives the
+    :func:`ncgeo.certify.ce_limit.certify_ce_limit` (per-class ``(k+1) x (k+1)`` SDP) gives the
     per-class optima ``CE_c`` and the learnt Gram ``G_CE``. With ``polish`` (and without
     non-negativity) the per-class problems ``min_{||h_c|| = 1} CE(h_c; W)`` are re-solved
     by :func:`ncgeo.ufm.riemannian_lbfgs` (float64, gradient ``<= 1e-12``) from the SDP's
@@ -161,11 +162,11 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
     ``(1/N) sum_c n_c CE_c`` (per-sample CE optimum for these class sizes), ``certified``,
     ``reason``, ``source`` and ``gram`` (nested lists).
     """
-    from ncgeo.certify import certify_ce_limit
+    from ncgeo.certify.ce_limit import certify_ce_limit
 
     result = certify_ce_limit(W, tau, nonnegative=nonnegative)
-    values = np.asarray(result.solution["values"], dtype=float)
-    gram = np.asarray(result.solution["gram"], dtype=float)
+    values = np.asarray(result.values, dtype=float)
+    gram = np.asarray(result.gram, dtype=float)
     source = "sdp"
     if polish and not nonnegative:
         polished = _polish_ce(W, tau)

@@ -11,7 +11,7 @@ log grid the study computes
   value per sample ``L/N`` and its class-mean Gram ``G_M`` (uncentred,
   ``(G_M)_cc' = mu_c . mu_c'``);
 * the certified optimum of CE with the fixed classifier (the per-class ``(k+1) x (k+1)``
-  SDP of THEORY.md section 4, :func:`ncgeo.certify.certify_ce_limit`): the value
+  SDP of THEORY.md section 4, :func:`ncgeo.certify.ce_limit.certify_ce_limit`): the value
   ``CE* = (1/N) sum_c n_c CE_c`` and the learnt Gram ``G_CE``;
 * the loss gap ``(L/N - log n_w) - CE*`` and the geometry gap ``Delta(G_M, G_CE)``.
 
