@@ -1,0 +1,274 @@
+r"""Certify a candidate with the fastest applicable method, with fallbacks.
+
+:func:`certify` takes a candidate ``(H, labels)`` and the problem; :func:`certify_result`
+takes a :class:`ncgeo.ufm.UFMResult` (or a :class:`ncgeo.ufm.SavedSolution`);
+:func:`realise_and_certify` needs no candidate: it solves the reduced program for given
+class sizes, realises its collapsed optimum and certifies it with the dual bound, the
+fast path for ``N = 10^4 .. 10^5``.
+
+Method choice (``method="auto"``), full batch: the dual certificate first when it is
+cheap (a collapsed candidate, or ``N <= DUAL_FIRST_MAX``), then the orbit reduction when
+the prototype Gram is invariant under permutations of equal-size classes and there are
+fewer size groups than classes, else the reduced ``2k x 2k`` program up to
+``REDUCED_MAX_K`` classes. Other batchings: the dual certificate, then the full SDP when
+``N + k <= FULL_MAX``. A conic program that fails (any status but optimal, missing solver,
+time limit) is retried with the other solver and then replaced by the dual certificate;
+every outcome is a :class:`CertificateResult`, never an exception from the solver.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._validation import as_float_array, as_label_tensor, check_choice
+from ._common import candidate_loss, check_loss_args
+from ._program import Timer
+from .dual import dual_certificate
+from .full import _check_batches, solve_full
+from .orbit import orbit_invariant, size_groups, solve_orbit
+from .reduced import solve_reduced
+from .result import DEFAULT_RTOL, CertificateResult, make_result
+
+__all__ = ["certify", "certify_result", "realise_and_certify", "METHODS"]
+
+METHODS = ("auto", "reduced", "orbit", "full", "dual")
+#: Largest k for which ``auto`` uses the 2k x 2k reduced program.
+REDUCED_MAX_K = 60
+#: Largest N + k for which ``auto`` falls back to the full SDP.
+FULL_MAX = 60
+#: Up to this many samples ``auto`` tries the dual certificate first even if not collapsed.
+DUAL_FIRST_MAX = 2000
+
+
+def _is_collapsed(H: np.ndarray, y: np.ndarray, tol: float) -> bool:
+    """Every class within ``tol`` (max-abs) of its first row."""
+    order = np.argsort(y, kind="stable")
+    ys, Hs = y[order], H[order]
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    reference = Hs[starts][np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ys)]))]
+    return bool(np.abs(Hs - reference).max() <= tol)
+
+
+def _orbit_applies(weights: np.ndarray, W, n_w: float) -> bool:
+    groups = size_groups(weights)
+    if len(groups) == len(weights):
+        return False
+    return orbit_invariant(W.T @ W if (n_w > 0 and W is not None) else None, groups) is not None
+
+
+def _combine(method_result: CertificateResult, upper: float, rtol: float, timer,
+             extra_reason: str = "") -> CertificateResult:
+    """Use a relaxation's lower bound against the candidate's loss."""
+    r = method_result
+    solution = dict(r.solution)
+    solution["relaxation_upper_bound"] = r.upper_bound
+    out = make_result(r.lower_bound, upper, method=r.method, status=r.solver_status, seconds=timer(),
+                      rtol=rtol, rank=r.rank, dim=r.dim, realisable=None, solution=solution)
+    if extra_reason and not out.certified:
+        out = make_result(r.lower_bound, upper, method=r.method, status=r.solver_status, seconds=timer(),
+                          rtol=rtol, rank=r.rank, dim=r.dim, realisable=None, solution=solution,
+                          failure=f"{out.reason}; {extra_reason}")
+    return out
+
+
+def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, batches=None,
+            nonnegative: bool = False, prototypes_as_anchors: bool = False, method: str = "auto",
+            upper_bound: float | None = None, solver: str = "CLARABEL",
+            time_limit: float | None = None, rtol: float = DEFAULT_RTOL) -> CertificateResult:
+    r"""Certify that a candidate is a global minimiser of the UFM (UFM+) objective.
+
+    The upper bound is the candidate's objective (:func:`ncgeo.ufm.ufm_objective`, sum over
+    batches and anchors; pass ``upper_bound`` when known); the lower bound comes from a
+    relaxation (:func:`~ncgeo.certify.solve_orbit`, :func:`~ncgeo.certify.solve_reduced`,
+    :func:`~ncgeo.certify.solve_full`) or from :func:`~ncgeo.certify.dual_certificate`.
+    The candidate is certified when ``(upper - lower) / |upper| <= rtol``.
+
+    Parameters
+    ----------
+    H : (N, d) array
+        Candidate unit embeddings.
+    labels : (N,) int array
+    prototypes : (d, k) array, optional
+    n_w, tau : float
+    batches : list of int arrays, optional
+        The objective's batches (default one full batch).
+    nonnegative, prototypes_as_anchors : bool
+    method : {"auto", "reduced", "orbit", "full", "dual"}
+        ``reduced`` and ``orbit`` need the full batch; ``orbit`` an invariant prototype Gram.
+    upper_bound : float, optional
+    solver : {"CLARABEL", "SCS"}
+    time_limit : float, optional
+        Seconds per conic-solver attempt.
+    rtol : float
+
+    Returns
+    -------
+    CertificateResult
+        ``solution["attempts"]`` lists the reasons of the methods tried before the one
+        reported.
+    """
+    timer = Timer()
+    check_choice("method", method, METHODS)
+    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    H = as_float_array("H", H, ndim=2)
+    N, d = H.shape
+    y = as_label_tensor("labels", labels, N, None).numpy()
+    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
+    k = W.shape[1] if W is not None else int(y.max()) + 1
+    batch_list = _check_batches(batches, N)
+    full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
+    if upper_bound is None:
+        upper_bound = candidate_loss(H, y, W if n_w > 0 else None, n_w, tau, batch_list, prototypes_as_anchors)
+    sizes = np.bincount(y, minlength=k).astype(float)
+    if method in ("reduced", "orbit") and not full_batch:
+        raise ValueError(f"method {method!r} needs the full batch; use 'full' or 'dual' for other batchings")
+    if method in ("reduced", "orbit") and np.any(sizes == 0):
+        raise ValueError(f"method {method!r} needs every class to have samples")
+    common = dict(nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors, solver=solver,
+                  time_limit=time_limit, rtol=rtol)
+    plan: list[str]
+    if method != "auto":
+        plan = [method]
+    elif full_batch and np.all(sizes > 0):
+        # the dual bound costs O(k^3) on a collapsed candidate: try it first
+        cheap_dual = N <= DUAL_FIRST_MAX or _is_collapsed(H, y, 1e-6)
+        relaxation = ["orbit"] if _orbit_applies(sizes, W, n_w) else \
+            ["reduced"] if k <= REDUCED_MAX_K else []
+        plan = (["dual"] + relaxation) if cheap_dual else (relaxation + ["dual"])
+    else:
+        plan = ["dual"] + (["full"] if N + k <= FULL_MAX else [])
+    if plan[-1] != "dual" and "dual" not in plan:
+        plan.append("dual")  # the fallback of every conic program
+    attempts: list[str] = []
+    best: CertificateResult | None = None
+    for name in plan:
+        if name == "dual":
+            if N > 12000 and not full_batch:
+                attempts.append("dual: too many samples for the dense dual certificate")
+                continue
+            result = dual_certificate(H, y, W if n_w > 0 else None, n_w, tau, batches=batch_list,
+                                      nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors,
+                                      upper_bound=upper_bound, rtol=rtol)
+        else:
+            proto = W if n_w > 0 else None
+            if name == "orbit":
+                relaxed = solve_orbit(sizes, proto, n_w, tau, dim=d, **common)
+            elif name == "reduced":
+                relaxed = solve_reduced(sizes, proto, n_w, tau, dim=d, **common)
+            else:
+                relaxed = solve_full(y, proto, n_w, tau, batches=batch_list, num_classes=k, dim=d, **common)
+            if not math.isfinite(relaxed.lower_bound):
+                attempts.append(f"{name}: {relaxed.reason}")
+                continue
+            result = _combine(relaxed, upper_bound, rtol, timer)
+        if best is None or result.lower_bound > best.lower_bound:
+            best = result
+        if result.certified:
+            best = result
+            break
+        attempts.append(f"{name}: {result.reason}")
+    if best is None:
+        return make_result(None, upper_bound, method=plan[-1], status="failed", seconds=timer(), rtol=rtol,
+                           dim=d, failure="; ".join(attempts), solution={"attempts": attempts})
+    solution = dict(best.solution)
+    solution["attempts"] = attempts
+    failure = None if best.certified else "; ".join(attempts) if attempts else None
+    return make_result(best.lower_bound, best.upper_bound, method=best.method, status=best.solver_status,
+                       seconds=timer(), rtol=rtol, rank=best.rank, dim=best.dim, realisable=None,
+                       solution=solution, failure=failure)
+
+
+def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
+                   time_limit: float | None = None, rtol: float = DEFAULT_RTOL) -> CertificateResult:
+    """Certify a :class:`ncgeo.ufm.UFMResult` or :class:`ncgeo.ufm.SavedSolution`.
+
+    Reads ``n_w``, ``tau``, ``nonnegative``, ``prototypes_as_anchors`` and ``batching``
+    from ``result.settings`` and the batches from ``result.batches``. A reshuffled
+    (``"shuffle"``) solve has no fixed objective and is reported as not certified.
+    """
+    settings = result.settings
+    missing = [key for key in ("n_w", "tau") if key not in settings]
+    if missing:
+        raise ValueError(f"settings lack {', '.join(missing)}")
+    if settings.get("batching", "full") == "shuffle":
+        return make_result(None, getattr(result, "loss", None), method="none", status="n/a", seconds=0.0,
+                           rtol=rtol, dim=result.H.shape[1],
+                           failure="reshuffled batches have no fixed objective to certify")
+    batches = result.batches if settings.get("batching", "full") != "full" else None
+    labels = result.labels
+    return certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
+                   nonnegative=bool(settings.get("nonnegative", False)),
+                   prototypes_as_anchors=bool(settings.get("prototypes_as_anchors", False)), method=method,
+                   upper_bound=getattr(result, "loss", None), solver=solver, time_limit=time_limit, rtol=rtol)
+
+
+def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
+                        nonnegative: bool = False, prototypes_as_anchors: bool = False,
+                        dim: int | None = None, solver: str = "CLARABEL",
+                        time_limit: float | None = None, rtol: float = DEFAULT_RTOL):
+    r"""Solve the reduced program (orbit when it applies), realise its collapsed optimum
+    ``H = M[:, y]^T`` and certify it with the dual bound as an independent check.
+
+    Returns ``(H, labels, CertificateResult)``; the result's lower bound is the larger of
+    the relaxation's and the dual bound, its upper bound the realised loss (computed on
+    the ``k`` distinct rows, so ``N = 10^5`` costs the same as ``N = 10^2``). ``H`` is
+    None when the optimum is not collapsed or not realisable in ``d`` dimensions.
+    """
+    timer = Timer()
+    sizes = [int(s) for s in class_sizes]
+    if any(s != c for s, c in zip(sizes, class_sizes)) or min(sizes) < 1:
+        raise ValueError("class_sizes must be positive integers to realise samples")
+    weights = np.asarray(sizes, float)
+    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
+    use_orbit = _orbit_applies(weights, W, n_w)
+    solve = solve_orbit if use_orbit and len(sizes) > 64 else solve_reduced
+    if use_orbit and solve is solve_orbit:
+        from . import orbit as _orbit
+
+        if len(sizes) > _orbit.EXPAND_MAX:
+            raise ValueError(f"realisation needs k <= {_orbit.EXPAND_MAX} classes with the orbit program")
+    relaxed = solve(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
+                    prototypes_as_anchors=prototypes_as_anchors, dim=dim, solver=solver,
+                    time_limit=time_limit, rtol=rtol)
+    means = relaxed.solution.get("means")
+    if means is None or relaxed.upper_bound == math.inf:
+        return None, None, relaxed
+    means, upper = _polish(means, weights, W if n_w > 0 else None, n_w, tau, nonnegative, prototypes_as_anchors)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    H = means[:, labels].T
+    dual = dual_certificate(H, labels, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
+                            prototypes_as_anchors=prototypes_as_anchors, upper_bound=upper, rtol=rtol)
+    lower = max(relaxed.lower_bound, dual.lower_bound)
+    solution = dict(relaxed.solution)
+    solution.update(dual_lower_bound=dual.lower_bound, relaxation_lower_bound=relaxed.lower_bound,
+                    lambda_min=dual.solution.get("lambda_min"))
+    result = make_result(lower, upper, method=relaxed.method, status=relaxed.solver_status,
+                         seconds=timer(), rtol=rtol, rank=relaxed.rank, dim=relaxed.dim,
+                         realisable=True, solution=solution)
+    return H, labels, result
+
+
+def _polish(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: float, nonnegative: bool,
+            anchors: bool) -> tuple[np.ndarray, float]:
+    """Refine realised class means with Riemannian L-BFGS on the collapsed loss
+    (:func:`ncgeo.closed_form.collapsed_loss`); returns ``(means, loss)``."""
+    import torch
+
+    from ..closed_form import collapsed_loss
+    from ..ufm import riemannian_lbfgs
+
+    W_t = None if W is None else torch.as_tensor(W)
+    sizes = weights.tolist()
+
+    def objective(rows):
+        rows = rows.detach().requires_grad_(True)
+        value = collapsed_loss(rows.T, sizes, W_t, n_w, tau, prototypes_as_anchors=anchors)
+        (grad,) = torch.autograd.grad(value, rows)
+        return value.detach(), grad
+
+    x0 = torch.as_tensor(np.clip(means, 0, None) if nonnegative else means).T.contiguous()
+    x0 = x0 / x0.norm(dim=1, keepdim=True)
+    out = riemannian_lbfgs(objective, x0, nonnegative=nonnegative, grad_tol=1e-12, max_iterations=500)
+    return out.x.detach().numpy().T.copy(), float(out.value)
