@@ -10,14 +10,17 @@ with the **expected per-batch class counts** as real weights,
     \ (\text{the samples of one contrastive batch}),
 
 the run's ``n_w``, ``tau`` and prototypes ``W`` (UFM+ when the features are non-negative).
-``model="dataset"`` uses the training-set counts ``n_c`` themselves instead.
+``model="dataset"`` uses the training-set counts ``n_c`` themselves instead, and
+``model="ce-limit"`` the ``n_w -> infinity`` limit: cross-entropy with the fixed classifier
+``W`` (:func:`ncgeo.certify.certify_ce_limit`, THEORY.md section 4), which is also the
+prediction (and the default) for runs trained with ``--loss ce-fixed``.
 
 The predicted class-mean Gram comes from the optimal ``R`` of the reduced program:
 ``G_pred[c, c'] = R[c, c'] / sqrt(w_c w_c')`` (``= b_cc'`` off the diagonal and
 ``(1 + (w_c - 1) a_c) / w_c`` on it; 1 at collapse). Distances use
 :func:`ncgeo.metrics.gram_distance`: ``Delta(measured, predicted)`` with the uncentred
 training class means ``M`` of the run's last evaluation, and ``Delta(predicted, G_W)``.
-Only the SCL loss has this prediction; CE baselines are refused with a clear message.
+The learnt-classifier CE baseline (``--loss ce``) has no such prediction and is refused.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from .checkpoint import atomic_write_json, read_jsonl
 __all__ = ["PREDICTION_MODELS", "Prediction", "RunRecord", "load_run", "expected_batch_counts",
            "predict_run", "predicted_means_gram"]
 
-PREDICTION_MODELS = ("batch", "dataset")
+PREDICTION_MODELS = ("batch", "dataset", "ce-limit")
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,11 @@ class Prediction:
     Attributes
     ----------
     model : str
-        ``"batch"`` (expected per-batch counts) or ``"dataset"`` (training-set counts).
+        ``"batch"`` (expected per-batch counts), ``"dataset"`` (training-set counts) or
+        ``"ce-limit"`` (the CE limit with the fixed classifier ``W``).
     weights : ndarray (k,)
-        Class weights given to the reduced program.
+        Class weights given to the reduced program (the training counts for ``ce-limit``,
+        where they do not enter).
     n_w, tau : float
     nonnegative : bool
         Whether the UFM+ (non-negative) relaxation was solved.
@@ -129,7 +134,8 @@ class Prediction:
     epoch : int or None
         Epoch of the measured means.
     certificate : dict
-        :meth:`ncgeo.certify.result.CertificateResult.to_dict` of the solve (bounds, gap, verdict).
+        ``to_dict()`` of the :class:`ncgeo.certify.CertificateResult` (or
+        :class:`ncgeo.certify.CELimitResult`) of the solve.
     """
 
     model: str
@@ -160,10 +166,16 @@ class Prediction:
         def show(value):
             return "n/a" if value is None else f"{value:.4f}"
         weights = ", ".join(f"{w:.3g}" for w in self.weights)
+        plus = "+" if self.nonnegative else ""
+        if self.model == "ce-limit":
+            described = (f"model: CE limit (n_w -> infinity) of the UFM{plus}: fixed classifier W, "
+                         f"logit scale 1/tau, tau = {self.tau:g}")
+        else:
+            described = (f"model: reduced full-batch UFM{plus} with "
+                         f"{'expected per-batch' if self.model == 'batch' else 'training-set'} class counts "
+                         f"[{weights}], n_w = {self.n_w:g}, tau = {self.tau:g}")
         return "\n".join([
-            f"model: reduced full-batch UFM{'+' if self.nonnegative else ''} with "
-            f"{'expected per-batch' if self.model == 'batch' else 'training-set'} class counts [{weights}], "
-            f"n_w = {self.n_w:g}, tau = {self.tau:g}",
+            described,
             f"certificate: {self.verdict}",
             f"Delta(measured, predicted) = {show(self.delta_measured_predicted)} (epoch {self.epoch})",
             f"Delta(predicted, prototypes) = {show(self.delta_predicted_prototypes)}",
@@ -171,43 +183,59 @@ class Prediction:
         ])
 
 
-def predict_run(run: str | os.PathLike | RunRecord, model: str = "batch", *, solver: str = "CLARABEL",
+def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *, solver: str = "CLARABEL",
                 write: bool = True) -> Prediction:
-    """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``."""
-    from ncgeo.certify.reduced import solve_reduced
+    """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``.
 
-    check_choice("model", model, PREDICTION_MODELS)
+    ``model`` defaults to ``"batch"`` for SCL runs and ``"ce-limit"`` for ``ce-fixed`` runs.
+    """
+    from ncgeo.certify import certify_ce_limit, solve_reduced
+
     record = run if isinstance(run, RunRecord) else load_run(run)
     loss = record.config.get("loss", "scl")
-    if loss != "scl":
-        raise ValueError(f"predict needs a run trained with --loss scl; {record.name!r} used --loss {loss} "
-                         "(its limit is CE with a fixed classifier, not the reduced SCL model)")
+    if loss == "ce":
+        raise ValueError(f"run {record.name!r} was trained with --loss ce (a learnt classifier): no UFM "
+                         "prediction applies; predict needs --loss scl or ce-fixed")
+    if model is None:
+        model = "ce-limit" if loss == "ce-fixed" else "batch"
+    check_choice("model", model, PREDICTION_MODELS)
+    if loss == "ce-fixed" and model != "ce-limit":
+        raise ValueError(f"run {record.name!r} was trained with --loss ce-fixed; its prediction is "
+                         f"--model ce-limit, not {model!r}")
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     if np.any(counts <= 0):
         raise ValueError(f"run {record.name!r} has classes without training samples: {counts.astype(int).tolist()}")
-    if model == "batch":
-        weights = expected_batch_counts(counts, record.run["samples_per_batch"])
-    else:
-        weights = counts
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
     nonnegative = record.config.get("feature") == "nonnegative"
     W = record.prototypes
-    result = solve_reduced(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
-                           dim=W.shape[0], solver=solver)
-    if "R" not in result.solution:
-        raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
-    gram = predicted_means_gram(np.asarray(result.solution["R"]), weights)
+    if model == "ce-limit":
+        weights = counts
+        limit = certify_ce_limit(W, tau, nonnegative, solver=solver)
+        if not np.all(np.isfinite(limit.gram)):
+            raise ValueError(f"the CE-limit program could not be solved for run {record.name!r}: {limit.reason}")
+        gram, certificate = limit.gram, limit.to_dict()
+        verdict = (f"certified: CE-limit program solved, norm bound active ({limit.seconds:.2f} s)"
+                   if limit.certified else f"not certified: {limit.reason}")
+    else:
+        weights = expected_batch_counts(counts, record.run["samples_per_batch"]) if model == "batch" else counts
+        result = solve_reduced(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
+                               dim=W.shape[0], solver=solver)
+        if "R" not in result.solution:
+            raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
+        gram, certificate, verdict = (predicted_means_gram(np.asarray(result.solution["R"]), weights),
+                                      result.to_dict(), result.verdict())
     measured = None
     if record.train_means is not None:
         present = np.any(record.train_means != 0, axis=0)
         if np.all(present):
             measured = gram_distance(record.train_means, gram)
-    delta_predicted_prototypes = gram_distance(_factor(gram), W.T @ W) if n_w > 0 else None
+    uses_prototypes = n_w > 0 or model == "ce-limit"
+    delta_predicted_prototypes = gram_distance(_factor(gram), W.T @ W) if uses_prototypes else None
     prediction = Prediction(
         model=model, weights=weights, n_w=n_w, tau=tau, nonnegative=nonnegative, gram_predicted=gram,
         delta_measured_predicted=measured, delta_predicted_prototypes=delta_predicted_prototypes,
         delta_measured_prototypes=record.metrics[-1]["train"]["delta_prototypes"],
-        epoch=record.means_epoch, verdict=result.verdict(), certificate=result.to_dict(),
+        epoch=record.means_epoch, verdict=verdict, certificate=certificate,
     )
     if write:
         atomic_write_json(record.path / "prediction.json", prediction.to_dict())

@@ -153,7 +153,7 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
         panels = [(measured, f"{record.name}: learnt (epoch {_final(record)['epoch']})"),
                   (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
                   (None if prediction is None else cosines(prediction.gram_predicted),
-                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model} counts)"))]
+                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model})"))]
         for axis, (matrix, title) in zip(axes[row], panels):
             axis.set_title(title, fontsize=9)
             axis.set_xticks([])
@@ -169,18 +169,19 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
 
 
 def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict: bool = True,
-           model: str = "batch") -> ReportResult:
+           model: str | None = None) -> ReportResult:
     """Write the figures and tables of the module docstring for ``runs`` into ``out``.
 
     ``predict`` computes (and caches in each run's ``prediction.json``) the UFM prediction
-    with :func:`deep.predict.predict_run`; runs without one (CE baselines) show none.
+    with :func:`deep.predict.predict_run` (``model`` None: its default per run); runs trained
+    with ``--loss ce`` have none.
     """
     if isinstance(runs, (str, os.PathLike)) or len(runs) == 0:
         raise ValueError("runs must be a non-empty list of run folders")
     records = [load_run(run) for run in runs]
     predictions: list[Prediction | None] = []
     for record in records:
-        if predict and record.config.get("loss", "scl") == "scl":
+        if predict and record.config.get("loss", "scl") != "ce":
             predictions.append(predict_run(record, model))
         else:
             predictions.append(None)

@@ -61,11 +61,19 @@ def test_many_prototypes_predict_the_prototype_gram(tiny_run):
     assert deltas[1] < 0.01 and deltas[1] < deltas[0] / 5
 
 
-def test_ce_runs_are_refused(tmp_path):
-    run = train(tiny_config(tmp_path / "ce", loss="ce", epochs=1),
-                datasets=(synthetic_images(), synthetic_images(per_class=8, seed=1)))
-    with pytest.raises(ValueError, match="--loss scl"):
-        predict_run(run)
+def test_ce_baselines(tmp_path):
+    datasets = (synthetic_images(), synthetic_images(per_class=8, seed=1))
+    learnt = train(tiny_config(tmp_path / "ce", loss="ce", epochs=1), datasets=datasets)
+    with pytest.raises(ValueError, match="--loss ce"):
+        predict_run(learnt)
+    fixed = train(tiny_config(tmp_path / "ce-fixed", loss="ce-fixed", epochs=1), datasets=datasets)
+    with pytest.raises(ValueError, match="ce-limit"):
+        predict_run(fixed, "batch")
+    prediction = predict_run(fixed)
+    # ETF prototypes without non-negativity: the CE-limit optimum is h_y = w_y (THEORY.md section 4)
+    assert prediction.model == "ce-limit" and prediction.delta_predicted_prototypes < 1e-4
+    assert np.allclose(prediction.gram_predicted, load_run(fixed).prototypes.T @ load_run(fixed).prototypes,
+                       atol=1e-4)
 
 
 def test_cli_predict(tiny_run, tmp_path):
