@@ -131,8 +131,15 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
               help="Write H, y, W and the settings to an .npz file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG heatmap of the class-mean Gram beside the prototype Gram.")
-def solve(classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
-          proto_anchors, restarts, seed, device, dtype, init, max_iterations, json_path, save_path, plot_path):
+@click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
+              default="auto", show_default=True,
+              help="Certify global optimality (auto: fastest applicable method, with fallbacks).")
+@click.option("--require-certificate", is_flag=True, default=False,
+              help="Exit with status 1 when the solution is not certified.")
+@click.pass_context
+def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
+          proto_anchors, restarts, seed, device, dtype, init, max_iterations, json_path, save_path, plot_path,
+          certify_method, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -170,11 +177,19 @@ def solve(classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, 
                        metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
                                  "ratio": ratio})
     summary = result.to_dict()
+    certificate = None
+    if certify_method != "none":
+        from ncgeo.certify import certify_result
+
+        certificate = certify_result(result, method=certify_method)
+        summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
     if quiet:
         click.echo(text)
     else:
         click.echo(result.report())
+        if certificate is not None:
+            click.echo(certificate.verdict())
         if json_path is not None:
             atomic_write_bytes(json_path, (text + "\n").encode())
             click.echo(f"wrote {json_path}")
@@ -187,6 +202,66 @@ def solve(classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, 
         plot_gram_comparison(result.metrics.gram_means, result.W.T @ result.W, plot_path,
                              title=f"k = {classes}, n_w = {protos:g}, tau = {tau:g}, prototypes {geometry_name}")
         click.echo(f"wrote {plot_path}", err=quiet)
+    if require_certificate and (certificate is None or not certificate.certified):
+        ctx.exit(1)
+
+
+def _certificate_summary(certificate) -> dict:
+    """The ``certificate`` entry of ``--json``."""
+    data = certificate.to_dict()
+    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "certified", "method", "reason",
+            "solver_status", "seconds", "rank", "dim")
+    return {key: data[key] for key in keys}
+
+
+@main.command("certify")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual"]), default="auto",
+              show_default=True, help="Certificate (auto: fastest applicable, with fallbacks).")
+@click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True,
+              help="Conic solver of the relaxations (the other one is the fallback).")
+@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Seconds per conic-solver attempt.")
+@click.option("--rtol", type=click.FloatRange(min=0.0, min_open=True), default=1e-6, show_default=True,
+              help="Relative gap accepted as certified.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the certificate as JSON ('-': print only the JSON).")
+@click.option("--require-certificate", is_flag=True, default=False,
+              help="Exit with status 1 when not certified.")
+@click.pass_context
+def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, require_certificate):
+    """Certify the global optimality of embeddings saved by `ncgeo solve --save`.
+
+    PATH is an .npz with H (N, d), y (N,), W (d, k; (d, 0) without prototypes) and
+    `settings` (a JSON string with at least n_w and tau; optional nonnegative,
+    prototypes_as_anchors, batching) and, for mini-batches, batch_indices/batch_offsets.
+    Prints one verdict line and the bounds.
+
+    \b
+    Examples:
+      ncgeo solve --classes 4 --samples 10 --save sol.npz && ncgeo certify sol.npz
+      ncgeo certify sol.npz --method full --json cert.json
+    """
+    import json
+
+    from ncgeo._io import atomic_write_bytes
+    from ncgeo.certify import certify_result
+    from ncgeo.ufm import load_npz
+
+    solution = load_npz(path)
+    certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol)
+    text = json.dumps(certificate.to_dict(), indent=2)
+    if json_path == "-":
+        click.echo(text)
+    else:
+        click.echo(certificate.verdict())
+        click.echo(f"lower bound {certificate.lower_bound:.12g}, upper bound {certificate.upper_bound:.12g}, "
+                   f"relative gap {certificate.relative_gap:.2e}, rank {certificate.rank} (d = {certificate.dim})")
+        if json_path is not None:
+            atomic_write_bytes(json_path, (text + "\n").encode())
+            click.echo(f"wrote {json_path}")
+    if require_certificate and not certificate.certified:
+        ctx.exit(1)
 
 
 # ----------------------------------------------------------------------------- deep
