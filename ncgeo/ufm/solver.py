@@ -97,6 +97,13 @@ class _Progress:
                          f"loss {value:.10g}, grad norm {grad_norm:.2e}, {now - self.start:.0f} s   ")
         sys.stderr.flush()
 
+    def stage(self, message: str) -> None:
+        """Announce a long step (used before O(N^2 d) work on large problems)."""
+        if self.enabled:
+            self.shown = True
+            sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {message}   ")
+            sys.stderr.flush()
+
     def close(self) -> None:
         if self.shown:
             sys.stderr.write("\n")
@@ -123,7 +130,12 @@ def _collapsed_start(sizes, W_t, n_w, tau, anchors, nonnegative, grad_tol, gener
 
     x0 = _random_rows(k, d, nonnegative, generator, dtype, device)
     tol = max(grad_tol * 1e-2, 10 * torch.finfo(dtype).eps)
-    return riemannian_lbfgs(reduced, x0, nonnegative=nonnegative, grad_tol=tol, max_iterations=5000).x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # k x k kernels: threads only cost synchronisation
+    try:
+        return riemannian_lbfgs(reduced, x0, nonnegative=nonnegative, grad_tol=tol, max_iterations=5000).x
+    finally:
+        torch.set_num_threads(threads)
 
 
 def solve_ufm(
@@ -304,7 +316,10 @@ def _run_restarts(restarts, seed, use_collapsed, sizes, W_t, n_w, tau, anchors, 
     for restart in range(restarts):
         reporter.restart = restart
         generator = torch.Generator().manual_seed(seed + restart)
+        large = N >= 2000
         if use_collapsed:
+            if large:
+                reporter.stage("reduced problem over the k class directions")
             directions = _collapsed_start(sizes, W_t, n_w, tau, prototypes_as_anchors, nonnegative,
                                           grad_tol, generator, d, dtype_t, device_t)
             x0 = directions[y_t]
@@ -316,6 +331,9 @@ def _run_restarts(restarts, seed, use_collapsed, sizes, W_t, n_w, tau, anchors, 
             value, grad = objective_on(make_batches(labels, "full"))(run["x"])
             run.update(value=float(value), grad_norm=float(stationarity_residual(run["x"], grad, nonnegative).norm()))
         else:
+            if large:
+                reporter.stage(f"{'full-batch polish' if use_collapsed else 'L-BFGS'} on N = {N} samples "
+                               f"(each loss + gradient costs O(N^2 d))")
             out = riemannian_lbfgs(objective_on(batches), x0, nonnegative=nonnegative, grad_tol=grad_tol,
                                    max_iterations=max_iterations, time_limit=time_limit, callback=reporter)
             run = dict(x=out.x, value=out.value, grad_norm=out.grad_norm, iterations=out.iterations,
