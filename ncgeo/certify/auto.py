@@ -235,7 +235,7 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     means = relaxed.solution.get("means")
     if means is None or relaxed.upper_bound == math.inf:
         return None, None, relaxed
-    means, upper = _polish(means, weights, W if n_w > 0 else None, n_w, tau, nonnegative, prototypes_as_anchors)
+    upper = relaxed.upper_bound
     labels = np.repeat(np.arange(len(sizes)), sizes)
     H = means[:, labels].T
     dual = dual_certificate(H, labels, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
@@ -249,26 +249,3 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
                          realisable=True, solution=solution)
     return H, labels, result
 
-
-def _polish(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: float, nonnegative: bool,
-            anchors: bool) -> tuple[np.ndarray, float]:
-    """Refine realised class means with Riemannian L-BFGS on the collapsed loss
-    (:func:`ncgeo.closed_form.collapsed_loss`); returns ``(means, loss)``."""
-    import torch
-
-    from ..closed_form import collapsed_loss
-    from ..ufm import riemannian_lbfgs
-
-    W_t = None if W is None else torch.as_tensor(W)
-    sizes = weights.tolist()
-
-    def objective(rows):
-        rows = rows.detach().requires_grad_(True)
-        value = collapsed_loss(rows.T, sizes, W_t, n_w, tau, prototypes_as_anchors=anchors)
-        (grad,) = torch.autograd.grad(value, rows)
-        return value.detach(), grad
-
-    x0 = torch.as_tensor(np.clip(means, 0, None) if nonnegative else means).T.contiguous()
-    x0 = x0 / x0.norm(dim=1, keepdim=True)
-    out = riemannian_lbfgs(objective, x0, nonnegative=nonnegative, grad_tol=1e-12, max_iterations=500)
-    return out.x.detach().numpy().T.copy(), float(out.value)

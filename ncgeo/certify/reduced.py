@@ -36,7 +36,7 @@ from ._common import check_loss_args, class_weights, prototype_setup
 from ._program import LogSumExpObjective, Timer, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
-__all__ = ["solve_reduced", "reduced_objective", "realise_collapse"]
+__all__ = ["solve_reduced", "reduced_objective", "realise_collapse", "polish_means"]
 
 
 def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, tau: float,
@@ -45,6 +45,7 @@ def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, t
     k = len(weights)
     kp = k if n_w > 0 else 0
     obj = LogSumExpObjective(k + kp, weights.sum())
+    obj.n_w, obj.tau, obj.anchors = n_w, tau, prototypes_as_anchors
     within = np.maximum(weights - 1.0, 0.0)
     count = within + n_w
     logw = np.log(weights)
@@ -141,13 +142,14 @@ COLLAPSE_TOL = 0.05
 
 
 def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None, nonnegative: bool,
-                      objective, *, method: str, lower: float, status: str, seconds: float,
-                      rtol: float, solution: dict) -> CertificateResult:
+                      objective, *, method: str, lower: float, status: str, seconds,
+                      rtol: float, solution: dict, polish: bool = True) -> CertificateResult:
     """Rank, realisation and upper bound of a reduced optimum ``R``; the verdict.
 
     Classes with ``a_c >= 1 - COLLAPSE_TOL`` are snapped to collapse (``a_c = 1``); the collapsed
     configuration is realised (:func:`realise_collapse`) and its exact loss is the upper
-    bound, so a wrong snap can only widen the gap, never certify falsely.
+    bound, so a wrong snap can only widen the gap, never certify falsely. With ``polish``
+    the realised means are refined by :func:`polish_means` first.
     """
     k = len(weights)
     kp = Rv.shape[0] - k
@@ -164,6 +166,17 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
         return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable, **common)
     means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
     upper = objective.value(_collapsed_R(means, weights, protos, G_W, kp))
+    if polish and (W is not None or kp == 0):
+        # interior-point optima are accurate in value, less so in the point: refine the
+        # realised means on the collapsed loss, whose value is then an upper bound
+        polished, polished_value = polish_means(means, weights, W if kp else None, objective.n_w,
+                                                objective.tau, nonnegative, objective.anchors)
+        if polished_value < upper:
+            means, upper = polished, polished_value
+    realised = _collapsed_R(means, weights, protos if protos is not None else W, G_W, kp)
+    rank = matrix_rank(realised * np.outer(scale, scale))  # rank of the realised optimum
+    common["rank"] = rank
+    realisable = None if d is None else rank <= d
     solution["means"] = means
     if realisable is False and upper - lower <= rtol * max(abs(upper), 1e-12):
         realisable = True  # the rank-d realisation attains the bound: the extra rank is numerical
@@ -267,3 +280,28 @@ def _collapsed_R(means: np.ndarray, weights: np.ndarray, W, G_W, kp: int) -> np.
         return top
     cross = (means.T @ W) * s[:, None] if W is not None else np.zeros((len(s), kp))
     return np.block([[top, cross], [cross.T, G_W]])
+
+
+def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: float, nonnegative: bool,
+                 anchors: bool) -> tuple[np.ndarray, float]:
+    """Refine class means ``(d, k)`` with Riemannian L-BFGS (:func:`ncgeo.ufm.riemannian_lbfgs`)
+    on the collapsed loss (:func:`ncgeo.closed_form.collapsed_loss`, real class weights
+    allowed); returns ``(means, loss)``."""
+    import torch
+
+    from ..closed_form import collapsed_loss
+    from ..ufm import riemannian_lbfgs
+
+    W_t = None if W is None else torch.as_tensor(W)
+    sizes = weights.tolist()
+
+    def objective(rows):
+        rows = rows.detach().requires_grad_(True)
+        value = collapsed_loss(rows.T, sizes, W_t, n_w, tau, prototypes_as_anchors=anchors)
+        (grad,) = torch.autograd.grad(value, rows)
+        return value.detach(), grad
+
+    x0 = torch.as_tensor(np.clip(means, 0, None) if nonnegative else means).T.contiguous()
+    x0 = x0 / x0.norm(dim=1, keepdim=True)
+    out = riemannian_lbfgs(objective, x0, nonnegative=nonnegative, grad_tol=1e-12, max_iterations=500)
+    return out.x.detach().numpy().T.copy(), float(out.value)

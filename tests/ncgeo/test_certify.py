@@ -1,0 +1,187 @@
+"""Relaxations: reduced == full SDP, orbit == reduced, closed forms, solver agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ncgeo.certify import certify, certify_result, realise_and_certify, solve_full, solve_orbit, solve_reduced
+from ncgeo.certify._common import candidate_loss
+from ncgeo.certify.full import full_objective
+from ncgeo.certify.reduced import reduced_objective
+from ncgeo.classes import labels_from_sizes
+from ncgeo.closed_form import closed_form_loss
+from ncgeo.geometry import orthogonal_frame, simplex_etf
+from ncgeo.ufm import make_batches, solve_ufm
+
+REL = 1e-6
+
+# (sizes, prototypes, n_w, nonnegative, prototypes_as_anchors)
+CASES = [
+    ([4, 4, 4], "etf", 2.0, False, False),
+    ([6, 3, 1], "etf", 2.0, False, True),
+    ([5, 5, 2], None, 0.0, False, False),
+    ([4, 4, 4], "of", 2.0, True, False),
+    ([6, 3, 1], "of", 1.0, True, True),
+    ([5, 2, 2], None, 0.0, True, False),
+]
+
+
+def _protos(name, k):
+    return None if name is None else simplex_etf(k, k) if name == "etf" else orthogonal_frame(k)
+
+
+def _rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize("sizes, protos, n_w, nonneg, anchors", CASES)
+def test_reduced_equals_full_sdp(sizes, protos, n_w, nonneg, anchors):
+    k = len(sizes)
+    W = _protos(protos, k)
+    reduced = solve_reduced(sizes, W, n_w, 0.5, nonnegative=nonneg, prototypes_as_anchors=anchors, dim=k)
+    full = solve_full(labels_from_sizes(sizes), W, n_w, 0.5, nonnegative=nonneg, prototypes_as_anchors=anchors,
+                      num_classes=k, dim=k)
+    assert reduced.solver_status == "optimal" and full.solver_status == "optimal"
+    assert _rel(reduced.lower_bound, full.lower_bound) <= REL
+    assert reduced.certified and full.certified
+
+
+@pytest.mark.parametrize("sizes", [[5] * 6, [10, 10, 10, 2, 2, 2], [1, 1, 4, 4, 2.5, 2.5]])
+@pytest.mark.parametrize("protos, nonneg, anchors", [("etf", False, False), ("etf", False, True),
+                                                     ("of", True, False), (None, False, False), (None, True, False)])
+def test_orbit_equals_reduced(sizes, protos, nonneg, anchors):
+    k = len(sizes)
+    W = _protos(protos, k)
+    n_w = 0.0 if W is None else 3.0
+    reduced = solve_reduced(sizes, W, n_w, 0.5, nonnegative=nonneg, prototypes_as_anchors=anchors, dim=k)
+    orbit = solve_orbit(sizes, W, n_w, 0.5, nonnegative=nonneg, prototypes_as_anchors=anchors, dim=k)
+    assert _rel(reduced.lower_bound, orbit.lower_bound) <= REL
+    if nonneg and W is None and min(sizes) <= 1:
+        # singletons without positives leave the optimum non-unique; its factor need not be
+        # non-negative, which the result must say rather than certify
+        assert orbit.certified or "non-negative" in orbit.reason
+    else:
+        assert orbit.certified, orbit.reason
+
+
+def test_orbit_refuses_non_invariant_gram():
+    W = simplex_etf(4, 4)
+    W = W[:, [0, 1, 2, 3]].copy()
+    W[:, 3] = W[:, 0]  # two equal prototypes in one size group: not permutation invariant
+    with pytest.raises(ValueError, match="not invariant"):
+        solve_orbit([3, 3, 3, 3], W, 1.0, 0.5)
+
+
+@pytest.mark.slow
+def test_orbit_large_k_is_fast():
+    from ncgeo.geometry import etf_gram
+
+    k = 1000
+    sizes = [100] * (k // 2) + [10] * (k - k // 2)
+    result = solve_orbit(sizes, None, 1000.0, 0.1, prototype_gram=etf_gram(k), dim=k)
+    assert result.certified, result.reason
+    assert result.seconds < 5
+
+
+def test_objectives_match_the_loss():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    H = rng.standard_normal((9, 4))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    W = simplex_etf(3, 4)
+    G = np.block([[H @ H.T, H @ W], [W.T @ H.T, W.T @ W]])
+    batches = [np.array([0, 3, 5, 1]), np.array([2, 4, 6, 7, 8])]
+    for n_w, anchors in [(0.0, False), (2.5, False), (2.5, True), (1.0, True)]:
+        Gk = G if n_w > 0 else G[:9, :9]
+        for b in (None, batches):
+            bl = b if b is not None else [np.arange(9)]
+            value = full_objective(y, 3, W.T @ W, n_w, 0.3, bl, anchors).value(Gk)
+            assert value == pytest.approx(candidate_loss(H, y, W if n_w else None, n_w, 0.3, bl, anchors), rel=1e-12)
+    sizes = np.bincount(y).astype(float)
+    s = np.sqrt(sizes)
+    R = np.block([[(W.T @ W) * np.outer(s, s), (W.T @ W) * s[:, None]], [((W.T @ W) * s[:, None]).T, W.T @ W]])
+    for anchors in (False, True):
+        value = reduced_objective(sizes, W.T @ W, 2.0, 0.3, anchors).value(R)
+        assert value == pytest.approx(candidate_loss(W[:, y].T, y, W, 2.0, 0.3, None, anchors), rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(class_sizes=[10, 10, 2, 2], tau=0.5),
+    dict(class_sizes=[6, 6, 6, 2], prototypes=simplex_etf(4, 4), n_w=5.0, tau=0.3),
+    dict(class_sizes=[8, 8, 2, 2], prototypes=orthogonal_frame(4), n_w=3.0, tau=0.5, nonnegative=True),
+    dict(class_sizes=[5, 5, 5, 5], tau=0.5, nonnegative=True, dim=4),
+])
+def test_solver_output_is_certified_and_matches_reduced(kwargs):
+    result = solve_ufm(**kwargs)
+    k = len(kwargs["class_sizes"])
+    reduced = solve_reduced(kwargs["class_sizes"], kwargs.get("prototypes"), kwargs.get("n_w", 0.0),
+                            kwargs["tau"], nonnegative=kwargs.get("nonnegative", False), dim=result.H.shape[1])
+    assert _rel(reduced.lower_bound, result.loss) <= REL
+    for method in ("auto", "reduced", "dual"):
+        cert = certify_result(result, method=method)
+        assert cert.certified, (method, cert.reason)
+        assert cert.relative_gap <= REL
+    # the reduced optimum's similarities are the solver's geometry
+    means = result.metrics.gram_means if hasattr(result.metrics, "gram_means") else None
+    y = result.labels
+    M = np.stack([result.H[y == c].mean(0) for c in range(k)], axis=1)
+    M /= np.linalg.norm(M, axis=0)
+    b = reduced.solution["b"]
+    off = ~np.eye(k, dtype=bool)
+    assert np.allclose((M.T @ M)[off], b[off], atol=2e-3)
+    if result.W is not None:
+        assert np.allclose(M.T @ result.W, reduced.solution["p"], atol=2e-3)
+    assert means is None or np.allclose(np.asarray(means)[off], b[off], atol=2e-3)
+
+
+def test_full_sdp_certifies_minibatch_solution():
+    sizes = [3, 3, 3]
+    result = solve_ufm(sizes, orthogonal_frame(3), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
+                       batch_size=3, dim=3)
+    cert = certify_result(result, method="full")
+    assert cert.method == "full" and cert.certified, cert.reason
+    assert certify_result(result, method="dual").certified
+
+
+def test_random_point_not_certified():
+    y = labels_from_sizes([5, 5, 5])
+    H = np.random.default_rng(1).standard_normal((15, 3))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    for method in ("auto", "reduced", "dual", "full"):
+        cert = certify(H, y, simplex_etf(3, 3), 2.0, 0.5, method=method)
+        assert not cert.certified and cert.relative_gap > 1e-3
+
+
+@pytest.mark.parametrize("geometry, nonneg", [("etf", False), ("of", True)])
+@pytest.mark.parametrize("n_w", [0.0, 10.0])
+def test_closed_forms_match_relaxation(geometry, nonneg, n_w):
+    k, n, tau = 4, 6, 0.2
+    W = simplex_etf(k, k) if geometry == "etf" else orthogonal_frame(k)
+    reduced = solve_orbit([n] * k, W if n_w else None, n_w, tau, nonnegative=nonneg, dim=k)
+    assert _rel(reduced.lower_bound, closed_form_loss(k, n, n_w, tau, geometry)) <= REL
+
+
+def test_real_weights_and_singletons():
+    W = simplex_etf(4, 8)  # d = 8 >= 2k: every relaxation optimum is realisable
+    result = solve_reduced([12.8, 12.8, 1.0, 0.6], W, 10.0, 0.1)
+    assert result.certified, result.reason
+    assert np.all(result.solution["a"][2:] == 1.0)  # no within-class pairs
+    # n_c = 1 and n_w = 0: the singleton anchors have no positive and contribute 0
+    plain = solve_reduced([1, 1, 3], None, 0.0, 0.5, dim=3)
+    full = solve_full(labels_from_sizes([1, 1, 3]), None, 0.0, 0.5, dim=3)
+    assert _rel(plain.lower_bound, full.lower_bound) <= REL
+
+
+def test_realise_and_certify_large_n():
+    H, y, cert = realise_and_certify([500] * 3 + [50] * 3, simplex_etf(6, 6), 100.0, 0.1)
+    assert cert.certified, cert.reason
+    assert H.shape == (1650, 6) and cert.solution["dual_lower_bound"] <= cert.upper_bound
+    assert cert.upper_bound == pytest.approx(candidate_loss(H, y, simplex_etf(6, 6), 100.0, 0.1), rel=1e-9)
+
+
+def test_partition_batches_helper_roundtrip():
+    y = labels_from_sizes([4, 4])
+    batches = make_batches(y, "partition", 4, seed=0)
+    result = solve_full(y, None, 0.0, 0.5, batches=batches, dim=2)
+    assert np.isfinite(result.lower_bound)
