@@ -131,6 +131,8 @@ def _groups(H, y, snap_tol):
     if snap_tol > 0:
         for c in np.unique(y):
             rows = y == c
+            if np.all(H[rows] == H[rows][0]):
+                continue  # already one point
             mean = H[rows].mean(0)
             mean /= max(np.linalg.norm(mean), 1e-300)
             if np.abs(H[rows] - mean).max() <= snap_tol:
@@ -215,16 +217,21 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
     G_W = W.T @ W if use_p else np.zeros((0, 0))
     batch_list = _check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
-    if upper_bound is None:
-        upper_bound = candidate_loss(H0, y, W, n_w, tau, batch_list, prototypes_as_anchors)
-
     if full_batch:
-        Hs, first, inverse, n, _ = _groups(H0, y, snap_tol)
+        Hs, first, inverse, n, snapped = _groups(H0, y, snap_tol)
         Hg, yg = Hs[first], y[first]
         if len(n) > MAX_DENSE_GROUPS:
+            if upper_bound is None:
+                upper_bound = candidate_loss(H0, y, W, n_w, tau, batch_list, prototypes_as_anchors)
             return _too_large(len(n), upper_bound, timer, rtol, d)
         f, E_ss, E_sp, E_ps = _batch_terms(Hg, yg, n, W, G_W, n_w, tau, prototypes_as_anchors)
+        if upper_bound is None:
+            # exact groups: the grouped loss is the candidate's loss (O(m^2) instead of O(N^2))
+            upper_bound = f if not snapped else candidate_loss(H0, y, W, n_w, tau, batch_list,
+                                                               prototypes_as_anchors)
     else:
+        if upper_bound is None:
+            upper_bound = candidate_loss(H0, y, W, n_w, tau, batch_list, prototypes_as_anchors)
         if N > MAX_DENSE_GROUPS:
             return _too_large(N, upper_bound, timer, rtol, d)
         Hg, yg, n = H0, y, np.ones(N)

@@ -174,12 +174,12 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
         if polished_value < upper:
             means, upper = polished, polished_value
     realised = _collapsed_R(means, weights, protos if protos is not None else W, G_W, kp)
-    rank = matrix_rank(realised * np.outer(scale, scale))  # rank of the realised optimum
-    common["rank"] = rank
-    realisable = None if d is None else rank <= d
     solution["means"] = means
-    if realisable is False and upper - lower <= rtol * max(abs(upper), 1e-12):
-        realisable = True  # the rank-d realisation attains the bound: the extra rank is numerical
+    if upper - lower <= rtol * max(abs(upper), 1e-12):
+        # the realisation attains the bound: report its rank (extra relaxation rank is numerical)
+        rank = matrix_rank(realised * np.outer(scale, scale))
+        common["rank"] = rank
+        realisable = None if d is None else rank <= d
     if nonnegative and means.min() < -1e-6:
         return make_result(lower, upper, seconds=seconds(), realisable=realisable,
                            failure="the realised optimum is not entrywise non-negative", **common)

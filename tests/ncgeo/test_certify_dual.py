@@ -1,0 +1,198 @@
+"""Dual certificate, CE-limit program and failure handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ncgeo.certify._program as program
+from ncgeo.certify import certify, certify_ce_limit, dual_certificate, solve_full, solve_reduced
+from ncgeo.certify.dual import _batch_terms
+from ncgeo.certify.result import CertificateResult
+from ncgeo.classes import labels_from_sizes
+from ncgeo.geometry import etf_gram, orthogonal_frame, random_prototypes, simplex_etf
+from ncgeo.ufm import make_batches, solve_ufm, ufm_objective
+
+
+def _unit_rows(rows, d, seed):
+    H = np.random.default_rng(seed).standard_normal((rows, d))
+    return H / np.linalg.norm(H, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("anchors", [False, True])
+def test_gram_gradient_matches_autograd(anchors):
+    H = _unit_rows(8, 4, 0)
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    W = simplex_etf(3, 4)
+    f, E_ss, E_sp, E_ps = _batch_terms(H, y, np.ones(8), W, W.T @ W, 2.0, 0.3, anchors)
+    Ht = torch.tensor(H, requires_grad=True)
+    loss = ufm_objective(Ht, y, torch.tensor(W), 2.0, 0.3, [np.arange(8)], anchors)
+    loss.backward()
+    g, g_p = (E_ss + E_ss.T) / 2, (E_sp + E_ps.T) / 2
+    assert f == pytest.approx(float(loss.detach()), rel=1e-12)
+    # dL/dH = 2 g_SS H + 2 g_SP W^T for L(H) = f([H, W]^T [H, W])
+    assert np.allclose(Ht.grad.numpy(), 2 * g @ H + 2 * g_p @ W.T, atol=1e-12)
+
+
+def test_collapsed_optimum_certified_any_n():
+    W = simplex_etf(10, 10)
+    y = labels_from_sizes([1000] * 10)
+    cert = dual_certificate(W[:, y].T, y, W, 1000.0, 0.1)
+    assert cert.certified and cert.solution["groups"] == 10
+    assert cert.seconds < 2
+
+
+def test_random_point_fails_dual():
+    y = labels_from_sizes([5, 5, 5, 5])
+    cert = dual_certificate(_unit_rows(20, 4, 3), y, simplex_etf(4, 4), 3.0, 0.5)
+    assert not cert.certified and cert.solution["lambda_min"] < 0
+
+
+def test_dual_bound_is_below_relaxation():
+    """At a non-optimal point the dual bound is still a valid lower bound."""
+    y = labels_from_sizes([4, 4, 2])
+    W = simplex_etf(3, 3)
+    sdp = solve_full(y, W, 2.0, 0.5, dim=3)
+    for seed in range(3):
+        cert = dual_certificate(_unit_rows(10, 3, seed), y, W, 2.0, 0.5)
+        assert cert.lower_bound <= sdp.lower_bound + 1e-6
+
+
+def test_ufm_plus_needs_nonnegativity_multipliers():
+    """OF collapse with OF prototypes: certified for UFM+ only with the G >= 0 multipliers."""
+    W = orthogonal_frame(4)
+    y = labels_from_sizes([5, 5, 5, 5])
+    H = W[:, y].T
+    assert dual_certificate(H, y, W, 3.0, 0.5, nonnegative=True).certified
+    assert not dual_certificate(H, y, W, 3.0, 0.5, nonnegative=False).certified
+
+
+def test_minibatch_binding_certified():
+    result = solve_ufm([4, 4, 4, 4], orthogonal_frame(4), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
+                       batch_size=4, dim=4)
+    cert = dual_certificate(result.H, result.labels, None, 0.0, 0.5, batches=result.batches, nonnegative=True)
+    assert cert.certified, cert.reason
+
+
+def test_dense_and_lanczos_agree():
+    y = labels_from_sizes([6, 6, 6])
+    H = _unit_rows(18, 3, 5)
+    W = simplex_etf(3, 3)
+    dense = dual_certificate(H, y, W, 2.0, 0.5, snap_tol=0)
+    lanczos = dual_certificate(H, y, W, 2.0, 0.5, snap_tol=0, dense_max=5)
+    assert dense.solution["lambda_min"] == pytest.approx(lanczos.solution["lambda_min"], rel=1e-8, abs=1e-10)
+
+
+def test_ce_limit_etf_and_of():
+    k, tau = 5, 0.1
+    etf = certify_ce_limit(simplex_etf(k, k), tau)
+    assert etf.certified and np.allclose(etf.gram, etf_gram(k), atol=1e-6)
+    of = certify_ce_limit(orthogonal_frame(k), tau)  # no ReLU: the learnt means form an ETF
+    assert of.certified and np.allclose(of.gram, etf_gram(k), atol=1e-6)
+    of_plus = certify_ce_limit(orthogonal_frame(k), tau, nonnegative=True)
+    assert of_plus.certified and np.allclose(of_plus.gram, np.eye(k), atol=1e-4)
+    general = certify_ce_limit(orthogonal_frame(k), tau, use_symmetry=False)
+    assert general.value == pytest.approx(of.value, rel=1e-6)
+    # CE values: h = w_y for ETF prototypes
+    expected = np.log(np.exp(1 / tau) + (k - 1) * np.exp(-1 / ((k - 1) * tau))) - 1 / tau
+    assert etf.values == pytest.approx(np.full(k, expected), rel=1e-6)
+
+
+def test_ce_limit_general_gram_has_unit_means():
+    result = certify_ce_limit(random_prototypes(6, 4, seed=0), 0.2)
+    assert result.certified and np.allclose(np.diag(result.gram), 1.0, atol=1e-9)
+
+
+# ------------------------------------------------------------------ failure handling
+
+
+def test_missing_solver_falls_back(monkeypatch):
+    monkeypatch.setattr("cvxpy.installed_solvers", lambda: ["SCS"])
+    result = solve_reduced([4, 4, 4], simplex_etf(3, 3), 2.0, 0.5)
+    assert result.solution["solver"] == "SCS"
+    monkeypatch.setattr("cvxpy.installed_solvers", lambda: [])
+    result = solve_reduced([4, 4, 4], simplex_etf(3, 3), 2.0, 0.5)
+    assert isinstance(result, CertificateResult) and not result.certified
+    assert "missing solver" in result.reason
+
+
+def test_missing_solver_certify_falls_back_to_dual(monkeypatch):
+    monkeypatch.setattr("cvxpy.installed_solvers", lambda: [])
+    W = simplex_etf(3, 3)
+    y = labels_from_sizes([4, 4, 4])
+    cert = certify(W[:, y].T, y, W, 2.0, 0.5, method="reduced")
+    assert cert.certified and cert.method == "dual"
+    assert "missing solver" in "; ".join(cert.solution["attempts"])
+
+
+@pytest.mark.parametrize("status", ["infeasible", "optimal_inaccurate", "unbounded"])
+def test_bad_status_not_certified(monkeypatch, status):
+    import cvxpy as cp
+
+    def fake_solve(self, *args, **kwargs):
+        self._status = status
+        return None
+
+    monkeypatch.setattr(cp.Problem, "solve", fake_solve)
+    monkeypatch.setattr(cp.Problem, "status", property(lambda self: self._status))
+    result = solve_full(labels_from_sizes([2, 2]), None, 0.0, 0.5, dim=2)
+    assert not result.certified and status in result.reason
+
+
+def test_time_limit_not_certified(monkeypatch):
+    import cvxpy as cp
+
+    def slow_solve(self, *args, **kwargs):
+        raise cp.error.SolverError("Solver 'CLARABEL' failed: time limit reached")
+
+    monkeypatch.setattr(cp.Problem, "solve", slow_solve)
+    result = solve_reduced([3, 3], None, 0.0, 0.5, time_limit=0.01, dim=2)
+    assert not result.certified and "time limit" in result.reason
+
+
+def test_real_time_limit_is_reported():
+    result = solve_full(labels_from_sizes([8, 8, 8]), simplex_etf(3, 3), 2.0, 0.5, time_limit=1e-4,
+                        fallback=False, dim=3)
+    assert isinstance(result, CertificateResult)
+    assert result.certified or "time" in result.reason or "limit" in result.reason
+
+
+def test_rank_above_d_not_certified():
+    # imbalanced plain SCL needs k - 1 = 3 dimensions; d = 2 cannot realise the relaxation
+    result = solve_reduced([10, 10, 2, 2], None, 0.0, 0.5, dim=2)
+    assert not result.certified and result.rank > 2 and not result.realisable
+    assert "rank 3 > d = 2" in result.reason
+
+
+def test_verdict_and_to_dict():
+    W = simplex_etf(3, 3)
+    y = labels_from_sizes([3, 3, 3])
+    cert = dual_certificate(W[:, y].T, y, W, 2.0, 0.5)
+    assert cert.verdict().startswith("certified global optimum: gap")
+    data = cert.to_dict()
+    assert set(["lower_bound", "upper_bound", "gap", "certified", "method", "reason"]) <= set(data)
+    import json
+
+    json.dumps(cert.to_dict(include_solution=True))
+
+
+def test_solve_problem_never_raises(monkeypatch):
+    import cvxpy as cp
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cp.Problem, "solve", broken)
+    x = cp.Variable()
+    used, status, failure = program.solve_problem(cp.Problem(cp.Minimize(x), [x >= 0]), "CLARABEL")
+    assert failure is not None and "boom" in failure
+
+
+def test_partition_dual_vs_full():
+    y = labels_from_sizes([3, 3])
+    batches = make_batches(y, "partition", 3, seed=0)
+    H = _unit_rows(6, 2, 0)
+    full = solve_full(y, None, 0.0, 0.5, batches=batches, dim=2)
+    dual = dual_certificate(H, y, None, 0.0, 0.5, batches=batches)
+    assert dual.lower_bound <= full.lower_bound + 1e-6
