@@ -1,0 +1,68 @@
+"""`ncgeo certify FILE.npz` and `ncgeo solve --certify/--require-certificate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from cli import main
+
+
+def _solve(tmp_path, *extra):
+    path = tmp_path / "sol.npz"
+    result = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "4", "--tau", "0.5",
+                                       "--save", str(path), *extra])
+    return result, path
+
+
+def test_solve_prints_verdict_and_certify_file(tmp_path):
+    result, path = _solve(tmp_path, "--protos", "5")
+    assert result.exit_code == 0, result.output
+    assert "certified global optimum: gap" in result.output
+    for method in ("auto", "reduced", "dual", "full"):
+        out = CliRunner().invoke(main, ["certify", str(path), "--method", method, "--require-certificate"])
+        assert out.exit_code == 0, out.output
+        assert out.output.startswith("certified global optimum")
+
+
+def test_solve_json_has_certificate(tmp_path):
+    out = CliRunner().invoke(main, ["solve", "--classes", "4", "--samples", "3", "--relu", "--geometry", "of",
+                                    "--protos", "2", "--json", "-", "--certify", "reduced"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    cert = data["certificate"]
+    assert cert["certified"] is True and cert["method"] == "reduced"
+    assert {"lower_bound", "upper_bound", "gap", "reason"} <= set(cert)
+    assert abs(cert["upper_bound"] - data["loss"]) <= 1e-9 * abs(data["loss"])
+
+
+def test_certify_none_and_require(tmp_path):
+    out = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "3", "--certify", "none",
+                                    "--json", "-"])
+    assert out.exit_code == 0 and "certificate" not in json.loads(out.output)
+    # --require-certificate without a certificate fails
+    out = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "3", "--certify", "none",
+                                    "--require-certificate"])
+    assert out.exit_code == 1
+
+
+def test_uncertified_file_exit_status(tmp_path):
+    rng = np.random.default_rng(0)
+    H = rng.standard_normal((9, 3))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    path = tmp_path / "random.npz"
+    np.savez(path, H=H, y=np.repeat(np.arange(3), 3), W=np.zeros((3, 0)),
+             settings=np.array(json.dumps({"n_w": 0.0, "tau": 0.5})))
+    out = CliRunner().invoke(main, ["certify", str(path)])
+    assert out.exit_code == 0 and out.output.startswith("not certified")
+    out = CliRunner().invoke(main, ["certify", str(path), "--require-certificate"])
+    assert out.exit_code == 1
+    out = CliRunner().invoke(main, ["certify", str(path), "--json", "-"])
+    assert json.loads(out.output)["certified"] is False
+
+
+def test_certify_bad_file(tmp_path):
+    out = CliRunner().invoke(main, ["certify", str(tmp_path / "missing.npz")])
+    assert out.exit_code == 2 and "does not exist" in out.output
