@@ -77,6 +77,7 @@ def run_batching(out_dir, quick: bool = False, workers: int | None = None, progr
     rows = [{"scheme": e["point"]["scheme"], "seed": e["point"]["seed"], **e["result"]} for e in outcome.results]
     settings = {**settings, "class_sizes": sizes_from_settings(base, base["ratio"])}
     verdict, summary = _verdict(rows, settings)
+    summary["sweep"] = outcome.to_dict()
     return finish_study(NAME, out_dir, rows, verdict, settings, start, plot_batching, summary)
 
 

@@ -81,8 +81,12 @@ def gram_factor(gram: np.ndarray) -> np.ndarray:
 def gram_delta(gram: np.ndarray, target: np.ndarray) -> float:
     r"""``Delta = || G / ||G||_F - G* / ||G*||_F ||_F`` between two Gram matrices.
 
-    Uses :func:`ncgeo.metrics.gram_distance` on a factor of ``G`` (uncentred convention).
+    Uses :func:`ncgeo.metrics.gram_distance` on a factor of ``G`` (uncentred convention);
+    NaN when ``G`` has non-finite entries (a failed solve).
     """
+    gram = np.asarray(gram, dtype=float)
+    if not np.all(np.isfinite(gram)):
+        return float("nan")
     return gram_distance(gram_factor(gram), np.asarray(target, dtype=float))
 
 
@@ -122,17 +126,23 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     N = float(sum(sizes))
     dim = int(N) + k if dim is None else dim
     W = W if n_w > 0 else None  # without prototype copies the loss does not involve W
-    result = solve_reduced(sizes, W, n_w, tau, nonnegative=nonnegative,
-                           prototypes_as_anchors=prototypes_as_anchors, dim=dim)
-    if "R" not in result.solution:
-        return {"loss": float("nan"), "lower_bound": float("nan"), "certified": False, "reason": result.reason,
-                "source": "none", "min_within_similarity": float("nan"), "gram": np.full((k, k), np.nan).tolist()}
-    s = np.sqrt(np.asarray(sizes, dtype=float))
-    R = np.asarray(result.solution["R"], dtype=float)
-    out = {"loss": float(result.upper_bound) / N, "lower_bound": float(result.lower_bound) / N,
-           "certified": bool(result.certified), "reason": result.reason, "source": "sdp",
-           "min_within_similarity": float(np.min(result.solution["a"])),
-           "gram": (R[:k, :k] / np.outer(s, s)).tolist()}
+    try:
+        result = solve_reduced(sizes, W, n_w, tau, nonnegative=nonnegative,
+                               prototypes_as_anchors=prototypes_as_anchors, dim=dim)
+    except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as exc:
+        # a failure of the certificate is a result (not certified), not a crash of the study
+        result = f"reduced SDP raised {type(exc).__name__}: {exc}"
+    if isinstance(result, str) or "R" not in result.solution:
+        out = {"loss": float("nan"), "lower_bound": float("nan"), "certified": False, "source": "none",
+               "reason": result if isinstance(result, str) else result.reason,
+               "min_within_similarity": float("nan"), "gram": np.full((k, k), np.nan).tolist()}
+    else:
+        s = np.sqrt(np.asarray(sizes, dtype=float))
+        R = np.asarray(result.solution["R"], dtype=float)
+        out = {"loss": float(result.upper_bound) / N, "lower_bound": float(result.lower_bound) / N,
+               "certified": bool(result.certified), "reason": result.reason, "source": "sdp",
+               "min_within_similarity": float(np.min(result.solution["a"])),
+               "gram": (R[:k, :k] / np.outer(s, s)).tolist()}
     if polish:
         from ncgeo.metrics import class_means
         from ncgeo.ufm import solve_ufm
@@ -141,11 +151,13 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
                            prototypes_as_anchors=prototypes_as_anchors, time_limit=time_limit)
         loss = solved.loss / N
         lower = out["lower_bound"]
+        M, _ = class_means(solved.H, solved.labels, k)
         if loss - lower <= DEFAULT_RTOL * max(abs(loss), 1e-12):
-            M, _ = class_means(solved.H, solved.labels, k)
             out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(),
                        reason=f"solver loss within {max(loss - lower, 0.0) / max(abs(loss), 1e-12):.1e} "
                               "(relative) of the reduced-SDP bound")
+        elif out["source"] == "none":  # no bound: the solver's point, reported as not certified
+            out.update(loss=loss, source="solver", gram=(M.T @ M).tolist())
     return out
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from ncgeo.geometry import etf_gram
 
 from .common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for, sizes_from_settings
-from .plotting import SYMBOLS, figure_grid, finite, gram_heatmap, setup_title, style_axis
+from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
 
@@ -102,6 +102,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
                      "min_within_similarity": result["min_within_similarity"], "gram_means": G_M.tolist()})
     settings = {**settings, "cases": [[g, relu] for g, relu in cases]}
     verdict, summary = _verdict(rows, settings)
+    summary["sweep"] = outcome.to_dict()
     return finish_study(NAME, out_dir, rows, verdict, settings, start, plot_geometry, summary)
 
 
@@ -145,7 +146,12 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
 
 
 def plot_geometry(rows: list[dict], settings: dict):
-    """Panels of ``Delta(G_M, G_W)`` against ``n_w`` per geometry, and class-mean Gram heatmaps."""
+    """Panels of ``Delta(G_M, G_W)`` (solid) and ``Delta(G_M, G_CE)`` (dashed) against ``n_w`` per
+    geometry, one line per ratio, and a row of class-mean Gram heatmaps."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import STYLE
+
     cases = [tuple(c) for c in settings["cases"]]
     ncols = 3
     nrows = (len(cases) + ncols - 1) // ncols
@@ -153,33 +159,35 @@ def plot_geometry(rows: list[dict], settings: dict):
     R = max(settings["ratios"])
     heat = [("etf", False, x) for x in heat_n_w]
     heat += [(g, relu, max(heat_n_w)) for g, relu in (("of", False), ("of", True)) if (g, relu) in cases]
-    title = setup_title("geometry (certified full-batch UFM optima)", settings, ["k", "n", "tau"]) + \
-        ", step imbalance: the last ceil(k/2) classes have n/R samples"
-    figure, axes = figure_grid(nrows + 1, max(ncols, len(heat)), title, width=3.3, height=2.9)
-    for ax in axes.flat:
+    floor = 1e-6
+    with plt.rc_context(STYLE):
+        figure = plt.figure(figsize=(11.5, 3.0 * nrows + 2.9), layout="constrained")
+        top, bottom = figure.subfigures(2, 1, height_ratios=[3.0 * nrows, 2.9])
+        axes = top.subplots(nrows, ncols, squeeze=False)
+        heat_axes = bottom.subplots(1, max(len(heat), 1), squeeze=False)[0]
+    figure.suptitle(setup_title("geometry (certified full-batch UFM optima)", settings, ["k", "n", "tau"])
+                    + "; step imbalance: the last ceil(k/2) classes have n/R samples", fontsize=10)
+    for ax in axes.flat[len(cases):]:
         ax.set_visible(False)
     for index, (geometry, relu) in enumerate(cases):
         ax = axes[index // ncols, index % ncols]
-        ax.set_visible(True)
         for j, ratio in enumerate(settings["ratios"]):
             sel = sorted(_select(rows, geometry, relu, ratio), key=lambda r: r["n_w"])
             x = finite([max(r["n_w"], 0.3) for r in sel])  # n_w = 0 drawn at 0.3 on the log axis
-            ax.plot(x, finite([r["delta_prototypes"] for r in sel]), "o-", color=f"C{j}", label=f"R={ratio:g}")
-            if geometry == "of" and not relu:
-                ax.plot(x, finite([r["delta_etf"] for r in sel]), "x--", color=f"C{j}",
-                        label=f"R={ratio:g}: $\\Delta(G_M, G_{{ETF}})$")
-        style_axis(ax, SYMBOLS["n_w"] + " ($n_w=0$ at 0.3)", SYMBOLS["delta_w"], _label(geometry, relu),
-                   logx=True, logy=True)
-        ax.set_ylim(bottom=1e-6)
-    for index, (geometry, relu, n_w) in enumerate(heat):
-        ax = axes[nrows, index]
-        ax.set_visible(True)
+            ax.plot(x, np.maximum(finite([r["delta_prototypes"] for r in sel]), floor), "o-", color=f"C{j}",
+                    label=f"R={ratio:g}")
+            ax.plot(x, np.maximum(finite([r["delta_ce_limit"] for r in sel]), floor), "x--", color=f"C{j}", lw=0.9)
+        ax.plot([], [], "k-", label=r"to $G_W$ (prototypes)")
+        ax.plot([], [], "k--", label=r"to $G_{CE}$ (CE limit)")
+        style_axis(ax, r"$n_w$ ($n_w = 0$ drawn at 0.3)", r"$\Delta(G_M, \cdot)$ (floor $10^{-6}$)",
+                   "prototypes: " + _label(geometry, relu), logx=True, logy=True)
+        ax.set_ylim(floor / 2, 3)
+    image = None
+    for ax, (geometry, relu, n_w) in zip(heat_axes, heat):
         sel = _select(rows, geometry, relu, R, n_w)
         if sel:
             image = gram_heatmap(ax, np.asarray(sel[0]["gram_means"]),
-                                 f"{_label(geometry, relu)}\nR={R:g}, $n_w$={n_w:g}: $G_M$")
-    if heat:
-        figure.colorbar(image, ax=axes[nrows, len(heat) - 1], fraction=0.046, pad=0.04,
-                        label=r"$\mu_c\cdot\mu_{c'}$")
-    figure.tight_layout()
+                                 f"{_label(geometry, relu)}, R={R:g},\n$n_w$={n_w:g}: class-mean Gram $G_M$")
+    if image is not None:
+        bottom.colorbar(image, ax=list(heat_axes), fraction=0.02, pad=0.01, label=r"$\mu_c\cdot\mu_{c'}$")
     return figure

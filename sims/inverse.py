@@ -194,6 +194,7 @@ def run_inverse(out_dir, quick: bool = False, workers: int | None = None, progre
                          "gram": result[f"{method}_gram"], "W": result[f"{method}_W"]})
     settings = {**settings, "target_gram": target.tolist(), "class_sizes": sizes_from_settings(base, base["ratio"])}
     verdict, summary = _verdict(rows, settings)
+    summary["sweep"] = outcome.to_dict()
     return finish_study(NAME, out_dir, rows, verdict, settings, start, plot_inverse, summary)
 
 

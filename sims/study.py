@@ -54,7 +54,8 @@ class StudyResult:
     files : tuple of str
         Paths written.
     summary : dict
-        Study-specific numbers behind the verdict (fitted slopes, worst Deltas, ...).
+        Study-specific numbers behind the verdict (fitted slopes, worst Deltas, ...) and
+        ``sweep``: points computed in this run and read back from the resume cache.
     """
 
     name: str

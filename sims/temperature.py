@@ -87,6 +87,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
                      "certified": bool(result["certified"] and limit["certified"]), "source": result["source"]})
     settings = {**settings, "class_sizes": sizes_from_settings(base, base["ratio"])}
     verdict, summary = _verdict(rows, settings)
+    summary["sweep"] = outcome.to_dict()
     return finish_study(NAME, out_dir, rows, verdict, settings, start, plot_temperature, summary)
 
 
