@@ -391,9 +391,16 @@ class GeometryMetrics:
     gram_means: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["gram_means"] = np.asarray(self.gram_means).tolist()
+        """Plain-JSON dictionary: NaN (undefined metric, absent class) becomes ``None``."""
+        out = {key: _json_number(value) for key, value in asdict(self).items() if key != "gram_means"}
+        out["gram_means"] = [[_json_number(v) for v in row] for row in np.asarray(self.gram_means).tolist()]
         return out
+
+
+def _json_number(value):
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    return value
 
 
 def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | None = None) -> GeometryMetrics:
