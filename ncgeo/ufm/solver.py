@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -117,23 +118,60 @@ def _random_rows(rows: int, d: int, nonnegative: bool, generator: torch.Generato
     return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
 
 
-def _collapsed_start(sizes, W_t, n_w, tau, anchors, nonnegative, grad_tol, generator, d, dtype, device):
+@dataclass(frozen=True)
+class _Problem:
+    """A validated UFM instance, as the private helpers below need it."""
+
+    sizes: list[int]
+    labels: np.ndarray
+    y: torch.Tensor
+    W: torch.Tensor | None
+    n_w: float
+    tau: float
+    anchors: bool
+    nonnegative: bool
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    batching: str
+    batch_size: int | None
+    batches: list[np.ndarray] | None
+    seed: int
+    grad_tol: float
+    max_iterations: int
+    learning_rate: float
+    time_limit: float | None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def objective(self, batches):
+        """``x -> (ufm_objective, Euclidean gradient)`` over ``batches``."""
+        def evaluate(x):
+            x = x.detach().requires_grad_(True)
+            value = ufm_objective(x, self.y, self.W, self.n_w, self.tau, batches, self.anchors, validate=False)
+            (grad,) = torch.autograd.grad(value, x)
+            return value.detach(), grad
+        return evaluate
+
+
+def _collapsed_start(problem: _Problem, generator: torch.Generator) -> torch.Tensor:
     """Solve the reduced problem over the k class directions (``collapsed_loss``); returns ``(k, d)`` rows."""
-    k = len(sizes)
+    p = problem
 
     def reduced(rows):
         rows = rows.detach().requires_grad_(True)
-        value = collapsed_loss(rows.T, sizes, None if W_t is None else W_t, n_w, tau,
-                               prototypes_as_anchors=anchors)
+        value = collapsed_loss(rows.T, p.sizes, p.W, p.n_w, p.tau, prototypes_as_anchors=p.anchors)
         (grad,) = torch.autograd.grad(value, rows)
         return value.detach(), grad
 
-    x0 = _random_rows(k, d, nonnegative, generator, dtype, device)
-    tol = max(grad_tol * 1e-2, 10 * torch.finfo(dtype).eps)
+    x0 = _random_rows(len(p.sizes), p.dim, p.nonnegative, generator, p.dtype, p.device)
+    tol = max(p.grad_tol * 1e-2, 10 * torch.finfo(p.dtype).eps)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # k x k kernels: threads only cost synchronisation
     try:
-        return riemannian_lbfgs(reduced, x0, nonnegative=nonnegative, grad_tol=tol, max_iterations=5000).x
+        return riemannian_lbfgs(reduced, x0, nonnegative=p.nonnegative, grad_tol=tol, max_iterations=5000).x
     finally:
         torch.set_num_threads(threads)
 
@@ -273,10 +311,12 @@ def solve_ufm(
         num_threads = 1 if largest <= 1024 else previous_threads
     torch.set_num_threads(check_int("num_threads", num_threads, minimum=1))
     try:
-        best, restart_losses = _run_restarts(
-            restarts, seed, use_collapsed, sizes, W_t, n_w, tau, prototypes_as_anchors, nonnegative, grad_tol, d,
-            dtype_t, device_t, y_t, N, shuffle, labels, batch_size, max_iterations, learning_rate, time_limit,
-            batches, progress)
+        problem = _Problem(
+            sizes=sizes, labels=labels, y=y_t, W=W_t, n_w=n_w, tau=tau, anchors=bool(prototypes_as_anchors),
+            nonnegative=bool(nonnegative), dim=d, dtype=dtype_t, device=device_t, batching=batching,
+            batch_size=batch_size, batches=batches, seed=seed, grad_tol=grad_tol, max_iterations=max_iterations,
+            learning_rate=learning_rate, time_limit=time_limit)
+        best, restart_losses = _run_restarts(problem, restarts, use_collapsed, _Progress(progress, restarts))
     finally:
         torch.set_num_threads(previous_threads)
     H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
@@ -296,46 +336,31 @@ def solve_ufm(
     )
 
 
-def _run_restarts(restarts, seed, use_collapsed, sizes, W_t, n_w, tau, anchors, nonnegative, grad_tol, d,
-                  dtype_t, device_t, y_t, N, shuffle, labels, batch_size, max_iterations, learning_rate, time_limit,
-                  batches, progress):
+def _run_restarts(problem: _Problem, restarts: int, use_collapsed: bool, reporter: _Progress):
     """Run every restart; returns ``(best run dict, final loss of every restart)``."""
-    prototypes_as_anchors = anchors
-
-    def objective_on(batch_list):
-        def objective(x):
-            x = x.detach().requires_grad_(True)
-            value = ufm_objective(x, y_t, W_t, n_w, tau, batch_list, prototypes_as_anchors, validate=False)
-            (grad,) = torch.autograd.grad(value, x)
-            return value.detach(), grad
-        return objective
-
-    reporter = _Progress(progress, restarts)
+    p = problem
+    large = p.num_samples >= 2000
     best = None
     restart_losses = []
     for restart in range(restarts):
         reporter.restart = restart
-        generator = torch.Generator().manual_seed(seed + restart)
-        large = N >= 2000
+        generator = torch.Generator().manual_seed(p.seed + restart)
         if use_collapsed:
             if large:
                 reporter.stage("reduced problem over the k class directions")
-            directions = _collapsed_start(sizes, W_t, n_w, tau, prototypes_as_anchors, nonnegative,
-                                          grad_tol, generator, d, dtype_t, device_t)
-            x0 = directions[y_t]
+            x0 = _collapsed_start(p, generator)[p.y]
         else:
-            x0 = _random_rows(N, d, nonnegative, generator, dtype_t, device_t)
-        if shuffle:
-            run = _adam_epochs(x0, y_t, W_t, n_w, tau, prototypes_as_anchors, labels, batch_size, seed,
-                               max_iterations, learning_rate, nonnegative, reporter, time_limit)
-            value, grad = objective_on(make_batches(labels, "full"))(run["x"])
-            run.update(value=float(value), grad_norm=float(stationarity_residual(run["x"], grad, nonnegative).norm()))
+            x0 = _random_rows(p.num_samples, p.dim, p.nonnegative, generator, p.dtype, p.device)
+        if p.batching == "shuffle":
+            run = _adam_epochs(p, x0, reporter)
+            value, grad = p.objective(make_batches(p.labels, "full"))(run["x"])
+            run.update(value=float(value), grad_norm=float(stationarity_residual(run["x"], grad, p.nonnegative).norm()))
         else:
             if large:
-                reporter.stage(f"{'full-batch polish' if use_collapsed else 'L-BFGS'} on N = {N} samples "
-                               f"(each loss + gradient costs O(N^2 d))")
-            out = riemannian_lbfgs(objective_on(batches), x0, nonnegative=nonnegative, grad_tol=grad_tol,
-                                   max_iterations=max_iterations, time_limit=time_limit, callback=reporter)
+                reporter.stage(f"{'full-batch polish' if use_collapsed else 'L-BFGS'} on N = {p.num_samples} "
+                               f"samples (each loss + gradient costs O(N^2 d))")
+            out = riemannian_lbfgs(p.objective(p.batches), x0, nonnegative=p.nonnegative, grad_tol=p.grad_tol,
+                                   max_iterations=p.max_iterations, time_limit=p.time_limit, callback=reporter)
             run = dict(x=out.x, value=out.value, grad_norm=out.grad_norm, iterations=out.iterations,
                        history=out.history, reason=out.reason)
         restart_losses.append(run["value"])
@@ -345,37 +370,34 @@ def _run_restarts(restarts, seed, use_collapsed, sizes, W_t, n_w, tau, anchors, 
     return best, restart_losses
 
 
-def _adam_epochs(x0, y_t, W_t, n_w, tau, anchors, labels, batch_size, seed, epochs, learning_rate,
-                 nonnegative, reporter, time_limit):
+def _adam_epochs(problem: _Problem, x0: torch.Tensor, reporter: _Progress) -> dict:
     """Reshuffled mini-batches: Adam on the Riemannian gradient, rows re-projected after each step."""
+    p = problem
     start = time.perf_counter()
     X = x0.clone()
-    X.requires_grad_(True)
-    optimiser = torch.optim.Adam([X], lr=learning_rate)
-    steps_per_epoch = len(make_batches(labels, "shuffle", batch_size, seed, 0))
+    optimiser = torch.optim.Adam([X], lr=p.learning_rate)
+    epochs = p.max_iterations
+    steps_per_epoch = len(make_batches(p.labels, "shuffle", p.batch_size, p.seed, 0))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs * steps_per_epoch))
     history = []
     reason = f"completed {epochs} epochs"
-    epoch = 0
     for epoch in range(epochs):
         epoch_loss = 0.0
-        for index in make_batches(labels, "shuffle", batch_size, seed, epoch):
-            index_t = torch.as_tensor(index, device=X.device)
-            value = ufm_objective(X, y_t, W_t, n_w, tau, [index_t.cpu().numpy()], anchors, validate=False)
-            (grad,) = torch.autograd.grad(value, X)
+        for index in make_batches(p.labels, "shuffle", p.batch_size, p.seed, epoch):
+            value, grad = p.objective([index])(X)
             with torch.no_grad():
-                previous = X.detach().clone()
+                previous = X.clone()
                 X.grad = grad - (grad * X).sum(dim=1, keepdim=True) * X
                 optimiser.step()
-                projected = X.clamp(min=0.0) if nonnegative else X
+                projected = X.clamp(min=0.0) if p.nonnegative else X
                 norms = projected.norm(dim=1, keepdim=True)
                 dead = norms <= torch.finfo(X.dtype).tiny * 1e6  # a row would vanish: keep it where it was
                 X.copy_(torch.where(dead, previous, projected / norms.clamp_min(torch.finfo(X.dtype).tiny)))
             schedule.step()
-            epoch_loss += float(value.detach())
+            epoch_loss += float(value)
         history.append(epoch_loss)
         reporter(epoch + 1, epoch_loss, float("nan"), unit="epoch")
-        if time_limit is not None and time.perf_counter() - start > time_limit:
+        if p.time_limit is not None and time.perf_counter() - start > p.time_limit:
             reason = f"time limit reached after {epoch + 1} epochs"
             break
     return dict(x=X.detach(), iterations=len(history), history=history, reason=reason)
