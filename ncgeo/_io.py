@@ -26,6 +26,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
         raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
     descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()

@@ -13,31 +13,20 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from ncgeo._io import atomic_write_bytes
 
 __all__ = ["write_text_atomic", "write_json_atomic", "write_csv_atomic", "save_figure_atomic",
            "jsonable", "table_columns"]
 
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    """Create the parent directory, then :func:`ncgeo._io.atomic_write_bytes` (temp + ``os.replace``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    return atomic_write_bytes(path, data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> str:
