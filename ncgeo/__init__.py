@@ -2,7 +2,8 @@
 
 Submodules: :mod:`ncgeo.geometry` (prototype constructors, target Grams),
 :mod:`ncgeo.losses` (SCL with prototypes, fixed-classifier CE), :mod:`ncgeo.metrics`
-(NC metrics, Gram distances) and :mod:`ncgeo.testing` (assertion helpers).
+(NC metrics, Gram distances), :mod:`ncgeo.ufm` (the UFM solver), :mod:`ncgeo.closed_form`
+(collapsed-configuration loss, ETF/OF closed forms) and :mod:`ncgeo.testing` (assertion helpers).
 """
 
 from . import geometry, losses, metrics, testing
@@ -18,6 +19,8 @@ from .geometry import (
 )
 from .losses import fixed_classifier_cross_entropy, scl_prototype_loss
 from .metrics import geometry_metrics, gram_distance
+from . import closed_form, ufm  # noqa: E402  (after metrics: ufm builds on it)
+from .ufm import solve_ufm
 
 __version__ = "0.1.0"
 
@@ -38,4 +41,7 @@ __all__ = [
     "fixed_classifier_cross_entropy",
     "geometry_metrics",
     "gram_distance",
+    "closed_form",
+    "ufm",
+    "solve_ufm",
 ]
