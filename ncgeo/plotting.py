@@ -50,7 +50,8 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
         axis.set_ylabel("class")
         if k <= 12:
             for (i, j), value in np.ndenumerate(matrix):
-                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if abs(value) > 0.6 else "black")
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
     if title:
         figure.suptitle(title, fontsize=10)

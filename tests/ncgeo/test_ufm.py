@@ -252,3 +252,26 @@ def test_load_npz_rejects_missing_and_foreign_files(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(ValueError, match="could not be read|not an .npz"):
         load_npz(tmp_path / "text.npz")
+
+
+def test_prototype_anchors_full_batch_matches_closed_form_from_random_start():
+    result = solve_ufm([3] * 3, simplex_etf(3, 3), n_w=5, tau=0.2, prototypes_as_anchors=True, init="random")
+    assert result.grad_norm <= 1e-9
+    assert result.loss == pytest.approx(closed_form_loss(3, 3, 5, 0.2, "etf", prototypes_as_anchors=True), rel=1e-10)
+
+
+def test_progress_lines_go_to_stderr(capsys):
+    from ncgeo.ufm.solver import _Progress
+
+    reporter = _Progress(True, restarts=2, after=0.0, every=0.0)
+    reporter.stage("reduced problem")
+    reporter(3, 1.5, 2e-3)
+    reporter.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "restart 1/2, reduced problem" in captured.err and "iteration 3" in captured.err
+    assert captured.err.endswith("\n")
+    silent = _Progress(False, restarts=1, after=0.0, every=0.0)
+    silent(1, 1.0, 1.0)
+    silent.close()
+    assert capsys.readouterr().err == ""
