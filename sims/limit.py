@@ -173,6 +173,11 @@ def plot_limit(rows: list[dict], settings: dict):
     if anchors:
         ax.plot(finite([r["n_w"] for r in anchors]), finite([r["geometry_gap"] for r in anchors]), "s-",
                 color="C1", label="prototypes also anchors")
+    geo_slope, geo_intercept = fit_power_law([r["n_w"] for r in fit], [r["geometry_gap"] for r in fit])
+    if math.isfinite(geo_slope):
+        xs = np.array([min(r["n_w"] for r in fit), max(r["n_w"] for r in fit)])
+        ax.plot(xs, np.exp(geo_intercept) * xs**geo_slope, "--", color="k",
+                label=f"fit $n_w \\geq {settings['fit_min']:g}$: slope {geo_slope:.2f}")
     zero = [r for r in rows if r["variant"] == "samples" and r["n_w"] == 0]
     if zero:
         ax.axhline(zero[0]["geometry_gap"], color="C2", ls=":", label="$n_w = 0$ (plain SCL)")

@@ -1,0 +1,67 @@
+"""Helpers of sims: certified optima against closed forms, Gram distances, inverse-design targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ncgeo.closed_form import closed_form_loss
+from ncgeo.geometry import etf_gram, orthogonal_frame, simplex_etf
+from sims.common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for
+from sims.inverse import hierarchical_target, optimality_residual
+from sims.study import Option
+
+
+def test_certified_optimum_matches_the_etf_closed_form():
+    k, n, n_w, tau = 4, 5, 10.0, 0.5
+    result = certified_optimum([n] * k, simplex_etf(k, k), n_w, tau)
+    assert result["certified"]
+    assert result["loss"] * k * n == pytest.approx(closed_form_loss(k, n, n_w, tau, "etf"), rel=1e-7)
+    assert gram_delta(np.asarray(result["gram"]), etf_gram(k)) < 1e-6
+
+
+def test_ce_limit_of_orthogonal_prototypes_is_an_etf():
+    """THEORY.md section 4: OF prototypes without ReLU give ETF class means in the CE limit."""
+    k, tau = 4, 0.5
+    result = ce_limit_optimum([3, 3, 1, 1], orthogonal_frame(k), tau)
+    assert result["certified"]
+    assert gram_delta(np.asarray(result["gram"]), etf_gram(k)) < 1e-6
+    h = np.sqrt((k - 1) / k) * np.eye(k) - (1 - np.eye(k)) / np.sqrt(k * (k - 1))  # closed-form CE optimum
+    per_class = math.log(math.exp(h[0, 0] / tau) + (k - 1) * math.exp(h[0, 1] / tau)) - h[0, 0] / tau
+    assert result["ce_value"] == pytest.approx(per_class, rel=1e-7)
+
+
+def test_gram_delta_conventions():
+    G = etf_gram(5)
+    assert gram_delta(G, G) == pytest.approx(0.0, abs=1e-12)
+    assert gram_delta(2.0 * G, G) == pytest.approx(0.0, abs=1e-12)  # scale-free
+    assert gram_delta(np.eye(5), G) == pytest.approx(np.linalg.norm(np.eye(5) / np.sqrt(5) - G / np.linalg.norm(G)))
+    assert math.isnan(gram_delta(np.full((5, 5), np.nan), G))
+
+
+def test_hierarchical_target_is_a_rank_deficient_unit_gram():
+    G = hierarchical_target(6, 0.2)
+    eigenvalues = np.linalg.eigvalsh(G)
+    assert np.allclose(np.diag(G), 1.0) and eigenvalues.min() > -1e-12
+    assert int(np.sum(eigenvalues > 1e-9)) == 5  # reachable in the CE limit needs rank <= k - 1
+    assert G[0, 1] > G[0, 2]  # same superclass closer
+    with pytest.raises(ValueError, match="strength"):
+        hierarchical_target(4, 1.5)
+
+
+def test_optimality_residual_vanishes_at_etf_and_not_elsewhere():
+    k = 4
+    W = torch.as_tensor(simplex_etf(k, k))
+    assert float(optimality_residual(W.clone(), W, "ce", 0.1).detach()) < 1e-20  # h = w_y is CE-optimal for an ETF
+    other = torch.as_tensor(prototypes_for("random", k, seed=1))
+    assert float(optimality_residual(other, W, "ce", 0.1).detach()) > 1e-3
+
+
+def test_option_parsing():
+    assert Option("x", "floats", None, None, "").parse("1, 1e3,0") == [1.0, 1000.0, 0.0]
+    assert Option("b", "bool", None, None, "").parse("no") is False
+    with pytest.raises(ValueError, match="option k expects int"):
+        Option("k", "int", None, None, "").parse(2.5)
