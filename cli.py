@@ -124,6 +124,8 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
               help="Start: collapsed = solve the K-direction reduced problem first (auto: for full batch).")
 @click.option("--max-iterations", type=click.IntRange(min=0), default=None,
               help="Iteration cap [default: 20000; epochs for shuffle: 200].")
+@click.option("--learning-rate", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+              help="Initial Adam step of --batching shuffle (cosine-decayed over the epochs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
                    "('-': print only the JSON, to stdout).")
@@ -138,8 +140,8 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
               help="Exit with status 1 when the solution is not certified.")
 @click.pass_context
 def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
-          proto_anchors, restarts, seed, device, dtype, init, max_iterations, json_path, save_path, plot_path,
-          certify_method, require_certificate):
+          proto_anchors, restarts, seed, device, dtype, init, max_iterations, learning_rate, json_path, save_path,
+          plot_path, certify_method, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -173,7 +175,8 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     quiet = json_path == "-"
     result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
                        batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
-                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, progress=not quiet,
+                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, learning_rate=learning_rate,
+                       progress=not quiet,
                        metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
                                  "ratio": ratio})
     summary = result.to_dict()

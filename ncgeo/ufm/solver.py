@@ -94,8 +94,9 @@ class _Progress:
         if now - self.start < self.after or now - self.last < self.every:
             return
         self.last, self.shown = now, True
+        gradient = "" if grad_norm != grad_norm else f", grad norm {grad_norm:.2e}"  # NaN: not computed
         sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {unit} {iteration}, "
-                         f"loss {value:.10g}, grad norm {grad_norm:.2e}, {now - self.start:.0f} s   ")
+                         f"loss {value:.10g}{gradient}, {now - self.start:.0f} s   ")
         sys.stderr.flush()
 
     def stage(self, message: str) -> None:
@@ -193,7 +194,7 @@ def solve_ufm(
     grad_tol: float | None = None,
     max_iterations: int | None = None,
     init: str = "auto",
-    learning_rate: float = 0.01,
+    learning_rate: float = 0.1,
     time_limit: float | None = None,
     progress: bool = False,
     metadata: dict | None = None,
@@ -256,7 +257,7 @@ def solve_ufm(
         Iteration cap (default 20000), or number of epochs for ``"shuffle"`` (default 200).
     init : {"auto", "collapsed", "random"}
     learning_rate : float
-        Adam step size for ``"shuffle"``.
+        Initial Adam step size for ``"shuffle"`` (cosine-decayed to 0 over the epochs).
     time_limit : float, optional
         Seconds per restart after which the optimiser stops.
     progress : bool
