@@ -15,7 +15,9 @@ Verdict (THEORY.md sections 3-4), at the largest ratio and the largest ``n_w``:
   ``< tolerance`` while at ``n_w = 0`` (plain SCL) it is ``> 10 x tolerance``;
 * OF prototypes without ReLU give an ETF, not an OF: ``Delta(G_M, G_ETF) < tolerance`` and
   ``Delta(G_M, I) > 0.3``;
-* OF prototypes with ReLU give the OF: ``Delta(G_M, I) < tolerance`` at every ``n_w`` and ``R``.
+* OF prototypes with ReLU give the OF: ``Delta(G_M, I) < tolerance`` at every ``n_w`` and ``R``
+  (except ``n_w = 0`` with a one-sample class: that sample has no positive pair, so its
+  direction is not determined and the OF is not the unique optimum).
 """
 
 from __future__ import annotations
@@ -129,11 +131,18 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         checks.append((row["delta_etf"] < tol and row["delta_of"] > 0.3,
                        f"OF prototypes without ReLU, R={R:g}, n_w={top:g}: Delta to ETF {row['delta_etf']:.1e}, "
                        f"to OF {row['delta_of']:.2f} (an ETF, not an OF)"))
-    relu_of = _select(rows, "of", True)
+    # the OF is the unique UFM+ optimum when every anchor has a positive: n_w > 0 or >= 2 samples per
+    # class (a lone sample without prototypes only repels, its direction among the others is free)
+    smallest = {R: min(sizes_from_settings({"k": settings["k"], "n": settings["n"], "imbalance": "step"}, R))
+                for R in settings["ratios"]}
+    relu_of = [r for r in _select(rows, "of", True) if r["n_w"] > 0 or smallest[r["ratio"]] >= 2]
     if relu_of:
         worst = max(r["delta_of"] for r in relu_of)
         summary.update(of_relu_worst_delta_of=worst)
-        checks.append((worst < tol, f"OF prototypes with ReLU: Delta to OF <= {worst:.1e} at every n_w and R"))
+        skipped = len(_select(rows, "of", True)) - len(relu_of)
+        checks.append((worst < tol, f"OF prototypes with ReLU: Delta to OF <= {worst:.1e} at every n_w and R"
+                                    + (f" ({skipped} points with n_w = 0 and a one-sample class excluded: "
+                                       "no positive pair, the optimum is not unique)" if skipped else "")))
     uncertified = [(r["geometry"], r["relu"], r["ratio"], r["n_w"]) for r in rows if not r["certified"]]
     summary["uncertified_points"] = len(uncertified)
     if not checks:
