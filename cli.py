@@ -116,12 +116,13 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
 @click.option("--proto-anchors/--no-proto-anchors", default=False, show_default=True,
               help="Prototype copies are anchors too.")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Random restarts (the best is kept).")
+              help="Starts (the lowest loss is kept); --init auto adds a collapsed start for a full batch.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--init", type=click.Choice(["auto", "collapsed", "random"]), default="auto", show_default=True,
-              help="Start: collapsed = solve the K-direction reduced problem first (auto: for full batch).")
+              help="collapsed: solve the K-direction reduced problem, polish from it; random: random unit "
+                   "vectors; auto: for a full batch the collapsed start, then the --restarts random ones.")
 @click.option("--max-iterations", type=click.IntRange(min=0), default=None,
               help="Iteration cap [default: 20000; epochs for shuffle: 200].")
 @click.option("--learning-rate", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,

@@ -61,7 +61,7 @@ class UFMResult:
     settings : dict
         Everything needed to reproduce the solve, plus caller metadata.
     restart_losses : list of float
-        Final objective of every restart (the best is kept).
+        Final objective of every start, in the order of ``settings["starts"]`` (the best is kept).
     batches : list of numpy arrays or None
         Batches of the objective (``None`` for ``"shuffle"``).
     """
@@ -135,7 +135,9 @@ class UFMResult:
             what = "simplex ETF" if closed[1] == "etf" else "orthogonal frame"
             lines.append(f"closed form  {closed[0]:.12g}  (collapse to a {what}; loss - closed form = "
                          f"{self.loss - closed[0]:.2e})")
-        restarts = "" if len(self.restart_losses) <= 1 else f", best of {len(self.restart_losses)} restarts"
+        kinds = s.get("starts", [])
+        restarts = "" if len(self.restart_losses) <= 1 else (
+            f", best of {len(self.restart_losses)} starts" + (f" ({', '.join(kinds)})" if kinds else ""))
         lines += [
             f"iterations   {self.iterations} from a {s.get('start', 'random')} start in {self.seconds:.2f} s ({self.stopping_reason}{restarts})",
             f"grad norm    {self.grad_norm:.2e}  ({stationarity}, Frobenius norm)",

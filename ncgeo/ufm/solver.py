@@ -35,6 +35,7 @@ from .result import UFMResult
 __all__ = ["solve_ufm"]
 
 INIT_CHOICES = ("auto", "collapsed", "random")
+AUTO_RANDOM_START_MAX_SAMPLES = 2000  # init="auto": add a random start up to this N
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -221,10 +222,17 @@ def solve_ufm(
     (:func:`ncgeo.closed_form.collapsed_loss`, cost independent of ``N``) and starts
     from every sample at its class direction. That point is stationary for the full
     batch (the objective is symmetric under permutations within a class), so the
-    full-batch polish needs a handful of ``O(N^2 d)`` evaluations even at ``N = 10^4``;
-    global optimality is the job of the certificates. ``"auto"`` (default) is
-    ``"collapsed"`` for the full batch and ``"random"`` otherwise. Restart ``r`` draws
-    its start from ``torch.Generator().manual_seed(seed + r)``; the lowest loss is kept.
+    full-batch polish needs a handful of ``O(N^2 d)`` evaluations even at ``N = 10^4``.
+    It can be a saddle when collapse is not optimal (e.g. some imbalanced set-ups with
+    prototypes, where a random start ends slightly lower), so ``"auto"`` (default) runs,
+    for the full batch, the collapsed start followed by ``restarts`` random starts when
+    ``N <= 2000`` (``restarts - 1`` above, where each evaluation is expensive); for
+    other batchings ``restarts`` random starts. ``"collapsed"`` / ``"random"`` use that
+    kind for all ``restarts`` starts. Start ``r`` draws from
+    ``torch.Generator().manual_seed(seed + r)``; the lowest loss is kept (ties within
+    round-off keep the earlier start), and
+    ``settings["starts"]`` / ``settings["start"]`` record the kinds and the winner.
+    Global optimality is the job of the certificates (:mod:`ncgeo.certify`).
 
     Parameters
     ----------
@@ -246,7 +254,7 @@ def solve_ufm(
     prototypes_as_anchors : bool
         Prototype copies are anchors too (:func:`ncgeo.losses.scl_prototype_loss`).
     restarts : int
-        Number of starts (``>= 1``).
+        Number of starts (``>= 1``; see ``init`` for the extra collapsed start of ``"auto"``).
     seed : int
         Seed of the starts and of the batches.
     device, dtype
@@ -304,7 +312,7 @@ def solve_ufm(
         make_batches(labels, batching, batch_size, seed)  # validates batch_size
     y_t = torch.as_tensor(labels, device=device_t)
     W_t = None if W is None else torch.as_tensor(W, dtype=dtype_t, device=device_t)
-    use_collapsed = init == "collapsed" or (init == "auto" and batching == "full")
+    starts = _start_kinds(init, batching, restarts, N)
 
     largest = min(N, batch_size) if shuffle else max(len(b) for b in batches)
     previous_threads = torch.get_num_threads()
@@ -317,7 +325,7 @@ def solve_ufm(
             nonnegative=bool(nonnegative), dim=d, dtype=dtype_t, device=device_t, batching=batching,
             batch_size=batch_size, batches=batches, seed=seed, grad_tol=grad_tol, max_iterations=max_iterations,
             learning_rate=learning_rate, time_limit=time_limit)
-        best, restart_losses = _run_restarts(problem, restarts, use_collapsed, _Progress(progress, restarts))
+        best, restart_losses = _run_restarts(problem, starts, _Progress(progress, len(starts)))
     finally:
         torch.set_num_threads(previous_threads)
     H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
@@ -326,7 +334,7 @@ def solve_ufm(
         batch_size=batch_size, prototypes_as_anchors=bool(prototypes_as_anchors), restarts=restarts, seed=seed,
         device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
         max_iterations=max_iterations, init=init,
-        start="collapsed" if use_collapsed else "random", learning_rate=learning_rate, time_limit=time_limit,
+        starts=starts, start=best["start"], learning_rate=learning_rate, time_limit=time_limit,
         **(metadata or {}),
     )
     return UFMResult(
@@ -337,15 +345,26 @@ def solve_ufm(
     )
 
 
-def _run_restarts(problem: _Problem, restarts: int, use_collapsed: bool, reporter: _Progress):
-    """Run every restart; returns ``(best run dict, final loss of every restart)``."""
+def _start_kinds(init: str, batching: str, restarts: int, num_samples: int) -> list[str]:
+    """Kind of every start: ``"collapsed"`` or ``"random"`` (see :func:`solve_ufm`, ``init``)."""
+    if init != "auto":
+        return [init] * restarts
+    if batching != "full":
+        return ["random"] * restarts
+    extra = restarts if num_samples <= AUTO_RANDOM_START_MAX_SAMPLES else restarts - 1
+    return ["collapsed"] + ["random"] * extra
+
+
+def _run_restarts(problem: _Problem, starts: list[str], reporter: _Progress):
+    """Run every start; returns ``(best run dict, final loss of every start)``."""
     p = problem
     large = p.num_samples >= 2000
     best = None
     restart_losses = []
-    for restart in range(restarts):
+    for restart, kind in enumerate(starts):
         reporter.restart = restart
         generator = torch.Generator().manual_seed(p.seed + restart)
+        use_collapsed = kind == "collapsed"
         if use_collapsed:
             if large:
                 reporter.stage("reduced problem over the k class directions")
@@ -364,8 +383,10 @@ def _run_restarts(problem: _Problem, restarts: int, use_collapsed: bool, reporte
                                    max_iterations=p.max_iterations, time_limit=p.time_limit, callback=reporter)
             run = dict(x=out.x, value=out.value, grad_norm=out.grad_norm, iterations=out.iterations,
                        history=out.history, reason=out.reason)
+        run["start"] = kind
         restart_losses.append(run["value"])
-        if best is None or run["value"] < best["value"]:
+        # a later start wins only when lower by more than round-off (ties keep the earlier one)
+        if best is None or run["value"] < best["value"] - 100 * torch.finfo(p.dtype).eps * abs(best["value"]):
             best = run
     reporter.close()
     return best, restart_losses
