@@ -70,9 +70,11 @@ class LogSumExpObjective:
         total = 0
         for width, w, i, j, c, o in self._groups():
             rows = len(w)
-            A = sp.csr_matrix((c.ravel(), (np.arange(rows * width), (j * n + i).ravel())),
+            # column-major layout of the (rows, width) logits: the reshape is free (an
+            # order="C" reshape makes cvxpy build a dense permutation of size (rows*width)^2)
+            A = sp.csr_matrix((c.T.ravel(), (np.arange(rows * width), (j * n + i).T.ravel())),
                               shape=(rows * width, n * n))
-            logits = cp.reshape(A @ v + o.ravel(), (rows, width), order="C")
+            logits = cp.reshape(A @ v + o.T.ravel(), (rows, width), order="F")
             total = total + w @ cp.log_sum_exp(logits, axis=1)
         li, lj, lc = self._linear()
         if len(lc):
