@@ -133,8 +133,9 @@ def plot_temperature(rows: list[dict], settings: dict):
                             color="k", ms=7, label="CE saturated (< 1e-12)" if j == 0 else None)
     axes[0, 1].axhline(1e-3, color="grey", ls="--", lw=0.8, label="threshold $10^{-3}$")
     style_axis(axes[0, 0], SYMBOLS["tau"], SYMBOLS["loss_gap"], "loss gap (falls like $1/n_w$ at every $\\tau$)",
-               logx=True, logy=True)
+               logx=True, logy=True, legend=False)
     style_axis(axes[0, 1], SYMBOLS["tau"], SYMBOLS["geometry_gap"],
-               "geometry gap (needs $n_w \\gg e^{c/\\tau}$)", logx=True, logy=True)
+               "geometry gap (needs $n_w \\gg e^{c/\\tau}$)", logx=True, logy=True, legend=False)
+    axes[0, 1].legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5), title="both panels")
     figure.tight_layout()
     return figure
