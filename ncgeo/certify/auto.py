@@ -198,10 +198,14 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
                            failure="reshuffled batches have no fixed objective to certify")
     batches = result.batches if settings.get("batching", "full") != "full" else None
     labels = result.labels
-    return certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
+    certificate = certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
                    nonnegative=bool(settings.get("nonnegative", False)),
                    prototypes_as_anchors=bool(settings.get("prototypes_as_anchors", False)), method=method,
                    upper_bound=getattr(result, "loss", None), solver=solver, time_limit=time_limit, rtol=rtol)
+    closed = result.closed_form() if hasattr(result, "closed_form") else None
+    if closed is not None:  # cross-check against ncgeo.closed_form (balanced ETF / OF set-ups)
+        certificate.solution["closed_form"] = {"value": closed[0], "geometry": closed[1]}
+    return certificate
 
 
 def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
@@ -222,13 +226,15 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
         raise ValueError("class_sizes must be positive integers to realise samples")
     weights = np.asarray(sizes, float)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
-    use_orbit = _orbit_applies(weights, W, n_w)
-    solve = solve_orbit if use_orbit and len(sizes) > 64 else solve_reduced
-    if use_orbit and solve is solve_orbit:
-        from . import orbit as _orbit
+    from .orbit import EXPAND_MAX
 
-        if len(sizes) > _orbit.EXPAND_MAX:
-            raise ValueError(f"realisation needs k <= {_orbit.EXPAND_MAX} classes with the orbit program")
+    if _orbit_applies(weights, W, n_w) and len(sizes) <= EXPAND_MAX:
+        solve = solve_orbit
+    elif len(sizes) <= REDUCED_MAX_K:
+        solve = solve_reduced
+    else:
+        raise ValueError(f"realisation needs k <= {EXPAND_MAX} classes (orbit-invariant prototypes) or "
+                         f"k <= {REDUCED_MAX_K} (reduced SDP), got k = {len(sizes)}")
     relaxed = solve(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
                     prototypes_as_anchors=prototypes_as_anchors, dim=dim, solver=solver,
                     time_limit=time_limit, rtol=rtol)

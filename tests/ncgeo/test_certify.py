@@ -73,7 +73,6 @@ def test_orbit_refuses_non_invariant_gram():
         solve_orbit([3, 3, 3, 3], W, 1.0, 0.5)
 
 
-@pytest.mark.slow
 def test_orbit_large_k_is_fast():
     from ncgeo.geometry import etf_gram
 
@@ -111,6 +110,7 @@ def test_objectives_match_the_loss():
     dict(class_sizes=[6, 6, 6, 2], prototypes=simplex_etf(4, 4), n_w=5.0, tau=0.3),
     dict(class_sizes=[8, 8, 2, 2], prototypes=orthogonal_frame(4), n_w=3.0, tau=0.5, nonnegative=True),
     dict(class_sizes=[5, 5, 5, 5], tau=0.5, nonnegative=True, dim=4),
+    dict(class_sizes=[5, 5, 5, 5], prototypes=simplex_etf(4, 4), n_w=10.0, tau=0.2),
 ])
 def test_solver_output_is_certified_and_matches_reduced(kwargs):
     result = solve_ufm(**kwargs)
@@ -118,8 +118,11 @@ def test_solver_output_is_certified_and_matches_reduced(kwargs):
     reduced = solve_reduced(kwargs["class_sizes"], kwargs.get("prototypes"), kwargs.get("n_w", 0.0),
                             kwargs["tau"], nonnegative=kwargs.get("nonnegative", False), dim=result.H.shape[1])
     assert _rel(reduced.lower_bound, result.loss) <= REL
+    closed = result.closed_form()
     for method in ("auto", "reduced", "dual"):
         cert = certify_result(result, method=method)
+        if closed is not None:
+            assert cert.solution["closed_form"]["value"] == pytest.approx(cert.upper_bound, rel=1e-9)
         assert cert.certified, (method, cert.reason)
         assert cert.relative_gap <= REL
     # the reduced optimum's similarities are the solver's geometry
