@@ -119,7 +119,7 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
         constraints.append(a[np.flatnonzero(ng <= 1)] == 1)
     S = [[None] * (2 * m) for _ in range(2 * m)]
     for g in range(m):
-        S[g][g] = 1 + within[g] * a[g] + (ng[g] - 1 - within[g]) * a[g] + (kg[g] - 1) * ng[g] * b[g, g]
+        S[g][g] = 1 + (ng[g] - 1) * a[g] + (kg[g] - 1) * ng[g] * b[g, g]
         for h in range(m):
             if h != g:
                 S[g][h] = math.sqrt(kg[g] * kg[h] * ng[g] * ng[h]) * b[g, h]
