@@ -426,7 +426,7 @@ def sims() -> None:
       geometry     k=10, n=100, R in {1,10,100}, ETF/OF/random/user Gram (+ReLU), tau=0.2, 13 n_w in [1, 1e6]
       batching     k=10, n=10, b=10, 10 seeds x {full, bind, partition, shuffle}, UFM+
       temperature  k=10, n=20 (R=10), 13 tau in [0.02, 2] x 6 n_w in [10, 1e6]
-      inverse      k=6, hierarchical target, tau=0.1, CE limit and n_w=1000
+      inverse      k=6, hierarchical target, tau=0.2, CE limit and n_w=1000 (quick: fewer restarts)
     \b
     Sweeps run in parallel over CPU cores and resume: finished points are kept in
     DIR/NAME.points/ and never recomputed. Every verdict is PASS or FAIL; the exit

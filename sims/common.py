@@ -116,7 +116,8 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     Returns plain values: ``loss`` (loss per sample ``L/N``, ``L`` summed over anchors),
     ``lower_bound`` (per sample), ``certified``, ``reason``, ``source``,
     ``min_within_similarity`` (``min_c a_c`` of the SDP; 1 at within-class collapse) and
-    ``gram``: the uncentred class-mean Gram ``(G_M)_cc' = mu_c . mu_c'`` as nested lists.
+    ``gram``: the uncentred class-mean Gram ``(G_M)_cc' = mu_c . mu_c'`` as nested lists, and,
+    when the optimum is realised in the frame of ``W``, ``means`` (``d x k`` class means).
     """
     from ncgeo.certify.reduced import solve_reduced
     from ncgeo.certify.result import DEFAULT_RTOL
@@ -143,6 +144,8 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
                "certified": bool(result.certified), "reason": result.reason, "source": "sdp",
                "min_within_similarity": float(np.min(result.solution["a"])),
                "gram": (R[:k, :k] / np.outer(s, s)).tolist()}
+        if W is not None and result.solution.get("means") is not None:
+            out["means"] = np.asarray(result.solution["means"], dtype=float).tolist()
     if polish:
         from ncgeo.metrics import class_means
         from ncgeo.ufm import solve_ufm
@@ -153,7 +156,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
         lower = out["lower_bound"]
         M, _ = class_means(solved.H, solved.labels, k)
         if loss - lower <= DEFAULT_RTOL * max(abs(loss), 1e-12):
-            out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(),
+            out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(), means=M.tolist(),
                        reason=f"solver loss within {max(loss - lower, 0.0) / max(abs(loss), 1e-12):.1e} "
                               "(relative) of the reduced-SDP bound")
         elif out["source"] == "none":  # no bound: the solver's point, reported as not certified
