@@ -63,8 +63,8 @@ def bench_reduced(args) -> None:
                   f"  ratio reduced/orbit {t_reduced / t_orbit:.1f}  |value diff| "
                   f"{abs(reduced.lower_bound - orbit.lower_bound) / abs(orbit.lower_bound):.1e}")
         else:
-            print(f"reduced  k = {k}: skipped (a {2 * k} x {2 * k} SDP: Clarabel runs out of memory at "
-                  f"k = 100; --all runs k = 100 with SCS)")
+            print(f"reduced  k = {k}: skipped (a {2 * k} x {2 * k} SDP: too large for Clarabel's dense KKT "
+                  f"block; --all tries k = 100 with SCS, 300 s limit)")
 
 
 def bench_dual(args) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from .._validation import as_float_array, as_label_tensor, check_choice
 from ._common import candidate_loss, check_loss_args
 from ._program import Timer
-from .dual import dual_certificate
+from .dual import MAX_DENSE_GROUPS, dual_certificate
 from .full import _check_batches, solve_full
 from .orbit import orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
@@ -145,7 +145,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     best: CertificateResult | None = None
     for name in plan:
         if name == "dual":
-            if N > 12000 and not full_batch:
+            if N > MAX_DENSE_GROUPS and not full_batch:
                 attempts.append("dual: too many samples for the dense dual certificate")
                 continue
             result = dual_certificate(H, y, W if n_w > 0 else None, n_w, tau, batches=batch_list,

@@ -26,8 +26,9 @@ SDP solve. Details of this implementation:
   collapsed candidate of any ``N`` costs ``O(k^3)``. The bound is computed at the snapped
   point and is a valid lower bound whatever point it is computed at; the upper bound is
   the candidate's own loss.
-* Without grouping ``S`` is formed densely (``O(N^2)`` memory): ``scipy.linalg.eigh`` up to
-  ``dense_max`` rows, ``scipy.sparse.linalg.eigsh`` beyond.
+* Without grouping ``S`` is formed densely (``O(m^2)`` memory for ``m`` distinct rows, at most
+  ``MAX_DENSE_GROUPS = 6000``; beyond, the result is "not certified" with that reason):
+  ``scipy.linalg.eigh`` up to ``dense_max`` rows, ``scipy.sparse.linalg.eigsh`` beyond.
 
 UFM+ (``nonnegative=True``): the bound above, without ``N``, is valid for UFM+ too (its
 feasible set is smaller) but it certifies a UFM+ candidate only when that candidate is
@@ -61,7 +62,7 @@ from .result import DEFAULT_RTOL, CertificateResult, make_result
 __all__ = ["dual_certificate"]
 
 #: Above this many rows the dense gradient matrix is refused (memory).
-MAX_DENSE_GROUPS = 12000
+MAX_DENSE_GROUPS = 6000
 
 
 def _batch_terms(Hb, yb, nb, W, G_W, n_w, tau, anchors):

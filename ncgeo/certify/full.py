@@ -154,7 +154,7 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
         constraints.append(G[:N, :N] >= 0)
     problem = cp.Problem(cp.Minimize(objective.expression(G)), constraints)
     used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose)
+                                          fallback=fallback, verbose=verbose, psd_size=N + kp)
     if failure is not None:
         return make_result(None, None, method="full", status=status, seconds=timer(), rtol=rtol,
                            dim=d, failure=f"full SDP failed ({failure})")

@@ -258,7 +258,7 @@ def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0
         constraints.append(R[:k, :k] >= 0)
     problem = cp.Problem(cp.Minimize(objective.expression(R)), constraints)
     used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose)
+                                          fallback=fallback, verbose=verbose, psd_size=k + kp)
     if failure is not None:
         return make_result(None, None, method="reduced", status=status, seconds=timer(),
                            rtol=rtol, dim=d, failure=f"reduced SDP failed ({failure})")

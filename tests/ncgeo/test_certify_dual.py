@@ -196,3 +196,11 @@ def test_partition_dual_vs_full():
     full = solve_full(y, None, 0.0, 0.5, batches=batches, dim=2)
     dual = dual_certificate(H, y, None, 0.0, 0.5, batches=batches)
     assert dual.lower_bound <= full.lower_bound + 1e-6
+
+
+def test_large_psd_cone_skips_clarabel(monkeypatch):
+    monkeypatch.setattr(program, "CLARABEL_MAX_PSD", 4)
+    result = solve_reduced([3, 3, 3], simplex_etf(3, 3), 2.0, 0.5, fallback=False)
+    assert not result.certified and "skipped" in result.reason
+    result = solve_reduced([3, 3, 3], simplex_etf(3, 3), 2.0, 0.5)  # falls back to SCS
+    assert result.solution["solver"] == "SCS"
