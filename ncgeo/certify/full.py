@@ -13,8 +13,8 @@ For any batching (a list of index batches) the UFM loss depends on ``H`` only th
 positive). ``l_i`` is the loss of THEORY.md section 2 written with log-weights, e.g.
 ``log D_i = LSE_{j in B, j != i}(G_ij / tau) (+) LSE_c(G_{i,N+c}/tau + log n_w)``. Prototype
 anchors (each weighted ``n_w``) are supported. The conic solver sees the objective divided
-by ``N``; the reported values are undivided (the scale of ``UFMResult.loss``). Meant for small ``N`` (Clarabel takes 30-50 s
-at ``N = 100`` on 2 cores).
+by ``N``; the reported values are undivided (the scale of ``UFMResult.loss``). Meant for
+small ``N`` (Clarabel takes 30-50 s at ``N = 100`` on 2 cores).
 """
 
 from __future__ import annotations
