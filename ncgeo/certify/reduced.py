@@ -120,7 +120,7 @@ def realise_collapse(R: np.ndarray, weights: np.ndarray, W: np.ndarray | None, d
     F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, n), r <= d
     means = F[:, :k] / np.sqrt(weights)
     r = F.shape[0]
-    if W is not None:
+    if W is not None and R.shape[0] > k:
         U, _, Vt = np.linalg.svd(W @ F[:, k:].T, full_matrices=False)  # (d, r)
         means = (U @ Vt) @ means
         protos = W
@@ -301,7 +301,13 @@ def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: flo
         (grad,) = torch.autograd.grad(value, rows)
         return value.detach(), grad
 
-    x0 = torch.as_tensor(np.clip(means, 0, None) if nonnegative else means).T.contiguous()
+    start = np.array(means, dtype=np.float64)
+    if nonnegative:
+        clipped = np.clip(start, 0, None)
+        dead = np.linalg.norm(clipped, axis=0) == 0  # clipping removed a whole column
+        clipped[:, dead] = np.abs(start[:, dead])
+        start = clipped
+    x0 = torch.as_tensor(start).T.contiguous()
     x0 = x0 / x0.norm(dim=1, keepdim=True)
     out = riemannian_lbfgs(objective, x0, nonnegative=nonnegative, grad_tol=1e-12, max_iterations=500)
     return out.x.detach().numpy().T.copy(), float(out.value)
