@@ -98,6 +98,21 @@ class LogSumExpObjective:
 CLARABEL_MAX_PSD = 150
 
 
+def block_and_sign_constraints(X, m: int, kp: int, G_W, proto_nonneg: bool, nonnegative: bool) -> list:
+    """Constraints shared by the Gram relaxations on a cvxpy matrix ``X`` whose first ``m``
+    rows are samples (full) or classes (reduced) and whose last ``kp`` rows are prototypes:
+    the fixed prototype block ``G_W``, ``X >= 0`` on the sample-prototype block when the
+    prototypes are non-negative and, for UFM+ (``nonnegative``), on the sample block."""
+    constraints = []
+    if kp:
+        constraints.append(X[m:, m:] == G_W)
+        if proto_nonneg:
+            constraints.append(X[:m, m:] >= 0)
+    if nonnegative:
+        constraints.append(X[:m, :m] >= 0)
+    return constraints
+
+
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                   fallback: bool = True, verbose: bool = False,
                   psd_size: int = 0) -> tuple[str, str, str | None]:

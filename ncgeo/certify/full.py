@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validation import as_label_tensor, check_int
 from ._common import check_loss_args, prototype_setup
-from ._program import LogSumExpObjective, Timer, matrix_rank, solve_problem
+from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_full", "full_objective"]
@@ -146,12 +146,7 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
     objective = full_objective(y, k, G_W, n_w, tau, batches, prototypes_as_anchors)
     G = cp.Variable((N + kp, N + kp), symmetric=True)
     constraints = [G >> 0, cp.diag(G)[:N] == 1]
-    if kp:
-        constraints.append(G[N:, N:] == G_W)
-        if proto_nonneg:
-            constraints.append(G[:N, N:] >= 0)
-    if nonnegative:
-        constraints.append(G[:N, :N] >= 0)
+    constraints += block_and_sign_constraints(G, N, kp, G_W, proto_nonneg, nonnegative)
     problem = cp.Problem(cp.Minimize(objective.expression(G)), constraints)
     used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
                                           fallback=fallback, verbose=verbose, psd_size=N + kp)

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ._common import check_loss_args, class_weights, prototype_setup
-from ._program import LogSumExpObjective, Timer, matrix_rank, solve_problem
+from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_reduced", "reduced_objective", "realise_collapse", "polish_means"]
@@ -250,12 +250,7 @@ def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0
             constraints.append(diag[np.flatnonzero(many)] >= 1)
     if np.any(~many):
         constraints.append(diag[np.flatnonzero(~many)] == weights[~many])
-    if kp:
-        constraints.append(R[k:, k:] == G_W)
-        if proto_nonneg:
-            constraints.append(R[:k, k:] >= 0)
-    if nonnegative:
-        constraints.append(R[:k, :k] >= 0)
+    constraints += block_and_sign_constraints(R, k, kp, G_W, proto_nonneg, nonnegative)
     problem = cp.Problem(cp.Minimize(objective.expression(R)), constraints)
     used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
                                           fallback=fallback, verbose=verbose, psd_size=k + kp)
