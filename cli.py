@@ -280,17 +280,27 @@ def deep() -> None:
 
 @deep.command("train")
 @_deep_train_options
-def deep_train(config_file, **options) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes (one per GPU); more than 1 launches torchrun with DDP, --batch-size staying global.")
+@click.pass_context
+def deep_train(ctx, config_file, nproc, **options) -> None:
     """Train (or --resume) a run; writes metrics.jsonl, checkpoints and the run facts to --out.
 
     \b
     Example:
       ncgeo deep train --dataset fmnist --imbalance step --ratio 10 --protos 100 --out runs/demo
+      ncgeo deep train --dataset cifar10 --nproc 4 --precision bf16 --out runs/ddp
     """
     from deep.config import resolve_config
+
+    config = resolve_config(options, config_file)
+    if nproc > 1:
+        from deep.distributed import launch
+
+        ctx.exit(launch(config, nproc))
     from deep.train import train
 
-    click.echo(str(train(resolve_config(options, config_file))))
+    click.echo(str(train(config)))
 
 
 @deep.command("report")

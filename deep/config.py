@@ -31,10 +31,11 @@ ARCH_CHOICES = ("resnet18", "resnet34")
 FEATURE_CHOICES = ("signed", "nonnegative", "linear", "mlp")
 IMBALANCE_CHOICES = ("none", "step", "exp")
 SCHEDULE_CHOICES = ("multistep", "cosine")
+PRECISION_CHOICES = ("fp32", "bf16")
 LOSS_CHOICES = ("scl", "ce", "ce-fixed")
 GEOMETRY_NAMES = ("etf", "of", "random")
 #: fields that may differ between a run and its ``--resume`` (they do not change the result)
-RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume"})
+RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume", "compile"})
 
 
 def option_name(field_name: str) -> str:
@@ -130,6 +131,11 @@ class TrainConfig:
         Keep at most this many images, drawn per class in the proportions of the set.
     eval_batch_size, log_every, progress :
         Evaluation chunk size, steps between progress lines, progress on/off.
+    precision : {"fp32", "bf16"}
+        Arithmetic of the network: float32, or bf16 autocast (features normalised and the
+        loss computed in float32).
+    compile : bool
+        Wrap the network in ``torch.compile``.
     """
 
     dataset: str = "cifar10"
@@ -162,6 +168,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     log_every: int = 50
     progress: bool = True
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -173,6 +181,7 @@ class TrainConfig:
         put("imbalance", _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES))
         put("schedule", _check_choice("schedule", self.schedule, SCHEDULE_CHOICES))
         put("loss", _check_choice("loss", self.loss, LOSS_CHOICES))
+        put("precision", _check_choice("precision", self.precision, PRECISION_CHOICES))
         for name in ("data_root", "out", "device", "geometry"):
             value = getattr(self, name)
             if value is None and name == "data_root":
@@ -201,7 +210,7 @@ class TrainConfig:
                 put(name, _check_int(name, getattr(self, name), 1))
         put("eval_batch_size", _check_int("eval_batch_size", self.eval_batch_size, 1))
         put("log_every", _check_int("log_every", self.log_every, 1))
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
         if self.momentum >= 1:
@@ -335,6 +344,7 @@ def _option_specs():
         ("max_test_samples", int, "Keep at most this many test images (balanced)."),
         ("eval_batch_size", int, "Images per evaluation chunk."),
         ("log_every", int, "Steps between progress lines."),
+        ("precision", click.Choice(PRECISION_CHOICES), "Network arithmetic: fp32, or bf16 autocast (loss in float32)."),
     ]
 
 
@@ -357,6 +367,8 @@ def train_options(function):
                                    help="Continue the run in --out from its checkpoint."))
     decorators.append(click.option("--progress/--no-progress", "progress", default=None,
                                    help="Progress lines on stderr  [default: on]."))
+    decorators.append(click.option("--compile", "compile", is_flag=True, default=None,
+                                   help="Compile the network with torch.compile."))
     for decorator in reversed(decorators):
         function = decorator(function)
     return function

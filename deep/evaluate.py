@@ -41,6 +41,7 @@ from ncgeo.metrics import (
 )
 
 from .augment import to_float
+from .distributed import gather_rows, rank, shard_range, world_size
 
 __all__ = ["SplitMetrics", "embed", "evaluate_split", "evaluate_run"]
 
@@ -95,17 +96,22 @@ class SplitMetrics:
 def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512) -> torch.Tensor:
     """Features ``(N, d)`` (float32, on the images' device) of ``uint8`` images ``(N, C, H, W)``.
 
-    The model is put in eval mode for the pass and restored to its previous mode.
+    The model is put in eval mode for the pass and restored to its previous mode. Under
+    ``torch.distributed`` every process embeds its contiguous share of the images
+    (:func:`deep.distributed.shard_range`) and the rows are gathered in order, so every
+    process returns the features of all ``N`` images.
     """
+    part = shard_range(images.shape[0], rank(), world_size())
     was_training = model.training
     model.eval()
     try:
-        chunks = [model(to_float(images[start:start + batch_size], mean, std)).float()
-                  for start in range(0, images.shape[0], batch_size)]
+        chunks = [model(to_float(images[start:min(start + batch_size, part.stop)], mean, std)).float()
+                  for start in range(part.start, part.stop, batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, getattr(model, "feature_dim", 0),
-                                                        device=images.device)
+    local = torch.cat(chunks) if chunks else torch.empty(0, getattr(model, "feature_dim", 0),
+                                                         device=images.device)
+    return gather_rows(local)
 
 
 def evaluate_split(embeddings: torch.Tensor, labels: torch.Tensor, prototypes, num_classes: int,

@@ -29,6 +29,21 @@ that metrics lines are reproducible bit for bit), ``means.npz`` (latest class me
 ``checkpoint.pt`` (written atomically after every epoch). ``--resume`` reloads the model,
 objective, optimiser, scheduler and both generators and continues to the same parameters,
 bit for bit on CPU, as an uninterrupted run.
+
+Several processes (``torchrun --nproc_per_node=N -m deep.train ...`` or ``ncgeo deep train
+--nproc N``): every process trains a ``DistributedDataParallel`` replica on its own device
+(``cuda:LOCAL_RANK``, or the CPU with the gloo backend). ``--batch-size`` stays the *global*
+number of images per step, split equally over the processes (it must be divisible by N): the
+epoch's permutation is cut into global batches and each into rank shards
+(:class:`deep.distributed.ShardedBatchSampler`), the SCL loss gathers the embeddings of the
+global batch with gradient and is scaled so that DDP's average is the gradient of the
+global-batch loss (:func:`deep.distributed.distributed_scl_prototype_loss`); batch-norm layers
+are synchronised on CUDA. Evaluation is sharded over the processes and the embeddings gathered,
+so the metrics are those of the whole sets; rank 0 alone writes the run folder and prints.
+
+Speed: the model runs in ``channels_last`` and SGD uses the fused kernel on CUDA;
+``--precision bf16`` runs the network under bf16 autocast (features normalised and the loss
+computed in float32); ``--compile`` wraps the network in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -61,6 +76,17 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import ImageDataset, imbalanced_indices, load_dataset
+from .distributed import (
+    ShardedBatchSampler,
+    average_gradients,
+    broadcast_buffers,
+    distributed_scl_prototype_loss,
+    init_distributed,
+    mean_over_ranks,
+    prepare_model,
+    rank,
+    shutdown_distributed,
+)
 from .evaluate import evaluate_run
 from .models import build_model
 
@@ -126,29 +152,37 @@ class Objective(nn.Module):
     """The training loss as a module of ``(model, images, labels)`` (see the module docstring).
 
     Holds the prototypes as a buffer and, for ``ce``, the learnt classifier; its state is
-    checkpointed with the model.
+    checkpointed with the model. With ``autocast_dtype`` (e.g. ``torch.bfloat16``) the network
+    runs under autocast; its output is brought back to float32 and the loss computed there.
+    The SCL loss goes through :func:`deep.distributed.distributed_scl_prototype_loss`, which is
+    ``scl_prototype_loss`` itself in a single process.
     """
 
-    def __init__(self, loss: str, prototypes: torch.Tensor, n_w: float, tau: float) -> None:
+    def __init__(self, loss: str, prototypes: torch.Tensor, n_w: float, tau: float,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.loss = loss
         self.n_w = float(n_w)
         self.tau = float(tau)
+        self.autocast_dtype = autocast_dtype
         self.register_buffer("prototypes", prototypes.clone())
         dim, classes = prototypes.shape
         self.classifier = nn.Linear(dim, classes) if loss == "ce" else None
 
     def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss of float images ``(B, C, H, W)`` with labels ``(B,)``; no host synchronisation."""
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            output = model(images, normalize=self.loss != "ce")
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()
         if self.loss == "ce":
-            logits = self.classifier(model(images, normalize=False))
-            return F.cross_entropy(logits, labels)
-        features = model(images)
+            return F.cross_entropy(self.classifier(output), labels)
         if self.loss == "ce-fixed":
-            return fixed_classifier_cross_entropy(features, labels, self.prototypes, self.tau,
+            return fixed_classifier_cross_entropy(output, labels, self.prototypes, self.tau,
                                                   reduction="mean", validate=False)
-        return scl_prototype_loss(features, labels, self.prototypes, self.n_w, self.tau,
-                                  reduction="mean", validate=False)
+        return distributed_scl_prototype_loss(output, labels, self.prototypes, self.n_w, self.tau,
+                                              reduction="mean")
 
 
 def _majority_size(counts: np.ndarray, imbalance: str, ratio: float, limit: int) -> int:
@@ -198,8 +232,12 @@ def prepare_data(config: TrainConfig, device: torch.device,
 
 
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with ``config.lr``, ``momentum`` and ``weight_decay``."""
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    """SGD with ``config.lr``, ``momentum`` and ``weight_decay``; the fused kernel when every
+    parameter is on CUDA."""
+    parameters = list(parameters)
+    fused = bool(parameters) and all(p.is_cuda for p in parameters)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -228,16 +266,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
 
 def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, channels_last: bool = False) -> torch.Tensor:
     """One optimisation step on a ``uint8`` batch ``(b, C, H, W)`` with labels ``(b,)``.
 
-    The batch becomes ``VIEWS * b`` augmented samples (view-major, labels repeated); returns
-    the detached mean loss as a device tensor (no host synchronisation).
+    The batch becomes ``VIEWS * b`` augmented samples (view-major, labels repeated; in
+    ``channels_last`` layout when asked); returns the detached mean loss as a device tensor
+    (no host synchronisation). Under DDP the objective's own parameters (the ``ce``
+    classifier) have their gradients averaged over the processes here.
     """
-    views = augment_batch(images, mean, std, VIEWS, PADDING, generator)
+    views = augment_batch(images, mean, std, VIEWS, PADDING, generator, channels_last=channels_last)
     loss = objective(model, views, labels.repeat(VIEWS))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(objective.parameters())
     optimizer.step()
     return loss.detach()
 
@@ -272,7 +313,8 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
                             config.feature_dim)
         W = build_prototypes(config.geometry, train_set.num_classes, model.feature_dim, config.seed,
                              nonnegative=config.feature == "nonnegative")
-        objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau)
+        objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau,
+                              autocast_dtype=torch.bfloat16 if config.precision == "bf16" else None)
     return model.to(device), objective.to(device), W
 
 
@@ -283,11 +325,14 @@ def _clean_run_folder(out: Path) -> None:
 
 
 def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: TrainConfig,
-                      epoch: int, step: int, lr: float, loss: float | None) -> dict:
+                      epoch: int, step: int, lr: float, loss: float | None, write: bool = True) -> dict:
+    broadcast_buffers(model)  # every process evaluates with rank 0's batch-norm statistics
     train_metrics, test_metrics = evaluate_run(model, train_set, test_set, objective.prototypes,
                                                config.eval_batch_size)
     record = {"epoch": epoch, "step": step, "lr": lr, "loss": loss, "train": train_metrics.to_dict(),
               "test": None if test_metrics is None else test_metrics.to_dict()}
+    if not write:
+        return record
     append_jsonl(out / "metrics.jsonl", record)
     arrays = {"epoch": np.array(epoch), "train": train_metrics.means}
     if test_metrics is not None:
@@ -316,9 +361,18 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be a positive integer or None, got {stop_after!r}")
-    if log is None:
-        log = (lambda text: print(text, file=sys.stderr, flush=True)) if config.progress else (lambda text: None)
     device = resolve_device(config.device)
+    context = init_distributed(device)  # torchrun's processes: one device each (cuda:LOCAL_RANK)
+    if context.enabled:
+        device = torch.device(context.device)
+    main_process = context.is_main
+    if not main_process:
+        log = lambda text: None  # noqa: E731 - rank 0 alone prints
+    elif log is None:
+        log = (lambda text: print(text, file=sys.stderr, flush=True)) if config.progress else (lambda text: None)
+    if config.batch_size % context.world_size:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {context.world_size} "
+                         "processes (it is the global batch, split equally)")
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
     state = None
@@ -335,14 +389,22 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
 
     train_set, test_set = prepare_data(config, device, datasets)
     model, objective, W = _build(config, train_set, device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    network = prepare_model(model, context)
+    if config.compile:
+        network = torch.compile(network)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = build_optimizer(parameters, config)
-    steps = len(train_set) // config.batch_size
+    sampler = ShardedBatchSampler(len(train_set), config.batch_size // context.world_size,
+                                  world_size=context.world_size, rank=context.rank, seed=config.seed)
+    steps = len(sampler)
     scheduler = build_scheduler(optimizer, config, steps)
     shuffle, augment = _generators(config.seed, device)
 
     epoch = 0
-    if state is None:
+    if state is None and main_process:
         _clean_run_folder(out)
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "run.json", {
@@ -352,66 +414,73 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
             "views": VIEWS, "samples_per_batch": VIEWS * config.batch_size, "steps_per_epoch": steps,
             "n_w": config.protos, "tau": config.tau, "loss": config.loss, "geometry": config.geometry,
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+            "processes": context.world_size,
         })
         atomic_save_arrays(out / "prototypes.npz", prototypes=W)
+    if state is None:
         _evaluate_and_log(out, model, objective, train_set, test_set, config, 0, 0,
-                          optimizer.param_groups[0]["lr"], None)
+                          optimizer.param_groups[0]["lr"], None, write=main_process)
     else:
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the device may have changed since the checkpoint
+            group["fused"] = optimizer.defaults["fused"]
         scheduler.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle_generator"])
         augment.set_state(state["augment_generator"])
         epoch = int(state["epoch"])
-        for name in ("metrics.jsonl", "timing.jsonl"):  # drop lines written after the checkpoint
+        for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():  # drop lines written after the checkpoint
             records = read_jsonl(out / name)
             rewrite_jsonl(out / name, [r for r in records if r["epoch"] <= epoch])
         log(f"resuming {out} after epoch {epoch}")
 
-    progress = _Progress(config.progress, config.epochs, steps)
+    progress = _Progress(config.progress and main_process, config.epochs, steps)
     done_now = 0
     model.train()
     while epoch < config.epochs and (stop_after is None or done_now < stop_after):
         epoch += 1
         started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=shuffle).to(device)
+        batches = sampler.split(torch.randperm(len(train_set), generator=shuffle)).to(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         last_time, last_step = started, 0
         for step in range(steps):
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            loss = train_step(model, objective, optimizer, train_set.images[index], train_set.labels[index],
-                              train_set.mean, train_set.std, augment)
+            index = batches[step]
+            loss = train_step(network, objective, optimizer, train_set.images[index], train_set.labels[index],
+                              train_set.mean, train_set.std, augment, channels_last=channels_last)
             scheduler.step()
             loss_sum += loss
-            if config.progress and ((step + 1) % config.log_every == 0 or step + 1 == steps):
+            if progress.enabled and ((step + 1) % config.log_every == 0 or step + 1 == steps):
                 now = time.perf_counter()
                 rate = (step + 1 - last_step) * config.batch_size / max(now - last_time, 1e-9)
                 progress.line(epoch, step + 1, float(loss), rate, optimizer.param_groups[0]["lr"])
                 last_time, last_step = now, step + 1
-        mean_loss = float(loss_sum) / steps
+        mean_loss = float(mean_over_ranks(loss_sum)) / steps
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"the training loss became {mean_loss} in epoch {epoch}; "
                                      "lower --lr or raise --tau")
         seconds = time.perf_counter() - started
-        append_jsonl(out / "timing.jsonl", {"epoch": epoch, "seconds": seconds,
-                                            "images_per_second": steps * config.batch_size / seconds})
+        if main_process:
+            append_jsonl(out / "timing.jsonl", {"epoch": epoch, "seconds": seconds,
+                                                "images_per_second": steps * config.batch_size / seconds})
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             record = _evaluate_and_log(out, model, objective, train_set, test_set, config, epoch,
-                                       epoch * steps, optimizer.param_groups[0]["lr"], mean_loss)
+                                       epoch * steps, optimizer.param_groups[0]["lr"], mean_loss,
+                                       write=main_process)
             log(f"epoch {epoch}: loss {mean_loss:.4f}  train Delta(prototypes) "
                 f"{record['train']['delta_prototypes']:.4f}  test NCC acc "
                 f"{(record['test'] or {}).get('ncc_accuracy', float('nan')):.4f}")
-        save_checkpoint(checkpoint_path, {
-            "epoch": epoch,
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "objective": objective.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "shuffle_generator": shuffle.get_state(),
-            "augment_generator": augment.get_state(),
-        })
+        if main_process:
+            save_checkpoint(checkpoint_path, {
+                "epoch": epoch,
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "objective": objective.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "shuffle_generator": shuffle.get_state(),
+                "augment_generator": augment.get_state(),
+            })
         done_now += 1
     return out
 
@@ -425,7 +494,9 @@ def _command():
     @train_options
     def command(config_file, **options):
         """Train a ResNet with SCL + prototypes (python -m deep.train; same options as `ncgeo deep train`)."""
-        click.echo(str(train(resolve_config(options, config_file))))
+        out = train(resolve_config(options, config_file))
+        if rank() == 0:
+            click.echo(str(out))
 
     return command
 
@@ -448,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
         return 2
+    finally:
+        shutdown_distributed()
     return 0
 
 

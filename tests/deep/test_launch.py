@@ -1,0 +1,77 @@
+"""`ncgeo deep train --nproc 2` end to end: torchrun, gloo on the CPU, rank 0 writing the run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = ["--dataset", "mnist", "--device", "cpu", "--width", "2", "--batch-size", "16", "--epochs", "1",
+           "--protos", "10", "--eval-batch-size", "32", "--no-progress"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """Four IDX files in the MNIST format: 10 classes, 6 training and 3 test images each, 12x12."""
+    root = tmp_path_factory.mktemp("tiny_mnist")
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", 6), ("t10k", 3)):
+        labels = np.repeat(np.arange(10), per_class)
+        images = rng.integers(0, 256, size=(labels.size, 12, 12))
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_two_process_launch_writes_one_run_with_the_single_process_evaluation(tiny_mnist, tmp_path):
+    from deep.config import TrainConfig
+    from deep.train import train
+
+    single = train(TrainConfig(dataset="mnist", data_root=str(tiny_mnist), device="cpu", width=2,
+                               batch_size=16, epochs=1, protos=10.0, eval_batch_size=32, progress=False,
+                               out=str(tmp_path / "single")))
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "cli", "deep", "train", "--nproc", "2", *OPTIONS,
+                           "--data-root", str(tiny_mnist), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(str(out)) == 1  # rank 0 alone prints the run folder
+    run = json.loads((out / "run.json").read_text())
+    assert run["processes"] == 2 and run["steps_per_epoch"] == 60 // 16
+    assert (out / "checkpoint.pt").is_file() and len(records(out / "timing.jsonl")) == 1
+    ddp_metrics, single_metrics = records(out / "metrics.jsonl"), records(single / "metrics.jsonl")
+    assert [r["epoch"] for r in ddp_metrics] == [0, 1]
+    # epoch 0 is the initial network: the sharded, gathered evaluation equals one process's
+    for split in ("train", "test"):
+        for key in ("delta_prototypes", "nc1", "ncc_accuracy", "nearest_prototype_accuracy", "samples"):
+            assert ddp_metrics[0][split][key] == pytest.approx(single_metrics[0][split][key], rel=1e-9)
+    assert np.isfinite(ddp_metrics[1]["loss"])
+
+
+def test_nproc_must_divide_the_global_batch(tiny_mnist, tmp_path):
+    import cli
+
+    result = CliRunner().invoke(cli.main, ["deep", "train", "--nproc", "3", *OPTIONS,
+                                           "--data-root", str(tiny_mnist), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "divisible by --nproc 3" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
