@@ -344,7 +344,7 @@ def _option_specs():
         ("max_test_samples", int, "Keep at most this many test images (balanced)."),
         ("eval_batch_size", int, "Images per evaluation chunk."),
         ("log_every", int, "Steps between progress lines."),
-        ("precision", click.Choice(PRECISION_CHOICES), "Network arithmetic: fp32, or bf16 autocast (loss in float32)."),
+        ("precision", click.Choice(PRECISION_CHOICES), "fp32, or bf16 autocast on the network (loss in float32)."),
     ]
 
 

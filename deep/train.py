@@ -62,7 +62,7 @@ from torch import nn
 
 from ncgeo.classes import class_sizes
 from ncgeo.geometry import load_prototypes, orthogonal_frame, random_prototypes, simplex_etf
-from ncgeo.losses import fixed_classifier_cross_entropy, scl_prototype_loss
+from ncgeo.losses import fixed_classifier_cross_entropy
 
 from .augment import augment_batch
 from .checkpoint import (
@@ -430,7 +430,8 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         shuffle.set_state(state["shuffle_generator"])
         augment.set_state(state["augment_generator"])
         epoch = int(state["epoch"])
-        for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():  # drop lines written after the checkpoint
+        # drop lines written after the checkpoint (rank 0 owns the files)
+        for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():
             records = read_jsonl(out / name)
             rewrite_jsonl(out / name, [r for r in records if r["epoch"] <= epoch])
         log(f"resuming {out} after epoch {epoch}")
