@@ -43,6 +43,18 @@ def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative:
     return W, G_W, (W.shape[0] if W is not None else None), bool(nonnegative and prototypes_nonnegative)
 
 
+def class_problem_setup(class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative: bool,
+                        prototypes_nonnegative, prototypes_as_anchors: bool, dim):
+    """Validated inputs of the class-level (reduced and orbit) relaxations:
+    ``(weights, n_w, tau, k, W, G_W, d, proto_nonneg)``, ``d`` overridden by ``dim``."""
+    weights = class_weights("class_sizes", class_sizes)
+    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    k = len(weights)
+    W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
+                                              prototypes_nonnegative)
+    return weights, n_w, tau, k, W, G_W, (dim if dim is not None else d), proto_nonneg
+
+
 def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
     n_w = check_nonnegative("n_w", n_w)
     tau = check_positive("tau", tau)

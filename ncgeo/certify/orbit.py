@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._common import check_loss_args, class_weights, prototype_setup
+from ._common import class_problem_setup
 from ._program import Timer, matrix_rank, solve_problem
 from .reduced import COLLAPSE_TOL, finish_relaxation, reduced_objective
 from .result import DEFAULT_RTOL, CertificateResult, make_result
@@ -93,12 +93,9 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
     import cvxpy as cp
 
     timer = Timer()
-    weights = class_weights("class_sizes", class_sizes)
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    k = len(weights)
-    W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
-                                              prototypes_nonnegative)
-    d = dim if dim is not None else d
+    weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
+        class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
+        prototypes_as_anchors, dim)
     groups = size_groups(weights)
     use_p = n_w > 0
     gamma = orbit_invariant(G_W if use_p else None, groups)
