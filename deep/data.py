@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -345,7 +346,7 @@ def read_idx(path: str | Path, how_to_obtain: str = "replace it with a genuine c
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
             raw = handle.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise DataError(f"IDX file {path} is corrupt ({exc}); {how_to_obtain}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise DataError(f"IDX file {path} has a bad magic number {raw[:4].hex() or 'none'} "

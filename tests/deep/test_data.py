@@ -223,6 +223,11 @@ def test_idx_errors(tmp_path):
     notgz.write_bytes(good)
     with pytest.raises(DataError, match="plain.gz is corrupt"):
         read_idx(notgz)
+    damaged = bytearray(gzip.compress(_idx_bytes((np.arange(4000) * 7 % 251).astype(np.uint8), 0x08), mtime=0))
+    damaged[24:44] = b"\xff" * 20  # valid gzip header, broken deflate stream: gzip raises zlib.error
+    (tmp_path / "damaged.gz").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="damaged.gz is corrupt"):
+        read_idx(tmp_path / "damaged.gz")
     with pytest.raises(DataError, match="missing.gz not found"):
         read_idx(tmp_path / "missing.gz")
 
