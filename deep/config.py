@@ -34,8 +34,9 @@ SCHEDULE_CHOICES = ("multistep", "cosine")
 PRECISION_CHOICES = ("fp32", "bf16")
 LOSS_CHOICES = ("scl", "ce", "ce-fixed")
 GEOMETRY_NAMES = ("etf", "of", "random")
-#: fields that may differ between a run and its ``--resume`` (they do not change the result)
-RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume", "compile"})
+#: fields that may differ between a run and its ``--resume`` (they do not change the result;
+#: ``out`` may name the same folder differently, ``./run`` or an absolute path, or a moved run)
+RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume", "compile", "out"})
 
 
 def option_name(field_name: str) -> str:
@@ -301,12 +302,18 @@ def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | 
     stored_path = os.path.join(config.out, "config.json")
     if config.resume and os.path.isfile(stored_path):
         with open(stored_path, encoding="utf-8") as handle:
-            stored = TrainConfig.from_dict(json.load(handle))
+            try:
+                stored_values = json.load(handle)
+            except ValueError as exc:
+                raise ValueError(f"--resume: {stored_path!r} is not valid JSON: {exc}") from exc
+        if not isinstance(stored_values, dict):
+            raise ValueError(f"--resume: {stored_path!r} does not hold a run configuration (a JSON object)")
+        stored = TrainConfig.from_dict(stored_values)
         merged = stored.replace(**values)
         mismatched = merged.differences(stored)
         if mismatched:
             raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {config.out!r}; "
-                             "only --device, --progress and --log-every may change")
+                             "only --device, --progress, --log-every, --compile and --out may change")
         config = merged
     return config
 

@@ -80,6 +80,13 @@ def test_resume_uses_the_stored_configuration(tmp_path):
     assert resumed == stored.replace(resume=True, device="cpu")
     with pytest.raises(ValueError, match="--lr"):
         resolve_config({"out": str(tmp_path), "resume": True, "lr": 0.5})
+    # the same folder spelt differently (or a moved run) is the same run
+    spelt = str(tmp_path) + "/."
+    assert resolve_config({"out": spelt, "resume": True}) == stored.replace(resume=True, out=spelt)
+    for text, match in (("[1]", "does not hold a run configuration"), ("{", "is not valid JSON")):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            resolve_config({"out": str(tmp_path), "resume": True})
 
 
 @pytest.mark.parametrize("args, message", [

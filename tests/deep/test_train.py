@@ -88,6 +88,16 @@ def test_resume_drops_lines_written_after_the_checkpoint(tmp_path):
     assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
 
 
+def test_resume_of_a_moved_run_or_another_spelling_of_its_folder(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=2)
+    train(config, datasets=_datasets(), stop_after=1)
+    os.rename(tmp_path / "run", tmp_path / "moved")
+    moved = config.replace(resume=True, out=os.path.join(str(tmp_path), ".", "moved"))
+    run = train(moved, datasets=_datasets())
+    assert _state(run)["epoch"] == 2
+    assert [line["epoch"] for line in read_jsonl(tmp_path / "moved" / "metrics.jsonl")] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("loss", ["ce", "ce-fixed"])
 def test_baselines_train_and_log(tmp_path, loss):
     run = train(tiny_config(tmp_path / loss, loss=loss, epochs=1), datasets=_datasets())
