@@ -186,7 +186,10 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
         else:
             predictions.append(None)
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way: one line, not a traceback
+        raise ValueError(f"--out {str(folder)!r} cannot be created as a folder: {exc.strerror}") from exc
     rows = accuracy_rows(records, predictions)
     files = [folder / name for name in ("delta_curves.png", "grams.png", "accuracy.md", "accuracy.csv",
                                         "per_class.csv")]

@@ -385,7 +385,10 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         mismatched = config.differences(stored)
         if mismatched:
             raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way: one line, not a traceback
+        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
 
     train_set, test_set = prepare_data(config, device, datasets)
     model, objective, W = _build(config, train_set, device)

@@ -49,3 +49,8 @@ def test_cli_report(tiny_run, tmp_path):
     assert "| run |" in result.output and (tmp_path / "two" / "grams.png").is_file()
     bad = CliRunner().invoke(cli_main, ["deep", "report", str(tmp_path), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "has no config.json" in bad.output and bad.output.strip().count("\n") == 0
+    (tmp_path / "afile").write_text("not a folder")
+    blocked = CliRunner().invoke(cli_main, ["deep", "report", str(tiny_run), "--out", str(tmp_path / "afile" / "x"),
+                                            "--no-predict"])
+    assert blocked.exit_code == 2 and "cannot be created as a folder" in blocked.output
+    assert blocked.output.strip().count("\n") == 0

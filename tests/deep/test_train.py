@@ -98,6 +98,13 @@ def test_resume_of_a_moved_run_or_another_spelling_of_its_folder(tmp_path):
     assert [line["epoch"] for line in read_jsonl(tmp_path / "moved" / "metrics.jsonl")] == [0, 1, 2]
 
 
+def test_out_blocked_by_a_file_is_a_value_error(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        with pytest.raises(ValueError, match="--out .* cannot be created as a run folder"):
+            train(tiny_config(out), datasets=_datasets())
+
+
 @pytest.mark.parametrize("loss", ["ce", "ce-fixed"])
 def test_baselines_train_and_log(tmp_path, loss):
     run = train(tiny_config(tmp_path / loss, loss=loss, epochs=1), datasets=_datasets())
