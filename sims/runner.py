@@ -193,7 +193,10 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
             raise TypeError(f"points[{i}] must be JSON-serialisable: {exc}") from exc
     start = time.perf_counter()
     store = os.path.join(os.fspath(out_dir), f"{name}.points")
-    os.makedirs(store, exist_ok=True)
+    try:
+        os.makedirs(store, exist_ok=True)
+    except OSError as exc:  # a file in the way: one line, not a traceback
+        raise ValueError(f"out_dir {os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
     keys = [point_key(p) for p in points]
     entries: dict[str, dict] = {}
     todo: dict[str, dict] = {}

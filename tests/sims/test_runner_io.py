@@ -65,6 +65,9 @@ def test_bad_arguments_name_themselves(tmp_path):
         run_sweep("x", tmp_path, [{"x": 1}], cube, workers=0)
     with pytest.raises(TypeError, match="points"):
         run_sweep("x", tmp_path, [{"x": object()}], cube, workers=1)
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ValueError, match="out_dir .* cannot create"):
+        run_sweep("x", tmp_path / "afile", [{"x": 1}], cube, workers=1)
     with pytest.raises(ValueError, match="no option bogus"):
         resolve_settings("demo", [Option("k", "int", 2, 3, "classes")], True, {"bogus": 1})
     with pytest.raises(ValueError, match="option k expects int"):
