@@ -75,5 +75,34 @@ def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
     return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors))
 
 
+#: Largest deviation of a candidate row from the unit sphere (or below 0 for UFM+) that
+#: :func:`feasible_candidate` accepts and projects away (float32 solutions are ~1e-7 off).
+CANDIDATE_TOL = 1e-5
+
+
+def feasible_candidate(H: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, bool]:
+    """Project a candidate onto the feasible set: unit rows (and ``H >= 0`` for UFM+).
+
+    A certificate's upper bound must be the loss of a *feasible* point (a row of norm 2
+    can have a lower loss than the UFM optimum). Rows off the sphere by more than
+    ``CANDIDATE_TOL`` (or entries below ``-CANDIDATE_TOL`` for UFM+) raise ``ValueError``
+    naming ``H``; smaller deviations (float32 round-off) are projected away. Returns
+    ``(projected H, whether any entry moved by more than 1e-12)``.
+    """
+    norms = np.linalg.norm(H, axis=1)
+    worst = int(np.argmax(np.abs(norms - 1.0))) if len(norms) else 0
+    if len(norms) and abs(norms[worst] - 1.0) > CANDIDATE_TOL:
+        raise ValueError(f"H must have unit rows (the UFM constraint ||h_i|| = 1); row {worst} has norm "
+                         f"{norms[worst]:.6g}")
+    projected = H
+    if nonnegative:
+        if H.size and H.min() < -CANDIDATE_TOL:
+            raise ValueError(f"H must be entrywise non-negative for UFM+ (nonnegative=True), smallest entry "
+                             f"{H.min():.3g}")
+        projected = np.clip(projected, 0.0, None)
+    projected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    return projected, bool(H.size and np.abs(projected - H).max() > 1e-12)
+
+
 def log_or_none(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .._validation import as_float_array, as_label_tensor, check_choice
-from ._common import candidate_loss, check_loss_args
+from ._common import candidate_loss, check_loss_args, feasible_candidate
 from ._program import Timer
 from .dual import MAX_DENSE_GROUPS, dual_certificate
 from .full import _check_batches, solve_full
@@ -88,7 +88,9 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     Parameters
     ----------
     H : (N, d) array
-        Candidate unit embeddings.
+        Candidate unit embeddings (non-negative for UFM+); rows within 1e-5 of the
+        constraints are projected onto them (``ValueError`` beyond) and the upper bound is
+        then recomputed at the projected point.
     labels : (N,) int array
     prototypes : (d, k) array, optional
     n_w, tau : float
@@ -112,7 +114,9 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     timer = Timer()
     check_choice("method", method, METHODS)
     n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    H = as_float_array("H", H, ndim=2)
+    H, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
+    if moved:
+        upper_bound = None  # the given value belongs to the unprojected (infeasible) point
     N, d = H.shape
     y = as_label_tensor("labels", labels, N, None).numpy()
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)

@@ -54,7 +54,7 @@ import scipy.sparse.linalg
 from scipy.special import logsumexp
 
 from .._validation import as_float_array, as_label_tensor, check_int
-from ._common import candidate_loss, check_loss_args
+from ._common import candidate_loss, check_loss_args, feasible_candidate
 from ._program import Timer
 from .full import _check_batches
 from .result import DEFAULT_RTOL, CertificateResult, make_result
@@ -165,7 +165,9 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
     Parameters
     ----------
     H : (N, d) array
-        Candidate embeddings (unit rows; non-negative for UFM+).
+        Candidate embeddings (unit rows; non-negative for UFM+); rows within 1e-5 of the
+        constraints are projected onto them (``ValueError`` beyond), and ``upper_bound``
+        is then recomputed at the projected point.
     labels : (N,) int array
     prototypes : (d, k) array, optional
         Fixed prototypes (required when ``n_w > 0``).
@@ -199,7 +201,9 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
     """
     timer = Timer()
     n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    H0 = as_float_array("H", H, ndim=2)
+    H0, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
+    if moved:
+        upper_bound = None  # the given value belongs to the unprojected (infeasible) point
     N, d = H0.shape
     y = as_label_tensor("labels", labels, N, None).numpy()
     if N < 1:

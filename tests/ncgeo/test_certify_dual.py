@@ -204,3 +204,25 @@ def test_large_psd_cone_skips_clarabel(monkeypatch):
     assert not result.certified and "skipped" in result.reason
     result = solve_reduced([3, 3, 3], simplex_etf(3, 3), 2.0, 0.5)  # falls back to SCS
     assert result.solution["solver"] == "SCS"
+
+
+def test_infeasible_candidate_is_refused_not_certified():
+    # rows of norm 2 have a loss below the UFM optimum: certifying them would be false
+    y = np.repeat(np.arange(3), 4)
+    H = simplex_etf(3, 3)[:, y].T
+    for scale in (2.0, 0.5):
+        for method in ("dual", "auto"):
+            with pytest.raises(ValueError, match="unit rows"):
+                certify(scale * H, y, None, 0.0, 0.1, method=method)
+    with pytest.raises(ValueError, match="non-negative"):
+        dual_certificate(-np.eye(3)[y], y, None, 0.0, 0.1, nonnegative=True)
+
+
+def test_float32_round_off_is_projected_and_upper_bound_recomputed():
+    from ncgeo.certify._common import candidate_loss
+
+    y = np.repeat(np.arange(3), 4)
+    H = simplex_etf(3, 3)[:, y].T * (1 + 3e-7)  # float32-sized deviation from the sphere
+    cert = certify(H, y, None, 0.0, 0.1, method="dual", upper_bound=0.0)  # a wrong value is discarded
+    exact = candidate_loss(simplex_etf(3, 3)[:, y].T, y, None, 0.0, 0.1)
+    assert cert.upper_bound == pytest.approx(exact, rel=1e-12) and cert.certified, cert.reason
