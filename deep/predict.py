@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,20 +71,51 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     for name in needed:
         if not (folder / name).is_file():
             raise ValueError(f"run folder {str(folder)!r} has no {name}; is it a `ncgeo deep train` run?")
-    with open(folder / "config.json", encoding="utf-8") as handle:
-        config = json.load(handle)
-    with open(folder / "run.json", encoding="utf-8") as handle:
-        run = json.load(handle)
-    metrics = read_jsonl(folder / "metrics.jsonl")
+    def read(name: str, reader):
+        try:
+            return reader(folder / name)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"run folder {str(folder)!r}: {name} is corrupt ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from exc
+
+    def read_json(path: Path) -> dict:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def read_array(key: str):
+        def reader(path: Path) -> np.ndarray:
+            with np.load(path, allow_pickle=False) as data:
+                return np.asarray(data[key], dtype=np.float64)
+        return reader
+
+    def read_metrics(path: Path) -> list[dict[str, Any]]:
+        records = read_jsonl(path)
+        for number, record in enumerate(records, 1):
+            if not isinstance(record, dict) or not isinstance(record.get("train"), dict) or "epoch" not in record:
+                raise ValueError(f"line {number} is not an evaluation record (epoch, train, test)")
+        return records
+
+    config = read("config.json", read_json)
+    run = read("run.json", read_json)
+    for name, values, keys in (("config.json", config, ("protos", "tau")),
+                               ("run.json", run, ("train_class_counts", "samples_per_batch"))):
+        missing = [key for key in keys if key not in values]
+        if missing:
+            raise ValueError(f"run folder {str(folder)!r}: {name} is corrupt (no {', '.join(missing)})")
+    metrics = read("metrics.jsonl", read_metrics)
     if not metrics:
         raise ValueError(f"run folder {str(folder)!r} has no evaluation in metrics.jsonl yet")
-    with np.load(folder / "prototypes.npz", allow_pickle=False) as data:
-        prototypes = np.asarray(data["prototypes"], dtype=np.float64)
+    prototypes = read("prototypes.npz", read_array("prototypes"))
+    if prototypes.ndim != 2:
+        raise ValueError(f"run folder {str(folder)!r}: prototypes.npz is corrupt (prototypes of shape "
+                         f"{prototypes.shape}, expected d x k)")
     train_means, epoch = None, None
     if (folder / "means.npz").is_file():
-        with np.load(folder / "means.npz", allow_pickle=False) as data:
-            train_means = np.asarray(data["train"], dtype=np.float64)
-            epoch = int(data["epoch"])
+        train_means = read("means.npz", read_array("train"))
+        epoch = int(read("means.npz", read_array("epoch")))
     return RunRecord(folder, config, run, metrics, prototypes, train_means, epoch)
 
 

@@ -76,6 +76,32 @@ def test_ce_baselines(tmp_path):
                        atol=1e-4)
 
 
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("name, corrupt", [
+    ("config.json", lambda path: path.write_text("[1]")),
+    ("config.json", lambda path: path.write_text("{")),
+    ("run.json", lambda path: path.write_text("{}")),
+    ("metrics.jsonl", lambda path: path.write_text('{"epoch": 0}\n')),
+    ("metrics.jsonl", lambda path: path.write_text("[1]\n")),
+    ("prototypes.npz", lambda path: path.write_bytes(b"junk")),
+    ("prototypes.npz", lambda path: _write_npz(path, other=np.eye(3))),
+    ("means.npz", lambda path: path.write_bytes(b"junk")),
+])
+def test_corrupt_run_files_are_one_line_naming_the_file(tiny_run, tmp_path, name, corrupt):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    corrupt(run / name)
+    with pytest.raises(ValueError, match=f"{name} is corrupt"):
+        load_run(run)
+    result = CliRunner().invoke(cli_main, ["deep", "predict", str(run)])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and name in result.output
+
+
 def test_cli_predict(tiny_run, tmp_path):
     result = CliRunner().invoke(cli_main, ["deep", "predict", str(tiny_run)])
     assert result.exit_code == 0, result.output
