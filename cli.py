@@ -92,6 +92,26 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
     return W, W.shape[0], f"file {geometry}"
 
 
+def _check_output(option: str, path: str | None) -> None:
+    """Before any work: the folder of an output file must exist and be writable (one line, exit 2)."""
+    import os
+
+    if path is None or path == "-":
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot write {path!r}: folder {directory!r} does not exist or is not writable",
+                                 param_hint=f"'{option}'")
+
+
+def _write_output(option: str, path: str, write) -> None:
+    """Call ``write()`` (an atomic write of ``path``); an OS error becomes one line naming ``option``."""
+    try:
+        write()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path!r}: {exc.strerror or exc}", param_hint=f"'{option}'") from exc
+
+
 @main.command("solve")
 @click.option("--classes", "classes", type=click.IntRange(min=2), required=True, help="Number of classes K (>= 2).")
 @click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
@@ -164,6 +184,8 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     from ncgeo.classes import class_sizes
     from ncgeo.ufm import solve_ufm
 
+    for option, path in (("--json", json_path), ("--save", save_path), ("--plot", plot_path)):
+        _check_output(option, path)
     if batching != "full" and batch_size is None:
         raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
     if proto_anchors and 0 < protos < 1:
@@ -195,16 +217,17 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         if certificate is not None:
             click.echo(certificate.verdict())
         if json_path is not None:
-            atomic_write_bytes(json_path, (text + "\n").encode())
+            _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
     if save_path is not None:
-        result.save_npz(save_path)
+        _write_output("--save", save_path, lambda: result.save_npz(save_path))
         click.echo(f"wrote {save_path}", err=quiet)
     if plot_path is not None:
         from ncgeo.plotting import plot_gram_comparison
 
-        plot_gram_comparison(result.metrics.gram_means, result.W.T @ result.W, plot_path,
-                             title=f"k = {classes}, n_w = {protos:g}, tau = {tau:g}, prototypes {geometry_name}")
+        _write_output("--plot", plot_path, lambda: plot_gram_comparison(
+            result.metrics.gram_means, result.W.T @ result.W, plot_path,
+            title=f"k = {classes}, n_w = {protos:g}, tau = {tau:g}, prototypes {geometry_name}"))
         click.echo(f"wrote {plot_path}", err=quiet)
     if require_certificate and (certificate is None or not certificate.certified):
         ctx.exit(1)
@@ -252,6 +275,7 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, requ
     from ncgeo.certify import certify_result
     from ncgeo.ufm import load_npz
 
+    _check_output("--json", json_path)
     solution = load_npz(path)
     certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol)
     text = json.dumps(certificate.to_dict(), indent=2)
@@ -262,7 +286,7 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, requ
         click.echo(f"lower bound {certificate.lower_bound:.12g}, upper bound {certificate.upper_bound:.12g}, "
                    f"relative gap {certificate.relative_gap:.2e}, rank {certificate.rank} (d = {certificate.dim})")
         if json_path is not None:
-            atomic_write_bytes(json_path, (text + "\n").encode())
+            _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
     if require_certificate and not certificate.certified:
         ctx.exit(1)

@@ -88,3 +88,18 @@ def test_bad_input_is_one_line_naming_the_option(args, option, expected, bad_fil
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error:") and option in lines[0] and expected in lines[0], lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--json", "--save", "--plot"])
+def test_unwritable_output_is_one_line(option, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    targets = [str(blocker / "out")]  # folder is a file: refused before the solve
+    if os.path.isdir("/proc"):
+        targets.append("/proc/ncgeo-review-out")  # creating a file there fails (even as root)
+    for target in targets:
+        result = _run("--classes", "3", "--samples", "2", "--certify", "none", option, target)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1 and option in lines[0] and "cannot write" in lines[0], result.output
+        assert "Traceback" not in result.output and not isinstance(result.exception, OSError)

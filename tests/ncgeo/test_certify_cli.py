@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from click.testing import CliRunner
@@ -66,3 +67,10 @@ def test_uncertified_file_exit_status(tmp_path):
 def test_certify_bad_file(tmp_path):
     out = CliRunner().invoke(main, ["certify", str(tmp_path / "missing.npz")])
     assert out.exit_code == 2 and "does not exist" in out.output
+
+
+def test_certify_unwritable_json_is_one_line(tmp_path):
+    _, path = _solve(tmp_path)
+    for target in [str(path) + "/x.json"] + (["/proc/ncgeo-review.json"] if os.path.isdir("/proc") else []):
+        out = CliRunner().invoke(main, ["certify", str(path), "--json", target])
+        assert out.exit_code == 2 and "cannot write" in out.output and "--json" in out.output, out.output
