@@ -14,7 +14,7 @@ from ncgeo.geometry import (etf_gram, load_prototypes, orthogonal_frame, prototy
                             random_prototypes, simplex_etf)
 from ncgeo.metrics import gram_distance
 
-__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta",
+__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta", "gram_delta_etf",
            "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
 
 #: Built-in prototype geometries (anything else is read as a file path).
@@ -88,6 +88,21 @@ def gram_delta(gram: np.ndarray, target: np.ndarray) -> float:
     if not np.all(np.isfinite(gram)):
         return float("nan")
     return gram_distance(gram_factor(gram), np.asarray(target, dtype=float))
+
+
+def gram_delta_etf(gram: np.ndarray) -> float:
+    r"""``Delta`` of the **centred** class means to the simplex-ETF Gram (THEORY.md section 6).
+
+    :func:`ncgeo.metrics.delta_to_etf` on a factor of ``G`` (each class mean as its one sample),
+    so the name ``delta_etf`` has one formula across ncgeo, sims and deep; NaN when ``G`` has
+    non-finite entries.
+    """
+    from ncgeo.metrics import delta_to_etf
+
+    gram = np.asarray(gram, dtype=float)
+    if not np.all(np.isfinite(gram)):
+        return float("nan")
+    return delta_to_etf(gram_factor(gram).T, np.arange(gram.shape[0]))
 
 
 def sizes_from_settings(settings: dict[str, Any], ratio: float | None = None) -> list[int]:

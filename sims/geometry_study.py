@@ -6,14 +6,15 @@ and, for the non-negative prototypes OF and random+, with ReLU (UFM+), step imba
 ``R`` in ``{1, 10, 100}`` and ``n_w`` on a log grid, the study computes the certified
 full-batch optimum with the reduced SDP (:func:`sims.common.certified_optimum`) and
 the distances of its uncentred class-mean Gram ``G_M`` to the prototype Gram ``G_W``, to
-the simplex-ETF Gram, to the OF (identity) and to the CE-limit Gram ``G_CE``
-(:func:`sims.common.ce_limit_optimum`).
+the OF (identity) and to the CE-limit Gram ``G_CE``
+(:func:`sims.common.ce_limit_optimum`), and of the centred means to the simplex-ETF Gram
+(``delta_etf``, the THEORY.md section 6 convention, :func:`sims.common.gram_delta_etf`).
 
 Verdict (THEORY.md sections 3-4), at the largest ratio and the largest ``n_w``:
 
 * ETF prototypes pull the imbalanced geometry to the ETF: ``Delta(G_M, G_W)`` is
   ``< tolerance`` while at ``n_w = 0`` (plain SCL) it is ``> 10 x tolerance``;
-* OF prototypes without ReLU give an ETF, not an OF: ``Delta(G_M, G_ETF) < tolerance`` and
+* OF prototypes without ReLU give an ETF, not an OF: ``delta_etf < tolerance`` (centred) and
   ``Delta(G_M, I) > 0.3``;
 * OF prototypes with ReLU give the OF: ``Delta(G_M, I) < tolerance`` at every ``n_w`` and ``R``
   (except ``n_w = 0`` with a one-sample class: that sample has no positive pair, so its
@@ -27,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ncgeo.geometry import etf_gram
-
-from .common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for, sizes_from_settings
+from .common import (ce_limit_optimum, certified_optimum, gram_delta, gram_delta_etf, prototypes_for,
+                     sizes_from_settings)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
@@ -85,7 +85,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
               for g, relu in cases for R in settings["ratios"] for n_w in [None] + n_ws]
     outcome = run_sweep(NAME, out_dir, points, geometry_point, workers=workers, progress=progress)
     k = settings["k"]
-    G_etf, G_of = etf_gram(k), np.eye(k)
+    G_of = np.eye(k)
     limits = {(e["point"]["geometry"], e["point"]["relu"], e["point"]["ratio"]): np.asarray(e["result"]["gram"])
               for e in outcome.results if e["point"]["n_w"] is None}
     rows = []
@@ -98,7 +98,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
         G_ce = limits[(point["geometry"], point["relu"], point["ratio"])]
         rows.append({"geometry": point["geometry"], "relu": point["relu"], "ratio": point["ratio"],
                      "n_w": point["n_w"], "loss_per_sample": result["loss"], "certified": result["certified"],
-                     "delta_prototypes": gram_delta(G_M, W.T @ W), "delta_etf": gram_delta(G_M, G_etf),
+                     "delta_prototypes": gram_delta(G_M, W.T @ W), "delta_etf": gram_delta_etf(G_M),
                      "delta_of": gram_delta(G_M, G_of), "delta_ce_limit": gram_delta(G_M, G_ce),
                      "ce_limit_delta_prototypes": gram_delta(G_ce, W.T @ W),
                      "min_within_similarity": result["min_within_similarity"], "gram_means": G_M.tolist()})
@@ -124,12 +124,12 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         begin = zero[0]["delta_prototypes"] if zero else float("nan")
         summary.update(etf_delta_at_0=begin, etf_delta_at_largest=end)
         checks.append((end < tol and begin > 10 * tol,
-                       f"ETF prototypes, R={R:g}: Delta to ETF {begin:.3f} at n_w=0 -> {end:.1e} at n_w={top:g}"))
+                       f"ETF prototypes, R={R:g}: Delta to G_W (the ETF) {begin:.3f} at n_w=0 -> {end:.1e} at n_w={top:g}"))
     if _select(rows, "of", False, R, top):
         row = _select(rows, "of", False, R, top)[0]
         summary.update(of_delta_etf=row["delta_etf"], of_delta_of=row["delta_of"])
         checks.append((row["delta_etf"] < tol and row["delta_of"] > 0.3,
-                       f"OF prototypes without ReLU, R={R:g}, n_w={top:g}: Delta to ETF {row['delta_etf']:.1e}, "
+                       f"OF prototypes without ReLU, R={R:g}, n_w={top:g}: Delta to ETF (centred) {row['delta_etf']:.1e}, "
                        f"to OF {row['delta_of']:.2f} (an ETF, not an OF)"))
     # the OF is the unique UFM+ optimum when every anchor has a positive: n_w > 0 or >= 2 samples per
     # class (a lone sample without prototypes only repels, its direction among the others is free)

@@ -10,7 +10,7 @@ import torch
 
 from ncgeo.closed_form import closed_form_loss
 from ncgeo.geometry import etf_gram, orthogonal_frame, simplex_etf
-from sims.common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for
+from sims.common import ce_limit_optimum, certified_optimum, gram_delta, gram_delta_etf, prototypes_for
 from sims.inverse import hierarchical_target, optimality_residual
 from sims.study import Option
 
@@ -40,6 +40,22 @@ def test_gram_delta_conventions():
     assert gram_delta(2.0 * G, G) == pytest.approx(0.0, abs=1e-12)  # scale-free
     assert gram_delta(np.eye(5), G) == pytest.approx(np.linalg.norm(np.eye(5) / np.sqrt(5) - G / np.linalg.norm(G)))
     assert math.isnan(gram_delta(np.full((5, 5), np.nan), G))
+
+
+def test_delta_etf_uses_the_centred_means_as_in_ncgeo_and_deep(tmp_path):
+    """THEORY.md section 6: Delta to the ETF is of the centred means (one name, one formula)."""
+    from ncgeo.metrics import delta_to_etf
+    from sims.geometry_study import run_geometry
+
+    k = 4
+    shifted = simplex_etf(k, k + 1) + 0.5 * np.eye(k + 1)[:, [k]]  # an ETF moved off the origin
+    G = shifted.T @ shifted
+    assert gram_delta_etf(G) == pytest.approx(0.0, abs=1e-9) and gram_delta(G, etf_gram(k)) > 0.1
+    result = run_geometry(tmp_path, quick=True, workers=1, progress=False, k=3, n=4, ratios=[1.0], n_w=[10.0],
+                          heatmap_n_w=[10.0], geometries=["of"], relu_geometries=[])
+    row = result.rows[0]
+    means = np.linalg.cholesky(np.asarray(row["gram_means"]) + 1e-15 * np.eye(3)).T  # columns: class means
+    assert row["delta_etf"] == pytest.approx(delta_to_etf(means.T, np.arange(3)), abs=1e-7)
 
 
 def test_hierarchical_target_is_a_rank_deficient_unit_gram():
