@@ -103,3 +103,10 @@ def test_unwritable_output_is_one_line(option, tmp_path):
         lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
         assert len(lines) == 1 and option in lines[0] and "cannot write" in lines[0], result.output
         assert "Traceback" not in result.output and not isinstance(result.exception, OSError)
+
+
+def test_huge_dim_is_refused_before_any_allocation():
+    # 30 samples in 10^9 dimensions need terabytes: one line naming dim, not an OOM kill
+    result = _run("--classes", "3", "--dim", "1000000000")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: dim:") and "GB" in result.output and len(result.output.splitlines()) == 1

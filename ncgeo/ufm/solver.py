@@ -32,7 +32,7 @@ from .batching import BATCHING_SCHEMES, make_batches, ufm_objective
 from .optimiser import riemannian_lbfgs, stationarity_residual
 from .result import UFMResult
 
-__all__ = ["solve_ufm"]
+__all__ = ["solve_ufm", "check_memory"]
 
 INIT_CHOICES = ("auto", "collapsed", "random")
 AUTO_RANDOM_START_MAX_SAMPLES = 2000  # init="auto": add a random start up to this N
@@ -59,6 +59,51 @@ def _resolve_device(device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available")
     return resolved
+
+
+#: Arrays of N x d numbers a solve holds at once: point, gradients and trial points, and
+#: the L-BFGS history (20 pairs, projected again in every two-loop recursion).
+SOLVE_ARRAYS = 100
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free for a solve on ``device`` (``MemAvailable`` on Linux), ``None`` if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(num_samples: int, dim: int, num_classes: int, *, dtype="float64", device="cpu",
+                 nonnegative: bool = False) -> None:
+    """Raise ``ValueError`` naming ``dim`` when a solve cannot fit in the free memory.
+
+    The estimate is ``SOLVE_ARRAYS`` arrays of ``N x d`` numbers, ``4 d k`` float64 for the
+    prototypes and ``4 d^2`` for the within-class covariance of the metrics, against 90% of
+    the memory available on ``device`` now; without a reading nothing is checked. Called by :func:`solve_ufm` before any allocation (and by the CLI before
+    the prototypes are built), so an absurd ``dim`` is one error, not an out-of-memory kill.
+    """
+    dtype_t, device_t = _resolve_dtype(dtype), _resolve_device(device)
+    need = (SOLVE_ARRAYS * num_samples * dim * torch.finfo(dtype_t).bits // 8
+            + 8 * (4 * dim * num_classes + 4 * dim * dim))  # prototypes; d x d covariances of the metrics
+    free = _available_memory(device_t)
+    if free is None or need <= 0.9 * free:
+        return
+    hint = "" if nonnegative else (f"; without ReLU any d >= N + k = {num_samples + num_classes} gives the "
+                                   "same optimum as d = N + k")
+    raise ValueError(f"dim: a solve of N = {num_samples} samples in d = {dim} dimensions needs about "
+                     f"{need / 1e9:.3g} GB, more than 90% of the {free / 1e9:.3g} GB free on {device_t}{hint}")
 
 
 def _resolve_prototypes(prototypes, k: int, dim: int | None, n_w: float) -> tuple[np.ndarray | None, int]:
@@ -305,6 +350,7 @@ def solve_ufm(
         max_iterations = 200 if shuffle else 20_000
     max_iterations = check_int("max_iterations", max_iterations, minimum=0)
     W, d = _resolve_prototypes(prototypes, k, dim, n_w)
+    check_memory(sum(sizes), d, k, dtype=dtype_t, device=device_t, nonnegative=bool(nonnegative))
     labels = labels_from_sizes(sizes)
     N = labels.shape[0]
     batches = None if shuffle else make_batches(labels, batching, batch_size, seed)

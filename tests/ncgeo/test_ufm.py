@@ -291,3 +291,11 @@ def test_auto_init_adds_a_collapsed_start_for_the_full_batch():
     # the two starts reach the same optimum; a tie within round-off keeps the collapsed one
     assert result.restart_losses[1] == pytest.approx(result.restart_losses[0], rel=1e-12)
     assert result.settings["start"] == "collapsed"
+
+
+def test_solve_refuses_a_dimension_that_cannot_fit_in_memory():
+    from ncgeo.ufm.solver import check_memory
+
+    check_memory(30, 3, 3)  # small: fine
+    with pytest.raises(ValueError, match=r"^dim: .* GB"):
+        solve_ufm([10, 10, 10], dim=10**9)
