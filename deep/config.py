@@ -214,6 +214,8 @@ class TrainConfig:
         for name in ("resume", "progress", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
+        if self.seed > 2**63 - 1:  # torch generators take 64-bit seeds; seed + 1 and seed + epoch are used too
+            raise ValueError(f"--seed must be an integer in [0, 2**63 - 1], got {self.seed}")
         if self.momentum >= 1:
             raise ValueError(f"--momentum must be < 1, got {self.momentum}")
         if self.milestones and self.milestones[-1] > self.epochs:

@@ -35,6 +35,7 @@ def test_defaults_follow_theory_section_7():
     ({"resume": "yes"}, "--resume"),
     ({"lr": float("nan")}, "--lr"),
     ({"out": ""}, "--out"),
+    ({"seed": 2**64}, "--seed"),
 ])
 def test_bad_values_name_the_option(changes, option):
     with pytest.raises((ValueError, TypeError), match=option):
