@@ -119,6 +119,10 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r} is not a torch device ({exc})") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    try:  # training draws its augmentation from a generator on the device (e.g. not possible on meta)
+        torch.Generator(device=device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} cannot be trained on ({' '.join(str(exc).split())})") from exc
     return device
 
 

@@ -98,6 +98,15 @@ def test_resume_of_a_moved_run_or_another_spelling_of_its_folder(tmp_path):
     assert [line["epoch"] for line in read_jsonl(tmp_path / "moved" / "metrics.jsonl")] == [0, 1, 2]
 
 
+def test_devices_that_cannot_train_are_value_errors():
+    from deep.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("meta", "nonsense"):
+        with pytest.raises(ValueError, match="--device"):
+            resolve_device(name)
+
+
 def test_out_blocked_by_a_file_is_a_value_error(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
