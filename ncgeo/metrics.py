@@ -51,6 +51,11 @@ __all__ = [
 DEFAULT_CHUNK = 65536
 
 
+class _Undefined(ValueError):
+    """A metric is undefined for these means (an all-zero Gram, a zero class mean);
+    :func:`geometry_metrics` reports NaN for it, direct calls raise."""
+
+
 class ClassStatistics:
     r"""Streaming per-class counts, means and pooled within-class covariance.
 
@@ -184,7 +189,7 @@ def gram_distance(means, target) -> float:
     gram = M.T @ M
     norm_gram, norm_target = np.linalg.norm(gram), np.linalg.norm(G)
     if norm_gram == 0 or norm_target == 0:
-        raise ValueError("gram_distance is undefined for an all-zero means or target matrix")
+        raise _Undefined("gram_distance is undefined for an all-zero means or target matrix")
     return float(np.linalg.norm(gram / norm_gram - G / norm_target))
 
 
@@ -252,19 +257,21 @@ def nc1(embeddings, labels) -> float:
 def equinorm(embeddings, labels) -> float:
     """Coefficient of variation (std / mean, population std) of ``||mu_c - mu_G||``.
 
-    NaN when fewer than two classes occur.
+    NaN when fewer than two classes occur or all class means coincide.
     """
     M, _ = _present_means(embeddings, labels)
     if M.shape[1] < 2:
         return float("nan")  # a single centred mean is zero: undefined
     norms = np.linalg.norm(_centred(M), axis=0)
+    if norms.mean() == 0:
+        return float("nan")  # all class means coincide: no spread to compare
     return float(norms.std() / norms.mean())
 
 
 def _cosines(M: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(M, axis=0)
     if np.any(norms == 0):
-        raise ValueError("a class mean is zero; its cosine with other means is undefined")
+        raise _Undefined("a class mean is zero; its cosine with other means is undefined")
     unit = M / norms
     return unit.T @ unit
 
@@ -409,7 +416,8 @@ def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | Non
     ``embeddings`` ``(N, d)`` and ``labels`` ``(N,)``; with ``prototypes`` ``(d, k)`` the
     number of classes is ``k`` and the prototype metrics are filled in (else ``None``).
     Metrics that need two classes (NC1, Delta to the ETF, equinorm, equiangularity, mean
-    cosine) are NaN when fewer than two classes occur. ``gram_means`` is the ``k x k``
+    cosine) are NaN when fewer than two classes occur; metrics undefined for the means
+    (e.g. Delta to the ETF when all class means coincide, cosines of a zero mean) are NaN. ``gram_means`` is the ``k x k``
     cosine matrix of the uncentred class means (NaN rows/columns for absent classes).
     """
     H = _rows("embeddings", embeddings)
@@ -423,19 +431,26 @@ def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | Non
     ncc, _ = ncc_accuracy(H, labels, M_full)
     several = int(stats.present.sum()) >= 2
 
-    def if_several(metric):
-        return metric(stats, None) if several else float("nan")
+    def defined(metric, *args):
+        try:
+            return metric(stats, None, *args)
+        except _Undefined:  # e.g. every class mean equal: no centred Gram to compare
+            return float("nan")
 
+    def if_several(metric):
+        return defined(metric) if several else float("nan")
+
+    gram_means = defined(class_mean_cosines)
     return GeometryMetrics(
         nc1=if_several(nc1),
         delta_etf=if_several(delta_to_etf),
-        delta_of=delta_to_orthogonal_frame(stats, None),
-        delta_prototypes=None if W is None else delta_to_prototypes(stats, None, W),
+        delta_of=defined(delta_to_orthogonal_frame),
+        delta_prototypes=None if W is None else defined(delta_to_prototypes, W),
         equinorm=if_several(equinorm),
         equiangularity=if_several(equiangularity),
         mean_cosine=if_several(mean_pairwise_cosine),
         alignment=None if W is None else prototype_alignment(stats, None, W),
         ncc_accuracy=ncc,
         nearest_prototype_accuracy=None if W is None else nearest_prototype_accuracy(H, labels, W)[0],
-        gram_means=class_mean_cosines(stats, None),
+        gram_means=np.full((stats.num_classes,) * 2, np.nan) if np.isscalar(gram_means) else gram_means,
     )

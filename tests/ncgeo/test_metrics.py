@@ -431,3 +431,16 @@ def test_gram_distance_bounds_and_target_shape():
         gram_distance(M, np.eye(3))
     with pytest.raises(ValueError, match=r"all-zero"):
         gram_distance(np.zeros((3, 2)), np.eye(2))
+
+
+def test_geometry_metrics_of_coinciding_means_are_nan_not_an_error():
+    # every class collapsed onto the same point (e.g. UFM+ in d = 1): the centred means
+    # vanish, so Delta to the ETF and equiangularity are undefined, not a crash
+    y = np.repeat(np.arange(3), 2)
+    H = np.ones((6, 1))
+    m = geometry_metrics(H, y, np.ones((1, 3)))
+    assert np.isnan(m.delta_etf) and np.isnan(m.equiangularity) and np.isnan(m.equinorm)
+    assert m.delta_of == pytest.approx(np.linalg.norm(np.ones((3, 3)) / 3 - np.eye(3) / np.sqrt(3)))
+    assert m.delta_prototypes == pytest.approx(0.0) and np.allclose(m.gram_means, 1.0)
+    with pytest.raises(ValueError, match="all-zero"):
+        delta_to_etf(H, y)  # a direct call still says why
