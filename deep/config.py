@@ -283,7 +283,7 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ValueError(f"--config file {path!r} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config file {path!r} is not valid TOML: {exc}") from exc
     if isinstance(data.get("train"), dict):
         data = data["train"]

@@ -64,10 +64,11 @@ def test_toml_keys_are_option_names_and_explicit_options_win(tmp_path):
     ("batch-sise = 3\n", "unknown option 'batch-sise'"),
     ("batch-size = 3\nbatch_size = 4\n", "given twice"),
     ("batch-size = \n", "not valid TOML"),
+    (b"\xff\xfe", "'.*bad.toml' is not valid TOML"),  # not UTF-8
 ])
 def test_bad_toml(tmp_path, text, match):
     path = tmp_path / "bad.toml"
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_toml(path)
     with pytest.raises(ValueError, match="does not exist"):
