@@ -240,18 +240,23 @@ def nc1(embeddings, labels) -> float:
     r"""``NC1 = (1/k) tr(Sigma_W Sigma_B^+)`` (Papyan et al. 2020).
 
     ``Sigma_B`` is the covariance of the class means around their unweighted mean; the
-    pseudo-inverse drops eigenvalues below ``1e-12`` times the largest. NaN when fewer
-    than two classes occur.
+    pseudo-inverse drops eigenvalues below ``1e-12`` times the largest. ``Sigma_B`` has rank
+    ``< k``, so it is handled through the thin SVD ``C = U S V^T`` of the ``d x k`` centred
+    means: ``tr(Sigma_W Sigma_B^+) = sum_j k u_j^T Sigma_W u_j / s_j^2`` (``O(d^2 k)``, not
+    the ``O(d^3)`` of a ``d x d`` pseudo-inverse). NaN when fewer than two classes occur.
     """
     stats = _stats(embeddings, labels)
     M = stats.means()
     k = M.shape[1]
     if k < 2:
         return float("nan")  # Sigma_B vanishes: undefined for one class
-    centred = M - M.mean(dim=1, keepdim=True)
-    sigma_b = (centred @ centred.T / k).cpu().numpy()
+    centred = (M - M.mean(dim=1, keepdim=True)).cpu().numpy()
+    U, s, _ = np.linalg.svd(centred, full_matrices=False)
+    eig = s**2 / k  # the non-zero eigenvalues of Sigma_B, eigenvectors U
+    keep = eig > 1e-12 * eig.max() if eig.max(initial=0.0) > 0 else np.zeros(len(eig), bool)
+    U, eig = U[:, keep], eig[keep]
     sigma_w = stats.within_covariance().cpu().numpy()
-    return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-12, hermitian=True)) / k)
+    return float(np.sum(np.sum(U * (sigma_w @ U), axis=0) / eig) / k)
 
 
 def equinorm(embeddings, labels) -> float:

@@ -444,3 +444,16 @@ def test_geometry_metrics_of_coinciding_means_are_nan_not_an_error():
     assert m.delta_prototypes == pytest.approx(0.0) and np.allclose(m.gram_means, 1.0)
     with pytest.raises(ValueError, match="all-zero"):
         delta_to_etf(H, y)  # a direct call still says why
+
+
+@pytest.mark.parametrize("d", [2, 7, 40])
+def test_nc1_equals_the_dense_pseudo_inverse_formula(d):
+    rng = np.random.default_rng(d)
+    y = np.repeat(np.arange(4), [5, 3, 6, 2])
+    H = rng.standard_normal((len(y), d)) + 2 * rng.standard_normal((4, d))[y]
+    M = np.stack([H[y == c].mean(0) for c in range(4)], axis=1)
+    C = M - M.mean(1, keepdims=True)
+    R = H - M[:, y].T
+    sigma_w, sigma_b = R.T @ R / len(y), C @ C.T / 4
+    dense = np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-12, hermitian=True)) / 4
+    assert nc1(H, y) == pytest.approx(dense, rel=1e-9)
