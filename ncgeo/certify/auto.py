@@ -201,6 +201,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
                            rtol=rtol, dim=result.H.shape[1],
                            failure="reshuffled batches have no fixed objective to certify")
     batches = result.batches if settings.get("batching", "full") != "full" else None
+    if settings.get("batching", "full") != "full" and batches is None:
+        raise ValueError(f"settings say batching {settings['batching']!r} but the solution holds no batches "
+                         "(batch_indices/batch_offsets): the objective to certify is unknown")
     labels = result.labels
     certificate = certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
                    nonnegative=bool(settings.get("nonnegative", False)),

@@ -74,3 +74,17 @@ def test_certify_unwritable_json_is_one_line(tmp_path):
     for target in [str(path) + "/x.json"] + (["/proc/ncgeo-review.json"] if os.path.isdir("/proc") else []):
         out = CliRunner().invoke(main, ["certify", str(path), "--json", target])
         assert out.exit_code == 2 and "cannot write" in out.output and "--json" in out.output, out.output
+
+
+def test_minibatch_file_without_batches_is_refused(tmp_path):
+    # certifying the full-batch objective instead of the saved mini-batch one would be wrong
+    _, path = _solve(tmp_path)
+    data = dict(np.load(path))
+    settings = json.loads(str(data["settings"]))
+    settings.update(batching="bind", batch_size=2)
+    data["settings"] = np.array(json.dumps(settings))
+    data.pop("batch_indices", None), data.pop("batch_offsets", None)
+    bad = tmp_path / "bind.npz"
+    np.savez(bad, **data)
+    out = CliRunner().invoke(main, ["certify", str(bad)])
+    assert out.exit_code == 2 and "holds no batches" in out.output, out.output
