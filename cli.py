@@ -80,10 +80,12 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
             f"random ({'non-negative, ' if relu else ''}seed {seed})"
     if not os.path.isfile(geometry):
         raise click.BadParameter(f"must be etf, of, random or an existing .npy/.csv/.txt file holding a "
-                                 f"k x k Gram or d x k vectors; {geometry!r} does not exist", param_hint="'--geometry'")
+                                 f"k x k Gram or d x k vectors; {geometry!r} "
+                                 f"{'is a folder' if os.path.isdir(geometry) else 'does not exist'}",
+                                 param_hint="'--geometry'")
     try:
         W = geo.load_prototypes(geometry, d=dim)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise click.BadParameter(f"{exc} (expected a PSD k x k Gram with unit diagonal or d x k unit "
                                  f"vectors)", param_hint="'--geometry'") from exc
     if W.shape[1] != k:

@@ -64,7 +64,11 @@ def bad_files(tmp_path):
     np.save(not_psd, np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]))
     malformed = tmp_path / "bad.csv"
     malformed.write_text("1, 0, x\n0, 1, 0\n")
-    return {"notpsd": str(not_psd), "malformed": str(malformed), "missing": str(tmp_path / "missing.npy")}
+    strings, complex_gram = tmp_path / "strings.npy", tmp_path / "complex.npy"
+    np.save(strings, np.array([["a", "b"], ["c", "d"]]))
+    np.save(complex_gram, np.eye(3) + 0j)
+    return {"notpsd": str(not_psd), "malformed": str(malformed), "missing": str(tmp_path / "missing.npy"),
+            "strings": str(strings), "complex": str(complex_gram), "folder": str(tmp_path)}
 
 
 @pytest.mark.parametrize("args, option, expected", [
@@ -76,6 +80,9 @@ def bad_files(tmp_path):
     (["--classes", "3", "--geometry", "@notpsd"], "--geometry", "positive semidefinite"),
     (["--classes", "3", "--geometry", "@malformed"], "--geometry", "numeric matrix"),
     (["--classes", "3", "--geometry", "@missing"], "--geometry", "does not exist"),
+    (["--classes", "3", "--geometry", "@strings"], "--geometry", "numeric"),
+    (["--classes", "3", "--geometry", "@complex"], "--geometry", "real"),
+    (["--classes", "3", "--geometry", "@folder"], "--geometry", "is a folder"),
     (["--classes", "3", "--batching", "partition", "--batch-size", "1"], "--batch-size", ">=2"),
     (["--classes", "3", "--batching", "partition"], "--batch-size", "required"),
     (["--classes", "3", "--imbalance", "step", "--ratio", "0"], "--ratio", ">=1"),
