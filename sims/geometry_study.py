@@ -32,7 +32,7 @@ from .common import (ce_limit_optimum, certified_optimum, gram_delta, gram_delta
                      sizes_from_settings)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
+from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
 
 __all__ = ["OPTIONS", "run_geometry", "plot_geometry", "geometry_point"]
 
@@ -76,6 +76,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     """Run the ``geometry`` study (module docstring); writes ``out_dir/geometry.{csv,json,png,pdf}``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
+    require_values(settings, ratios=1, n_w=1)
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]

@@ -221,6 +221,8 @@ def run_inverse(out_dir, quick: bool = False, workers: int | None = None, progre
     """Run the ``inverse`` study (module docstring); writes ``out_dir/inverse.*``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
+    if settings["restarts"] < 1 or settings["cuts"] < 0:
+        raise ValueError(f"restarts must be >= 1 and cuts >= 0, got {settings['restarts']} and {settings['cuts']}")
     target = _target(settings)
     base = {key: settings[key] for key in ("k", "tau", "n", "ratio", "restarts", "cuts", "tolerance", "seed")}
     base.update(imbalance="step", target_gram=target.tolist())

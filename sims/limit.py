@@ -86,6 +86,9 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     grid_n_w = sorted(set(float(x) for x in settings["n_w"]))
     if any(x < 0 for x in grid_n_w):
         raise ValueError(f"n_w must be >= 0, got {grid_n_w}")
+    if not any(x > 0 for x in grid_n_w):
+        raise ValueError(f"n_w must hold at least one value > 0 (the CE limit is approached as n_w grows), "
+                         f"got {grid_n_w}")
     points = [{**base, "variant": "ce", "n_w": None}]
     points += [{**base, "variant": "samples", "n_w": x} for x in grid_n_w]
     if settings["anchors"]:

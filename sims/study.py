@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 from .io import jsonable, save_figure_atomic, write_csv_atomic, write_json_atomic
 
-__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "finish_study", "parse_float_list"]
+__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "require_values", "finish_study",
+           "parse_float_list"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,15 @@ def resolve_settings(study: str, specs: Sequence[Option], quick: bool, options: 
             settings[name] = known[name].parse(value)
     settings["quick"] = bool(quick)
     return settings
+
+
+def require_values(settings: dict[str, Any], **minimum_counts: int) -> None:
+    """Raise ``ValueError`` naming the option when a list setting holds fewer values than asked
+    (e.g. ``require_values(settings, n_w=1)``: an empty grid leaves nothing to fit or plot)."""
+    for name, count in minimum_counts.items():
+        if len(settings[name]) < count:
+            raise ValueError(f"option {name} must hold at least {count} value{'s' if count > 1 else ''}, "
+                             f"got {settings[name]!r}")
 
 
 def finish_study(name: str, out_dir: str | os.PathLike, rows: list[dict[str, Any]], verdict: Verdict,

@@ -29,7 +29,7 @@ import numpy as np
 from .common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for, sizes_from_settings
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
+from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
 
 __all__ = ["OPTIONS", "run_temperature", "plot_temperature", "temperature_point"]
 
@@ -62,6 +62,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
     """Run the ``temperature`` study (module docstring); writes ``out_dir/temperature.*``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
+    require_values(settings, taus=1, n_w=1)
     if any(t <= 0 for t in settings["taus"]) or any(x <= 0 for x in settings["n_w"]):
         raise ValueError("taus and n_w must be > 0")
     base = {key: settings[key] for key in ("k", "n", "ratio", "geometry", "seed")}

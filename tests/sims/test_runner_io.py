@@ -74,6 +74,23 @@ def test_bad_arguments_name_themselves(tmp_path):
         resolve_settings("demo", [Option("k", "int", 2, 3, "classes")], True, {"k": "two"})
 
 
+@pytest.mark.parametrize("name, options, match", [
+    ("limit", {"n_w": ""}, "n_w must hold at least one value > 0"),
+    ("limit", {"n_w": "0"}, "n_w must hold at least one value > 0"),
+    ("temperature", {"taus": ""}, "option taus must hold at least 1 value"),
+    ("temperature", {"n_w": ""}, "option n_w must hold at least 1 value"),
+    ("geometry", {"ratios": ""}, "option ratios must hold at least 1 value"),
+    ("geometry", {"n_w": "", "heatmap_n_w": ""}, "option n_w must hold at least 1 value"),
+    ("inverse", {"restarts": 0}, "restarts must be >= 1"),
+])
+def test_empty_grids_are_refused_naming_the_option(tmp_path, name, options, match):
+    from sims.registry import run_study
+
+    with pytest.raises(ValueError, match=match):  # before any point is computed
+        run_study(name, tmp_path, quick=True, workers=1, progress=False, **options)
+    assert not os.listdir(tmp_path)
+
+
 def test_atomic_writers(tmp_path):
     rows = [{"a": 1, "b": 0.1}, {"a": 2, "c": float("nan")}]
     path = write_csv_atomic(tmp_path / "t.csv", rows)
