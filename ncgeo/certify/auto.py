@@ -188,8 +188,10 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
                    time_limit: float | None = None, rtol: float = DEFAULT_RTOL) -> CertificateResult:
     """Certify a :class:`ncgeo.ufm.UFMResult` or :class:`ncgeo.ufm.SavedSolution`.
 
-    Reads ``n_w``, ``tau``, ``nonnegative``, ``prototypes_as_anchors`` and ``batching``
-    from ``result.settings`` and the batches from ``result.batches``. A reshuffled
+    Reads ``n_w``, ``tau``, ``nonnegative``, ``prototypes_as_anchors``, ``batching`` and
+    ``dtype`` from ``result.settings`` and the batches from ``result.batches``; the
+    candidate's loss is the upper bound for a float64 solve and recomputed in float64
+    otherwise. A reshuffled
     (``"shuffle"``) solve has no fixed objective and is reported as not certified.
     """
     settings = result.settings
@@ -205,10 +207,12 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
         raise ValueError(f"settings say batching {settings['batching']!r} but the solution holds no batches "
                          "(batch_indices/batch_offsets): the objective to certify is unknown")
     labels = result.labels
+    # a float32 solve's loss is accurate to ~1e-7 only: the upper bound is recomputed in float64
+    upper = getattr(result, "loss", None) if settings.get("dtype", "float64") == "float64" else None
     certificate = certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
                    nonnegative=bool(settings.get("nonnegative", False)),
                    prototypes_as_anchors=bool(settings.get("prototypes_as_anchors", False)), method=method,
-                   upper_bound=getattr(result, "loss", None), solver=solver, time_limit=time_limit, rtol=rtol)
+                   upper_bound=upper, solver=solver, time_limit=time_limit, rtol=rtol)
     closed = result.closed_form() if hasattr(result, "closed_form") else None
     if closed is not None:  # cross-check against ncgeo.closed_form (balanced ETF / OF set-ups)
         certificate.solution["closed_form"] = {"value": closed[0], "geometry": closed[1]}

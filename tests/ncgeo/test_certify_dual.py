@@ -226,3 +226,21 @@ def test_float32_round_off_is_projected_and_upper_bound_recomputed():
     cert = certify(H, y, None, 0.0, 0.1, method="dual", upper_bound=0.0)  # a wrong value is discarded
     exact = candidate_loss(simplex_etf(3, 3)[:, y].T, y, None, 0.0, 0.1)
     assert cert.upper_bound == pytest.approx(exact, rel=1e-12) and cert.certified, cert.reason
+
+
+def test_float32_solve_is_certified_against_its_float64_loss():
+    import dataclasses
+
+    from ncgeo.certify import certify_result
+    from ncgeo.certify._common import candidate_loss
+
+    result = solve_ufm([4, 4, 4], orthogonal_frame(3), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
+                       batch_size=3, dtype="float32")
+    # exact OF rows need no projection, yet their float32 loss is off by ~1e-7
+    H = orthogonal_frame(3)[:, result.labels].T
+    loss32 = float(ufm_objective(torch.tensor(H, dtype=torch.float32), result.labels, None, 0.0, 0.5,
+                                 result.batches))
+    exact = candidate_loss(H, result.labels, None, 0.0, 0.5, result.batches)
+    assert loss32 != exact
+    cert = certify_result(dataclasses.replace(result, H=H, loss=loss32), method="dual")
+    assert cert.upper_bound == pytest.approx(exact, rel=1e-13) and cert.certified, (cert.upper_bound, exact)
