@@ -4,6 +4,7 @@ to :mod:`ncgeo` (geometry constructors, :func:`ncgeo.metrics.gram_distance`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -14,7 +15,7 @@ from ncgeo.geometry import (etf_gram, load_prototypes, orthogonal_frame, prototy
                             random_prototypes, simplex_etf)
 from ncgeo.metrics import gram_distance
 
-__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta", "gram_delta_etf",
+__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta", "gram_delta_etf", "geometry_fingerprint",
            "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
 
 #: Built-in prototype geometries (anything else is read as a file path).
@@ -61,6 +62,18 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
             raise ValueError(f"geometry file {geometry!r} holds {W.shape[1]} prototypes, expected k = {k}")
         return W
     raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)} or an existing file, got {geometry!r}")
+
+
+def geometry_fingerprint(geometry: str) -> dict[str, str]:
+    """``{"geometry_sha256": ...}`` (SHA-256 of the file's bytes) when ``geometry`` is a file, else ``{}``.
+
+    Added to the sweep points that use the file, so that the resume cache
+    (:mod:`sims.runner`, keyed by the point) is not reused after the file's content changes.
+    """
+    if geometry in GEOMETRIES or not (isinstance(geometry, str) and os.path.isfile(geometry)):
+        return {}
+    with open(geometry, "rb") as handle:
+        return {"geometry_sha256": hashlib.sha256(handle.read()).hexdigest()}
 
 
 def target_gram(target: str, k: int, seed: int = 0) -> np.ndarray:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import (ce_limit_optimum, certified_optimum, gram_delta, gram_delta_etf, prototypes_for,
-                     sizes_from_settings)
+from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, gram_delta_etf,
+                     prototypes_for, sizes_from_settings)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
@@ -82,7 +82,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]
     n_ws = sorted(set(float(x) for x in settings["n_w"]) | set(float(x) for x in settings["heatmap_n_w"]))
     base = {key: settings[key] for key in ("k", "n", "tau", "seed")}
-    points = [{**base, "geometry": g, "relu": relu, "ratio": float(R), "n_w": n_w}
+    points = [{**base, "geometry": g, **geometry_fingerprint(g), "relu": relu, "ratio": float(R), "n_w": n_w}
               for g, relu in cases for R in settings["ratios"] for n_w in [None] + n_ws]
     outcome = run_sweep(NAME, out_dir, points, geometry_point, workers=workers, progress=progress)
     k = settings["k"]

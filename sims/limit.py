@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for, sizes_from_settings
+from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, prototypes_for,
+                     sizes_from_settings)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
@@ -83,6 +84,7 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     settings = resolve_settings(NAME, OPTIONS, quick, options)
     base = {key: settings[key] for key in ("k", "n", "ratio", "imbalance", "geometry", "tau", "seed")}
     sizes, W = _setup(base)
+    base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point
     grid_n_w = sorted(set(float(x) for x in settings["n_w"]))
     if any(x < 0 for x in grid_n_w):
         raise ValueError(f"n_w must be >= 0, got {grid_n_w}")

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import ce_limit_optimum, certified_optimum, gram_delta, prototypes_for, sizes_from_settings
+from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, prototypes_for,
+                     sizes_from_settings)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
@@ -67,6 +68,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
         raise ValueError("taus and n_w must be > 0")
     base = {key: settings[key] for key in ("k", "n", "ratio", "geometry", "seed")}
     base["imbalance"] = "step"
+    base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point
     taus = sorted(set(float(t) for t in settings["taus"]))
     n_ws = sorted(set(float(x) for x in settings["n_w"]))
     points = [{**base, "tau": t, "n_w": x} for t in taus for x in [None] + n_ws]

@@ -91,6 +91,25 @@ def test_empty_grids_are_refused_naming_the_option(tmp_path, name, options, matc
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
+def test_changed_prototype_file_is_not_read_from_the_cache(tmp_path):
+    import numpy as np
+
+    from ncgeo.geometry import etf_gram
+    from sims.registry import run_study
+
+    gram = tmp_path / "gram.npy"
+    options = dict(quick=True, workers=1, progress=False, k=3, n=1, ratio=1.0, n_w="10", anchors=False,
+                   geometry=str(gram))
+    np.save(gram, etf_gram(3))
+    first = run_study("limit", tmp_path / "out", **options)
+    assert run_study("limit", tmp_path / "out", **options).summary["sweep"]["computed"] == 0
+    np.save(gram, np.eye(3))  # same path, other prototypes
+    second = run_study("limit", tmp_path / "out", **options)
+    assert second.summary["sweep"]["computed"] == 2  # the CE limit and n_w = 10
+    assert first.rows[-1]["delta_prototypes"] != pytest.approx(second.rows[-1]["delta_prototypes"])
+
+
 def test_atomic_writers(tmp_path):
     rows = [{"a": 1, "b": 0.1}, {"a": 2, "c": float("nan")}]
     path = write_csv_atomic(tmp_path / "t.csv", rows)
