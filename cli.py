@@ -336,7 +336,7 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for figures and tables.")
 @click.option("--predict/--no-predict", default=True, show_default=True,
-              help="Compute the UFM prediction of SCL runs (cached in RUN/prediction.json).")
+              help="Compute the UFM prediction of SCL and ce-fixed runs (also written to RUN/prediction.json).")
 @click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
               help="Prediction: reduced UFM with expected per-batch counts (default for SCL runs) or "
                    "training-set counts, or the CE limit (default for ce-fixed runs).")
