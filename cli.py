@@ -198,7 +198,8 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
     from ncgeo.ufm.solver import check_memory
 
-    check_memory(sum(sizes), classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)
+    check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
+                 dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
     quiet = json_path == "-"
     result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,

@@ -117,3 +117,13 @@ def test_huge_dim_is_refused_before_any_allocation():
     result = _run("--classes", "3", "--dim", "1000000000")
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: dim:") and "GB" in result.output and len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, start", [
+    (["--samples", "100000"], "Error: batch:"),  # a full batch of 300,000: terabytes of similarities
+    (["--seed", str(2**64 - 1)], "Error: seed must be <="),
+])
+def test_impossible_batch_or_seed_is_one_line(args, start):
+    result = _run("--classes", "3", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(start) and len(result.output.splitlines()) == 1, result.output

@@ -64,6 +64,9 @@ def _resolve_device(device) -> torch.device:
 #: Arrays of N x d numbers a solve holds at once: point, gradients and trial points, and
 #: the L-BFGS history (20 pairs, projected again in every two-loop recursion).
 SOLVE_ARRAYS = 100
+#: Arrays of B x B numbers one loss and gradient of a batch of B samples holds at once
+#: (about 4 measured at B = 6000; twice that for safety).
+BATCH_ARRAYS = 8
 
 
 def _available_memory(device: torch.device) -> int | None:
@@ -85,25 +88,39 @@ def _available_memory(device: torch.device) -> int | None:
         return None
 
 
-def check_memory(num_samples: int, dim: int, num_classes: int, *, dtype="float64", device="cpu",
-                 nonnegative: bool = False) -> None:
-    """Raise ``ValueError`` naming ``dim`` when a solve cannot fit in the free memory.
+def check_memory(num_samples: int, dim: int, num_classes: int, *, batching: str = "full",
+                 batch_size: int | None = None, dtype="float64", device="cpu", nonnegative: bool = False) -> None:
+    """Raise ``ValueError`` when a solve cannot fit in the free memory.
 
-    The estimate is ``SOLVE_ARRAYS`` arrays of ``N x d`` numbers, ``4 d k`` float64 for the
+    The estimate is ``SOLVE_ARRAYS`` arrays of ``N x d`` numbers (embeddings, gradients,
+    L-BFGS history), ``BATCH_ARRAYS`` arrays of ``B x B`` numbers for the largest batch
+    ``B`` (similarities, masks, log-sum-exp and their gradients), ``4 d k`` float64 for the
     prototypes and ``4 d^2`` for the within-class covariance of the metrics, against 90% of
-    the memory available on ``device`` now; without a reading nothing is checked. Called by :func:`solve_ufm` before any allocation (and by the CLI before
-    the prototypes are built), so an absurd ``dim`` is one error, not an out-of-memory kill.
+    the memory available on ``device`` now; without a reading nothing is checked. The
+    error starts with ``dim:`` or ``batch:`` after the larger part. Called by
+    :func:`solve_ufm` before any allocation (and by the CLI before the prototypes are
+    built), so an absurd ``dim`` or full batch is one error, not an out-of-memory kill.
     """
     dtype_t, device_t = _resolve_dtype(dtype), _resolve_device(device)
-    need = (SOLVE_ARRAYS * num_samples * dim * torch.finfo(dtype_t).bits // 8
-            + 8 * (4 * dim * num_classes + 4 * dim * dim))  # prototypes; d x d covariances of the metrics
+    size = torch.finfo(dtype_t).bits // 8
+    largest = num_samples
+    if batching != "full" and batch_size is not None:
+        largest = min(num_samples, batch_size + (num_classes if batching == "bind" else 0))
+    embeddings = SOLVE_ARRAYS * num_samples * dim * size + 8 * (4 * dim * num_classes + 4 * dim * dim)
+    similarities = BATCH_ARRAYS * largest * largest * size
+    need = embeddings + similarities
     free = _available_memory(device_t)
     if free is None or need <= 0.9 * free:
         return
-    hint = "" if nonnegative else (f"; without ReLU any d >= N + k = {num_samples + num_classes} gives the "
-                                   "same optimum as d = N + k")
-    raise ValueError(f"dim: a solve of N = {num_samples} samples in d = {dim} dimensions needs about "
-                     f"{need / 1e9:.3g} GB, more than 90% of the {free / 1e9:.3g} GB free on {device_t}{hint}")
+    if embeddings >= similarities:
+        hint = "" if nonnegative else (f"; without ReLU any d >= N + k = {num_samples + num_classes} gives the "
+                                       "same optimum as d = N + k")
+        what = f"dim: a solve of N = {num_samples} samples in d = {dim} dimensions"
+    else:
+        hint = "; use smaller batches (batching partition or bind) or fewer samples"
+        what = f"batch: a solve with a batch of {largest} samples ({largest} x {largest} similarities)"
+    raise ValueError(f"{what} needs about {need / 1e9:.3g} GB, more than 90% of the {free / 1e9:.3g} GB free "
+                     f"on {device_t}{hint}")
 
 
 def _resolve_prototypes(prototypes, k: int, dim: int | None, n_w: float) -> tuple[np.ndarray | None, int]:
@@ -339,6 +356,8 @@ def solve_ufm(
     check_choice("init", init, INIT_CHOICES)
     restarts = check_int("restarts", restarts, minimum=1)
     seed = check_int("seed", seed, minimum=0)
+    if seed > 2**63 - 1 - 2 * restarts:  # start r draws from seed + r (a signed 64-bit torch seed)
+        raise ValueError(f"seed must be <= {2**63 - 1 - 2 * restarts} (seed + restart is a 64-bit seed), got {seed}")
     learning_rate = check_positive("learning_rate", learning_rate)
     if prototypes_as_anchors and 0 < n_w < 1:
         raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
@@ -350,7 +369,8 @@ def solve_ufm(
         max_iterations = 200 if shuffle else 20_000
     max_iterations = check_int("max_iterations", max_iterations, minimum=0)
     W, d = _resolve_prototypes(prototypes, k, dim, n_w)
-    check_memory(sum(sizes), d, k, dtype=dtype_t, device=device_t, nonnegative=bool(nonnegative))
+    check_memory(sum(sizes), d, k, batching=batching, batch_size=batch_size, dtype=dtype_t, device=device_t,
+                 nonnegative=bool(nonnegative))
     labels = labels_from_sizes(sizes)
     N = labels.shape[0]
     batches = None if shuffle else make_batches(labels, batching, batch_size, seed)

@@ -299,3 +299,6 @@ def test_solve_refuses_a_dimension_that_cannot_fit_in_memory():
     check_memory(30, 3, 3)  # small: fine
     with pytest.raises(ValueError, match=r"^dim: .* GB"):
         solve_ufm([10, 10, 10], dim=10**9)
+    with pytest.raises(ValueError, match=r"^batch: .* GB"):
+        solve_ufm([100_000] * 3)  # one batch of 300,000 samples
+    check_memory(300_000, 3, 3, batching="partition", batch_size=100)  # small batches fit
