@@ -18,9 +18,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else (math.inf if value > 0 else -math.inf)
+        return None  # strict JSON has no NaN/Infinity: "no bound" is null
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
@@ -83,7 +83,8 @@ class CertificateResult:
     solution: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self, include_solution: bool = False) -> dict[str, Any]:
-        """JSON-ready dictionary (arrays as lists; the solution only if asked)."""
+        """Strict-JSON-ready dictionary (arrays as lists, non-finite numbers such as a missing
+        bound's ``-inf`` as ``None``; the solution only if asked)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "solution"}
         if include_solution:
             out["solution"] = _plain(dict(self.solution))

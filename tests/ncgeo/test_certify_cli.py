@@ -88,3 +88,16 @@ def test_minibatch_file_without_batches_is_refused(tmp_path):
     np.savez(bad, **data)
     out = CliRunner().invoke(main, ["certify", str(bad)])
     assert out.exit_code == 2 and "holds no batches" in out.output, out.output
+
+
+def test_uncertified_json_is_strict_json():
+    # a reshuffled solve has no bound: -inf/inf must not become the non-JSON token -Infinity
+    out = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "2", "--batching", "shuffle",
+                                    "--batch-size", "2", "--max-iterations", "2", "--json", "-"])
+    assert out.exit_code == 0, out.output
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    cert = json.loads(out.stdout, parse_constant=refuse)["certificate"]
+    assert cert["certified"] is False and cert["lower_bound"] is None and cert["gap"] is None
