@@ -167,7 +167,9 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
                 attempts.append(f"{name}: {relaxed.reason}")
                 continue
             result = _combine(relaxed, upper_bound, rtol, timer)
-        if best is None or result.lower_bound > best.lower_bound:
+        # a "lower bound" above the candidate's (feasible) loss comes from an inaccurate solve
+        contradicted = result.lower_bound > upper_bound + max(1e-9, 1e-7 * abs(upper_bound))
+        if not contradicted and (best is None or result.lower_bound > best.lower_bound):
             best = result
         if result.certified:
             best = result

@@ -244,3 +244,22 @@ def test_float32_solve_is_certified_against_its_float64_loss():
     assert loss32 != exact
     cert = certify_result(dataclasses.replace(result, H=H, loss=loss32), method="dual")
     assert cert.upper_bound == pytest.approx(exact, rel=1e-13) and cert.certified, (cert.upper_bound, exact)
+
+
+def test_inaccurate_relaxation_bound_is_not_reported_as_best(monkeypatch):
+    # a relaxation "lower bound" above the candidate's loss is an inaccurate solve: the
+    # dual fallback must be reported, not a bound that contradicts a feasible point
+    import ncgeo.certify.auto as auto
+    from ncgeo.certify.result import make_result
+
+    y = labels_from_sizes([3, 3, 3])
+    H = simplex_etf(3, 3)[:, y].T + 0.05 * np.random.default_rng(0).standard_normal((9, 3))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    batches = make_batches(y, "partition", 4, seed=0)
+
+    def inaccurate(*args, **kwargs):
+        return make_result(1e6, 1e6, method="full", status="optimal_inaccurate", seconds=0.0, rtol=1e-6)
+
+    monkeypatch.setattr(auto, "solve_full", inaccurate)
+    cert = certify(H, y, None, 0.0, 0.5, batches=batches, method="full")
+    assert cert.method == "dual" and cert.lower_bound <= cert.upper_bound and not cert.certified
