@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -101,3 +102,19 @@ def test_uncertified_json_is_strict_json():
 
     cert = json.loads(out.stdout, parse_constant=refuse)["certificate"]
     assert cert["certified"] is False and cert["lower_bound"] is None and cert["gap"] is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--batching", "bind", "--batch-size", "2", "--certify", "reduced"],
+    ["--batching", "partition", "--batch-size", "2", "--certify", "orbit"],
+    ["--protos", "2", "--geometry", "random", "--certify", "orbit"],
+])
+def test_inapplicable_certificate_is_refused_before_the_solve(args, monkeypatch):
+    import ncgeo.ufm
+
+    def no_solve(*a, **k):
+        raise AssertionError("the solve ran before the option conflict was reported")
+
+    monkeypatch.setattr(ncgeo.ufm, "solve_ufm", no_solve)
+    out = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "3", *args])
+    assert out.exit_code == 2 and "--certify" in out.output and len(out.output.splitlines()) == 1, out.output
