@@ -4,6 +4,7 @@ matrix variable, solving with fallback, failure capture."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -143,7 +144,9 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
             if name not in cp.installed_solvers():
                 reasons.append(f"{name}: missing solver")
                 continue
-            problem.solve(solver=name, verbose=verbose, **options)
+            with warnings.catch_warnings():  # cvxpy's "may be inaccurate": the status says it
+                warnings.simplefilter("ignore", UserWarning)
+                problem.solve(solver=name, verbose=verbose, **options)
             status = str(problem.status)
         except cp.error.SolverError as exc:
             elapsed = time.perf_counter() - start

@@ -263,3 +263,19 @@ def test_inaccurate_relaxation_bound_is_not_reported_as_best(monkeypatch):
     monkeypatch.setattr(auto, "solve_full", inaccurate)
     cert = certify(H, y, None, 0.0, 0.5, batches=batches, method="full")
     assert cert.method == "dual" and cert.lower_bound <= cert.upper_bound and not cert.certified
+
+
+def test_inaccurate_status_is_reported_without_a_warning():
+    import warnings
+
+    class Inaccurate:
+        status = None
+
+        def solve(self, **kwargs):
+            warnings.warn("Solution may be inaccurate.", UserWarning)
+            self.status = "optimal_inaccurate"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning printed by the CLI would be extra lines
+        used, status, failure = program.solve_problem(Inaccurate(), "SCS", fallback=False)
+    assert status == "optimal_inaccurate" and "SCS: optimal_inaccurate" in failure
