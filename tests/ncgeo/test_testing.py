@@ -213,3 +213,13 @@ def test_assert_aligned_wrong_prototype_dimension_is_a_value_error():
 def test_bad_tolerance(helper, args, atol, error):
     with pytest.raises(error, match="atol"):
         helper(*args, atol=atol)
+
+
+def test_all_classes_at_one_point_fail_as_an_assertion():
+    # the centred means vanish: Delta is undefined, which is a failed ETF check, not a ValueError
+    H = np.tile([1.0, 0.0, 0.0], (6, 1))
+    y = np.repeat(np.arange(3), 2)
+    with pytest.raises(AssertionError, match="not a simplex ETF"):
+        assert_simplex_etf(H, y)
+    with pytest.raises(AssertionError, match="not an orthogonal frame"):
+        assert_orthogonal_frame(H, y)
