@@ -8,6 +8,8 @@ r"""Certificates of global optimality for the UFM / UFM+ of SCL with prototypes 
 * :func:`dual_certificate`: the eigenvalue bound from a candidate, no SDP solve;
 * :func:`certify` / :func:`certify_result`: the fastest applicable method with fallbacks;
   :func:`realise_and_certify`: reduced optimum -> embeddings -> dual check;
+* :func:`certify_closed_form`: the closed-form loss at ETF / OF collapse (balanced, full
+  batch) checked against the orbit relaxation's lower bound;
 * :func:`certify_ce_limit`: the many-prototype (CE) limit program of THEORY.md section 4.
 
 Every certificate returns a frozen :class:`CertificateResult`; solver failures give
@@ -17,6 +19,7 @@ scale of ``UFMResult.loss`` (sum over batches and anchors).
 
 from .auto import METHODS, certify, certify_result, realise_and_certify
 from .ce_limit import CELimitResult, certify_ce_limit
+from .closed import certify_closed_form
 from .dual import dual_certificate
 from .full import solve_full
 from .orbit import solve_orbit
@@ -36,4 +39,5 @@ __all__ = [
     "solve_orbit",
     "dual_certificate",
     "certify_ce_limit",
+    "certify_closed_form",
 ]

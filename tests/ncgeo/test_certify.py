@@ -188,3 +188,29 @@ def test_partition_batches_helper_roundtrip():
     batches = make_batches(y, "partition", 4, seed=0)
     result = solve_full(y, None, 0.0, 0.5, batches=batches, dim=2)
     assert np.isfinite(result.lower_bound)
+
+
+@pytest.mark.parametrize("geometry, nonneg, n_w, anchors", [("etf", False, 0.0, False), ("etf", False, 10.0, False),
+                                                            ("of", True, 10.0, False), ("etf", False, 3.0, True)])
+def test_closed_form_certificate(geometry, nonneg, n_w, anchors):
+    from ncgeo.certify import certify_closed_form
+    from ncgeo.ufm import solve_ufm
+
+    k, n, tau = 4, 5, 0.3
+    W = simplex_etf(k, k) if geometry == "etf" else orthogonal_frame(k)
+    cert = certify_closed_form([n] * k, W, n_w, tau, nonnegative=nonneg, prototypes_as_anchors=anchors)
+    assert cert.method == "closed-form" and cert.certified, cert.reason
+    assert cert.solution["geometry"] == geometry
+    assert cert.upper_bound == pytest.approx(closed_form_loss(k, n, n_w, tau, geometry, prototypes_as_anchors=anchors))
+    # the torch solver reaches the same value
+    solved = solve_ufm([n] * k, W, n_w, tau, nonnegative=nonneg, prototypes_as_anchors=anchors)
+    assert _rel(solved.loss, cert.upper_bound) <= 1e-8
+
+
+def test_closed_form_certificate_refuses_other_setups():
+    from ncgeo.certify import certify_closed_form
+
+    imbalanced = certify_closed_form([5, 5, 1, 1], simplex_etf(4, 4), 10.0, 0.3)
+    assert not imbalanced.certified and "no closed form" in imbalanced.reason
+    too_small = certify_closed_form([5] * 4, None, 0.0, 0.3, dim=2)  # an ETF of 4 points needs d >= 3
+    assert not too_small.certified
