@@ -339,7 +339,10 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
         ctx.exit(launch(config, nproc))
     from deep.train import train
 
-    click.echo(str(train(config)))
+    try:
+        click.echo(str(train(config)))
+    except FloatingPointError as exc:  # a diverged run: one line and exit status 1, not a traceback
+        raise click.ClickException(str(exc)) from exc
 
 
 @deep.command("report")

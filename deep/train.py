@@ -527,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
         return 2
+    except FloatingPointError as exc:  # a diverged run (the loss became NaN or infinite)
+        click.echo(f"Error: {exc}", err=True)
+        return 1
     finally:
         shutdown_distributed()
     return 0

@@ -194,6 +194,25 @@ def test_checkpoints_refuse_foreign_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ok.pt", "other.pt", "unsafe.pt"]  # no temporary left
 
 
+def test_diverged_run_is_one_line_and_exit_1(tmp_path, capsys):
+    from click.testing import CliRunner
+    from test_launch import write_idx
+
+    from cli import main as cli_main
+
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(20, 12, 12)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.repeat(np.arange(10), 2))
+    options = ["--dataset", "mnist", "--data-root", str(tmp_path), "--width", "2", "--epochs", "1",
+               "--batch-size", "10", "--lr", "1e30", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(cli_main, ["deep", "train", *options, "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and "the training loss became" in result.output
+    assert main([*options, "--out", str(tmp_path / "module")]) == 1
+    assert capsys.readouterr().err.startswith("Error: the training loss became")
+
+
 def test_module_entry_point_reports_bad_input_in_one_line(capsys):
     assert main(["--epochs", "0"]) == 2
     assert main(["--loss", "hinge"]) == 2
