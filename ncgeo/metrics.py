@@ -46,6 +46,7 @@ __all__ = [
     "nearest_prototype_accuracy",
     "class_mean_cosines",
     "geometry_metrics",
+    "nan_if_undefined",
 ]
 
 DEFAULT_CHUNK = 65536
@@ -415,6 +416,16 @@ def _json_number(value):
     return value
 
 
+def nan_if_undefined(metric, *args):
+    """``metric(*args)``, or NaN when the metric is undefined at these means (e.g. Delta to
+    the ETF when every class mean coincides, a cosine with a zero mean). Other errors
+    (bad input) are raised as usual."""
+    try:
+        return metric(*args)
+    except _Undefined:
+        return float("nan")
+
+
 def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | None = None) -> GeometryMetrics:
     """All the metrics of THEORY.md section 6 for one set of embeddings (one pass + NCC pass).
 
@@ -437,10 +448,7 @@ def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | Non
     several = int(stats.present.sum()) >= 2
 
     def defined(metric, *args):
-        try:
-            return metric(stats, None, *args)
-        except _Undefined:  # e.g. every class mean equal: no centred Gram to compare
-            return float("nan")
+        return nan_if_undefined(metric, stats, None, *args)
 
     def if_several(metric):
         return defined(metric) if several else float("nan")
