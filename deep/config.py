@@ -33,7 +33,7 @@ IMBALANCE_CHOICES = ("none", "step", "exp")
 SCHEDULE_CHOICES = ("multistep", "cosine")
 PRECISION_CHOICES = ("fp32", "bf16")
 LOSS_CHOICES = ("scl", "ce", "ce-fixed")
-GEOMETRY_NAMES = ("etf", "of", "random")
+GEOMETRY_NAMES = ("etf", "of", "random", "spherical")
 #: fields that may differ between a run and its ``--resume`` (they do not change the result;
 #: ``out`` may name the same folder differently, ``./run`` or an absolute path, or a moved run)
 RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume", "compile", "out"})
@@ -334,7 +334,7 @@ def _option_specs():
         ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (THEORY.md section 1)."),
         ("ratio", float, "Imbalance ratio R >= 1."),
         ("protos", float, "n_w: copies of every prototype in each batch (0 = plain SCL)."),
-        ("geometry", str, "Prototypes: etf, of, random or a Gram/vector file (.npy/.csv/.txt)."),
+        ("geometry", str, "Prototypes: etf, of, random, spherical (minimal-energy code, any k) or a Gram/vector file (.npy/.csv/.txt)."),
         ("epochs", int, "Training epochs."),
         ("batch_size", int, "Images per batch (each in 2 augmented views)."),
         ("lr", float, "Learning rate."),

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncgeo.classes import class_sizes
-from ncgeo.geometry import load_prototypes, orthogonal_frame, random_prototypes, simplex_etf
+from ncgeo.geometry import load_prototypes, orthogonal_frame, random_prototypes, simplex_etf, spherical_code
 from ncgeo.losses import fixed_classifier_cross_entropy
 
 from .augment import augment_batch
@@ -133,7 +133,8 @@ def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
     ``etf``: :func:`~ncgeo.geometry.simplex_etf` (needs ``dim >= k - 1``); ``of``:
     :func:`~ncgeo.geometry.orthogonal_frame` (standard basis, non-negative; ``dim >= k``);
     ``random``: :func:`~ncgeo.geometry.random_prototypes` (non-negative when the features are);
-    anything else is a file read by :func:`~ncgeo.geometry.load_prototypes`.
+    ``spherical``: :func:`~ncgeo.geometry.spherical_code` (minimal-energy points, seeded; for more
+    classes than ``dim + 1``); anything else is a file read by :func:`~ncgeo.geometry.load_prototypes`.
     """
     try:
         if geometry == "etf":
@@ -142,6 +143,8 @@ def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
             W = orthogonal_frame(num_classes, dim)
         elif geometry == "random":
             W = random_prototypes(num_classes, dim, seed=seed, nonnegative=nonnegative)
+        elif geometry == "spherical":
+            W = spherical_code(num_classes, dim, seed=seed)
         else:
             W = load_prototypes(geometry, dim)
     except ValueError as exc:

@@ -143,6 +143,9 @@ def test_prototypes_from_every_constructor(tmp_path):
     assert np.allclose(build_prototypes("etf", 4, 6).T @ build_prototypes("etf", 4, 6), etf_gram(4))
     assert np.allclose(build_prototypes("of", 4, 6).T @ build_prototypes("of", 4, 6), np.eye(4))
     assert build_prototypes("random", 4, 6, seed=1, nonnegative=True).min() >= 0
+    code = build_prototypes("spherical", 12, 3, seed=0)  # more classes than dim + 1
+    assert code.shape == (3, 12) and np.allclose(np.linalg.norm(code, axis=0), 1)
+    assert (code.T @ code - 2 * np.eye(12)).max() < 0.5  # well separated (icosahedron: 0.447)
     path = tmp_path / "gram.npy"
     np.save(path, etf_gram(4))
     assert np.allclose(build_prototypes(str(path), 4, 8).T @ build_prototypes(str(path), 4, 8), etf_gram(4))
