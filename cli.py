@@ -335,7 +335,9 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
     config = resolve_config(options, config_file)
     if nproc > 1:
         from deep.distributed import launch
+        from deep.train import preflight
 
+        preflight(config, nproc)
         ctx.exit(launch(config, nproc))
     from deep.train import train
 

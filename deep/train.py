@@ -91,6 +91,8 @@ from .evaluate import evaluate_run
 from .models import build_model
 
 __all__ = [
+    "open_run_folder",
+    "preflight",
     "VIEWS",
     "PADDING",
     "Objective",
@@ -348,6 +350,43 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
     return record
 
 
+def open_run_folder(config: TrainConfig) -> dict | None:
+    """Create ``--out`` and return the checkpoint state when resuming (``None`` for a new run).
+
+    Refuses (ValueError naming ``--out``/``--resume``) an existing run without ``--resume``, a
+    resume whose options differ from the stored run, and a folder that cannot be created.
+    """
+    out = Path(config.out)
+    checkpoint_path = out / "checkpoint.pt"
+    state = None
+    if checkpoint_path.exists():
+        if not config.resume:
+            raise ValueError(f"--out {str(out)!r} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        state = load_checkpoint(checkpoint_path, map_location="cpu")
+        stored = TrainConfig.from_dict(state["config"])
+        mismatched = config.differences(stored)
+        if mismatched:
+            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way: one line, not a traceback
+        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
+    return state
+
+
+def preflight(config: TrainConfig, nproc: int) -> None:
+    """Check, in the launching process, what would make every worker of ``--nproc`` fail:
+    the global ``--batch-size`` split, the run folder and the data (read once on the CPU),
+    so that bad input is one line and exit status 2 instead of a traceback per worker."""
+    if config.batch_size % nproc:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
+                         "(it is the global batch, split equally)")
+    open_run_folder(config)
+    resolve_device(config.device)
+    prepare_data(config, torch.device("cpu"))
+
+
 def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | None = None,
           stop_after: int | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) the run described by ``config``; returns the run folder.
@@ -382,20 +421,7 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
                          "processes (it is the global batch, split equally)")
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
-    state = None
-    if checkpoint_path.exists():
-        if not config.resume:
-            raise ValueError(f"--out {str(out)!r} already holds a run; pass --resume to continue it "
-                             "or choose another --out")
-        state = load_checkpoint(checkpoint_path, map_location="cpu")
-        stored = TrainConfig.from_dict(state["config"])
-        mismatched = config.differences(stored)
-        if mismatched:
-            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way: one line, not a traceback
-        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
+    state = open_run_folder(config)
 
     train_set, test_set = prepare_data(config, device, datasets)
     model, objective, W = _build(config, train_set, device)

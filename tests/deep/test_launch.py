@@ -75,3 +75,20 @@ def test_nproc_must_divide_the_global_batch(tiny_mnist, tmp_path):
     assert result.exit_code == 2
     assert "divisible by --nproc 3" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_input_is_refused_before_launching_workers(tmp_path, tiny_mnist):
+    from cli import main
+
+    runner = CliRunner()
+    missing = runner.invoke(main, ["deep", "train", *OPTIONS, "--nproc", "2", "--data-root", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "run")])
+    assert missing.exit_code == 2, missing.output
+    assert "Traceback" not in missing.output and "ChildFailedError" not in missing.output
+    assert len([line for line in missing.output.splitlines() if line.strip()]) == 1
+    assert "train-images-idx3-ubyte" in missing.output
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    result = runner.invoke(main, ["deep", "train", *OPTIONS, "--nproc", "2", "--data-root", str(tiny_mnist),
+                                  "--out", str(blocked / "run")])
+    assert result.exit_code == 2 and "--out" in result.output
