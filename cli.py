@@ -264,7 +264,7 @@ def _certificate_summary(certificate) -> dict:
               help="Conic solver of the relaxations (the other one is the fallback).")
 @click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Seconds per conic-solver attempt.")
-@click.option("--rtol", type=click.FloatRange(min=0.0, min_open=True), default=1e-6, show_default=True,
+@click.option("--rtol", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=1e-6, show_default=True,
               help="Relative gap accepted as certified.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the certificate as JSON ('-': print only the JSON).")

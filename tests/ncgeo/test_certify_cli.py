@@ -118,3 +118,9 @@ def test_inapplicable_certificate_is_refused_before_the_solve(args, monkeypatch)
     monkeypatch.setattr(ncgeo.ufm, "solve_ufm", no_solve)
     out = CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "3", *args])
     assert out.exit_code == 2 and "--certify" in out.output and len(out.output.splitlines()) == 1, out.output
+
+
+@pytest.mark.parametrize("rtol", ["0", "1", "2.5", "-1e-6"])
+def test_certify_rtol_outside_the_open_unit_interval_is_refused(tmp_path, rtol):
+    out = CliRunner().invoke(main, ["certify", str(tmp_path / "any.npz"), "--rtol", rtol])
+    assert out.exit_code == 2 and "--rtol" in out.output and "Traceback" not in out.output
