@@ -49,7 +49,6 @@ computed in float32); ``--compile`` wraps the network in ``torch.compile``.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path

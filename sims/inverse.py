@@ -270,7 +270,7 @@ def plot_inverse(rows: list[dict], settings: dict):
     for i, model in enumerate(models):
         base = next(r for r in rows if r["model"] == model and r["method"] == "baseline")
         design = next(r for r in rows if r["model"] == model and r["method"] == "designed")
-        gram_heatmap(axes[i, 0], target, f"target $G^*$")
+        gram_heatmap(axes[i, 0], target, "target $G^*$")
         gram_heatmap(axes[i, 1], np.asarray(base["gram"]),
                      f"{model}, $W$ = factor($G^*$)\n$\\Delta$ = {base['delta']:.1e}")
         gram_heatmap(axes[i, 2], np.asarray(design["gram"]),

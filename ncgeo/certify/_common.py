@@ -80,6 +80,30 @@ def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
 CANDIDATE_TOL = 1e-5
 
 
+def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototypes_as_anchors: bool,
+                     upper_bound):
+    """Validated candidate of a certificate: ``(H, y, W, n_w, tau, upper_bound)``.
+
+    ``H`` (N, d) is brought onto the feasible set by :func:`feasible_candidate`; a given
+    ``upper_bound`` is dropped (``None``) when that moved it, since it belonged to the
+    infeasible point. ``y`` is an int64 numpy array, ``W`` (d, k) or ``None``.
+    """
+    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    H, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
+    if moved:
+        upper_bound = None
+    N, d = H.shape
+    if N < 1:
+        raise ValueError("H must have at least one row")
+    y = as_label_tensor("labels", labels, N, None).numpy()
+    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
+    if W is not None and W.shape[0] != d:
+        raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
+    if n_w > 0 and W is None:
+        raise ValueError("prototypes are required when n_w > 0")
+    return H, y, W, n_w, tau, upper_bound
+
+
 def feasible_candidate(H: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, bool]:
     """Project a candidate onto the feasible set: unit rows (and ``H >= 0`` for UFM+).
 

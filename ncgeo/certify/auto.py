@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from .._validation import as_float_array, as_label_tensor, check_choice
-from ._common import candidate_loss, check_loss_args, feasible_candidate
+from .._validation import as_float_array, check_choice
+from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
 from .dual import MAX_DENSE_GROUPS, dual_certificate
 from .full import _check_batches, solve_full
@@ -113,13 +113,9 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     """
     timer = Timer()
     check_choice("method", method, METHODS)
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    H, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
-    if moved:
-        upper_bound = None  # the given value belongs to the unprojected (infeasible) point
+    H, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
+                                                      prototypes_as_anchors, upper_bound)
     N, d = H.shape
-    y = as_label_tensor("labels", labels, N, None).numpy()
-    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     k = W.shape[1] if W is not None else int(y.max()) + 1
     batch_list = _check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))

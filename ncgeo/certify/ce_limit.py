@@ -151,7 +151,6 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         problem = cp.Problem(cp.Minimize(objective), constraints)
         X = None
     else:
-        classes = list(range(k))
         X = cp.Variable((F.shape[0], k), nonneg=nonnegative)
         P = F.T @ X  # (k, k): column y is p of class y
         objective = cp.sum(cp.log_sum_exp(P / tau, axis=0)) - cp.trace(P) / tau

@@ -53,8 +53,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 from scipy.special import logsumexp
 
-from .._validation import as_float_array, as_label_tensor, check_int
-from ._common import candidate_loss, check_loss_args, feasible_candidate
+from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
 from .full import _check_batches
 from .result import DEFAULT_RTOL, CertificateResult, make_result
@@ -200,19 +199,9 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
         point where the bound was computed).
     """
     timer = Timer()
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    H0, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
-    if moved:
-        upper_bound = None  # the given value belongs to the unprojected (infeasible) point
+    H0, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
+                                                       prototypes_as_anchors, upper_bound)
     N, d = H0.shape
-    y = as_label_tensor("labels", labels, N, None).numpy()
-    if N < 1:
-        raise ValueError("H must have at least one row")
-    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
-    if W is not None and W.shape[0] != d:
-        raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
-    if n_w > 0 and W is None:
-        raise ValueError("prototypes are required when n_w > 0")
     use_p = n_w > 0
     if not use_p:
         W = None
