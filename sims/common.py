@@ -15,7 +15,8 @@ from ncgeo.geometry import (etf_gram, load_prototypes, orthogonal_frame, prototy
                             random_prototypes, simplex_etf)
 from ncgeo.metrics import gram_distance
 
-__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "gram_factor", "gram_delta", "gram_delta_etf", "geometry_fingerprint",
+__all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "check_geometry_names", "gram_factor", "gram_delta",
+           "gram_delta_etf", "geometry_fingerprint",
            "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
 
 #: Built-in prototype geometries (anything else is read as a file path).
@@ -45,6 +46,7 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
     or a path to a Gram/vector file read by :func:`ncgeo.geometry.load_prototypes`.
     ``d`` defaults to ``k``.
     """
+    check_geometry_names("geometry", [geometry])
     d = k if d is None else d
     if geometry == "etf":
         return simplex_etf(k, d)
@@ -56,12 +58,18 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
         return random_prototypes(k, d, seed=seed, nonnegative=True)
     if geometry == "hierarchical":
         return prototypes_from_gram(hierarchical_gram(k), d)
-    if isinstance(geometry, str) and os.path.isfile(geometry):
-        W = load_prototypes(geometry, d)
-        if W.shape[1] != k:
-            raise ValueError(f"geometry file {geometry!r} holds {W.shape[1]} prototypes, expected k = {k}")
-        return W
-    raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)} or an existing file, got {geometry!r}")
+    W = load_prototypes(geometry, d)
+    if W.shape[1] != k:
+        raise ValueError(f"geometry file {geometry!r} holds {W.shape[1]} prototypes, expected k = {k}")
+    return W
+
+
+def check_geometry_names(option: str, names) -> None:
+    """Raise ``ValueError`` naming ``option`` unless every name is a built-in geometry
+    (:data:`GEOMETRIES`) or an existing file; called before a sweep starts its workers."""
+    for name in names:
+        if name not in GEOMETRIES and not (isinstance(name, str) and os.path.isfile(name)):
+            raise ValueError(f"{option} must be one of {', '.join(GEOMETRIES)} or an existing file, got {name!r}")
 
 
 def geometry_fingerprint(geometry: str) -> dict[str, str]:

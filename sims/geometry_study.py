@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, gram_delta_etf,
-                     prototypes_for, sizes_from_settings)
+from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, geometry_fingerprint, gram_delta,
+                     gram_delta_etf, prototypes_for, sizes_from_settings)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
@@ -77,6 +77,8 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
     require_values(settings, ratios=1, n_w=1)
+    check_geometry_names("option geometries", settings["geometries"])
+    check_geometry_names("option relu_geometries", settings["relu_geometries"])
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]

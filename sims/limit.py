@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, prototypes_for,
-                     sizes_from_settings)
+from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, geometry_fingerprint, gram_delta,
+                     prototypes_for, sizes_from_settings)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
@@ -82,6 +82,7 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     """Run the ``limit`` study (module docstring); writes ``out_dir/limit.{csv,json,png,pdf}``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
+    check_geometry_names("option geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "imbalance", "geometry", "tau", "seed")}
     sizes, W = _setup(base)
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point

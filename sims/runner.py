@@ -129,9 +129,23 @@ class SweepOutcome:
                 "points": len(self.results)}
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """numpy's and Python's ``MemoryError``, or torch's CPU/CUDA allocator failures."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()))
+
+
 def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
     start = time.perf_counter()
-    result = compute(point)
+    try:
+        result = compute(point)
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        # one line through the CLI (ValueError), naming the point, instead of a worker traceback
+        message = " ".join(str(exc).split())[:200]
+        raise ValueError(f"the sweep point {json.dumps(point, sort_keys=True)} needs more memory than is "
+                         f"free ({type(exc).__name__}: {message}); choose smaller sizes") from None
     if not isinstance(result, dict):
         raise TypeError(f"a sweep's compute function must return a dict, got {type(result).__name__}")
     return result, time.perf_counter() - start

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import (ce_limit_optimum, certified_optimum, geometry_fingerprint, gram_delta, prototypes_for,
-                     sizes_from_settings)
+from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, geometry_fingerprint, gram_delta,
+                     prototypes_for, sizes_from_settings)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
@@ -66,6 +66,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
     require_values(settings, taus=1, n_w=1)
     if any(t <= 0 for t in settings["taus"]) or any(x <= 0 for x in settings["n_w"]):
         raise ValueError("taus and n_w must be > 0")
+    check_geometry_names("option geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "geometry", "seed")}
     base["imbalance"] = "step"
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point

@@ -95,10 +95,11 @@ def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototy
     N, d = H.shape
     if N < 1:
         raise ValueError("H must have at least one row")
-    y = as_label_tensor("labels", labels, N, None).numpy()
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     if W is not None and W.shape[0] != d:
         raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
+    # with prototypes, k is their number (labels index them even when n_w = 0)
+    y = as_label_tensor("labels", labels, N, None if W is None else W.shape[1]).numpy()
     if n_w > 0 and W is None:
         raise ValueError("prototypes are required when n_w > 0")
     return H, y, W, n_w, tau, upper_bound

@@ -73,6 +73,14 @@ def test_orbit_refuses_non_invariant_gram():
         solve_orbit([3, 3, 3, 3], W, 1.0, 0.5)
 
 
+@pytest.mark.parametrize("n_w", [0.0, 2.0])
+def test_labels_beyond_the_prototypes_are_refused(n_w):
+    W = simplex_etf(3, 3)
+    H = W.T[[0, 1, 2, 2]]
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        certify(H, [0, 1, 2, 3], W, n_w, 0.5, method="dual")
+
+
 def test_orbit_large_k_is_fast():
     from ncgeo.geometry import etf_gram
 

@@ -55,6 +55,24 @@ def test_parallel_sweep_matches_and_resumes(tmp_path, capsys):
     assert run_sweep("par", tmp_path, points, cube, workers=2, progress=False).computed == 0
 
 
+def huge(point):
+    if point["x"] == "numpy":
+        raise MemoryError("Unable to allocate 74.5 GiB for an array")
+    if point["x"] == "torch":
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8e10 bytes")
+    raise RuntimeError("a bug, not memory")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_out_of_memory_is_a_value_error_naming_the_point(tmp_path, workers):
+    for kind in ("numpy", "torch"):
+        points = [{"x": kind}, {"x": kind, "y": 1}]
+        with pytest.raises(ValueError, match=rf'sweep point .*"x": "{kind}".* needs more memory .*smaller sizes'):
+            run_sweep("oom", tmp_path, points, huge, workers=workers, progress=False)
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised
+        run_sweep("oom", tmp_path, [{"x": "other"}], huge, workers=1, progress=False)
+
+
 def test_point_key_is_order_independent():
     assert point_key({"a": 1, "b": 2.5}) == point_key({"b": 2.5, "a": 1})
     assert point_key({"a": 1}) != point_key({"a": 2})
@@ -82,6 +100,10 @@ def test_bad_arguments_name_themselves(tmp_path):
     ("geometry", {"ratios": ""}, "option ratios must hold at least 1 value"),
     ("geometry", {"n_w": "", "heatmap_n_w": ""}, "option n_w must hold at least 1 value"),
     ("inverse", {"restarts": 0}, "restarts must be >= 1"),
+    ("geometry", {"geometries": "etf,bogus"}, "option geometries must be one of .* got 'bogus'"),
+    ("geometry", {"relu_geometries": "of,nope"}, "option relu_geometries must be one of .* got 'nope'"),
+    ("limit", {"geometry": "bogus"}, "option geometry must be one of .* got 'bogus'"),
+    ("temperature", {"geometry": "bogus"}, "option geometry must be one of .* got 'bogus'"),
 ])
 def test_empty_grids_are_refused_naming_the_option(tmp_path, name, options, match):
     from sims.registry import run_study
