@@ -319,8 +319,9 @@ def deep() -> None:
 
 @deep.command("train")
 @_deep_train_options
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes (one per GPU); more than 1 launches torchrun with DDP, --batch-size staying global.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Processes (one per GPU); more than 1 launches torchrun with DDP, --batch-size staying global "
+                   "[default: the --config file's nproc, else 1].")
 @click.pass_context
 def deep_train(ctx, config_file, nproc, **options) -> None:
     """Train (or --resume) a run; writes metrics.jsonl, checkpoints and the run facts to --out.
@@ -330,9 +331,10 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
       ncgeo deep train --dataset fmnist --imbalance step --ratio 10 --protos 100 --out runs/demo
       ncgeo deep train --dataset cifar10 --nproc 4 --precision bf16 --out runs/ddp
     """
-    from deep.config import resolve_config
+    from deep.config import config_nproc, resolve_config
 
     config = resolve_config(options, config_file)
+    nproc = config_nproc(nproc, config_file)
     if nproc > 1:
         from deep.distributed import launch
         from deep.train import preflight

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "RESUME_MUTABLE", "load_toml", "train_options",
+           "check_resume", "config_nproc",
            "option_name", "resolve_config"]
 
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "fmnist")
@@ -272,11 +273,12 @@ def _normalise_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def load_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML file of options (keys are option names, e.g. ``batch-size``) as field names.
+#: Keys of a ``--config`` file that belong to the launcher (``ncgeo deep train``), not to the run.
+LAUNCH_KEYS = ("nproc",)
 
-    A ``[train]`` table is used when present, else the top level.
-    """
+
+def _read_toml_table(path: str | os.PathLike) -> dict[str, Any]:
+    """The options table of a TOML file: ``[train]`` when present, else the top level."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
@@ -285,9 +287,29 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"--config file {path!r} does not exist") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config file {path!r} is not valid TOML: {exc}") from exc
-    if isinstance(data.get("train"), dict):
-        data = data["train"]
-    return _normalise_keys(data, source=f"--config file {path!r}")
+    return data["train"] if isinstance(data.get("train"), dict) else data
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file of options (keys are option names, e.g. ``batch-size``) as field names.
+
+    A ``[train]`` table is used when present, else the top level. The launcher's keys
+    (:data:`LAUNCH_KEYS`, read by :func:`config_nproc`) are left out.
+    """
+    data = {key: value for key, value in _read_toml_table(path).items() if key not in LAUNCH_KEYS}
+    return _normalise_keys(data, source=f"--config file {os.fspath(path)!r}")
+
+
+def config_nproc(nproc: int | None, config_file: str | os.PathLike | None) -> int:
+    """Processes to launch: ``--nproc`` when given, else the file's ``nproc`` key, else 1."""
+    if nproc is not None:
+        return nproc
+    if config_file is None:
+        return 1
+    value = _read_toml_table(config_file).get("nproc", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--config file {os.fspath(config_file)!r}: nproc must be an integer >= 1, got {value!r}")
+    return value
 
 
 def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | None = None) -> TrainConfig:
@@ -311,13 +333,26 @@ def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | 
         if not isinstance(stored_values, dict):
             raise ValueError(f"--resume: {stored_path!r} does not hold a run configuration (a JSON object)")
         stored = TrainConfig.from_dict(stored_values)
-        merged = stored.replace(**values)
-        mismatched = merged.differences(stored)
-        if mismatched:
-            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {config.out!r}; "
-                             "only --device, --progress, --log-every, --compile and --out may change")
-        config = merged
+        config = stored.replace(**values)
+        check_resume(config, stored, config.out)
     return config
+
+
+def check_resume(config: TrainConfig, stored: TrainConfig, folder: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming the options of ``config`` that may not differ from the
+    ``stored`` run it resumes: all but :data:`RESUME_MUTABLE`, and ``--epochs`` unless it
+    grows under ``--schedule multistep`` with the same explicit ``--milestones`` (then the
+    rates of the epochs already trained are unchanged; the cosine and the default milestones
+    depend on ``--epochs``)."""
+    ignore = RESUME_MUTABLE
+    if (config.epochs > stored.epochs and config.schedule == stored.schedule == "multistep"
+            and stored.milestones and config.milestones == stored.milestones):
+        ignore = ignore | {"epochs"}
+    mismatched = config.differences(stored, ignore)
+    if mismatched:
+        raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {os.fspath(folder)!r}; "
+                         "only --device, --progress, --log-every, --compile and --out may change, and --epochs "
+                         "may grow when the run has --schedule multistep with explicit --milestones")
 
 
 def _option_specs():

@@ -73,7 +73,7 @@ from .checkpoint import (
     rewrite_jsonl,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, check_resume
 from .data import ImageDataset, imbalanced_indices, load_dataset
 from .distributed import (
     ShardedBatchSampler,
@@ -363,10 +363,7 @@ def open_run_folder(config: TrainConfig) -> dict | None:
             raise ValueError(f"--out {str(out)!r} already holds a run; pass --resume to continue it "
                              "or choose another --out")
         state = load_checkpoint(checkpoint_path, map_location="cpu")
-        stored = TrainConfig.from_dict(state["config"])
-        mismatched = config.differences(stored)
-        if mismatched:
-            raise ValueError(f"--resume: {', '.join(mismatched)} differ from the run stored in {str(out)!r}")
+        check_resume(config, TrainConfig.from_dict(state["config"]), out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way: one line, not a traceback
@@ -465,6 +462,8 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         shuffle.set_state(state["shuffle_generator"])
         augment.set_state(state["augment_generator"])
         epoch = int(state["epoch"])
+        if main_process and config.epochs != state["config"]["epochs"]:  # --epochs grew (check_resume)
+            atomic_write_json(out / "config.json", config.to_dict())
         # drop lines written after the checkpoint (rank 0 owns the files)
         for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():
             records = read_jsonl(out / name)

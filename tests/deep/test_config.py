@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main as cli_main
-from deep.config import TrainConfig, load_toml, resolve_config
+from deep.config import TrainConfig, config_nproc, load_toml, resolve_config
 
 
 def test_defaults_follow_theory_section_7():
@@ -60,6 +60,21 @@ def test_toml_keys_are_option_names_and_explicit_options_win(tmp_path):
     assert resolve_config({}, table).protos == 100.0
 
 
+def test_nproc_in_the_config_file_is_for_the_launcher(tmp_path):
+    path = tmp_path / "ddp.toml"
+    path.write_text('[train]\nnproc = 4\nbatch-size = 64\n')
+    assert load_toml(path) == {"batch_size": 64}  # the run itself (and its workers) never see nproc
+    assert config_nproc(None, path) == 4 and config_nproc(2, path) == 2  # --nproc wins
+    assert config_nproc(None, None) == 1
+    plain = tmp_path / "plain.toml"
+    plain.write_text("epochs = 2\n")
+    assert config_nproc(None, plain) == 1
+    for bad in ("0", "2.5", "true", '"2"'):
+        path.write_text(f"nproc = {bad}\n")
+        with pytest.raises(ValueError, match="nproc must be an integer >= 1"):
+            config_nproc(None, path)
+
+
 @pytest.mark.parametrize("text, match", [
     ("batch-sise = 3\n", "unknown option 'batch-sise'"),
     ("batch-size = 3\nbatch_size = 4\n", "given twice"),
@@ -89,6 +104,19 @@ def test_resume_uses_the_stored_configuration(tmp_path):
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(ValueError, match=match):
             resolve_config({"out": str(tmp_path), "resume": True})
+
+
+def test_resume_may_extend_epochs_of_an_explicit_multistep_schedule(tmp_path):
+    stored = TrainConfig(epochs=5, milestones=(2, 4), out=str(tmp_path))
+    (tmp_path / "config.json").write_text(stored.to_json())
+    assert resolve_config({"out": str(tmp_path), "resume": True, "epochs": 8}).epochs == 8
+    with pytest.raises(ValueError, match="--epochs differ"):
+        resolve_config({"out": str(tmp_path), "resume": True, "epochs": 4})
+    with pytest.raises(ValueError, match="--epochs, --milestones differ"):
+        resolve_config({"out": str(tmp_path), "resume": True, "epochs": 8, "milestones": "2,6"})
+    (tmp_path / "config.json").write_text(stored.replace(milestones=()).to_json())  # default: 50%/75%
+    with pytest.raises(ValueError, match="--epochs differ"):
+        resolve_config({"out": str(tmp_path), "resume": True, "epochs": 8})
 
 
 @pytest.mark.parametrize("args, message", [

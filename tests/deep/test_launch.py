@@ -77,6 +77,16 @@ def test_nproc_must_divide_the_global_batch(tiny_mnist, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_nproc_from_the_config_file(tiny_mnist, tmp_path):
+    import cli
+
+    config = tmp_path / "ddp.toml"
+    config.write_text("nproc = 3\n")
+    result = CliRunner().invoke(cli.main, ["deep", "train", "--config", str(config), *OPTIONS,
+                                           "--data-root", str(tiny_mnist), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "divisible by --nproc 3" in result.output, result.output
+
+
 def test_bad_input_is_refused_before_launching_workers(tmp_path, tiny_mnist):
     from cli import main
 

@@ -79,6 +79,29 @@ def test_resume_is_bit_identical(tmp_path):
     assert (straight / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
 
 
+def test_resume_extends_epochs_only_when_the_schedule_is_unchanged(tmp_path):
+    straight = train(tiny_config(tmp_path / "straight", epochs=3, milestones=(1,)), datasets=_datasets())
+    short = tiny_config(tmp_path / "extended", epochs=2, milestones=(1,))
+    train(short, datasets=_datasets())
+    train(short.replace(resume=True, epochs=3), datasets=_datasets())
+    first, second = _state(straight), _state(tmp_path / "extended")
+    assert first["epoch"] == second["epoch"] == 3
+    for name in first["model"]:
+        assert torch.equal(first["model"][name], second["model"][name]), name
+    assert (straight / "metrics.jsonl").read_text() == (tmp_path / "extended" / "metrics.jsonl").read_text()
+    # config.json follows, so a later plain --resume (e.g. from the CLI) continues the longer run
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["epochs"] == 3
+    # the default milestones and the cosine depend on --epochs: extending them is refused
+    for changes in ({}, {"schedule": "cosine"}):
+        config = tiny_config(tmp_path / f"fixed_{len(changes)}", epochs=2, **changes)
+        train(config, datasets=_datasets())
+        with pytest.raises(ValueError, match="--epochs differ.* --epochs may grow when the run has --schedule "
+                                             "multistep with explicit --milestones"):
+            train(config.replace(resume=True, epochs=3), datasets=_datasets())
+    with pytest.raises(ValueError, match="--epochs differ"):  # nor can a run shrink
+        train(short.replace(resume=True, epochs=2), datasets=_datasets())
+
+
 def test_resume_drops_lines_written_after_the_checkpoint(tmp_path):
     config = tiny_config(tmp_path / "run", epochs=2)
     run = train(config, datasets=_datasets(), stop_after=1)
