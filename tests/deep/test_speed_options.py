@@ -1,0 +1,85 @@
+"""The speed options of deep.train on the CPU: bf16 autocast and torch.compile give the eager
+fp32 step's loss and gradients (within their precision), and train() runs with them.
+
+The CUDA-only parts (fused SGD, channels_last on the GPU, NCCL) are in the GPU-marked tests,
+skipped without CUDA. A note on tolerances: these small BatchNorm networks are sensitive (a
+1e-6 perturbation of the weights moves a step's gradient by ~5e-2), so the comparisons are of
+one step from the same weights, not of trained runs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import synthetic_images, tiny_config
+
+from deep.checkpoint import read_jsonl
+from deep.train import _build, build_optimizer, train, train_step
+
+
+def _one_step(config, model_transform=lambda m: m, objective_changes=None):
+    """Loss and gradients of one train_step from the seeded initial weights on a fixed batch."""
+    data = synthetic_images(seed=0)
+    model, objective, _ = _build(config, data, torch.device("cpu"))
+    if objective_changes:
+        for key, value in objective_changes.items():
+            setattr(objective, key, value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the gradients, leave the weights
+    index = torch.arange(0, 96, 6)  # 16 images, every class
+    generator = torch.Generator().manual_seed(7)
+    loss = train_step(model_transform(model), objective, optimizer, data.images[index], data.labels[index],
+                      data.mean, data.std, generator)
+    return float(loss), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _relative(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in a)
+
+
+def test_bf16_autocast_step_matches_fp32_on_cpu():
+    config = tiny_config("unused", width=8)
+    loss, grads = _one_step(config)
+    loss16, grads16 = _one_step(config, objective_changes={"autocast_dtype": torch.bfloat16})
+    assert loss16 != loss  # the network did run in bf16
+    assert loss16 == pytest.approx(loss, rel=2e-2)
+    assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads16.values())
+    # bf16 keeps 8 bits of mantissa and these nets amplify round-off (module docstring):
+    # the step's direction is kept, not every tensor's gradient
+    flat16, flat = (torch.cat([g.flatten() for g in d.values()]) for d in (grads16, grads))
+    assert torch.nn.functional.cosine_similarity(flat16, flat, dim=0) > 0.9
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_and_train_runs_compiled(tmp_path):
+    config = tiny_config(tmp_path / "run", width=8, epochs=1)
+    loss, grads = _one_step(config)
+    torch._dynamo.reset()
+    loss_c, grads_c = _one_step(config, model_transform=torch.compile)
+    assert loss_c == pytest.approx(loss, rel=1e-5)
+    assert _relative(grads_c, grads) < 1e-3
+    run = train(config.replace(compile=True), datasets=(synthetic_images(seed=0), synthetic_images(per_class=8, seed=1)))
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert torch.isfinite(torch.tensor(lines[1]["loss"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_fused_sgd_channels_last_bf16_matches_cpu(tmp_path):
+    config = tiny_config(tmp_path / "cuda", width=8, device="cuda", precision="bf16", epochs=1)
+    data = synthetic_images(seed=0)
+    model, objective, _ = _build(config, data, torch.device("cuda"))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), config)
+    assert optimizer.defaults["fused"]
+    images, labels = data.images.cuda(), data.labels.cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    before = copy.deepcopy(model.state_dict())
+    loss = train_step(model, objective, optimizer, images[:16], labels[:16], data.mean, data.std, generator,
+                      channels_last=True)
+    assert torch.isfinite(loss) and loss.device.type == "cuda"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    run = train(config.replace(compile=True), datasets=(data, synthetic_images(per_class=8, seed=1)))
+    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [0, 1]
