@@ -5,7 +5,8 @@
 #   3. the eager ncgeo step at batch 512 (reference skipped): how far the batch-128 step is from
 #      the GPU's throughput at a size that hides kernel-launch overhead;
 #   4. Fashion-MNIST, step imbalance R=10, ResNet-18, bf16, with n_w = 0 and n_w = 100;
-#   5. a JSON summary (throughput, targets met or not, final Delta to the prototypes, accuracies).
+#   5. the CUDA-only tests (pytest -m gpu on the deep test files that need no cvxpy);
+#   6. a JSON summary (throughput, targets met or not, final Delta to the prototypes, accuracies).
 # Every stage has its own time limit; a stage that fails or times out is recorded in the
 # summary and the next one still runs.
 #
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT_DIR=$2; shift 2 ;;
         --epochs) EPOCHS=$2; shift 2 ;;
         --cpu-smoke) SMOKE=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -52,13 +53,13 @@ if [[ $SMOKE == 1 ]]; then
     LARGE=(--quick --device cpu --skip-reference --batch-size 32)
     TRAIN=(--device cpu --width 4 --batch-size 32 --max-train-samples 400 --max-test-samples 200
            --epochs 1 --eval-every 1 --precision fp32)
-    LIMIT_BENCH=120; LIMIT_COMPILED=0; LIMIT_LARGE=60; LIMIT_RUN=120
+    LIMIT_BENCH=120; LIMIT_COMPILED=0; LIMIT_LARGE=60; LIMIT_RUN=120; LIMIT_TESTS=60
 else
     BENCH=(--device cuda --precision bf16)
     COMPILED=(--device cuda --precision bf16 --compile --skip-reference --steps 200)
     LARGE=(--device cuda --precision bf16 --skip-reference --batch-size 512 --steps 60 --warmup 10)
     TRAIN=(--device cuda --width 64 --batch-size 128 --epochs "$EPOCHS" --eval-every 5 --precision bf16)
-    LIMIT_BENCH=80; LIMIT_COMPILED=130; LIMIT_LARGE=50; LIMIT_RUN=100  # 460 s at most
+    LIMIT_BENCH=75; LIMIT_COMPILED=120; LIMIT_LARGE=50; LIMIT_RUN=95; LIMIT_TESTS=45  # 480 s at most
 fi
 
 stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run with a time limit, log, remember the status
@@ -85,6 +86,9 @@ for NW in 0 100; do
         --out "$RUNS/fmnist_nw$NW"
     cp "$RUNS/fmnist_nw$NW/metrics.jsonl" "$OUT_DIR/fmnist_nw${NW}_metrics.jsonl" 2> /dev/null
 done
+
+stage gpu_tests "$LIMIT_TESTS" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+    tests/deep/test_speed_options.py tests/deep/test_models.py tests/deep/test_augment.py
 
 "$PY" - "$OUT_DIR" "$RUNS" "${STATUS[@]}" <<'PYTHON' 2>&1 | tee -a "$LOG"
 import json, statistics, sys, time

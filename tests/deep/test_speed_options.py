@@ -67,7 +67,7 @@ def test_compiled_step_matches_eager_and_train_runs_compiled(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_step_fused_sgd_channels_last_bf16_matches_cpu(tmp_path):
+def test_cuda_step_with_fused_sgd_channels_last_and_bf16(tmp_path):
     config = tiny_config(tmp_path / "cuda", width=8, device="cuda", precision="bf16", epochs=1)
     data = synthetic_images(seed=0)
     model, objective, _ = _build(config, data, torch.device("cuda"))
@@ -81,5 +81,7 @@ def test_cuda_step_fused_sgd_channels_last_bf16_matches_cpu(tmp_path):
                       channels_last=True)
     assert torch.isfinite(loss) and loss.device.type == "cuda"
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    run = train(config.replace(compile=True), datasets=(data, synthetic_images(per_class=8, seed=1)))
-    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [0, 1]
+    # the engine end to end on CUDA (torch.compile on CUDA runs in bench/gpu_check.sh)
+    run = train(config, datasets=(data, synthetic_images(per_class=8, seed=1)))
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert [line["epoch"] for line in lines] == [0, 1] and torch.isfinite(torch.tensor(lines[1]["loss"]))
