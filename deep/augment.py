@@ -14,6 +14,8 @@ offsets, then flip decisions, each of length ``views * N`` (view-major).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
@@ -51,6 +53,32 @@ def _draw(kind: str, high: int, size: int, generator: torch.Generator | None,
     return values.to(device, non_blocking=True)
 
 
+def _as_floats(name: str, values: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().reshape(-1).tolist()
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+            dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1 / (255 std), -mean / std)`` as ``(1, C, 1, 1)`` tensors on ``device``, made once per
+    key: a host-to-device copy of fresh host numbers synchronises with the GPU (PyTorch's
+    blocking copies wait for the stream), which the training step must not do."""
+    if any(not math.isfinite(v) for v in mean + std):
+        raise ValueError("mean and std must be finite")
+    if any(v <= 0 for v in std):
+        raise ValueError("std must be > 0")
+    mean_t = torch.tensor(mean, dtype=torch.float64)
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std_t)).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    shift = (-mean_t / std_t).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    return scale, shift
+
+
 def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
              std: Sequence[float] | torch.Tensor, *, dtype: torch.dtype = torch.float32,
              channels_last: bool = False) -> torch.Tensor:
@@ -58,21 +86,19 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
 
     Computed as one fused ``addcmul`` (``x * (1 / (255 std)) - mean / std``) in ``dtype`` on the
     images' device. With ``channels_last=True`` the result uses ``torch.channels_last`` memory
-    format (the conversion is done on the ``uint8`` input, the cheaper tensor).
+    format (the conversion is done on the ``uint8`` input, the cheaper tensor). The two
+    per-channel constants are put on the device once per ``(mean, std, device, dtype)`` and
+    reused, so repeated calls make no host-to-device copy (no synchronisation with the GPU).
     """
     images = _check_images(images)
-    if not dtype.is_floating_point:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     channels = images.shape[1]
-    mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-    if mean_t.numel() != channels or std_t.numel() != channels:
+    mean_f, std_f = _as_floats("mean", mean), _as_floats("std", std)
+    if len(mean_f) != channels or len(std_f) != channels:
         raise ValueError(f"mean and std must have {channels} entries (one per channel), "
-                         f"got {mean_t.numel()} and {std_t.numel()}")
-    if not bool((std_t > 0).all()):
-        raise ValueError("std must be > 0")
-    scale = (1.0 / (255.0 * std_t)).to(device=images.device, dtype=dtype).view(1, channels, 1, 1)
-    shift = (-mean_t / std_t).to(device=images.device, dtype=dtype).view(1, channels, 1, 1)
+                         f"got {len(mean_f)} and {len(std_f)}")
+    scale, shift = _affine(mean_f, std_f, images.device, dtype)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     out = torch.addcmul(shift, images.to(dtype), scale)

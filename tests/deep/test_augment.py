@@ -111,6 +111,14 @@ def test_to_float_formula_and_layout():
         to_float(x, (0.1,), (0.2,))
     with pytest.raises(TypeError, match="floating"):
         to_float(x, mean, std, dtype=torch.int32)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        to_float(x, mean, (0.4, 0.0))
+    with pytest.raises(ValueError, match="finite"):
+        to_float(x, (0.2, float("nan")), std)
+    with pytest.raises(TypeError, match="mean must be a sequence of numbers"):
+        to_float(x, ("a", "b"), std)
+    # tensors are accepted as well, and the same constants (made once) serve repeated calls
+    torch.testing.assert_close(to_float(x, torch.tensor(mean), torch.tensor(std), dtype=torch.float64), expected)
 
 
 def test_augment_views_shapes_and_content():

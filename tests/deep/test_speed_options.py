@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import synthetic_images, tiny_config
 
 from deep.checkpoint import read_jsonl
@@ -65,6 +66,39 @@ def test_compiled_step_matches_eager_and_train_runs_compiled(tmp_path):
     assert torch.isfinite(torch.tensor(lines[1]["loss"]))
 
 
+class _HostTraffic(TorchDispatchMode):
+    """Records the operators that move numbers between the host and the device on a GPU:
+    ``lift_fresh`` (a tensor made from Python numbers, which a CUDA step would then copy to the
+    device with a blocking, stream-synchronising copy) and ``_local_scalar_dense`` (``.item()``,
+    ``float()``, ``bool()`` of a tensor: a device-to-host read)."""
+
+    WATCHED = ("aten.lift_fresh", "aten._local_scalar_dense")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.WATCHED):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss", ["scl", "ce", "ce-fixed"])
+def test_training_step_makes_no_host_round_trip(loss):
+    config = tiny_config("unused", width=4, loss=loss)
+    data = synthetic_images(seed=0)
+    model, objective, _ = _build(config, data, torch.device("cpu"))
+    optimizer = build_optimizer(list(model.parameters()) + list(objective.parameters()), config)
+    generator = torch.Generator().manual_seed(0)
+    batch = (data.images[:16], data.labels[:16], data.mean, data.std, generator)
+    train_step(model, objective, optimizer, *batch)  # the first step may set up its constants
+    with _HostTraffic() as spy:
+        for _ in range(2):
+            loss_value = train_step(model, objective, optimizer, *batch, channels_last=True)
+    assert spy.seen == [] and loss_value.ndim == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_with_fused_sgd_channels_last_and_bf16(tmp_path):
@@ -77,8 +111,13 @@ def test_cuda_step_with_fused_sgd_channels_last_and_bf16(tmp_path):
     images, labels = data.images.cuda(), data.labels.cuda()
     generator = torch.Generator(device="cuda").manual_seed(0)
     before = copy.deepcopy(model.state_dict())
-    loss = train_step(model, objective, optimizer, images[:16], labels[:16], data.mean, data.std, generator,
-                      channels_last=True)
+    step = (model, objective, optimizer, images[:16], labels[:16], data.mean, data.std, generator)
+    train_step(*step, channels_last=True)  # sets up the normalisation constants on the device
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call raises
+    try:
+        loss = train_step(*step, channels_last=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss) and loss.device.type == "cuda"
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the engine end to end on CUDA (torch.compile on CUDA runs in bench/gpu_check.sh)
