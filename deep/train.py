@@ -460,8 +460,14 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
             group["fused"] = optimizer.defaults["fused"]
         scheduler.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle_generator"])
-        augment.set_state(state["augment_generator"])
         epoch = int(state["epoch"])
+        try:
+            augment.set_state(state["augment_generator"])
+        except RuntimeError:  # saved on another device type (CPU and CUDA generators differ)
+            augment.manual_seed(config.seed + 1 + epoch)
+            log(f"--resume on {device.type}: the checkpoint's augmentation generator belongs to another "
+                f"device type; the augmentation continues from seed {config.seed + 1 + epoch} instead "
+                "(the run is no longer bit-identical to an uninterrupted one)")
         if main_process and config.epochs != state["config"]["epochs"]:  # --epochs grew (check_resume)
             atomic_write_json(out / "config.json", config.to_dict())
         # drop lines written after the checkpoint (rank 0 owns the files)

@@ -102,6 +102,18 @@ def test_resume_extends_epochs_only_when_the_schedule_is_unchanged(tmp_path):
         train(short.replace(resume=True, epochs=2), datasets=_datasets())
 
 
+def test_resume_on_another_device_type_reseeds_the_augmentation(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=2)
+    run = train(config, datasets=_datasets(), stop_after=1)
+    state = _state(run)
+    state["augment_generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    save_checkpoint(run / "checkpoint.pt", state)
+    messages = []
+    train(config.replace(resume=True), datasets=_datasets(), log=messages.append)
+    assert _state(run)["epoch"] == 2
+    assert any("augmentation continues from seed 5" in m for m in messages), messages
+
+
 def test_resume_drops_lines_written_after_the_checkpoint(tmp_path):
     config = tiny_config(tmp_path / "run", epochs=2)
     run = train(config, datasets=_datasets(), stop_after=1)
