@@ -107,8 +107,29 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     return out.contiguous()
 
 
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+        raise TypeError(f"shard must be a pair (rank, world_size), got {shard!r}")
+    rank, world = check_int("shard rank", shard[0], minimum=0), check_int("shard world_size", shard[1], minimum=1)
+    if rank >= world:
+        raise ValueError(f"shard rank must be < world_size = {world}, got {rank}")
+    return rank, world
+
+
+def _draw_shard(kind: str, high: int, views: int, n: int, shard: tuple[int, int],
+                generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """This rank's ``views * n`` numbers out of a draw for the global batch of ``world * n``
+    images (view-major: global row ``v (world n) + rank n + i``)."""
+    rank, world = shard
+    values = _draw(kind, high, views * world * n, generator, device)
+    if world == 1:
+        return values
+    return values.view(views, world, n)[:, rank].reshape(views * n)
+
+
 def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
-                     generator: torch.Generator | None = None, views: int = 1) -> torch.Tensor:
+                     generator: torch.Generator | None = None, views: int = 1, *,
+                     shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     r"""Random crop with zero padding and (optionally) random horizontal flip, fused.
 
     Each output image ``v * N + i`` (``v < views``) is the ``H x W`` window at offset
@@ -117,19 +138,26 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
     ``out[v N + i, c, r, s] = P_i[c, a + r, b + s']`` with ``s' = W - 1 - s`` if flipped else
     ``s``. One ``torch.gather`` from the flattened padded batch (the pixel index is shared by
     the channels); the result is a contiguous ``(views N, C, H, W)`` tensor of the input dtype.
+
+    ``shard = (rank, world_size)``: the images are rank ``rank``'s part (images
+    ``rank N .. rank N + N - 1``) of a global batch of ``world_size N`` images, and every rank
+    draws the random numbers of the whole global batch from an identically seeded generator
+    and keeps its own: the ranks' crops and flips are exactly those of one process augmenting
+    the global batch (independent across ranks, and the generators stay in step).
     """
     images = _check_images(images)
     padding = check_int("padding", padding, minimum=0)
     views = check_int("views", views, minimum=1)
+    shard = _check_shard(shard)
     n, channels, height, width = images.shape
     total, device = views * n, images.device
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    top = _draw("int", 2 * padding + 1, total, generator, device)
-    left = _draw("int", 2 * padding + 1, total, generator, device)
+    top = _draw_shard("int", 2 * padding + 1, views, n, shard, generator, device)
+    left = _draw_shard("int", 2 * padding + 1, views, n, shard, generator, device)
     rows = top[:, None] + torch.arange(height, device=device)             # (V N, H)
     cols = left[:, None] + torch.arange(width, device=device)             # (V N, W)
     if flip:
-        mirrored = _draw("uniform", 0, total, generator, device) < 0.5
+        mirrored = _draw_shard("uniform", 0, views, n, shard, generator, device) < 0.5
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
     padded_height, padded_width = padded.shape[-2:]
     flat = padded.reshape(n, channels, padded_height * padded_width)
@@ -162,11 +190,13 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator | No
 def augment_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
                   std: Sequence[float] | torch.Tensor, views: int = 2, padding: int = 4,
                   generator: torch.Generator | None = None, *, flip: bool = True,
-                  dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """``views`` independently augmented copies of a ``uint8`` batch, normalised, as one tensor
     ``(views N, C, H, W)`` ordered view-major (rows ``v N .. v N + N - 1`` are view ``v`` of
-    images ``0 .. N - 1``): :func:`random_crop_flip` then :func:`to_float`."""
-    crops = random_crop_flip(images, padding, flip, generator, views)
+    images ``0 .. N - 1``): :func:`random_crop_flip` (with its ``shard`` for one rank's part of
+    a global batch) then :func:`to_float`."""
+    crops = random_crop_flip(images, padding, flip, generator, views, shard=shard)
     return to_float(crops, mean, std, dtype=dtype, channels_last=channels_last)
 
 

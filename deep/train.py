@@ -35,7 +35,9 @@ Several processes (``torchrun --nproc_per_node=N -m deep.train ...`` or ``ncgeo 
 (``cuda:LOCAL_RANK``, or the CPU with the gloo backend). ``--batch-size`` stays the *global*
 number of images per step, split equally over the processes (it must be divisible by N): the
 epoch's permutation is cut into global batches and each into rank shards
-(:class:`deep.distributed.ShardedBatchSampler`), the SCL loss gathers the embeddings of the
+(:class:`deep.distributed.ShardedBatchSampler`), every rank draws the augmentation of the
+whole global batch from the same seeded generator and applies its own part (so the crops and
+flips are those of one process, and independent across ranks), the SCL loss gathers the embeddings of the
 global batch with gradient and is scaled so that DDP's average is the gradient of the
 global-batch loss (:func:`deep.distributed.distributed_scl_prototype_loss`); batch-norm layers
 are synchronised on CUDA. Evaluation is sharded over the processes and the embeddings gathered,
@@ -274,15 +276,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
 
 def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-               generator: torch.Generator | None = None, *, channels_last: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, channels_last: bool = False,
+               shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """One optimisation step on a ``uint8`` batch ``(b, C, H, W)`` with labels ``(b,)``.
 
     The batch becomes ``VIEWS * b`` augmented samples (view-major, labels repeated; in
     ``channels_last`` layout when asked); returns the detached mean loss as a device tensor
-    (no host synchronisation). Under DDP the objective's own parameters (the ``ce``
+    (no host synchronisation). Under DDP the batch is rank ``shard[0]``'s part of the global
+    batch (its augmentation draws are those of the global batch, see
+    :func:`deep.augment.random_crop_flip`), and the objective's own parameters (the ``ce``
     classifier) have their gradients averaged over the processes here.
     """
-    views = augment_batch(images, mean, std, VIEWS, PADDING, generator, channels_last=channels_last)
+    views = augment_batch(images, mean, std, VIEWS, PADDING, generator, channels_last=channels_last,
+                          shard=shard)
     loss = objective(model, views, labels.repeat(VIEWS))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -488,7 +494,8 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         for step in range(steps):
             index = batches[step]
             loss = train_step(network, objective, optimizer, train_set.images[index], train_set.labels[index],
-                              train_set.mean, train_set.std, augment, channels_last=channels_last)
+                              train_set.mean, train_set.std, augment, channels_last=channels_last,
+                              shard=(context.rank, context.world_size))
             scheduler.step()
             loss_sum += loss
             if progress.enabled and ((step + 1) % config.log_every == 0 or step + 1 == steps):

@@ -143,3 +143,23 @@ def test_argument_errors():
         random_crop(torch.zeros(3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="probability"):
         random_horizontal_flip(_images(), probability=2.0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_augment_exactly_like_one_process_on_the_global_batch(world):
+    b, views = 4, 2
+    images = torch.randint(0, 256, (world * b, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    single = torch.Generator().manual_seed(11)
+    whole = augment_batch(images, mean, std, views, 2, single).view(views, world * b, 3, 8, 8)
+    for rank in range(world):
+        generator = torch.Generator().manual_seed(11)  # every rank seeds alike
+        part = augment_batch(images[rank * b:(rank + 1) * b], mean, std, views, 2, generator,
+                             shard=(rank, world)).view(views, b, 3, 8, 8)
+        torch.testing.assert_close(part, whole[:, rank * b:(rank + 1) * b], rtol=0, atol=0)
+        assert torch.equal(generator.get_state(), single.get_state())  # the generators stay in step
+    with pytest.raises(ValueError, match="shard rank must be < world_size = 2"):
+        augment_batch(images, mean, std, shard=(2, 2))
+    with pytest.raises(TypeError, match="pair"):
+        augment_batch(images, mean, std, shard=1)
