@@ -155,7 +155,7 @@ def _write_output(option: str, path: str, write) -> None:
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
               help="Write H, y, W and the settings to an .npz file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG heatmap of the class-mean Gram beside the prototype Gram.")
+              help="Write a heatmap of the class-mean Gram beside the prototype Gram (.png, .pdf or .svg).")
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
               default="auto", show_default=True,
               help="Certify global optimality (auto: fastest applicable method, with fallbacks).")
@@ -188,6 +188,13 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
 
     for option, path in (("--json", json_path), ("--save", save_path), ("--plot", plot_path)):
         _check_output(option, path)
+    if plot_path is not None:
+        from ncgeo.plotting import figure_format
+
+        try:
+            figure_format(plot_path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).replace("path ", "", 1), param_hint="'--plot'") from exc
     if batching != "full" and batch_size is None:
         raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
     if proto_anchors and 0 < protos < 1:

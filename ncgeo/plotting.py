@@ -10,7 +10,18 @@ import numpy as np
 from ._io import atomic_write_bytes
 from ._validation import as_float_array
 
-__all__ = ["plot_gram_comparison"]
+__all__ = ["plot_gram_comparison", "figure_format", "FIGURE_FORMATS"]
+
+#: File formats of :func:`plot_gram_comparison`, chosen by the path's suffix.
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The format named by ``path``'s suffix (``png``, ``pdf`` or ``svg``; ``ValueError`` otherwise)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"path {os.fspath(path)!r} must end in .png, .pdf or .svg (the figure's format)")
+    return suffix
 
 
 def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLike | None = None, *,
@@ -18,8 +29,8 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
     """Heatmaps of the class-mean cosine Gram beside the prototype Gram (both ``k x k``).
 
     Colour scale fixed to ``[-1, 1]`` (diverging), one panel per matrix, entries written
-    in the cells when ``k <= 12``. Writes a PNG to ``path`` atomically when given and
-    returns the matplotlib figure.
+    in the cells when ``k <= 12``. Writes the figure to ``path`` atomically when given (PNG,
+    PDF or SVG by the suffix, :func:`figure_format`) and returns the matplotlib figure.
 
     Parameters
     ----------
@@ -28,10 +39,11 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
     gram_prototypes : (k, k) array, optional
         ``W^T W``; omitted panel when ``None``.
     path : path, optional
-        Output ``.png``.
+        Output ``.png``, ``.pdf`` or ``.svg``.
     title : str, optional
         Figure title.
     """
+    fmt = None if path is None else figure_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +69,7 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
         figure.suptitle(title, fontsize=10)
     if path is not None:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=dpi)
+        figure.savefig(buffer, format=fmt, dpi=dpi)
         atomic_write_bytes(path, buffer.getvalue())
     plt.close(figure)
     return figure

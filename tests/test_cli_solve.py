@@ -101,9 +101,10 @@ def test_bad_input_is_one_line_naming_the_option(args, option, expected, bad_fil
 def test_unwritable_output_is_one_line(option, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    targets = [str(blocker / "out")]  # folder is a file: refused before the solve
+    suffix = ".png" if option == "--plot" else ""  # --plot also needs a figure format
+    targets = [str(blocker / "out") + suffix]  # folder is a file: refused before the solve
     if os.path.isdir("/proc"):
-        targets.append("/proc/ncgeo-review-out")  # creating a file there fails (even as root)
+        targets.append("/proc/ncgeo-review-out" + suffix)  # creating a file there fails (even as root)
     for target in targets:
         result = _run("--classes", "3", "--samples", "2", "--certify", "none", option, target)
         assert result.exit_code == 2, result.output
@@ -127,3 +128,19 @@ def test_impossible_batch_or_seed_is_one_line(args, start):
     result = _run("--classes", "3", *args)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(start) and len(result.output.splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".PNG", b"\x89PNG")])
+def test_plot_format_follows_the_suffix(tmp_path, suffix, magic):
+    path = tmp_path / f"gram{suffix}"
+    result = _run("--classes", "3", "--samples", "2", "--certify", "none", "--plot", str(path))
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes().startswith(magic)
+
+
+def test_plot_with_an_unknown_suffix_is_refused_before_the_solve(tmp_path):
+    result = _run("--classes", "3", "--samples", "2", "--plot", str(tmp_path / "gram.jpeg"))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--plot" in lines[0] and "must end in .png, .pdf or .svg" in lines[0], lines
+    assert not list(tmp_path.iterdir())
