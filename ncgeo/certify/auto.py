@@ -29,7 +29,7 @@ from .dual import MAX_DENSE_GROUPS, dual_certificate
 from .full import _check_batches, solve_full
 from .orbit import orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .result import DEFAULT_RTOL, CertificateResult, check_rtol, make_result
 
 __all__ = ["certify", "certify_result", "realise_and_certify", "METHODS"]
 
@@ -113,6 +113,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     """
     timer = Timer()
     check_choice("method", method, METHODS)
+    rtol = check_rtol(rtol)
     H, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
                                                       prototypes_as_anchors, upper_bound)
     N, d = H.shape
@@ -230,6 +231,7 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     None when the optimum is not collapsed or not realisable in ``d`` dimensions.
     """
     timer = Timer()
+    rtol = check_rtol(rtol)
     sizes = [int(s) for s in class_sizes]
     if any(s != c for s, c in zip(sizes, class_sizes)) or min(sizes) < 1:
         raise ValueError("class_sizes must be positive integers to realise samples")

@@ -56,7 +56,7 @@ from scipy.special import logsumexp
 from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
 from .full import _check_batches
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .result import CertificateResult, DEFAULT_RTOL, check_rtol, make_result
 
 __all__ = ["dual_certificate"]
 
@@ -199,15 +199,14 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
         point where the bound was computed).
     """
     timer = Timer()
+    rtol = check_rtol(rtol)
     H0, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
                                                        prototypes_as_anchors, upper_bound)
     N, d = H0.shape
     use_p = n_w > 0
     if not use_p:
         W = None
-    k = W.shape[1] if use_p else 0
-    if use_p and y.max() >= k:
-        raise ValueError(f"labels must lie in [0, {k - 1}]")
+    k = W.shape[1] if use_p else 0  # candidate_inputs checked the labels against it
     G_W = W.T @ W if use_p else np.zeros((0, 0))
     batch_list = _check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))

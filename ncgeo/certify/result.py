@@ -8,10 +8,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CertificateResult", "DEFAULT_RTOL"]
+__all__ = ["CertificateResult", "DEFAULT_RTOL", "check_rtol"]
 
 #: Relative gap below which a certificate is accepted (default of every method).
 DEFAULT_RTOL = 1e-6
+
+
+def check_rtol(rtol: float) -> float:
+    """``rtol`` as a float in the open interval (0, 1), else ``ValueError``/``TypeError`` naming it."""
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"rtol must be a real number, got {type(rtol).__name__}")
+    rtol = float(rtol)
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol must lie in (0, 1) (the accepted relative gap), got {rtol!r}")
+    return rtol
 
 
 def _plain(value: Any) -> Any:
@@ -109,6 +119,7 @@ def make_result(lower: float, upper: float, *, method: str, status: str, seconds
     ``failure`` (a reason) forces ``certified=False``; otherwise the verdict is
     ``relative_gap <= rtol`` and, when known, ``realisable``.
     """
+    rtol = check_rtol(rtol)
     lower = float(lower) if lower is not None else -math.inf
     upper = float(upper) if upper is not None else math.inf
     gap = upper - lower if math.isfinite(lower) and math.isfinite(upper) else math.inf

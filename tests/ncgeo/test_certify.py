@@ -81,6 +81,20 @@ def test_labels_beyond_the_prototypes_are_refused(n_w):
         certify(H, [0, 1, 2, 3], W, n_w, 0.5, method="dual")
 
 
+@pytest.mark.parametrize("rtol, error", [(-1.0, ValueError), (0.0, ValueError), (1.0, ValueError),
+                                         (float("nan"), ValueError), (True, TypeError), ("1e-6", TypeError)])
+def test_rtol_must_lie_in_the_open_unit_interval(rtol, error):
+    from ncgeo.certify import dual_certificate
+
+    W = simplex_etf(3, 3)
+    H = W.T[[0, 1, 2]]
+    for call in (lambda: certify(H, [0, 1, 2], W, 2.0, 0.5, rtol=rtol),
+                 lambda: dual_certificate(H, [0, 1, 2], W, 2.0, 0.5, rtol=rtol),
+                 lambda: realise_and_certify([1, 1, 1], W, 2.0, 0.5, rtol=rtol)):
+        with pytest.raises(error, match="rtol"):
+            call()
+
+
 def test_orbit_large_k_is_fast():
     from ncgeo.geometry import etf_gram
 
