@@ -69,19 +69,35 @@ def test_compiled_step_matches_eager_and_train_runs_compiled(tmp_path):
 class _HostTraffic(TorchDispatchMode):
     """Records the operators that move numbers between the host and the device on a GPU:
     ``lift_fresh`` (a tensor made from Python numbers, which a CUDA step would then copy to the
-    device with a blocking, stream-synchronising copy) and ``_local_scalar_dense`` (``.item()``,
-    ``float()``, ``bool()`` of a tensor: a device-to-host read)."""
+    device with a blocking, stream-synchronising copy), ``_local_scalar_dense`` (``.item()``,
+    ``float()``, ``bool()`` of a tensor: a device-to-host read) and the operators whose output
+    size depends on the data (``nonzero``, boolean-mask selection, ``unique``,
+    ``repeat_interleave``), which read that size back from the GPU."""
 
-    WATCHED = ("aten.lift_fresh", "aten._local_scalar_dense")
+    WATCHED = ("aten.lift_fresh", "aten._local_scalar_dense", "aten.nonzero", "aten.masked_select",
+               "aten._unique", "aten.unique", "aten.repeat_interleave")
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(self.WATCHED):
-            self.seen.append(str(func))
+        name = str(func)
+        boolean_mask = name.startswith(("aten.index.", "aten.index_put")) and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool
+            for index in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
+        if name.startswith(self.WATCHED) or boolean_mask:
+            self.seen.append(name)
         return func(*args, **(kwargs or {}))
+
+
+def test_the_host_traffic_spy_sees_what_it_watches():
+    x = torch.randn(6)
+    with _HostTraffic() as spy:
+        x[x > 0], float(x.sum()), torch.tensor([1.0, 2.0]), x.nonzero()
+        x[torch.arange(3)]  # integer indexing needs no read-back
+    assert spy.seen == ["aten.index.Tensor", "aten._local_scalar_dense.default", "aten.lift_fresh.default",
+                        "aten.nonzero.default"]
 
 
 @pytest.mark.parametrize("loss", ["scl", "ce", "ce-fixed"])
