@@ -57,41 +57,19 @@ def main() -> None:
 
 
 def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: int):
-    """``(W, d, name)`` for ``--geometry``; errors name the option that is wrong."""
-    import os
+    """``(W, d, name)`` for ``--geometry`` (:func:`ncgeo.geometry.named_prototypes`); an error
+    about the dimension names ``--dim``, any other ``--geometry``."""
+    from ncgeo.geometry import named_prototypes
 
-    from ncgeo import geometry as geo
-
-    if geometry == "etf":
-        d = k if dim is None else dim
-        if d < k - 1:
-            raise click.BadParameter(f"must be >= K-1 = {k - 1} for --geometry etf (a simplex ETF of {k} "
-                                     f"points needs K-1 dimensions), got {d}", param_hint="'--dim'")
-        return geo.simplex_etf(k, d), d, "etf"
-    if geometry == "of":
-        d = k if dim is None else dim
-        if d < k:
-            raise click.BadParameter(f"must be >= K = {k} for --geometry of (an orthogonal frame of {k} "
-                                     f"vectors), got {d}", param_hint="'--dim'")
-        return geo.orthogonal_frame(k, d), d, "of (standard basis, non-negative)"
-    if geometry == "random":
-        d = k if dim is None else dim
-        return geo.random_prototypes(k, d, seed=seed, nonnegative=relu), d, \
-            f"random ({'non-negative, ' if relu else ''}seed {seed})"
-    if not os.path.isfile(geometry):
-        raise click.BadParameter(f"must be etf, of, random or an existing .npy/.csv/.txt file holding a "
-                                 f"k x k Gram or d x k vectors; {geometry!r} "
-                                 f"{'is a folder' if os.path.isdir(geometry) else 'does not exist'}",
-                                 param_hint="'--geometry'")
     try:
-        W = geo.load_prototypes(geometry, d=dim)
+        W = named_prototypes(geometry, k, dim, seed=seed, nonnegative=relu)
     except (ValueError, TypeError) as exc:
-        raise click.BadParameter(f"{exc} (expected a PSD k x k Gram with unit diagonal or d x k unit "
-                                 f"vectors)", param_hint="'--geometry'") from exc
-    if W.shape[1] != k:
-        raise click.BadParameter(f"{geometry!r} holds {W.shape[1]} prototypes, expected K = {k} (--classes)",
-                                 param_hint="'--geometry'")
-    return W, W.shape[0], f"file {geometry}"
+        option = "'--dim'" if str(exc).startswith("d must be") else "'--geometry'"
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    names = {"etf": "etf", "of": "of (standard basis, non-negative)",
+             "random": f"random ({'non-negative, ' if relu else ''}seed {seed})",
+             "random+": f"random (non-negative, seed {seed})", "spherical": f"spherical (seed {seed})"}
+    return W, W.shape[0], names.get(geometry, f"file {geometry}")
 
 
 def _check_output(option: str, path: str | None) -> None:
@@ -124,9 +102,10 @@ def _write_output(option: str, path: str, write) -> None:
               help="Imbalance ratio R >= 1 (ignored with --imbalance none).")
 @click.option("--protos", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="n_w: copies of each class prototype in every batch (0 = plain SCL).")
-@click.option("--geometry", default="etf", show_default=True, metavar="{etf,of,random,PATH}",
+@click.option("--geometry", default="etf", show_default=True, metavar="{etf,of,random,random+,spherical,PATH}",
               help="Prototypes: simplex ETF, orthogonal frame (standard basis), random unit vectors "
-                   "(non-negative with --relu), or a .npy/.csv/.txt file with a K x K Gram or D x K vectors.")
+                   "(non-negative with --relu or random+), a seeded spherical code, or a .npy/.csv/.txt file "
+                   "with a K x K Gram or D x K vectors.")
 @click.option("--dim", type=click.IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
 @click.option("--tau", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
               help="Temperature (> 0).")

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncgeo.classes import class_sizes
-from ncgeo.geometry import load_prototypes, orthogonal_frame, random_prototypes, simplex_etf, spherical_code
+from ncgeo.geometry import named_prototypes
 from ncgeo.losses import fixed_classifier_cross_entropy
 
 from .augment import augment_batch
@@ -80,6 +80,7 @@ from .data import ImageDataset, imbalanced_indices, load_dataset
 from .distributed import (
     ShardedBatchSampler,
     average_gradients,
+    barrier,
     broadcast_buffers,
     distributed_scl_prototype_loss,
     init_distributed,
@@ -131,31 +132,15 @@ def resolve_device(name: str) -> torch.device:
 
 def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
                      nonnegative: bool = False) -> np.ndarray:
-    """Prototypes ``W`` (``dim x num_classes``, unit columns) from an :mod:`ncgeo.geometry` constructor.
-
-    ``etf``: :func:`~ncgeo.geometry.simplex_etf` (needs ``dim >= k - 1``); ``of``:
-    :func:`~ncgeo.geometry.orthogonal_frame` (standard basis, non-negative; ``dim >= k``);
-    ``random``: :func:`~ncgeo.geometry.random_prototypes` (non-negative when the features are);
-    ``spherical``: :func:`~ncgeo.geometry.spherical_code` (minimal-energy points, seeded; for more
-    classes than ``dim + 1``); anything else is a file read by :func:`~ncgeo.geometry.load_prototypes`.
+    """Prototypes ``W`` (``dim x num_classes``, unit columns) for ``--geometry``, in the model's
+    feature dimension: :func:`ncgeo.geometry.named_prototypes` (``etf``, ``of``, ``random``,
+    non-negative when the features are, ``spherical`` for more classes than ``dim + 1``, or a
+    Gram/vector file); errors name ``--geometry``, the classes and the dimension.
     """
     try:
-        if geometry == "etf":
-            W = simplex_etf(num_classes, dim)
-        elif geometry == "of":
-            W = orthogonal_frame(num_classes, dim)
-        elif geometry == "random":
-            W = random_prototypes(num_classes, dim, seed=seed, nonnegative=nonnegative)
-        elif geometry == "spherical":
-            W = spherical_code(num_classes, dim, seed=seed)
-        else:
-            W = load_prototypes(geometry, dim)
+        return named_prototypes(geometry, num_classes, dim, seed=seed, nonnegative=nonnegative)
     except ValueError as exc:
         raise ValueError(f"--geometry {geometry!r} with {num_classes} classes in dimension {dim}: {exc}") from exc
-    if W.shape != (dim, num_classes):
-        raise ValueError(f"--geometry {geometry!r} gives prototypes of shape {W.shape}, "
-                         f"expected ({dim}, {num_classes}) (feature dimension x classes)")
-    return W
 
 
 class Objective(nn.Module):
@@ -475,7 +460,7 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
                 f"device type; the augmentation continues from seed {config.seed + 1 + epoch} instead "
                 "(the run is no longer bit-identical to an uninterrupted one)")
         if main_process and config.epochs != state["config"]["epochs"]:  # --epochs grew (check_resume)
-            atomic_write_json(out / "config.json", config.to_dict())
+            atomic_write_json(out / "config.json", config.replace(resume=False).to_dict())
         # drop lines written after the checkpoint (rank 0 owns the files)
         for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():
             records = read_jsonl(out / name)
@@ -530,6 +515,9 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
                 "augment_generator": augment.get_state(),
             })
         done_now += 1
+    # every process leaves together, after rank 0 has written the checkpoint: a process that tore
+    # its process group down while another still wrote could abort in gloo's threads at exit
+    barrier()
     return out
 
 

@@ -16,6 +16,7 @@ from .geometry import (
     random_prototypes,
     simplex_etf,
     spherical_code,
+    named_prototypes,
 )
 from .losses import fixed_classifier_cross_entropy, scl_prototype_loss
 from .metrics import geometry_metrics, gram_distance
@@ -37,6 +38,7 @@ __all__ = [
     "prototypes_from_gram",
     "load_prototypes",
     "spherical_code",
+    "named_prototypes",
     "scl_prototype_loss",
     "fixed_classifier_cross_entropy",
     "geometry_metrics",

@@ -24,7 +24,12 @@ __all__ = [
     "etf_gram",
     "orthogonal_frame_gram",
     "random_rotation",
+    "named_prototypes",
+    "PROTOTYPE_NAMES",
 ]
+
+#: Names accepted by :func:`named_prototypes` (anything else is read as a file).
+PROTOTYPE_NAMES = ("etf", "of", "random", "random+", "spherical")
 
 
 def etf_gram(k: int) -> np.ndarray:
@@ -267,3 +272,35 @@ def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 20
 
 def _unit_columns(W: np.ndarray) -> np.ndarray:
     return W / np.linalg.norm(W, axis=0, keepdims=True)
+
+
+def named_prototypes(geometry: str, k: int, d: int | None = None, *, seed: int | None = 0,
+                     nonnegative: bool = False) -> np.ndarray:
+    """Prototypes ``W`` (``d x k``, unit columns) named by ``geometry``, or read from a file.
+
+    ``"etf"``: :func:`simplex_etf` (``d >= k - 1``); ``"of"``: :func:`orthogonal_frame`
+    (the standard basis, non-negative; ``d >= k``); ``"random"``: :func:`random_prototypes`
+    (on the non-negative orthant when ``nonnegative``); ``"random+"``: always non-negative;
+    ``"spherical"``: :func:`spherical_code` (seeded, for ``k > d + 1``); anything else is a
+    ``.npy``/``.csv``/``.txt`` file read by :func:`load_prototypes` (a Gram or vectors) that
+    must hold ``k`` prototypes. ``d`` defaults to ``k`` for the names and to the file's own
+    dimension for a file. Errors are ``ValueError`` naming ``d``, the file or ``geometry``.
+    """
+    if geometry in PROTOTYPE_NAMES:
+        d = k if d is None else d
+        if geometry == "etf":
+            return simplex_etf(k, d)
+        if geometry == "of":
+            return orthogonal_frame(k, d)
+        if geometry == "spherical":
+            return spherical_code(k, d, seed=seed)
+        return random_prototypes(k, d, seed=seed, nonnegative=nonnegative or geometry == "random+")
+    if not isinstance(geometry, (str, os.PathLike)) or not os.path.isfile(geometry):
+        state = "is a folder" if isinstance(geometry, (str, os.PathLike)) and os.path.isdir(geometry) \
+            else "does not exist"
+        raise ValueError(f"geometry must be one of {', '.join(PROTOTYPE_NAMES)} or an existing .npy/.csv/.txt "
+                         f"file holding a k x k Gram or d x k vectors; {geometry!r} {state}")
+    W = load_prototypes(geometry, d)
+    if W.shape[1] != k:
+        raise ValueError(f"prototype file {os.fspath(geometry)!r} holds {W.shape[1]} prototypes, expected k = {k}")
+    return W

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from ncgeo.classes import class_sizes
-from ncgeo.geometry import (etf_gram, load_prototypes, orthogonal_frame, prototypes_from_gram,
-                            random_prototypes, simplex_etf)
+from ncgeo.geometry import etf_gram, named_prototypes, prototypes_from_gram
 from ncgeo.metrics import gram_distance
 
 __all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "check_geometry_names", "gram_factor", "gram_delta",
@@ -44,24 +43,13 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
     non-negative, ``d >= k``), ``"random"`` (uniform on the sphere), ``"random+"`` (uniform
     on the non-negative orthant), ``"hierarchical"`` (a factor of :func:`hierarchical_gram`),
     or a path to a Gram/vector file read by :func:`ncgeo.geometry.load_prototypes`.
-    ``d`` defaults to ``k``.
+    ``d`` defaults to ``k``. All but ``"hierarchical"`` are :func:`ncgeo.geometry.named_prototypes`.
     """
     check_geometry_names("geometry", [geometry])
     d = k if d is None else d
-    if geometry == "etf":
-        return simplex_etf(k, d)
-    if geometry == "of":
-        return orthogonal_frame(k, d)
-    if geometry == "random":
-        return random_prototypes(k, d, seed=seed)
-    if geometry == "random+":
-        return random_prototypes(k, d, seed=seed, nonnegative=True)
     if geometry == "hierarchical":
         return prototypes_from_gram(hierarchical_gram(k), d)
-    W = load_prototypes(geometry, d)
-    if W.shape[1] != k:
-        raise ValueError(f"geometry file {geometry!r} holds {W.shape[1]} prototypes, expected k = {k}")
-    return W
+    return named_prototypes(geometry, k, d, seed=seed)
 
 
 def check_geometry_names(option: str, names) -> None:

@@ -79,6 +79,8 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     require_values(settings, ratios=1, n_w=1)
     check_geometry_names("option geometries", settings["geometries"])
     check_geometry_names("option relu_geometries", settings["relu_geometries"])
+    if settings["gram"]:
+        check_geometry_names("option gram", [settings["gram"]])
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]

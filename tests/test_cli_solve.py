@@ -67,16 +67,19 @@ def bad_files(tmp_path):
     strings, complex_gram = tmp_path / "strings.npy", tmp_path / "complex.npy"
     np.save(strings, np.array([["a", "b"], ["c", "d"]]))
     np.save(complex_gram, np.eye(3) + 0j)
+    gram3 = tmp_path / "gram3.npy"
+    np.save(gram3, np.eye(3))
     return {"notpsd": str(not_psd), "malformed": str(malformed), "missing": str(tmp_path / "missing.npy"),
-            "strings": str(strings), "complex": str(complex_gram), "folder": str(tmp_path)}
+            "strings": str(strings), "complex": str(complex_gram), "folder": str(tmp_path), "gram3": str(gram3)}
 
 
 @pytest.mark.parametrize("args, option, expected", [
     (["--classes", "1"], "--classes", ">=2"),
     (["--classes", "3", "--protos", "-1"], "--protos", ">=0"),
     (["--classes", "3", "--tau", "0"], "--tau", ">0"),
-    (["--classes", "4", "--dim", "2"], "--dim", ">= K-1 = 3"),
-    (["--classes", "4", "--geometry", "of", "--dim", "3"], "--dim", ">= K = 4"),
+    (["--classes", "4", "--dim", "2"], "--dim", "must be >= 3 for a simplex ETF of k=4 points"),
+    (["--classes", "4", "--geometry", "of", "--dim", "3"], "--dim", "must be >= 4 for an orthogonal frame"),
+    (["--classes", "4", "--geometry", "@gram3"], "--geometry", "holds 3 prototypes, expected k = 4"),
     (["--classes", "3", "--geometry", "@notpsd"], "--geometry", "positive semidefinite"),
     (["--classes", "3", "--geometry", "@malformed"], "--geometry", "numeric matrix"),
     (["--classes", "3", "--geometry", "@missing"], "--geometry", "does not exist"),

@@ -326,3 +326,28 @@ def test_spherical_code_small_k_approaches_etf():
 def test_spherical_code_beats_random_start():
     W = spherical_code(20, 4, seed=3, iterations=300)
     assert min_angle_degrees(W) > min_angle_degrees(random_prototypes(20, 4, seed=3)) + 10
+
+
+def test_named_prototypes_are_the_constructors_or_a_file(tmp_path):
+    from ncgeo.geometry import named_prototypes
+
+    np.testing.assert_array_equal(named_prototypes("etf", 4), simplex_etf(4, 4))
+    np.testing.assert_array_equal(named_prototypes("of", 3, 5), orthogonal_frame(3, 5))
+    np.testing.assert_array_equal(named_prototypes("random", 3, 4, seed=2), random_prototypes(3, 4, seed=2))
+    np.testing.assert_array_equal(named_prototypes("random", 3, 4, seed=2, nonnegative=True),
+                                  named_prototypes("random+", 3, 4, seed=2))
+    assert named_prototypes("random+", 3, 4).min() >= 0
+    assert named_prototypes("spherical", 6, 2).shape == (2, 6)
+    path = tmp_path / "gram.npy"
+    np.save(path, etf_gram(3))
+    W = named_prototypes(str(path), 3, 5)
+    assert W.shape == (5, 3) and np.allclose(W.T @ W, etf_gram(3))
+    assert named_prototypes(path, 3).shape[1] == 3  # a path object too
+    with pytest.raises(ValueError, match="holds 3 prototypes, expected k = 4"):
+        named_prototypes(str(path), 4)
+    with pytest.raises(ValueError, match="d must be >= 3"):
+        named_prototypes("etf", 4, 2)
+    with pytest.raises(ValueError, match="'nowhere.npy' does not exist"):
+        named_prototypes("nowhere.npy", 3)
+    with pytest.raises(ValueError, match="is a folder"):
+        named_prototypes(str(tmp_path), 3)

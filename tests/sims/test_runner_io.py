@@ -102,6 +102,7 @@ def test_bad_arguments_name_themselves(tmp_path):
     ("inverse", {"restarts": 0}, "restarts must be >= 1"),
     ("geometry", {"geometries": "etf,bogus"}, "option geometries must be one of .* got 'bogus'"),
     ("geometry", {"relu_geometries": "of,nope"}, "option relu_geometries must be one of .* got 'nope'"),
+    ("geometry", {"gram": "missing.npy"}, "option gram must be one of .* got 'missing.npy'"),
     ("limit", {"geometry": "bogus"}, "option geometry must be one of .* got 'bogus'"),
     ("temperature", {"geometry": "bogus"}, "option geometry must be one of .* got 'bogus'"),
 ])
