@@ -405,6 +405,8 @@ def _sims_command(study) -> click.Command:
                                        help=f"{spec.help} {shown}"))
         else:
             listed = " (comma-separated)" if spec.kind in ("floats", "ints", "strs") else ""
+            if spec.range_text:
+                listed = (f" (comma-separated, each {spec.range_text})" if listed else f" ({spec.range_text})")
             params.append(click.Option([flag, spec.name], type=_SIMS_KINDS[spec.kind], default=None,
                                        help=f"{spec.help}{listed} {shown}"))
 

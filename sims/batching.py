@@ -32,16 +32,16 @@ NAME = "batching"
 SCHEMES = ("full", "bind", "partition", "shuffle")
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k"),
-    Option("n", "int", 4, 10, "samples per (majority) class"),
-    Option("ratio", "float", 1.0, 1.0, "step-imbalance ratio R (1 = balanced)"),
-    Option("batch_size", "int", 4, 10, "batch size b (binding adds the k bound samples to every batch)"),
-    Option("seeds", "int", 10, 10, "number of seeds per scheme"),
-    Option("tau", "float", 0.1, 0.1, "temperature tau"),
-    Option("n_w", "float", 0.0, 0.0, "prototype multiplicity n_w (non-negative OF prototypes when > 0)"),
-    Option("epochs", "int", 100, 300, "Adam epochs of the reshuffled scheme"),
-    Option("tolerance", "float", 1e-3, 1e-3, "Delta to the OF accepted as 'reached'"),
-    Option("time_limit", "float", 30.0, 120.0, "seconds per solve"),
+    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("n", "int", 4, 10, "samples per (majority) class", low=1),
+    Option("ratio", "float", 1.0, 1.0, "step-imbalance ratio R (1 = balanced)", low=1),
+    Option("batch_size", "int", 4, 10, "batch size b (binding adds the k bound samples to every batch)", low=2),
+    Option("seeds", "int", 10, 10, "number of seeds per scheme", low=1),
+    Option("tau", "float", 0.1, 0.1, "temperature tau", low=0, low_open=True),
+    Option("n_w", "float", 0.0, 0.0, "prototype multiplicity n_w (non-negative OF prototypes when > 0)", low=0),
+    Option("epochs", "int", 100, 300, "Adam epochs of the reshuffled scheme", low=1),
+    Option("tolerance", "float", 1e-3, 1e-3, "Delta to the OF accepted as 'reached'", low=0, low_open=True),
+    Option("time_limit", "float", 30.0, 120.0, "seconds per solve", low=0, low_open=True),
 )
 
 
@@ -68,8 +68,6 @@ def run_batching(out_dir, quick: bool = False, workers: int | None = None, progr
     """Run the ``batching`` study (module docstring); writes ``out_dir/batching.{csv,json,png,pdf}``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
-    if settings["seeds"] < 1:
-        raise ValueError(f"seeds must be >= 1, got {settings['seeds']}")
     base = {key: settings[key] for key in ("k", "n", "ratio", "batch_size", "tau", "n_w", "epochs", "time_limit")}
     base["imbalance"] = "step"
     points = [{**base, "scheme": scheme, "seed": seed} for scheme in SCHEMES for seed in range(settings["seeds"])]

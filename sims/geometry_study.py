@@ -39,20 +39,21 @@ __all__ = ["OPTIONS", "run_geometry", "plot_geometry", "geometry_point"]
 NAME = "geometry"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k"),
-    Option("n", "int", 100, 100, "samples of each majority class (minority: n/R)"),
-    Option("ratios", "floats", [1.0, 10.0, 100.0], [1.0, 10.0, 100.0], "step-imbalance ratios R"),
+    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("n", "int", 100, 100, "samples of each majority class (minority: n/R)", low=1),
+    Option("ratios", "floats", [1.0, 10.0, 100.0], [1.0, 10.0, 100.0], "step-imbalance ratios R", low=1),
     Option("n_w", "floats", [0, 10, 1e3, 1e5],
-           [0] + [float(f"{x:.3g}") for x in np.logspace(0, 6, 13)], "grid of prototype multiplicities n_w"),
+           [0] + [float(f"{x:.3g}") for x in np.logspace(0, 6, 13)], "grid of prototype multiplicities n_w", low=0),
     Option("geometries", "strs", ["etf", "of", "random", "hierarchical"], ["etf", "of", "random", "hierarchical"],
            "prototype geometries without ReLU (etf, of, random, hierarchical or a Gram/vector file)"),
     Option("relu_geometries", "strs", ["of", "random+"], ["of", "random+"],
            "non-negative prototype geometries solved with ReLU (UFM+)"),
     Option("gram", "str", "", "", "file with a user prototype Gram (replaces 'hierarchical')"),
-    Option("tau", "float", 0.2, 0.2, "temperature tau (at 0.1 the OF -> ETF limit needs n_w >> 1e6)"),
-    Option("heatmap_n_w", "floats", [0, 10, 1e5], [0, 10, 1e6], "n_w of the class-mean Gram heatmaps"),
-    Option("tolerance", "float", 1e-2, 1e-2, "Delta accepted as 'reached' in the verdict"),
-    Option("seed", "int", 0, 0, "seed of random prototypes"),
+    Option("tau", "float", 0.2, 0.2, "temperature tau (at 0.1 the OF -> ETF limit needs n_w >> 1e6)",
+           low=0, low_open=True),
+    Option("heatmap_n_w", "floats", [0, 10, 1e5], [0, 10, 1e6], "n_w of the class-mean Gram heatmaps", low=0),
+    Option("tolerance", "float", 1e-2, 1e-2, "Delta accepted as 'reached' in the verdict", low=0, low_open=True),
+    Option("seed", "int", 0, 0, "seed of random prototypes", low=0),
 )
 
 

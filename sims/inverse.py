@@ -66,20 +66,22 @@ __all__ = ["OPTIONS", "run_inverse", "plot_inverse", "inverse_point", "hierarchi
 NAME = "inverse"
 
 OPTIONS = (
-    Option("k", "int", 6, 6, "number of classes k"),
+    Option("k", "int", 6, 6, "number of classes k", low=2),
     Option("target", "str", "hierarchical", "hierarchical",
            "target Gram: 'hierarchical' (centred superclass Gram) or a file holding a k x k Gram"),
-    Option("strength", "float", 0.1, 0.1, "superclass strength s of the hierarchical target"),
+    Option("strength", "float", 0.1, 0.1, "superclass strength s of the hierarchical target",
+           low=0, high=1, high_open=True),
     Option("tau", "float", 0.2, 0.2, "temperature tau (reachability at finite n_w depends on it: with k=6, "
-           "n_w=1000 at 0.1 the designed optimum loses within-class collapse)"),
-    Option("n_w", "float", 1000.0, 1000.0, "finite prototype multiplicity n_w of the second model"),
-    Option("n", "int", 10, 10, "samples per (majority) class at finite n_w"),
-    Option("ratio", "float", 1.0, 1.0, "step-imbalance ratio R at finite n_w"),
-    Option("restarts", "int", 3, 8, "starts of the design (baseline, then seeded perturbations)"),
+           "n_w=1000 at 0.1 the designed optimum loses within-class collapse)", low=0, low_open=True),
+    Option("n_w", "float", 1000.0, 1000.0, "finite prototype multiplicity n_w of the second model",
+           low=0, low_open=True),
+    Option("n", "int", 10, 10, "samples per (majority) class at finite n_w", low=1),
+    Option("ratio", "float", 1.0, 1.0, "step-imbalance ratio R at finite n_w", low=1),
+    Option("restarts", "int", 3, 8, "starts of the design (baseline, then seeded perturbations)", low=1),
     Option("cuts", "int", 4, 8, "cutting planes per start: certified optima that beat the target, "
-           "added as competitors the target must beat"),
-    Option("tolerance", "float", 1e-3, 1e-3, "certified Delta accepted as 'reached'"),
-    Option("seed", "int", 0, 0, "seed of the perturbed starts"),
+           "added as competitors the target must beat", low=0),
+    Option("tolerance", "float", 1e-3, 1e-3, "certified Delta accepted as 'reached'", low=0, low_open=True),
+    Option("seed", "int", 0, 0, "seed of the perturbed starts", low=0),
 )
 
 
@@ -221,8 +223,6 @@ def run_inverse(out_dir, quick: bool = False, workers: int | None = None, progre
     """Run the ``inverse`` study (module docstring); writes ``out_dir/inverse.*``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
-    if settings["restarts"] < 1 or settings["cuts"] < 0:
-        raise ValueError(f"restarts must be >= 1 and cuts >= 0, got {settings['restarts']} and {settings['cuts']}")
     target = _target(settings)
     base = {key: settings[key] for key in ("k", "tau", "n", "ratio", "restarts", "cuts", "tolerance", "seed")}
     base.update(imbalance="step", target_gram=target.tolist())

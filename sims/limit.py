@@ -46,18 +46,20 @@ __all__ = ["OPTIONS", "run_limit", "plot_limit", "limit_point"]
 NAME = "limit"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k"),
-    Option("n", "int", 10, 100, "samples of each majority class (step imbalance: the last ceil(k/2) get n/ratio)"),
-    Option("ratio", "float", 10.0, 10.0, "imbalance ratio R (1 = balanced)"),
+    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("n", "int", 10, 100, "samples of each majority class (step imbalance: the last ceil(k/2) get n/ratio)",
+           low=1),
+    Option("ratio", "float", 10.0, 10.0, "imbalance ratio R (1 = balanced)", low=1),
     Option("imbalance", "str", "step", "step", "imbalance kind: step or exp"),
     Option("geometry", "str", "of", "of", "prototypes: etf, of, random, random+, hierarchical or a Gram/vector file"),
     Option("tau", "float", 0.2, 0.2, "temperature tau (the rate constant grows like exp(c/tau): at tau=0.1 "
-           "the geometry of OF prototypes needs n_w >> 1e6, see the temperature study)"),
+           "the geometry of OF prototypes needs n_w >> 1e6, see the temperature study)", low=0, low_open=True),
     Option("n_w", "floats", [0, 1, 10, 100, 1e3, 1e4, 1e5, 1e6],
-           [0] + [float(f"{x:.3g}") for x in np.logspace(0, 6, 25)], "grid of prototype multiplicities n_w"),
-    Option("fit_min", "float", 100.0, 100.0, "smallest n_w used to fit the power law of the loss gap"),
+           [0] + [float(f"{x:.3g}") for x in np.logspace(0, 6, 25)], "grid of prototype multiplicities n_w", low=0),
+    Option("fit_min", "float", 100.0, 100.0, "smallest n_w used to fit the power law of the loss gap",
+           low=0, low_open=True),
     Option("anchors", "bool", True, True, "also solve the prototypes-as-anchors variant"),
-    Option("seed", "int", 0, 0, "seed of random prototypes"),
+    Option("seed", "int", 0, 0, "seed of random prototypes", low=0),
 )
 
 
@@ -87,11 +89,9 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     sizes, W = _setup(base)
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point
     grid_n_w = sorted(set(float(x) for x in settings["n_w"]))
-    if any(x < 0 for x in grid_n_w):
-        raise ValueError(f"n_w must be >= 0, got {grid_n_w}")
-    if not any(x > 0 for x in grid_n_w):
-        raise ValueError(f"n_w must hold at least one value > 0 (the CE limit is approached as n_w grows), "
-                         f"got {grid_n_w}")
+    if sum(x >= settings["fit_min"] for x in grid_n_w) < 2:
+        raise ValueError(f"option n_w must hold at least 2 values >= fit_min = {settings['fit_min']:g} "
+                         f"(the power law of the loss gap is fitted over them), got {grid_n_w}")
     points = [{**base, "variant": "ce", "n_w": None}]
     points += [{**base, "variant": "samples", "n_w": x} for x in grid_n_w]
     if settings["anchors"]:

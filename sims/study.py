@@ -14,6 +14,7 @@ and the CLI builds its flags from the same specs.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -76,17 +77,54 @@ class StudyResult:
 @dataclass(frozen=True)
 class Option:
     """One study option: ``name`` (Python identifier), ``kind`` (``int``, ``float``, ``str``,
-    ``bool``, ``floats`` = comma-separated floats, ``ints``, ``strs``), quick and full defaults
-    and a help line."""
+    ``bool``, ``floats`` = comma-separated floats, ``ints``, ``strs``), quick and full defaults,
+    a help line and the range of a number (of every item of a list): ``low``/``high`` (``None``:
+    unbounded), excluded when ``low_open``/``high_open``. Numbers of the float kinds must be
+    finite."""
 
     name: str
     kind: str
     quick: Any
     full: Any
     help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The range in words, e.g. ``>= 2``, ``> 0`` or ``in [0, 1)``; empty when unbounded."""
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return ""
 
     def parse(self, value: Any) -> Any:
-        """Convert a user value (possibly a string from the CLI) to the option's type."""
+        """Convert a user value (possibly a string from the CLI) to the option's type and check
+        its range; ``ValueError`` naming the option otherwise."""
+        parsed = self._convert(value)
+        if parsed is not None and self.kind in ("int", "float", "ints", "floats"):
+            for item in (parsed if isinstance(parsed, list) else [parsed]):
+                self._check_number(item)
+        return parsed
+
+    def _check_number(self, item: float) -> None:
+        number = "an integer" if self.kind in ("int", "ints") else "a finite number"
+        inside = math.isfinite(item)
+        if inside and self.low is not None:
+            inside = item > self.low if self.low_open else item >= self.low
+        if inside and self.high is not None:
+            inside = item < self.high if self.high_open else item <= self.high
+        if not inside:
+            subject = f"{'every value of ' if self.kind in ('ints', 'floats') else ''}option {self.name}"
+            raise ValueError(f"{subject} must be {number} {self.range_text}".rstrip() + f", got {item!r}")
+
+    def _convert(self, value: Any) -> Any:
         if value is None:
             return None
         try:
@@ -139,11 +177,12 @@ def resolve_settings(study: str, specs: Sequence[Option], quick: bool, options: 
 
 
 def require_values(settings: dict[str, Any], **minimum_counts: int) -> None:
-    """Raise ``ValueError`` naming the option when a list setting holds fewer values than asked
-    (e.g. ``require_values(settings, n_w=1)``: an empty grid leaves nothing to fit or plot)."""
+    """Raise ``ValueError`` naming the option when a list setting holds fewer distinct values than
+    asked (e.g. ``require_values(settings, n_w=1)``: an empty grid leaves nothing to fit or plot;
+    a power law needs two)."""
     for name, count in minimum_counts.items():
-        if len(settings[name]) < count:
-            raise ValueError(f"option {name} must hold at least {count} value{'s' if count > 1 else ''}, "
+        if len(set(settings[name])) < count:
+            raise ValueError(f"option {name} must hold at least {count} distinct value{'s' if count > 1 else ''}, "
                              f"got {settings[name]!r}")
 
 

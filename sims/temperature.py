@@ -37,15 +37,18 @@ __all__ = ["OPTIONS", "run_temperature", "plot_temperature", "temperature_point"
 NAME = "temperature"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k"),
-    Option("n", "int", 10, 20, "samples of each majority class"),
-    Option("ratio", "float", 10.0, 10.0, "step-imbalance ratio R"),
+    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("n", "int", 10, 20, "samples of each majority class", low=1),
+    Option("ratio", "float", 10.0, 10.0, "step-imbalance ratio R", low=1),
     Option("geometry", "str", "of", "of", "prototypes: etf, of, random, random+, hierarchical or a file"),
     Option("taus", "floats", [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
-           [float(f"{x:.3g}") for x in np.logspace(np.log10(0.02), np.log10(2), 13)], "temperatures tau"),
-    Option("n_w", "floats", [1e2, 1e4, 1e6], [1e1, 1e2, 1e3, 1e4, 1e5, 1e6], "prototype multiplicities n_w"),
-    Option("converged_tau", "float", 0.2, 0.2, "smallest tau whose geometry gap must be < 1e-3 at the largest n_w"),
-    Option("seed", "int", 0, 0, "seed of random prototypes"),
+           [float(f"{x:.3g}") for x in np.logspace(np.log10(0.02), np.log10(2), 13)], "temperatures tau",
+           low=0, low_open=True),
+    Option("n_w", "floats", [1e2, 1e4, 1e6], [1e1, 1e2, 1e3, 1e4, 1e5, 1e6], "prototype multiplicities n_w",
+           low=0, low_open=True),
+    Option("converged_tau", "float", 0.2, 0.2, "smallest tau whose geometry gap must be < 1e-3 at the largest n_w",
+           low=0, low_open=True),
+    Option("seed", "int", 0, 0, "seed of random prototypes", low=0),
 )
 
 
@@ -63,9 +66,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
     """Run the ``temperature`` study (module docstring); writes ``out_dir/temperature.*``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
-    require_values(settings, taus=1, n_w=1)
-    if any(t <= 0 for t in settings["taus"]) or any(x <= 0 for x in settings["n_w"]):
-        raise ValueError("taus and n_w must be > 0")
+    require_values(settings, taus=1, n_w=2)  # a slope per tau
     check_geometry_names("option geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "geometry", "seed")}
     base["imbalance"] = "step"

@@ -93,13 +93,16 @@ def test_bad_arguments_name_themselves(tmp_path):
 
 
 @pytest.mark.parametrize("name, options, match", [
-    ("limit", {"n_w": ""}, "n_w must hold at least one value > 0"),
-    ("limit", {"n_w": "0"}, "n_w must hold at least one value > 0"),
-    ("temperature", {"taus": ""}, "option taus must hold at least 1 value"),
-    ("temperature", {"n_w": ""}, "option n_w must hold at least 1 value"),
-    ("geometry", {"ratios": ""}, "option ratios must hold at least 1 value"),
-    ("geometry", {"n_w": "", "heatmap_n_w": ""}, "option n_w must hold at least 1 value"),
-    ("inverse", {"restarts": 0}, "restarts must be >= 1"),
+    ("limit", {"n_w": ""}, r"option n_w must hold at least 2 values >= fit_min = 100 .*got \[\]"),
+    ("limit", {"n_w": "0"}, "option n_w must hold at least 2 values >= fit_min = 100"),
+    ("limit", {"n_w": "1,2,100"}, r"option n_w must hold at least 2 values >= fit_min = 100 .*got \[1.0, 2.0, 100.0\]"),
+    ("limit", {"n_w": "10,20", "fit_min": 20}, "option n_w must hold at least 2 values >= fit_min = 20"),
+    ("temperature", {"taus": ""}, "option taus must hold at least 1 distinct value"),
+    ("temperature", {"n_w": ""}, "option n_w must hold at least 2 distinct values"),
+    ("temperature", {"n_w": "100,100"}, "option n_w must hold at least 2 distinct values"),
+    ("geometry", {"ratios": ""}, "option ratios must hold at least 1 distinct value"),
+    ("geometry", {"n_w": "", "heatmap_n_w": ""}, "option n_w must hold at least 1 distinct value"),
+    ("inverse", {"restarts": 0}, "option restarts must be an integer >= 1, got 0"),
     ("geometry", {"geometries": "etf,bogus"}, "option geometries must be one of .* got 'bogus'"),
     ("geometry", {"relu_geometries": "of,nope"}, "option relu_geometries must be one of .* got 'nope'"),
     ("geometry", {"gram": "missing.npy"}, "option gram must be one of .* got 'missing.npy'"),
@@ -122,14 +125,14 @@ def test_changed_prototype_file_is_not_read_from_the_cache(tmp_path):
     from sims.registry import run_study
 
     gram = tmp_path / "gram.npy"
-    options = dict(quick=True, workers=1, progress=False, k=3, n=1, ratio=1.0, n_w="10", anchors=False,
-                   geometry=str(gram))
+    options = dict(quick=True, workers=1, progress=False, k=3, n=1, ratio=1.0, n_w="10,20", fit_min=10,
+                   anchors=False, geometry=str(gram))
     np.save(gram, etf_gram(3))
     first = run_study("limit", tmp_path / "out", **options)
     assert run_study("limit", tmp_path / "out", **options).summary["sweep"]["computed"] == 0
     np.save(gram, np.eye(3))  # same path, other prototypes
     second = run_study("limit", tmp_path / "out", **options)
-    assert second.summary["sweep"]["computed"] == 2  # the CE limit and n_w = 10
+    assert second.summary["sweep"]["computed"] == 3  # the CE limit, n_w = 10 and 20
     assert first.rows[-1]["delta_prototypes"] != pytest.approx(second.rows[-1]["delta_prototypes"])
 
 
@@ -162,3 +165,78 @@ def test_failed_write_leaves_old_file(tmp_path):
     with open(target) as handle:
         assert json.load(handle) == {"old": 1}
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_option_ranges_are_checked_and_worded():
+    k = Option("k", "int", 2, 3, "classes", low=2)
+    assert k.parse("5") == 5 and k.range_text == ">= 2"
+    with pytest.raises(ValueError, match=r"^option k must be an integer >= 2, got 1$"):
+        k.parse(1)
+    tau = Option("tau", "float", 0.1, 0.1, "temperature", low=0, low_open=True)
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match=r"option tau must be a finite number > 0, got"):
+            tau.parse(bad)
+    grid = Option("n_w", "floats", [0], [0], "grid", low=0)
+    assert grid.parse("0,1e6") == [0.0, 1e6]
+    with pytest.raises(ValueError, match=r"every value of option n_w must be a finite number >= 0, got -5.0"):
+        grid.parse("1,-5")
+    strength = Option("s", "float", 0.1, 0.1, "strength", low=0, high=1, high_open=True)
+    assert strength.range_text == "in [0, 1)" and strength.parse(0) == 0.0
+    with pytest.raises(ValueError, match=r"in \[0, 1\), got 1.0"):
+        strength.parse(1)
+    assert Option("x", "float", 1.0, 1.0, "unbounded").parse("-3") == -3.0  # no range: any finite number
+    with pytest.raises(ValueError, match="finite"):
+        Option("x", "float", 1.0, 1.0, "unbounded").parse("nan")
+
+
+def test_every_numeric_study_option_has_a_range_its_defaults_satisfy():
+    from sims.registry import STUDIES
+
+    for study in STUDIES.values():
+        for spec in study.options:
+            if spec.kind in ("int", "float", "ints", "floats"):
+                assert spec.range_text, f"{study.name}: option {spec.name} has no range"
+                for default in (spec.quick, spec.full):
+                    assert spec.parse(default) == default, (study.name, spec.name)
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("limit", {"k": 1}, "option k must be an integer >= 2, got 1"),
+    ("limit", {"seed": -1}, "option seed must be an integer >= 0"),
+    ("limit", {"fit_min": 0}, "option fit_min must be a finite number > 0"),
+    ("limit", {"n_w": "1,-5"}, "every value of option n_w must be a finite number >= 0, got -5.0"),
+    ("geometry", {"tolerance": -1}, "option tolerance must be a finite number > 0"),
+    ("geometry", {"heatmap_n_w": "-1"}, "every value of option heatmap_n_w must be"),
+    ("geometry", {"ratios": "1,0.5"}, "every value of option ratios must be a finite number >= 1, got 0.5"),
+    ("batching", {"k": 1}, "option k must be an integer >= 2"),
+    ("batching", {"epochs": 0}, "option epochs must be an integer >= 1"),
+    ("batching", {"time_limit": 0}, "option time_limit must be a finite number > 0"),
+    ("batching", {"seeds": 0}, "option seeds must be an integer >= 1"),
+    ("temperature", {"taus": "0.1,0"}, "every value of option taus must be a finite number > 0, got 0.0"),
+    ("temperature", {"n_w": "0"}, "every value of option n_w must be a finite number > 0"),
+    ("temperature", {"converged_tau": -1}, "option converged_tau must be a finite number > 0"),
+    ("inverse", {"n_w": 0}, "option n_w must be a finite number > 0"),
+    ("inverse", {"strength": 1}, r"option strength must be a finite number in \[0, 1\)"),
+    ("inverse", {"cuts": -1}, "option cuts must be an integer >= 0"),
+    ("inverse", {"tau": "nan"}, "option tau must be a finite number > 0, got nan"),
+])
+def test_out_of_range_options_are_refused_before_any_point(tmp_path, name, options, match):
+    from sims.registry import run_study
+
+    with pytest.raises(ValueError, match=match):
+        run_study(name, tmp_path, quick=True, workers=1, progress=False, **options)
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_out_of_range_option_is_one_line_with_status_2(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["sims", "limit", "--out", str(tmp_path), "--quick", "--k", "1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == "Error: option k must be an integer >= 2, got 1"
+    helped = CliRunner().invoke(main, ["sims", "limit", "--help"])
+    text = " ".join(helped.output.split()).replace("comma- separated", "comma-separated")  # help wraps at '-'
+    assert "number of classes k (>= 2) [quick: 4; full: 10]" in text
+    assert "grid of prototype multiplicities n_w (comma-separated, each >= 0)" in text
