@@ -181,21 +181,24 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     if not os.path.isfile(path):
         raise ValueError(f"prototype file {path!r} does not exist")
     suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".npy", ".csv", ".txt"):
+        raise ValueError(f"prototype file {path!r} must end in .npy, .csv or .txt")
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+        empty = not head or (suffix != ".npy" and not (head + handle.read()).strip())
+    if empty:
+        raise ValueError(f"prototype file {path!r} is empty")
+    if suffix == ".npy" and head != np.lib.format.MAGIC_PREFIX:
+        raise ValueError(f"prototype file {path!r} is not a NumPy .npy file (it lacks the .npy header); "
+                         "write it with numpy.save, or give a text matrix a .csv or .txt name")
     try:
         if suffix == ".npy":
             matrix = np.load(path, allow_pickle=False)
-        elif suffix in (".csv", ".txt"):
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            if not text.strip():
-                raise ValueError(f"prototype file {path!r} is empty")
-            delimiter = "," if "," in text else None
-            matrix = np.loadtxt(path, delimiter=delimiter, ndmin=2)
         else:
-            raise ValueError(f"prototype file {path!r} must end in .npy, .csv or .txt")
-    except ValueError as exc:
-        if "must end in" in str(exc) or "is empty" in str(exc):
-            raise
+            with open(path, encoding="utf-8") as handle:
+                delimiter = "," if "," in handle.read() else None
+            matrix = np.loadtxt(path, delimiter=delimiter, ndmin=2)
+    except (ValueError, UnicodeDecodeError, EOFError) as exc:
         raise ValueError(f"prototype file {path!r} could not be read as a numeric matrix: {exc}") from exc
     matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
     if matrix.size == 0:

@@ -183,6 +183,8 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"solution file {path!r} does not exist")
+    if not zipfile.is_zipfile(path):  # else numpy reports any other file as "pickled data"
+        raise ValueError(f"solution file {path!r} is not an .npz archive (written by ncgeo solve --save)")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

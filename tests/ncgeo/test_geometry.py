@@ -269,15 +269,33 @@ def test_load_malformed(tmp_path, name, content):
         load_prototypes(path)
 
 
-@pytest.mark.parametrize("name", ["empty.csv", "blank.txt", "empty.npy"])
+@pytest.mark.parametrize("name", ["empty.csv", "blank.txt", "empty.npy", "zero-bytes.npy"])
 def test_load_empty_file(tmp_path, name):
     path = tmp_path / name
-    if name.endswith(".npy"):
+    if name == "zero-bytes.npy":
+        path.write_bytes(b"")
+    elif name.endswith(".npy"):
         np.save(path, np.zeros((0, 3)))
     else:
         path.write_text("\n  \n")
     with pytest.raises(ValueError, match=r"is empty"):
         load_prototypes(path)
+
+
+def test_load_unreadable_files_say_what_is_wrong(tmp_path):
+    text = tmp_path / "text.npy"
+    text.write_text("1 0\n0 1\n")  # numpy alone reports "pickled (object) data"
+    with pytest.raises(ValueError, match=r"'.*text.npy' is not a NumPy .npy file .*numpy.save.*\.csv or \.txt"):
+        load_prototypes(text)
+    truncated = tmp_path / "truncated.npy"
+    np.save(truncated, np.eye(3))
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"'.*truncated.npy' could not be read as a numeric matrix"):
+        load_prototypes(truncated)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe1,2")
+    with pytest.raises(ValueError, match=r"'.*binary.csv' could not be read as a numeric matrix"):
+        load_prototypes(binary)
 
 
 def test_load_wrong_ndim_npy(tmp_path):
