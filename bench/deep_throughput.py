@@ -280,12 +280,14 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile mode (e.g. default, reduce-overhead, max-autotune)")
     parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes for a CPU smoke run (as defaults: explicit options win)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.width, args.image_size, args.num_images, args.batch_size = 4, 16, 64, 8
-        args.steps, args.warmup, args.workers, args.protos = 3, 1, min(args.workers, 1), 10
+        parser.set_defaults(width=4, image_size=16, num_images=64, batch_size=8, steps=3, warmup=1,
+                            workers=min(args.workers, 1), protos=10)
+        args = parser.parse_args(argv)
     return args
 
 
