@@ -86,6 +86,11 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def fp32_peak_precision(device: torch.device) -> str:
+    """The peak an fp32 network is measured against: TF32 tensor cores where cuDNN uses them."""
+    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
+
+
 def count_macs_per_sample(model: torch.nn.Module, sample_shape: tuple[int, ...],
                           device: torch.device) -> int:
     """Multiply-accumulates of ``Conv2d`` and ``Linear`` layers for one sample (forward hooks)."""
@@ -209,7 +214,7 @@ def run_ncgeo(args, device: torch.device, prototypes: torch.Tensor, config: Trai
     last = timing.pop("last")
     return {**timing, "final_loss": float(last), "precision": args.precision, "channels_last": channels_last,
             "compile": args.compile, "fused_sgd": bool(optimizer.defaults.get("fused")),
-            "peak_precision": args.precision}
+            "peak_precision": "bf16" if args.precision == "bf16" else fp32_peak_precision(device)}
 
 
 def run_reference(args, device: torch.device, prototypes: torch.Tensor, config: TrainConfig) -> dict[str, Any]:
@@ -241,8 +246,10 @@ def run_reference(args, device: torch.device, prototypes: torch.Tensor, config: 
             x = torch.cat([view_a, view_b]).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True).repeat(VIEWS)
             features = model(x)
-            rows, row_labels, is_prototype = materialise_prototypes(features, y, W, n_w)
-            loss = supcon_loss_materialised(rows, row_labels, args.tau, anchor_mask=~is_prototype) / x.shape[0]
+            # no value checks: they read back from the device, which the SupCon code does not do
+            rows, row_labels, is_prototype = materialise_prototypes(features, y, W, n_w, validate=False)
+            loss = supcon_loss_materialised(rows, row_labels, args.tau, anchor_mask=~is_prototype,
+                                            validate=False) / x.shape[0]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -251,10 +258,9 @@ def run_reference(args, device: torch.device, prototypes: torch.Tensor, config: 
 
     timing = timed(steps, args, device)
     last = timing.pop("last")
-    peak_precision = "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
     return {**timing, "final_loss": last, "precision": "fp32", "workers": args.workers,
             "materialised_rows": VIEWS * args.batch_size + args.classes * n_w,
-            "peak_precision": peak_precision}
+            "peak_precision": fp32_peak_precision(device)}
 
 
 def parse(argv) -> argparse.Namespace:
@@ -310,9 +316,17 @@ def main(argv=None) -> dict[str, Any]:
         "views": VIEWS, "n_w": args.protos, "classes": args.classes, "steps": args.steps,
         "macs_per_sample": macs, "training_flops_per_image": flops_per_image,
     }
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as deep.train and the SupCon code do (fixed shapes)
     pipelines = [("ncgeo", run_ncgeo)] + ([] if args.skip_reference else [("reference", run_reference)])
     for name, run in pipelines:
-        result = run(args, device, prototypes, config)
+        try:
+            result = run(args, device, prototypes, config)
+        except Exception as exc:  # keep what was measured: the JSON records the failure
+            results[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{name:>9}: FAILED ({results[f'{name}_error']})", flush=True)
+            write_json(args.json, results)
+            continue
         result["tflops"] = result["images_per_second"] * flops_per_image / 1e12
         peak = peak_tflops(device, result["peak_precision"])
         result["peak_tflops"] = peak
@@ -321,16 +335,28 @@ def main(argv=None) -> dict[str, Any]:
         share = "unknown" if peak is None else f"{100 * result['fraction_of_peak']:.1f}% of {peak:g}"
         print(f"{name:>9}: {result['images_per_second']:10.0f} images/s (x{VIEWS} views)  "
               f"{result['tflops']:8.3g} TFLOP/s  peak {result['peak_precision']}: {share}", flush=True)
-    if "reference" in results:
+        write_json(args.json, results)  # after every pipeline: a later failure or time-out loses nothing
+    if "ncgeo" in results and "reference" in results:
         results["ratio"] = results["ncgeo"]["images_per_second"] / results["reference"]["images_per_second"]
         print(f"    ratio: {results['ratio']:.2f}x (ncgeo / reference)")
     print(f"   device: {results['device']}, torch {results['torch']}, {args.arch} width {args.width}, "
           f"{shape}, batch {args.batch_size} x {VIEWS} views, n_w {args.protos}, "
           f"{macs / 1e6:.1f} MMAC/sample")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
+    if any(key.endswith("_error") for key in results):
+        raise SystemExit(1)
     return results
+
+
+def write_json(path: str | None, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` (when given) atomically: a temporary file, then a rename."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_text(json.dumps(results, indent=2))
+    os.replace(temporary, target)
 
 
 if __name__ == "__main__":

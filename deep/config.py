@@ -33,6 +33,7 @@ FEATURE_CHOICES = ("signed", "nonnegative", "linear", "mlp")
 IMBALANCE_CHOICES = ("none", "step", "exp")
 SCHEDULE_CHOICES = ("multistep", "cosine")
 PRECISION_CHOICES = ("fp32", "bf16")
+SYNC_BATCHNORM_CHOICES = ("auto", "on", "off")
 LOSS_CHOICES = ("scl", "ce", "ce-fixed")
 GEOMETRY_NAMES = ("etf", "of", "random", "spherical")
 #: fields that may differ between a run and its ``--resume`` (they do not change the result;
@@ -138,6 +139,11 @@ class TrainConfig:
         loss computed in float32).
     compile : bool
         Wrap the network in ``torch.compile``.
+    sync_batchnorm : {"auto", "on", "off"}
+        With several processes, batch-norm statistics of the global batch
+        (``torch.nn.SyncBatchNorm``, CUDA only) or of each process's shard; ``auto``: on
+        with CUDA, off on the CPU. PyTorch's SyncBatchNorm reads a size back from the GPU in
+        every layer's forward, so ``off`` is the faster multi-GPU step.
     """
 
     dataset: str = "cifar10"
@@ -172,6 +178,7 @@ class TrainConfig:
     progress: bool = True
     precision: str = "fp32"
     compile: bool = False
+    sync_batchnorm: str = "auto"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -184,6 +191,7 @@ class TrainConfig:
         put("schedule", _check_choice("schedule", self.schedule, SCHEDULE_CHOICES))
         put("loss", _check_choice("loss", self.loss, LOSS_CHOICES))
         put("precision", _check_choice("precision", self.precision, PRECISION_CHOICES))
+        put("sync_batchnorm", _check_choice("sync_batchnorm", self.sync_batchnorm, SYNC_BATCHNORM_CHOICES))
         for name in ("data_root", "out", "device", "geometry"):
             value = getattr(self, name)
             if value is None and name == "data_root":
@@ -389,6 +397,9 @@ def _option_specs():
         ("eval_batch_size", int, "Images per evaluation chunk."),
         ("log_every", int, "Steps between progress lines."),
         ("precision", click.Choice(PRECISION_CHOICES), "fp32, or bf16 autocast on the network (loss in float32)."),
+        ("sync_batchnorm", click.Choice(SYNC_BATCHNORM_CHOICES),
+         "Several processes: batch-norm statistics of the global batch (SyncBatchNorm, CUDA only; it reads back "
+         "from the GPU in every layer) or per process (off); auto: on with CUDA."),
     ]
 
 

@@ -485,7 +485,7 @@ def prepare_model(model: torch.nn.Module, context: DistributedContext, *,
         sync_batchnorm = on_cuda
     if sync_batchnorm:
         if not on_cuda:
-            raise ValueError("sync_batchnorm needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
+            raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [torch.device(context.device).index] if on_cuda else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -40,10 +40,12 @@ whole global batch from the same seeded generator and applies its own part (so t
 flips are those of one process, and independent across ranks), the SCL loss gathers the embeddings of the
 global batch with gradient and is scaled so that DDP's average is the gradient of the
 global-batch loss (:func:`deep.distributed.distributed_scl_prototype_loss`); batch-norm layers
-are synchronised on CUDA. Evaluation is sharded over the processes and the embeddings gathered,
+are synchronised on CUDA unless ``--sync-batchnorm off`` (PyTorch's SyncBatchNorm reads a size
+back from the GPU in every layer, the one host synchronisation of a multi-GPU step). Evaluation is sharded over the processes and the embeddings gathered,
 so the metrics are those of the whole sets; rank 0 alone writes the run folder and prints.
 
-Speed: the model runs in ``channels_last`` and SGD uses the fused kernel on CUDA;
+Speed: the model runs in ``channels_last``, SGD uses the fused kernel and cuDNN's autotuner
+is on (``torch.backends.cudnn.benchmark``: the shapes are fixed) on CUDA;
 ``--precision bf16`` runs the network under bf16 autocast (features normalised and the loss
 computed in float32); ``--compile`` wraps the network in ``torch.compile``.
 """
@@ -102,6 +104,7 @@ __all__ = [
     "build_prototypes",
     "prepare_data",
     "build_optimizer",
+    "load_optimizer_state",
     "build_scheduler",
     "train_step",
     "train",
@@ -123,6 +126,9 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r} is not a torch device ({exc})") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
     try:  # training draws its augmentation from a generator on the device (e.g. not possible on meta)
         torch.Generator(device=device)
     except RuntimeError as exc:
@@ -235,6 +241,26 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.SGD:
                            fused=fused or None)
 
 
+def load_optimizer_state(optimizer: torch.optim.SGD, state: dict) -> None:
+    """Load a checkpointed SGD state into ``optimizer`` built by :func:`build_optimizer`, on
+    whatever device and memory format its parameters now have.
+
+    ``Optimizer.load_state_dict`` moves the momentum buffers to each parameter's device but
+    keeps their saved strides, and CUDA's fused SGD kernel requires a buffer laid out like
+    its parameter: a run checkpointed on the CPU (contiguous weights) and resumed on CUDA
+    (``channels_last`` weights) would fail at its first step. The buffers are therefore
+    copied into their parameter's layout, and every group takes this optimiser's ``fused``
+    setting (the device may have changed).
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"] = optimizer.defaults["fused"]
+    for parameter, entry in optimizer.state.items():
+        buffer = entry.get("momentum_buffer")
+        if buffer is not None and buffer.stride() != parameter.stride():
+            entry["momentum_buffer"] = torch.empty_like(parameter, dtype=buffer.dtype).copy_(buffer)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-iteration schedule: optional ``LinearLR`` warm-up, then multistep (x0.1) or cosine.
@@ -305,7 +331,8 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch
 
 def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
     """Model, objective and prototypes, initialised from ``config.seed`` without touching the
-    global random state."""
+    global CPU random state (``torch.manual_seed`` also reseeds the CUDA generators, which the
+    training does not draw from: its augmentation has its own generator)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.arch, train_set.images.shape[1], config.width, config.feature,
@@ -415,7 +442,9 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    network = prepare_model(model, context)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    network = prepare_model(model, context,
+                            sync_batchnorm={"auto": None, "on": True, "off": False}[config.sync_batchnorm])
     if config.compile:
         network = torch.compile(network)
     parameters = list(model.parameters()) + list(objective.parameters())
@@ -446,9 +475,7 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     else:
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the device may have changed since the checkpoint
-            group["fused"] = optimizer.defaults["fused"]
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle_generator"])
         epoch = int(state["epoch"])

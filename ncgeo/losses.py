@@ -256,19 +256,21 @@ def fixed_classifier_cross_entropy(
     return _reduce(per_sample.sum(), max(H.shape[0], 1), reduction)
 
 
-def materialise_prototypes(embeddings, labels, prototypes, n_w: int):
+def materialise_prototypes(embeddings, labels, prototypes, n_w: int, *, validate: bool = True):
     """Append ``n_w`` explicit copies of every prototype to a batch.
 
     Returns ``(features, labels, is_prototype)`` with ``B + k n_w`` rows; the reference
     construction that :func:`scl_prototype_loss` avoids. ``n_w`` must be an integer.
+    ``validate=False`` skips the value checks (finiteness, label range), which read values
+    back from the device, as in :func:`scl_prototype_loss`.
     """
     if isinstance(n_w, bool) or int(n_w) != n_w or n_w < 0:
         raise ValueError(f"n_w must be a non-negative integer to materialise copies, got {n_w!r}")
     n_w = int(n_w)
-    H = as_float_tensor("embeddings", embeddings, ndim=2)
-    W = as_float_tensor("prototypes", prototypes, ndim=2).to(device=H.device, dtype=H.dtype)
+    H = as_float_tensor("embeddings", embeddings, ndim=2, check_finite=validate)
+    W = as_float_tensor("prototypes", prototypes, ndim=2, check_finite=validate).to(device=H.device, dtype=H.dtype)
     k = W.shape[1]
-    y = as_label_tensor("labels", labels, H.shape[0], k, device=H.device)
+    y = as_label_tensor("labels", labels, H.shape[0], k, device=H.device, check_range=validate)
     copies = W.T.repeat(n_w, 1)
     copy_labels = torch.arange(k, device=H.device).repeat(n_w)
     features = torch.cat([H, copies], dim=0)
@@ -278,18 +280,20 @@ def materialise_prototypes(embeddings, labels, prototypes, n_w: int):
     return features, all_labels, is_prototype
 
 
-def supcon_loss_materialised(features, labels, tau: float, anchor_mask=None) -> torch.Tensor:
+def supcon_loss_materialised(features, labels, tau: float, anchor_mask=None, *,
+                             validate: bool = True) -> torch.Tensor:
     r"""Plain supervised-contrastive loss on an explicit batch, summed over anchors.
 
     ``l_i = log sum_{j != i} e^{f_i.f_j/tau} - mean_{j != i, y_j = y_i} f_i.f_j/tau``;
     anchors without positives contribute 0. ``anchor_mask`` selects the anchors
     (default: all rows). Cost ``O(B'^2 d)`` for ``B'`` rows: the slow reference that
     :func:`scl_prototype_loss` must equal once the prototype copies are appended with
-    :func:`materialise_prototypes`.
+    :func:`materialise_prototypes`. ``validate=False`` skips the value checks (finiteness,
+    label range), which read values back from the device.
     """
     tau = check_positive("tau", tau)
-    Fm = as_float_tensor("features", features, ndim=2)
-    y = as_label_tensor("labels", labels, Fm.shape[0], None, device=Fm.device)
+    Fm = as_float_tensor("features", features, ndim=2, check_finite=validate)
+    y = as_label_tensor("labels", labels, Fm.shape[0], None, device=Fm.device, check_range=validate)
     rows = Fm.shape[0]
     eye = torch.eye(rows, dtype=torch.bool, device=Fm.device)
     sim = (Fm @ Fm.T) / tau
@@ -298,6 +302,9 @@ def supcon_loss_materialised(features, labels, tau: float, anchor_mask=None) -> 
     log_denominator = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1)
     value = log_denominator - (sim * same).sum(dim=1) / count.clamp_min(1.0)
     value = torch.where(count > 0, value, torch.zeros((), dtype=Fm.dtype, device=Fm.device))
-    if anchor_mask is not None:
-        value = value[torch.as_tensor(anchor_mask, device=Fm.device, dtype=torch.bool)]
+    if anchor_mask is not None:  # a select, not a boolean index: no read-back of the mask
+        mask = torch.as_tensor(anchor_mask, device=Fm.device, dtype=torch.bool)
+        if mask.shape != (rows,):
+            raise ValueError(f"anchor_mask must have shape ({rows},), got {tuple(mask.shape)}")
+        value = torch.where(mask, value, torch.zeros((), dtype=Fm.dtype, device=Fm.device))
     return value.sum()

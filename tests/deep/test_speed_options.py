@@ -115,6 +115,26 @@ def test_training_step_makes_no_host_round_trip(loss):
     assert spy.seen == [] and loss_value.ndim == 0
 
 
+def test_the_benchmark_reference_loss_makes_no_host_round_trip_without_validation():
+    """bench/deep_throughput.py's reference reads the loss once per step (.item()), as the public
+    SupCon code does; its materialised-prototype loss must add no read-back of its own (the value
+    checks do), or the reference would be slowed below what that code achieves."""
+    from ncgeo.geometry import simplex_etf
+    from ncgeo.losses import materialise_prototypes, supcon_loss_materialised
+
+    generator = torch.Generator().manual_seed(0)
+    H = torch.nn.functional.normalize(torch.randn(12, 4, generator=generator), dim=1)
+    y = torch.arange(12) % 3
+    W = torch.as_tensor(simplex_etf(3, 4), dtype=torch.float32)
+    values = []
+    for validate in (True, False):
+        with _HostTraffic() as spy:
+            rows, labels, is_prototype = materialise_prototypes(H, y, W, 5, validate=validate)
+            values.append(supcon_loss_materialised(rows, labels, 0.1, anchor_mask=~is_prototype, validate=validate))
+        assert (spy.seen == []) == (not validate), spy.seen
+    torch.testing.assert_close(values[0], values[1], rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_with_fused_sgd_channels_last_and_bf16(tmp_path):

@@ -133,13 +133,44 @@ def test_resume_of_a_moved_run_or_another_spelling_of_its_folder(tmp_path):
     assert [line["epoch"] for line in read_jsonl(tmp_path / "moved" / "metrics.jsonl")] == [0, 1, 2]
 
 
-def test_devices_that_cannot_train_are_value_errors():
+def test_devices_that_cannot_train_are_value_errors(monkeypatch):
     from deep.train import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     for name in ("meta", "nonsense"):
         with pytest.raises(ValueError, match="--device"):
             resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^--device 'cuda:1': this machine has 1 CUDA device\(s\), numbered from 0$"):
+        resolve_device("cuda:1")
+
+
+def test_resumed_momentum_buffers_take_their_parameters_layout():
+    """A CPU checkpoint (contiguous weights) resumed on CUDA (channels_last weights): CUDA's fused
+    SGD needs every momentum buffer laid out like its parameter; load_state_dict keeps the saved
+    strides."""
+    from deep.models import resnet18
+    from deep.train import build_optimizer, load_optimizer_state
+
+    config = tiny_config("unused")
+    torch.manual_seed(0)
+    saved_model = resnet18(width=4, in_channels=1)
+    saved = build_optimizer(saved_model.parameters(), config)
+    saved_model(torch.randn(4, 1, 8, 8)).sum().backward()
+    saved.step()
+    model = resnet18(width=4, in_channels=1).to(memory_format=torch.channels_last)
+    model.load_state_dict(saved_model.state_dict())
+    optimizer = build_optimizer(model.parameters(), config)
+    plain = build_optimizer(model.parameters(), config)
+    plain.load_state_dict(saved.state_dict())
+    assert any(plain.state[p]["momentum_buffer"].stride() != p.stride() for p in model.parameters())
+    load_optimizer_state(optimizer, saved.state_dict())
+    for parameter, old in zip(model.parameters(), saved_model.parameters()):
+        buffer = optimizer.state[parameter]["momentum_buffer"]
+        assert buffer.stride() == parameter.stride()
+        assert torch.equal(buffer, saved.state[old]["momentum_buffer"])
+    assert all(group["fused"] is None for group in optimizer.param_groups)  # CPU parameters: not fused
 
 
 def test_out_blocked_by_a_file_is_a_value_error(tmp_path):
