@@ -142,8 +142,9 @@ class TrainConfig:
     sync_batchnorm : {"auto", "on", "off"}
         With several processes, batch-norm statistics of the global batch
         (``torch.nn.SyncBatchNorm``, CUDA only) or of each process's shard; ``auto``: on
-        with CUDA, off on the CPU. PyTorch's SyncBatchNorm reads a size back from the GPU in
-        every layer's forward, so ``off`` is the faster multi-GPU step.
+        with CUDA unless ``compile`` (torch.compile and SyncBatchNorm under DDP fail together,
+        PyTorch issue #107372), off on the CPU. PyTorch's SyncBatchNorm reads a size back from
+        the GPU in every layer's forward, so ``off`` is the faster multi-GPU step.
     """
 
     dataset: str = "cifar10"
@@ -399,7 +400,7 @@ def _option_specs():
         ("precision", click.Choice(PRECISION_CHOICES), "fp32, or bf16 autocast on the network (loss in float32)."),
         ("sync_batchnorm", click.Choice(SYNC_BATCHNORM_CHOICES),
          "Several processes: batch-norm statistics of the global batch (SyncBatchNorm, CUDA only; it reads back "
-         "from the GPU in every layer) or per process (off); auto: on with CUDA."),
+         "from the GPU in every layer) or per process (off); auto: on with CUDA, unless --compile."),
     ]
 
 

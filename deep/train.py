@@ -105,6 +105,7 @@ __all__ = [
     "prepare_data",
     "build_optimizer",
     "load_optimizer_state",
+    "sync_batchnorm",
     "build_scheduler",
     "train_step",
     "train",
@@ -134,6 +135,20 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"--device {name!r} cannot be trained on ({' '.join(str(exc).split())})") from exc
     return device
+
+
+def sync_batchnorm(config: TrainConfig, device: torch.device, world_size: int) -> bool:
+    """Whether batch-norm layers use the statistics of the global batch (``SyncBatchNorm``).
+
+    ``--sync-batchnorm on``/``off`` as given; ``auto``: with several CUDA processes and no
+    ``--compile`` (torch.compile and SyncBatchNorm under DDP fail together, PyTorch issue
+    #107372). A single process needs no synchronisation.
+    """
+    if world_size == 1:
+        return False
+    if config.sync_batchnorm == "auto":
+        return device.type == "cuda" and not config.compile
+    return config.sync_batchnorm == "on"
 
 
 def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
@@ -443,8 +458,11 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    network = prepare_model(model, context,
-                            sync_batchnorm={"auto": None, "on": True, "off": False}[config.sync_batchnorm])
+    sync = sync_batchnorm(config, device, context.world_size)
+    if context.world_size > 1 and config.sync_batchnorm == "auto" and device.type == "cuda" and not sync:
+        log("--compile with several CUDA processes: per-process batch-norm statistics (torch.compile and "
+            "SyncBatchNorm under DDP fail together, PyTorch issue #107372); --sync-batchnorm on to try anyway")
+    network = prepare_model(model, context, sync_batchnorm=sync)
     if config.compile:
         network = torch.compile(network)
     parameters = list(model.parameters()) + list(objective.parameters())

@@ -127,6 +127,19 @@ def test_sync_batchnorm_on_is_refused_on_cpu_processes():
         prepare_model(model, DistributedContext(0, 0, 2, "gloo", "cpu"), sync_batchnorm=True)
 
 
+def test_sync_batchnorm_choice():
+    from deep.config import TrainConfig
+    from deep.train import sync_batchnorm
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    auto = TrainConfig()
+    assert sync_batchnorm(auto, cuda, 2) and not sync_batchnorm(auto, cpu, 2) and not sync_batchnorm(auto, cuda, 1)
+    assert not sync_batchnorm(auto.replace(compile=True), cuda, 4)  # PyTorch issue #107372
+    assert sync_batchnorm(auto.replace(compile=True, sync_batchnorm="on"), cuda, 4)
+    assert sync_batchnorm(auto.replace(sync_batchnorm="on"), cpu, 2)  # refused later by prepare_model
+    assert not sync_batchnorm(auto.replace(sync_batchnorm="off"), cuda, 8)
+
+
 def test_init_distributed_rejects_bad_environment():
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         init_distributed("cpu", env={"RANK": "2", "WORLD_SIZE": "2"})
