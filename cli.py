@@ -439,7 +439,7 @@ class _SimsGroup(_CleanErrors):
 
 @click.command("all")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for every study.")
-@click.option("--quick", is_flag=True, help="Small sizes: all studies in about 3 minutes on 2 cores.")
+@click.option("--quick", is_flag=True, help="Small sizes: all studies in about a minute on 2 cores.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def sims_all(out, quick, workers, progress) -> None:
@@ -463,9 +463,9 @@ def sims() -> None:
 
     \b
     ncgeo sims NAME --out DIR [--quick] [--workers N] [study options]
-    ncgeo sims all --out DIR --quick      every study, small sizes (~3 min on 2 cores)
+    ncgeo sims all --out DIR --quick      every study, small sizes (~1 min on 2 cores)
     \b
-    Studies and their full sizes (--quick: k=4 and short grids):
+    Studies and their full sizes (--quick: k=4, inverse k=6, and short grids):
       limit        k=10, n=100 (step R=10), OF prototypes, tau=0.2, 25 n_w in [1, 1e6]
       geometry     k=10, n=100, R in {1,10,100}, ETF/OF/random/user Gram (+ReLU), tau=0.2, 13 n_w in [1, 1e6]
       batching     k=10, n=10, b=10, 10 seeds x {full, bind, partition, shuffle}, UFM+

@@ -113,7 +113,8 @@ class TrainConfig:
         SGD; ``batch_size`` counts images, each contributes ``views = 2`` samples.
     schedule : {"multistep", "cosine"}
     milestones : tuple of int
-        Epochs where multistep multiplies the rate by 0.1 (empty: 50% and 75% of ``epochs``).
+        Epochs where multistep multiplies the rate by 0.1, after the warm-up (empty: 50% and
+        75% of ``epochs``, those after the warm-up).
     warmup_epochs : float
         Linear warm-up from 0.1 x lr, in epochs (0: none).
     tau : float
@@ -230,6 +231,9 @@ class TrainConfig:
             raise ValueError(f"--momentum must be < 1, got {self.momentum}")
         if self.milestones and self.milestones[-1] > self.epochs:
             raise ValueError(f"--milestones must not exceed --epochs ({self.epochs}), got {list(self.milestones)}")
+        if self.milestones and self.milestones[0] <= self.warmup_epochs:
+            raise ValueError(f"--milestones must lie after the warm-up (--warmup-epochs {self.warmup_epochs:g}), "
+                             f"got {list(self.milestones)}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs must be smaller than --epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.geometry not in GEOMETRY_NAMES and not os.path.isfile(self.geometry):
@@ -238,10 +242,12 @@ class TrainConfig:
 
     @property
     def effective_milestones(self) -> tuple[int, ...]:
-        """The multistep milestones in epochs (the default: 50% and 75% of ``epochs``)."""
+        """The multistep milestones in epochs (the default: 50% and 75% of ``epochs``, those
+        after the warm-up; explicit milestones inside the warm-up are refused by the scheduler)."""
         if self.milestones:
             return self.milestones
-        return tuple(sorted({m for m in (self.epochs // 2, (3 * self.epochs) // 4) if 0 < m < self.epochs}))
+        return tuple(sorted({m for m in (self.epochs // 2, (3 * self.epochs) // 4)
+                             if self.warmup_epochs < m < self.epochs}))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary keyed by field name (tuples as lists)."""
@@ -385,7 +391,7 @@ def _option_specs():
         ("momentum", float, "SGD momentum."),
         ("weight_decay", float, "SGD weight decay."),
         ("schedule", click.Choice(SCHEDULE_CHOICES), "Learning-rate schedule."),
-        ("milestones", str, "Multistep epochs, comma-separated (default: 50% and 75% of the epochs)."),
+        ("milestones", str, "Multistep epochs, comma-separated (default: 50% and 75% of the epochs, those after the warm-up)."),
         ("warmup_epochs", float, "Linear warm-up from 0.1 x lr over this many epochs."),
         ("tau", float, "Temperature (logit scale 1/tau for ce-fixed)."),
         ("loss", click.Choice(LOSS_CHOICES), "scl (with prototypes), ce (learnt linear classifier), ce-fixed (prototype classifier)."),

@@ -52,7 +52,9 @@ computed in float32); ``--compile`` wraps the network in ``torch.compile``.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -383,10 +385,12 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
 
 
 def open_run_folder(config: TrainConfig) -> dict | None:
-    """Create ``--out`` and return the checkpoint state when resuming (``None`` for a new run).
+    """Check ``--out`` and return the checkpoint state when resuming (``None`` for a new run).
 
     Refuses (ValueError naming ``--out``/``--resume``) an existing run without ``--resume``, a
-    resume whose options differ from the stored run, and a folder that cannot be created.
+    resume whose options differ from the stored run, and a folder that cannot be created. A
+    new run's folder is created only when its first file is written (:func:`make_run_folder`),
+    so a start that fails (missing data, bad options) leaves nothing behind.
     """
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
@@ -397,11 +401,25 @@ def open_run_folder(config: TrainConfig) -> dict | None:
                              "or choose another --out")
         state = load_checkpoint(checkpoint_path, map_location="cpu")
         check_resume(config, TrainConfig.from_dict(state["config"]), out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    try:  # the nearest existing folder on the way must be a writable folder
+        existing = out
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:  # a file in the way: one line, not a traceback
         raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
     return state
+
+
+def make_run_folder(out: Path) -> None:
+    """Create the run folder ``out`` (and its parents); ValueError naming ``--out`` otherwise."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
 
 
 def preflight(config: TrainConfig, nproc: int) -> None:
@@ -475,6 +493,7 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
 
     epoch = 0
     if state is None and main_process:
+        make_run_folder(out)
         _clean_run_folder(out)
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "run.json", {

@@ -17,6 +17,11 @@ def test_defaults_follow_theory_section_7():
     assert (config.tau, config.batch_size, config.schedule, config.loss) == (0.1, 128, "multistep", "scl")
     assert config.effective_milestones == (15, 22)
     assert TrainConfig(epochs=10, milestones="3, 8").effective_milestones == (3, 8)
+    # default milestones inside the warm-up are dropped (they were refused, naming --milestones not given)
+    assert TrainConfig(epochs=2, warmup_epochs=1).effective_milestones == ()
+    assert TrainConfig(epochs=8, warmup_epochs=4.5).effective_milestones == (6,)
+    with pytest.raises(ValueError, match=r"--milestones must lie after the warm-up \(--warmup-epochs 3\), got \[3, 5\]"):
+        TrainConfig(epochs=8, warmup_epochs=3, milestones="3,5")
 
 
 @pytest.mark.parametrize("changes, option", [

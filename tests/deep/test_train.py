@@ -176,8 +176,17 @@ def test_resumed_momentum_buffers_take_their_parameters_layout():
 def test_out_blocked_by_a_file_is_a_value_error(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
-        with pytest.raises(ValueError, match="--out .* cannot be created as a run folder"):
+        with pytest.raises(ValueError, match="--out .* cannot be created as a run folder: Not a directory"):
             train(tiny_config(out), datasets=_datasets())
+
+
+def test_a_start_that_fails_leaves_no_run_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="--batch-size 100000 exceeds"):
+        train(tiny_config(out, batch_size=100000), datasets=_datasets())
+    assert not (tmp_path / "new").exists()
+    run = train(tiny_config(out, epochs=1), datasets=_datasets())  # the folder appears with the run
+    assert run == out and (out / "config.json").is_file()
 
 
 @pytest.mark.parametrize("loss", ["ce", "ce-fixed"])
