@@ -58,6 +58,12 @@ def _orbit_applies(weights: np.ndarray, W, n_w: float) -> bool:
     return orbit_invariant(W.T @ W if (n_w > 0 and W is not None) else None, groups) is not None
 
 
+def contradicts(lower: float, upper: float) -> bool:
+    """True when a relaxation's "lower bound" lies above a feasible loss ``upper`` by more than
+    round-off: the conic solver was inaccurate, and that bound must not be used."""
+    return lower > upper + max(1e-9, 1e-7 * abs(upper))
+
+
 def _combine(method_result: CertificateResult, upper: float, rtol: float, timer,
              extra_reason: str = "") -> CertificateResult:
     """Use a relaxation's lower bound against the candidate's loss."""
@@ -165,8 +171,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
                 continue
             result = _combine(relaxed, upper_bound, rtol, timer)
         # a "lower bound" above the candidate's (feasible) loss comes from an inaccurate solve
-        contradicted = result.lower_bound > upper_bound + max(1e-9, 1e-7 * abs(upper_bound))
-        if not contradicted and (best is None or result.lower_bound > best.lower_bound):
+        if not contradicts(result.lower_bound, upper_bound) and (best is None or result.lower_bound > best.lower_bound):
             best = result
         if result.certified:
             best = result
@@ -227,8 +232,11 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
 
     Returns ``(H, labels, CertificateResult)``; the result's lower bound is the larger of
     the relaxation's and the dual bound, its upper bound the realised loss (computed on
-    the ``k`` distinct rows, so ``N = 10^5`` costs the same as ``N = 10^2``). ``H`` is
-    None when the optimum is not collapsed or not realisable in ``d`` dimensions.
+    the ``k`` distinct rows, so ``N = 10^5`` costs the same as ``N = 10^2``). A relaxation
+    bound above the realised loss (an inaccurate conic solve, as with class sizes of 10^4)
+    is discarded for the dual bound alone (``method="dual"``, the reason in
+    ``solution["relaxation_discarded"]``). ``H`` is None when the optimum is not collapsed
+    or not realisable in ``d`` dimensions.
     """
     timer = Timer()
     rtol = check_rtol(rtol)
@@ -257,11 +265,17 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     H = means[:, labels].T
     dual = dual_certificate(H, labels, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
                             prototypes_as_anchors=prototypes_as_anchors, upper_bound=upper, rtol=rtol)
-    lower = max(relaxed.lower_bound, dual.lower_bound)
     solution = dict(relaxed.solution)
     solution.update(dual_lower_bound=dual.lower_bound, relaxation_lower_bound=relaxed.lower_bound,
                     lambda_min=dual.solution.get("lambda_min"))
-    result = make_result(lower, upper, method=relaxed.method, status=relaxed.solver_status,
+    method = relaxed.method
+    if contradicts(relaxed.lower_bound, upper):  # an inaccurate conic solve (large class weights)
+        lower, method = dual.lower_bound, "dual"
+        solution["relaxation_discarded"] = (f"the {relaxed.method} bound {relaxed.lower_bound:.10g} lies above the "
+                                            f"realised loss {upper:.10g}: the conic solver was inaccurate")
+    else:
+        lower = max(relaxed.lower_bound, dual.lower_bound)
+    result = make_result(lower, upper, method=method, status=relaxed.solver_status,
                          seconds=timer(), rtol=rtol, rank=relaxed.rank, dim=relaxed.dim,
                          realisable=True, solution=solution)
     return H, labels, result

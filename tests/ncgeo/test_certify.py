@@ -205,6 +205,28 @@ def test_realise_and_certify_large_n():
     assert cert.upper_bound == pytest.approx(candidate_loss(H, y, simplex_etf(6, 6), 100.0, 0.1), rel=1e-9)
 
 
+def test_realise_and_certify_discards_an_inaccurate_relaxation_bound(monkeypatch):
+    """A relaxation bound above the realised (feasible) loss is wrong and must give way to the
+    dual bound. N = 55,000 (10^4 vs 10^3 per class) did this with Clarabel 0.11: its orbit
+    bound lay 8e-6 (relative) above the loss, and the point was reported not certified."""
+    import dataclasses
+
+    import ncgeo.certify.auto as auto
+
+    sizes, W = [10000] * 5 + [1000] * 5, simplex_etf(10, 10)
+    H, y, cert = realise_and_certify(sizes, W, 10.0, 0.1)
+    assert cert.certified, cert.reason
+    assert H.shape == (55000, 10) and abs(cert.relative_gap) < 1e-6
+    assert (cert.method == "dual") == (cert.solution["relaxation_lower_bound"] > cert.upper_bound * (1 + 1e-7))
+    real = auto.solve_orbit  # the same case at a small size, the inaccuracy made certain
+    monkeypatch.setattr(auto, "solve_orbit", lambda *a, **kw: dataclasses.replace(
+        real(*a, **kw), lower_bound=real(*a, **kw).lower_bound + 1.0))
+    H, y, cert = realise_and_certify([20] * 3, simplex_etf(3, 3), 10.0, 0.1)
+    assert cert.certified and cert.method == "dual", cert.reason
+    assert cert.lower_bound == cert.solution["dual_lower_bound"] < cert.solution["relaxation_lower_bound"] - 0.5
+    assert "conic solver was inaccurate" in cert.solution["relaxation_discarded"]
+
+
 def test_partition_batches_helper_roundtrip():
     y = labels_from_sizes([4, 4])
     batches = make_batches(y, "partition", 4, seed=0)
