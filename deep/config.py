@@ -140,6 +140,8 @@ class TrainConfig:
         loss computed in float32).
     compile : bool
         Wrap the network in ``torch.compile``.
+    proto_anchors : bool
+        The prototype copies are anchors too (THEORY.md section 2's flag; ``scl`` only).
     sync_batchnorm : {"auto", "on", "off"}
         With several processes, batch-norm statistics of the global batch
         (``torch.nn.SyncBatchNorm``, CUDA only) or of each process's shard; ``auto``: on
@@ -180,6 +182,7 @@ class TrainConfig:
     progress: bool = True
     precision: str = "fp32"
     compile: bool = False
+    proto_anchors: bool = False
     sync_batchnorm: str = "auto"
 
     def __post_init__(self) -> None:
@@ -222,11 +225,13 @@ class TrainConfig:
                 put(name, _check_int(name, getattr(self, name), 1))
         put("eval_batch_size", _check_int("eval_batch_size", self.eval_batch_size, 1))
         put("log_every", _check_int("log_every", self.log_every, 1))
-        for name in ("resume", "progress", "compile"):
+        for name in ("resume", "progress", "compile", "proto_anchors"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{option_name(name)} must be true or false, got {getattr(self, name)!r}")
         if self.seed > 2**63 - 1:  # torch generators take 64-bit seeds; seed + 1 and seed + epoch are used too
             raise ValueError(f"--seed must be an integer in [0, 2**63 - 1], got {self.seed}")
+        if self.proto_anchors and self.loss != "scl":
+            raise ValueError(f"--proto-anchors applies to --loss scl (prototype copies as anchors), not {self.loss}")
         if self.momentum >= 1:
             raise ValueError(f"--momentum must be < 1, got {self.momentum}")
         if self.milestones and self.milestones[-1] > self.epochs:
@@ -431,6 +436,8 @@ def train_options(function):
                                    help="Progress lines on stderr  [default: on]."))
     decorators.append(click.option("--compile", "compile", is_flag=True, default=None,
                                    help="Compile the network with torch.compile."))
+    decorators.append(click.option("--proto-anchors", "proto_anchors", is_flag=True, default=None,
+                                   help="The prototype copies are anchors too (scl; default: only samples)."))
     for decorator in reversed(decorators):
         function = decorator(function)
     return function

@@ -155,6 +155,9 @@ class Prediction:
     n_w, tau : float
     nonnegative : bool
         Whether the UFM+ (non-negative) relaxation was solved.
+    prototypes_as_anchors : bool
+        Whether the prototype copies were anchors in the predicted model (runs trained with
+        ``--proto-anchors``).
     gram_predicted : ndarray (k, k)
         Predicted class-mean Gram.
     delta_measured_predicted : float or None
@@ -175,6 +178,7 @@ class Prediction:
     n_w: float
     tau: float
     nonnegative: bool
+    prototypes_as_anchors: bool
     gram_predicted: np.ndarray
     delta_measured_predicted: float | None
     delta_predicted_prototypes: float | None
@@ -186,7 +190,8 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "weights": self.weights.tolist(), "n_w": self.n_w, "tau": self.tau,
-            "nonnegative": self.nonnegative, "gram_predicted": self.gram_predicted.tolist(),
+            "nonnegative": self.nonnegative, "prototypes_as_anchors": self.prototypes_as_anchors,
+            "gram_predicted": self.gram_predicted.tolist(),
             "delta_measured_predicted": self.delta_measured_predicted,
             "delta_predicted_prototypes": self.delta_predicted_prototypes,
             "delta_measured_prototypes": self.delta_measured_prototypes,
@@ -205,7 +210,8 @@ class Prediction:
         else:
             described = (f"model: reduced full-batch UFM{plus} with "
                          f"{'expected per-batch' if self.model == 'batch' else 'training-set'} class counts "
-                         f"[{weights}], n_w = {self.n_w:g}, tau = {self.tau:g}")
+                         f"[{weights}], n_w = {self.n_w:g}, tau = {self.tau:g}"
+                         f"{', prototypes as anchors' if self.prototypes_as_anchors else ''}")
         return "\n".join([
             described,
             f"certificate: {self.verdict}",
@@ -239,6 +245,10 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
         raise ValueError(f"run {record.name!r} has classes without training samples: {counts.astype(int).tolist()}")
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
     nonnegative = record.config.get("feature") == "nonnegative"
+    anchors = bool(record.config.get("proto_anchors", False))
+    if anchors and model == "ce-limit":
+        raise ValueError(f"run {record.name!r} was trained with --proto-anchors: its n_w -> infinity limit is not "
+                         "cross-entropy (an extra term survives, THEORY.md section 4); use --model batch or dataset")
     W = record.prototypes
     if model == "ce-limit":
         weights = counts
@@ -251,7 +261,7 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     else:
         weights = expected_batch_counts(counts, record.run["samples_per_batch"]) if model == "batch" else counts
         result = solve_reduced(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
-                               dim=W.shape[0], solver=solver)
+                               prototypes_as_anchors=anchors and n_w > 0, dim=W.shape[0], solver=solver)
         if "R" not in result.solution:
             raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
         gram, certificate, verdict = (predicted_means_gram(np.asarray(result.solution["R"]), weights),
@@ -264,7 +274,8 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     uses_prototypes = n_w > 0 or model == "ce-limit"
     delta_predicted_prototypes = gram_distance(_factor(gram), W.T @ W) if uses_prototypes else None
     prediction = Prediction(
-        model=model, weights=weights, n_w=n_w, tau=tau, nonnegative=nonnegative, gram_predicted=gram,
+        model=model, weights=weights, n_w=n_w, tau=tau, nonnegative=nonnegative,
+        prototypes_as_anchors=anchors and n_w > 0 and model != "ce-limit", gram_predicted=gram,
         delta_measured_predicted=measured, delta_predicted_prototypes=delta_predicted_prototypes,
         delta_measured_prototypes=record.metrics[-1]["train"]["delta_prototypes"],
         epoch=record.means_epoch, verdict=verdict, certificate=certificate,

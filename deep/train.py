@@ -6,7 +6,7 @@ label of their image, and the loss is
 
 * ``scl``: :func:`ncgeo.losses.scl_prototype_loss` with ``n_w = --protos`` copies of every
   prototype (never materialised), temperature ``tau``, **mean** over the ``2 b`` sample
-  anchors;
+  anchors (and over the ``k n_w`` prototype copies too with ``--proto-anchors``);
 * ``ce``: cross-entropy of a learnt linear classifier (with bias) on the un-normalised
   penultimate features ``z`` (the standard baseline), mean over the views;
 * ``ce-fixed``: :func:`ncgeo.losses.fixed_classifier_cross_entropy` with the prototypes as
@@ -177,9 +177,10 @@ class Objective(nn.Module):
     """
 
     def __init__(self, loss: str, prototypes: torch.Tensor, n_w: float, tau: float,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, prototypes_as_anchors: bool = False) -> None:
         super().__init__()
         self.loss = loss
+        self.prototypes_as_anchors = bool(prototypes_as_anchors)
         self.n_w = float(n_w)
         self.tau = float(tau)
         self.autocast_dtype = autocast_dtype
@@ -200,7 +201,7 @@ class Objective(nn.Module):
             return fixed_classifier_cross_entropy(output, labels, self.prototypes, self.tau,
                                                   reduction="mean", validate=False)
         return distributed_scl_prototype_loss(output, labels, self.prototypes, self.n_w, self.tau,
-                                              reduction="mean")
+                                              reduction="mean", prototypes_as_anchors=self.prototypes_as_anchors)
 
 
 def _majority_size(counts: np.ndarray, imbalance: str, ratio: float, limit: int) -> int:
@@ -357,7 +358,8 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
         W = build_prototypes(config.geometry, train_set.num_classes, model.feature_dim, config.seed,
                              nonnegative=config.feature == "nonnegative")
         objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau,
-                              autocast_dtype=torch.bfloat16 if config.precision == "bf16" else None)
+                              autocast_dtype=torch.bfloat16 if config.precision == "bf16" else None,
+                              prototypes_as_anchors=config.proto_anchors)
     return model.to(device), objective.to(device), W
 
 

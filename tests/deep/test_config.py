@@ -42,6 +42,8 @@ def test_defaults_follow_theory_section_7():
     ({"out": ""}, "--out"),
     ({"seed": 2**64}, "--seed"),
     ({"sync_batchnorm": "yes"}, "--sync-batchnorm"),
+    ({"proto_anchors": True, "loss": "ce-fixed"}, "--proto-anchors applies to --loss scl"),
+    ({"proto_anchors": 1}, "--proto-anchors"),
 ])
 def test_bad_values_name_the_option(changes, option):
     with pytest.raises((ValueError, TypeError), match=option):

@@ -212,7 +212,7 @@ def _parse_training_options(arguments: list[str]):
     {"dataset": "fmnist", "imbalance": "step", "ratio": 10.0, "protos": 100.0, "milestones": (3, 5),
      "epochs": 6, "lr": 1e-4, "weight_decay": 0.0, "max_train_samples": 500, "progress": False,
      "feature": "mlp", "feature_dim": 32, "warmup_epochs": 0.5, "seed": 3, "device": "cpu",
-     "sync_batchnorm": "off"},
+     "sync_batchnorm": "off", "proto_anchors": True},
 ])
 def test_launch_arguments_rebuild_the_configuration(tmp_path, changes):
     from deep.config import TrainConfig

@@ -61,6 +61,25 @@ def test_many_prototypes_predict_the_prototype_gram(tiny_run):
     assert deltas[1] < 0.01 and deltas[1] < deltas[0] / 5
 
 
+def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
+    from ncgeo.certify import solve_reduced
+
+    datasets = (synthetic_images(), synthetic_images(per_class=8, seed=1))
+    run = train(tiny_config(tmp_path / "anchors", proto_anchors=True, protos=10.0, epochs=1), datasets=datasets)
+    record = load_run(run)
+    assert record.config["proto_anchors"] is True
+    prediction = predict_run(run, write=False)
+    assert prediction.prototypes_as_anchors and "prototypes as anchors" in prediction.summary()
+    direct = solve_reduced(prediction.weights, record.prototypes, 10.0, 0.1, prototypes_as_anchors=True,
+                           dim=record.prototypes.shape[0])
+    assert np.allclose(prediction.gram_predicted, predicted_means_gram(direct.solution["R"], prediction.weights))
+    without = predict_run(dataclasses.replace(record, config={**record.config, "proto_anchors": False}), write=False)
+    assert not without.prototypes_as_anchors
+    assert np.abs(prediction.gram_predicted - without.gram_predicted).max() > 1e-3  # anchors change the optimum
+    with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):
+        predict_run(run, "ce-limit")
+
+
 def test_ce_baselines(tmp_path):
     datasets = (synthetic_images(), synthetic_images(per_class=8, seed=1))
     learnt = train(tiny_config(tmp_path / "ce", loss="ce", epochs=1), datasets=datasets)

@@ -212,6 +212,9 @@ def test_objective_is_the_ncgeo_loss_over_two_views():
     value = Objective("scl", W, 100.0, 0.1)(Normalised(), images, labels)
     H = torch.nn.functional.normalize(model(images), dim=1)
     assert torch.allclose(value, scl_prototype_loss(H, labels, W, 100.0, 0.1) / 6)
+    anchored = Objective("scl", W, 100.0, 0.1, prototypes_as_anchors=True)(Normalised(), images, labels)
+    assert torch.allclose(anchored, scl_prototype_loss(H, labels, W, 100.0, 0.1, prototypes_as_anchors=True)
+                          / (6 + 3 * 100))  # the mean over samples and prototype copies
 
 
 def test_prototypes_from_every_constructor(tmp_path):
