@@ -169,13 +169,15 @@ def scl_prototype_loss(
         proto_sim = (H @ W) / tau  # (B, k)
         logits = torch.cat([logits, proto_sim + math.log(n_w)], dim=1)
         own = proto_sim.gather(1, y[:, None]).squeeze(1)
-        total_count = positive_count + n_w
-        weights = 1.0 / total_count.clamp_min(1e-300 if H.dtype == torch.float64 else 1e-30)
-        positive_term = positive_sum * weights + own * (n_w * weights)
+        # (positive_sum + n_w own) / (positive_count + n_w), written so that an anchor whose only
+        # positives are the copies gets exactly ``own``, however small n_w (P_i = n_w > 0 even when
+        # positive_count + n_w rounds to 0 in the dtype)
+        denominator = (positive_count + n_w).clamp_min(torch.finfo(H.dtype).tiny)
+        positive_term = own + (positive_sum - positive_count * own) / denominator
+        has_positive = torch.ones(batch, dtype=torch.bool, device=H.device)
     else:
-        total_count = positive_count
-        positive_term = positive_sum / total_count.clamp_min(1.0)
-    has_positive = total_count > 0
+        positive_term = positive_sum / positive_count.clamp_min(1.0)
+        has_positive = positive_count > 0
     # rows without positives contribute 0; keep their log-sum-exp finite for autograd
     logits = torch.where(has_positive[:, None], logits, torch.zeros((), dtype=H.dtype, device=H.device))
     per_anchor = torch.where(has_positive, torch.logsumexp(logits, dim=1) - positive_term,

@@ -277,6 +277,29 @@ def test_finite_at_extreme_temperature_and_multiplicity(dtype, prototypes_as_anc
     assert float(got) == pytest.approx(float(ref), rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype, n_w", [(torch.float32, 1e-35), (torch.float32, 1e-60), (torch.float64, 1e-305)])
+def test_tiny_real_multiplicity_follows_the_formula(dtype, n_w):
+    """n_w may be any real > 0 (THEORY.md section 1). An anchor whose only positives are the
+    copies has P_i = n_w and positive term h_i.w_{y_i}/tau exactly; the loss used to clamp P_i
+    at 1e-30 / 1e-300 (float32: 5.708 instead of 9.111) and to drop the anchor once
+    0 + n_w rounded to 0 in the dtype."""
+    labels = [0, 1, 1, 2]  # anchors 0 and 3: no same-class sample
+    H64, y, W64 = batch(3, labels, d=4, k=3)
+    tau = 0.1
+    S, P = (H64 @ H64.T / tau).numpy(), (H64 @ W64 / tau).numpy()
+    expected = []
+    for i, c in enumerate(labels):
+        others = [j for j in range(len(labels)) if j != i]
+        positives = [j for j in others if labels[j] == c]
+        log_d = np.logaddexp.reduce(np.concatenate([S[i, others], P[i] + math.log(n_w)]))
+        # (sum_pos S + n_w P_own) / (|pos| + n_w), with n_w dropped where it is below round-off
+        expected.append(log_d - (np.mean(S[i, positives]) if positives else P[i, c]))
+    got = scl_prototype_loss(H64.to(dtype), y, W64.to(dtype), n_w, tau, reduction="none")
+    single = dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5 if single else 1e-12,
+                               atol=1e-5 if single else 1e-12)
+
+
 # --------------------------------------------------------------------------------------
 # the many-prototype limit: cross-entropy with the fixed classifier (section 4)
 # --------------------------------------------------------------------------------------
