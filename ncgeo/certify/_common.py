@@ -131,3 +131,56 @@ def feasible_candidate(H: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, bo
 
 def log_or_none(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
+
+
+def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
+                        iterations: int = 5000) -> np.ndarray:
+    """A UFM+ point ``H`` (N, d) (non-negative unit rows) whose Gram with the prototypes
+    ``W`` (d, k) fits a relaxation optimum ``G``: ``H H^T ~ G[:N, :N]`` and ``H W ~ G[:N, N:]``.
+
+    A doubly non-negative ``G`` of rank ``<= d`` need not factor as ``H H^T`` with ``H >= 0``
+    in ``d`` dimensions (complete positivity), so a UFM+ relaxation's value is an upper bound
+    only once such an ``H`` is found. Projected gradient with backtracking on the squared
+    Frobenius misfit, from the top-``d`` eigenfactor of the sample block (folded to ``|.|``)
+    or, with prototypes, the least-squares solution of ``H W = G[:N, N:]``. The result is
+    always feasible; its loss is the upper bound (a poor fit only widens the gap).
+    """
+    Gss = (G[:N, :N] + G[:N, :N].T) / 2
+    Gsp = None if W is None else G[:N, N:N + W.shape[1]]
+    eigenvalues, vectors = np.linalg.eigh(Gss)
+    top = np.argsort(eigenvalues)[::-1][:d]
+    start = np.zeros((N, d))
+    start[:, :len(top)] = np.abs(vectors[:, top] * np.sqrt(np.clip(eigenvalues[top], 0, None)))
+    if W is not None:
+        start = start + np.linalg.lstsq(W.T, Gsp.T, rcond=None)[0].T
+
+    def project(H):
+        H = np.clip(H, 0.0, None)
+        norms = np.linalg.norm(H, axis=1)
+        dead = norms == 0
+        H[dead, 0], norms[dead] = 1.0, 1.0
+        return H / norms[:, None]
+
+    def misfit(H):
+        residual = H @ H.T - Gss
+        value, grad = float(np.sum(residual ** 2)), 4 * residual @ H
+        if W is not None:
+            cross = H @ W - Gsp
+            value, grad = value + 2 * float(np.sum(cross ** 2)), grad + 4 * cross @ W.T
+        return value, grad
+
+    H = project(start)
+    value, grad = misfit(H)
+    step = 1.0 / max(N, 1)
+    for _ in range(iterations):
+        if value < 1e-24:
+            break
+        candidate = project(H - step * grad)
+        candidate_value, candidate_grad = misfit(candidate)
+        if candidate_value < value:
+            H, value, grad, step = candidate, candidate_value, candidate_grad, step * 1.5
+        else:
+            step *= 0.5
+            if step < 1e-16:
+                break
+    return H

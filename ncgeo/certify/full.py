@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .._validation import as_label_tensor, check_int
-from ._common import check_loss_args, prototype_setup
+from ._common import check_loss_args, prototype_setup, realise_nonnegative
 from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
@@ -162,6 +162,16 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
         Gp[N:, N:] = G_W
     rank = matrix_rank(Gv)
     realisable = None if d is None else rank <= d
+    solution = {"G": Gv, "solver": used}
+    failure = None
+    if nonnegative:  # the bound must be the loss of a non-negative point (complete positivity)
+        if kp and W is None:
+            failure = "UFM+ with a prototype Gram only: no prototype vectors to realise the optimum with"
+        else:
+            space = W.shape[0] if kp else (d if d is not None else N)  # the prototypes fix the space
+            H = realise_nonnegative(Gp, N, W if kp else None, space)
+            Gp = np.block([[H @ H.T, H @ W], [W.T @ H.T, G_W]]) if kp else H @ H.T
+            solution["H"], realisable = H, True
     return make_result(float(problem.value) * objective.normaliser, objective.value(Gp), method="full", status=status,
                        seconds=timer(), rtol=rtol, rank=rank, dim=d, realisable=realisable,
-                       solution={"G": Gv, "solver": used})
+                       solution=solution, failure=failure)

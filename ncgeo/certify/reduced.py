@@ -163,7 +163,12 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
     realisable = None if d is None else rank <= d
     common = dict(method=method, status=status, rtol=rtol, rank=rank, dim=d, solution=solution)
     if not np.all(collapsed):
-        return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable, **common)
+        # UFM+: the non-collapsed relaxation optimum is realised by no constructed non-negative
+        # point (complete positivity unchecked), so its value bounds nothing from above
+        failure = ("UFM+ relaxation optimum not collapsed: no non-negative realisation is constructed "
+                   "(complete positivity unchecked)") if nonnegative else None
+        return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable,
+                           failure=failure, **common)
     means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
     upper = objective.value(_collapsed_R(means, weights, protos, G_W, kp))
     if polish and (W is not None or kp == 0):

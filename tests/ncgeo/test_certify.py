@@ -227,6 +227,26 @@ def test_realise_and_certify_discards_an_inaccurate_relaxation_bound(monkeypatch
     assert "conic solver was inaccurate" in cert.solution["relaxation_discarded"]
 
 
+@pytest.mark.parametrize("prototypes, n_w", [(orthogonal_frame(3), 3.0), (None, 0.0)])
+def test_full_ufm_plus_bound_is_the_loss_of_a_nonnegative_point(prototypes, n_w):
+    """UFM+: a doubly non-negative relaxation optimum of rank <= d need not factor as H H^T with
+    H >= 0 in d dimensions, so its value is an upper bound only through such an H."""
+    from ncgeo.certify._common import realise_nonnegative
+
+    y = labels_from_sizes([4, 4, 2])
+    cert = solve_full(y, prototypes, n_w, 0.5, nonnegative=True, dim=3)
+    H = cert.solution["H"]
+    assert H.shape == (10, 3) and H.min() >= 0 and np.allclose(np.linalg.norm(H, axis=1), 1)
+    assert cert.upper_bound == pytest.approx(candidate_loss(H, y, prototypes, n_w, 0.5), rel=1e-9)
+    assert cert.certified, cert.reason  # OF collapse: the realisation attains the bound
+    # the fit itself: a completely positive Gram in 3 dimensions is recovered
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.normal(size=(6, 3)))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    fitted = realise_nonnegative(X @ X.T, 6, None, 3)
+    assert fitted.min() >= 0 and np.abs(fitted @ fitted.T - X @ X.T).max() < 1e-6
+
+
 def test_partition_batches_helper_roundtrip():
     y = labels_from_sizes([4, 4])
     batches = make_batches(y, "partition", 4, seed=0)
