@@ -51,9 +51,10 @@ __all__ = ["SplitMetrics", "embed", "evaluate_split", "evaluate_run"]
 class SplitMetrics:
     """Geometry and accuracy of one set of embeddings (see the module docstring).
 
-    ``means`` (``d x k``, zero columns for absent classes) and ``gram_means`` (``M^T M``
-    of the uncentred means, ``k x k``) are kept for reports; ``to_dict`` includes
-    ``gram_means`` but not ``means``.
+    ``means`` (``d x k``, zero columns for absent classes) and ``mean_inner_products``
+    (``M^T M``: ``mu_c . mu_c'`` of the uncentred means, ``k x k``; not cosines, unlike
+    :attr:`ncgeo.metrics.GeometryMetrics.gram_means`) are kept for reports; ``to_dict``
+    includes ``mean_inner_products`` but not ``means``.
     """
 
     samples: int
@@ -70,7 +71,7 @@ class SplitMetrics:
     ncc_per_class: np.ndarray
     nearest_prototype_per_class: np.ndarray
     class_counts: np.ndarray
-    gram_means: np.ndarray
+    mean_inner_products: np.ndarray
     means: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +90,7 @@ class SplitMetrics:
             "ncc_per_class": self.ncc_per_class.tolist(),
             "nearest_prototype_per_class": self.nearest_prototype_per_class.tolist(),
             "class_counts": self.class_counts.astype(int).tolist(),
-            "gram_means": self.gram_means.tolist(),
+            "mean_inner_products": self.mean_inner_products.tolist(),
         }
 
 
@@ -145,7 +146,7 @@ def evaluate_split(embeddings: torch.Tensor, labels: torch.Tensor, prototypes, n
         ncc_per_class=ncc_per_class,
         nearest_prototype_per_class=proto_per_class,
         class_counts=counts,
-        gram_means=means.T @ means,
+        mean_inner_products=means.T @ means,
         means=means,
     )
 

@@ -149,7 +149,9 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
     figure, axes = plt.subplots(len(records), 3, figsize=(10.5, 3.3 * len(records)), squeeze=False)
     image = None
     for row, (record, prediction) in enumerate(zip(records, predictions)):
-        measured = cosines(np.asarray(_final(record)["train"]["gram_means"], dtype=np.float64))
+        train = _final(record)["train"]
+        # "gram_means" in runs written before the key was renamed (the same M^T M)
+        measured = cosines(np.asarray(train.get("mean_inner_products", train.get("gram_means")), dtype=np.float64))
         panels = [(measured, f"{record.name}: learnt (epoch {_final(record)['epoch']})"),
                   (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
                   (None if prediction is None else cosines(prediction.gram_predicted),

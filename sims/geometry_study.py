@@ -40,7 +40,7 @@ NAME = "geometry"
 
 OPTIONS = (
     Option("k", "int", 4, 10, "number of classes k", low=2),
-    Option("n", "int", 100, 100, "samples of each majority class (minority: n/R)", low=1),
+    Option("n", "int", 100, 100, "samples of each majority class (minority: floor(n/R))", low=1),
     Option("ratios", "floats", [1.0, 10.0, 100.0], [1.0, 10.0, 100.0], "step-imbalance ratios R", low=1),
     Option("n_w", "floats", [0, 10, 1e3, 1e5],
            [0] + [float(f"{x:.3g}") for x in np.logspace(0, 6, 13)], "grid of prototype multiplicities n_w", low=0),

@@ -11,7 +11,8 @@ log grid the study computes
   value per sample ``L/N`` and its class-mean Gram ``G_M`` (uncentred,
   ``(G_M)_cc' = mu_c . mu_c'``);
 * the certified optimum of CE with the fixed classifier (the per-class ``(k+1) x (k+1)``
-  SDP of THEORY.md section 4, :func:`ncgeo.certify.ce_limit.certify_ce_limit`): the value
+  program of THEORY.md section 4, solved in an exact second-order-cone form by
+  :func:`ncgeo.certify.ce_limit.certify_ce_limit`): the value
   ``CE* = (1/N) sum_c n_c CE_c`` and the learnt Gram ``G_CE``;
 * the loss gap ``(L/N - log n_w) - CE*`` and the geometry gap ``Delta(G_M, G_CE)``.
 
@@ -47,8 +48,8 @@ NAME = "limit"
 
 OPTIONS = (
     Option("k", "int", 4, 10, "number of classes k", low=2),
-    Option("n", "int", 10, 100, "samples of each majority class (step imbalance: the last ceil(k/2) get n/ratio)",
-           low=1),
+    Option("n", "int", 10, 100,
+           "samples of each majority class (step imbalance: the last ceil(k/2) get floor(n/ratio))", low=1),
     Option("ratio", "float", 10.0, 10.0, "imbalance ratio R (1 = balanced)", low=1),
     Option("imbalance", "str", "step", "step", "imbalance kind: step or exp"),
     Option("geometry", "str", "of", "of", "prototypes: etf, of, random, random+, hierarchical or a Gram/vector file"),

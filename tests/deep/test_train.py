@@ -51,7 +51,7 @@ def test_real_fashion_mnist_loss_decreases_and_metrics_written(tmp_path):
             for key in ("delta_prototypes", "delta_etf", "delta_of", "nc1", "alignment", "ncc_accuracy",
                         "nearest_prototype_accuracy"):
                 assert np.isfinite(metrics[key]), (split, key)
-            assert len(metrics["ncc_per_class"]) == 10 and len(metrics["gram_means"]) == 10
+            assert len(metrics["ncc_per_class"]) == 10 and len(metrics["mean_inner_products"]) == 10
     # with n_w = 100 ETF prototypes the class means move towards the prototype Gram
     assert lines[-1]["train"]["delta_prototypes"] < lines[0]["train"]["delta_prototypes"]
     facts = json.loads((run / "run.json").read_text())
