@@ -25,7 +25,7 @@ import numpy as np
 from .._validation import as_float_array, check_choice
 from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
-from .dual import MAX_DENSE_GROUPS, dual_certificate
+from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
 from .full import _check_batches, solve_full
 from .orbit import orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
@@ -126,8 +126,9 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     k = W.shape[1] if W is not None else int(y.max()) + 1
     batch_list = _check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
-    if upper_bound is None:
-        upper_bound = candidate_loss(H, y, W if n_w > 0 else None, n_w, tau, batch_list, prototypes_as_anchors)
+    if upper_bound is None:  # over the distinct rows when the batch is full: a collapsed N = 10^5 is cheap
+        upper_bound = (full_batch_loss(H, y, W, n_w, tau, prototypes_as_anchors) if full_batch else
+                       candidate_loss(H, y, W if n_w > 0 else None, n_w, tau, batch_list, prototypes_as_anchors))
     sizes = np.bincount(y, minlength=k).astype(float)
     if method in ("reduced", "orbit") and not full_batch:
         raise ValueError(f"method {method!r} needs the full batch; use 'full' or 'dual' for other batchings")

@@ -58,7 +58,7 @@ from ._program import Timer
 from .full import _check_batches
 from .result import CertificateResult, DEFAULT_RTOL, check_rtol, make_result
 
-__all__ = ["dual_certificate"]
+__all__ = ["dual_certificate", "full_batch_loss"]
 
 #: Above this many rows the dense gradient matrix is refused (memory).
 MAX_DENSE_GROUPS = 6000
@@ -144,6 +144,21 @@ def _groups(H, y, snap_tol):
     return H, first, inverse.ravel(), counts.astype(float), snapped
 
 
+def full_batch_loss(H: np.ndarray, y: np.ndarray, W, n_w: float, tau: float,
+                    prototypes_as_anchors: bool = False) -> float:
+    """Full-batch UFM loss of a feasible candidate (sum over anchors), computed over its
+    distinct rows: ``O(m^2)`` for ``m`` distinct rows, so a collapsed ``N = 10^5`` costs what
+    ``N = k`` does. Above :data:`MAX_DENSE_GROUPS` distinct rows it is
+    :func:`ncgeo.certify._common.candidate_loss` (``O(N^2)``)."""
+    _, first, _, counts, _ = _groups(H, y, 0.0)
+    use_p = n_w > 0
+    if len(counts) > MAX_DENSE_GROUPS:
+        return candidate_loss(H, y, W if use_p else None, n_w, tau, None, prototypes_as_anchors)
+    G_W = W.T @ W if use_p else np.zeros((0, 0))
+    return float(_batch_terms(H[first], y[first], counts, W if use_p else None, G_W, n_w, tau,
+                              prototypes_as_anchors)[0])
+
+
 def _lambda_min(K, C, M, tol_dense):
     """Smallest eigenvalue of ``[[K, C], [C^T, -M]]`` (dense or Lanczos)."""
     A = np.block([[K, C], [C.T, -M]]) if C.shape[1] else K
@@ -220,8 +235,7 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
         f, E_ss, E_sp, E_ps = _batch_terms(Hg, yg, n, W, G_W, n_w, tau, prototypes_as_anchors)
         if upper_bound is None:
             # exact groups: the grouped loss is the candidate's loss (O(m^2) instead of O(N^2))
-            upper_bound = f if not snapped else candidate_loss(H0, y, W, n_w, tau, batch_list,
-                                                               prototypes_as_anchors)
+            upper_bound = f if not snapped else full_batch_loss(H0, y, W, n_w, tau, prototypes_as_anchors)
     else:
         if upper_bound is None:
             upper_bound = candidate_loss(H0, y, W, n_w, tau, batch_list, prototypes_as_anchors)

@@ -279,3 +279,39 @@ def test_inaccurate_status_is_reported_without_a_warning():
         warnings.simplefilter("error")  # a warning printed by the CLI would be extra lines
         used, status, failure = program.solve_problem(Inaccurate(), "SCS", fallback=False)
     assert status == "optimal_inaccurate" and "SCS: optimal_inaccurate" in failure
+
+
+@pytest.mark.parametrize("n_w, anchors", [(0.0, False), (3.0, False), (4.0, True)])
+def test_full_batch_loss_over_distinct_rows_equals_the_loss(n_w, anchors):
+    from ncgeo.certify._common import candidate_loss
+    from ncgeo.certify.dual import full_batch_loss
+
+    rng = np.random.default_rng(1)
+    W = simplex_etf(3, 4)
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    H = rng.normal(size=(8, 4))
+    H[1] = H[0]  # some rows repeat, others do not
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    collapsed = W.T[y]
+    for X in (H, collapsed):
+        assert full_batch_loss(X, y, W, n_w, 0.5, anchors) == pytest.approx(
+            candidate_loss(X, y, W if n_w > 0 else None, n_w, 0.5, None, anchors), rel=1e-12)
+
+
+def test_certify_prices_a_collapsed_candidate_without_the_n_squared_loss(monkeypatch):
+    """certify() computed the candidate's loss over all N rows (O(N^2): N = 55,000 needed 24 GB);
+    a collapsed full-batch candidate is now priced over its k distinct rows."""
+    import ncgeo.certify.auto as auto
+    from ncgeo.certify._common import candidate_loss
+
+    W = simplex_etf(4, 4)
+    y = np.repeat(np.arange(4), [900, 900, 100, 100])
+    H = W.T[y]
+    expected = candidate_loss(H, y, W, 10.0, 0.1)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the O(N^2) loss was computed")
+
+    monkeypatch.setattr(auto, "candidate_loss", refuse)
+    cert = certify(H, y, W, 10.0, 0.1)
+    assert cert.upper_bound == pytest.approx(expected, rel=1e-12)
