@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_float_array, check_positive
-from ._program import Timer, solve_problem
+from ._program import Timer, matrix_rank, solve_problem
 from .result import _plain
 
 __all__ = ["CELimitResult", "certify_ce_limit"]
@@ -56,6 +56,12 @@ class CELimitResult:
     solver_status, seconds, certified, reason
         As in :class:`ncgeo.certify.CertificateResult`; ``certified`` means the program
         was solved to optimality and the norm bound is active (the relaxation is exact).
+    lower_bound : float
+        The conic program's optimal value (a lower bound, to the solver's accuracy); the
+        upper bound is ``value``, attained by the unit-norm means. ``gap``,
+        ``relative_gap`` and ``upper_bound`` are properties, as in ``CertificateResult``.
+    rank, dim : int or None
+        Rank of ``G_CE`` and the dimension ``d`` of the prototypes (None with a Gram only).
     """
 
     p: np.ndarray
@@ -67,12 +73,37 @@ class CELimitResult:
     seconds: float
     certified: bool
     reason: str
+    lower_bound: float = float("nan")
+    rank: int | None = None
+    dim: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def upper_bound(self) -> float:
+        return self.value
+
+    @property
+    def gap(self) -> float:
+        return self.value - self.lower_bound
+
+    @property
+    def relative_gap(self) -> float:
+        """``gap / max(1, |value|)``: CE values approach 0 (ETF prototypes at small tau), where
+        the solver's accuracy is absolute."""
+        return self.gap / max(abs(self.value), 1.0)
+
+    def verdict(self) -> str:
+        """One line, as :meth:`ncgeo.certify.CertificateResult.verdict`."""
+        if self.certified:
+            return f"certified global optimum: gap {self.gap:.1e} (CE-limit program, {self.seconds:.2f} s)"
+        return f"not certified: {self.reason} (CE-limit program, {self.seconds:.2f} s)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"p": _plain(self.p), "values": _plain(self.values), "value": self.value,
                 "gram": _plain(self.gram), "solver_status": self.solver_status,
-                "seconds": self.seconds, "certified": self.certified, "reason": self.reason}
+                "seconds": self.seconds, "certified": self.certified, "reason": self.reason,
+                "lower_bound": self.lower_bound, "upper_bound": self.upper_bound, "gap": self.gap,
+                "relative_gap": self.relative_gap, "rank": self.rank, "dim": self.dim}
 
 
 def _fully_symmetric(G: np.ndarray, atol: float = 1e-9) -> bool:
@@ -199,4 +230,5 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
               "relaxation is exact)") if active else \
         f"rescaling to unit norm raised the value from {solver_value:.10g} to {values.sum():.10g}"
     return CELimitResult(p, values, float(values.sum()), gram, means, status, timer(), active, reason,
-                         extra={"solver": used, "symmetric": symmetric})
+                         lower_bound=solver_value, rank=matrix_rank(gram),
+                         dim=None if Wm is None else Wm.shape[0], extra={"solver": used, "symmetric": symmetric})

@@ -104,7 +104,7 @@ class CertificateResult:
         """One line, e.g. ``certified global optimum: gap 3e-09 (reduced SDP, 0.03 s)``."""
         label = {"reduced": "reduced SDP", "orbit": "orbit-reduced SDP", "full": "full SDP",
                  "dual": "dual certificate", "closed-form": "closed form",
-                 "ce-limit": "CE-limit SDP"}.get(self.method, self.method)
+                 "ce-limit": "CE-limit program"}.get(self.method, self.method)
         if self.certified:
             return f"certified global optimum: gap {self.gap:.1e} ({label}, {self.seconds:.2f} s)"
         return f"not certified: {self.reason} ({label}, {self.seconds:.2f} s)"

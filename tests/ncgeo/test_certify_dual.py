@@ -97,6 +97,12 @@ def test_ce_limit_etf_and_of():
     # CE values: h = w_y for ETF prototypes
     expected = np.log(np.exp(1 / tau) + (k - 1) * np.exp(-1 / ((k - 1) * tau))) - 1 / tau
     assert etf.values == pytest.approx(np.full(k, expected), rel=1e-6)
+    # like every certificate: bounds, gap, rank vs d, a verdict (THEORY.md section 5)
+    for result, rank in ((etf, k - 1), (of, k - 1), (of_plus, k), (general, k - 1)):
+        assert result.upper_bound == result.value and abs(result.relative_gap) < 1e-6
+        assert abs(result.lower_bound - result.value) < 1e-6 and (result.rank, result.dim) == (rank, k)
+        assert result.verdict().startswith("certified global optimum: gap")
+        assert {"lower_bound", "upper_bound", "gap", "rank", "dim"} <= set(result.to_dict())
 
 
 def test_ce_limit_general_gram_has_unit_means():
