@@ -27,6 +27,9 @@ class _CleanErrors(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from ncgeo._io import exit_on_sigterm
+
+        exit_on_sigterm()  # a killed run removes its half-written temporary files
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:

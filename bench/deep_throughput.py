@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deep.config import TrainConfig  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from deep.train import Objective, build_optimizer, train_step  # noqa: E402
+from ncgeo._io import atomic_write_bytes  # noqa: E402
 from ncgeo.geometry import simplex_etf  # noqa: E402
 from ncgeo.losses import materialise_prototypes, supcon_loss_materialised  # noqa: E402
 
@@ -349,14 +350,11 @@ def main(argv=None) -> dict[str, Any]:
 
 
 def write_json(path: str | None, results: dict[str, Any]) -> None:
-    """Write ``results`` to ``path`` (when given) atomically: a temporary file, then a rename."""
+    """Write ``results`` to ``path`` (when given) atomically (:func:`ncgeo._io.atomic_write_bytes`)."""
     if not path:
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(json.dumps(results, indent=2))
-    os.replace(temporary, target)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(results, indent=2).encode())
 
 
 if __name__ == "__main__":

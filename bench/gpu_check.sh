@@ -144,7 +144,8 @@ for name in ("fmnist_nw0", "fmnist_nw100"):
         "median_images_per_second": statistics.median(t["images_per_second"] for t in timing) if timing else None,
         "seconds_training": sum(t["seconds"] for t in timing),
     }
-(out / "summary.json").write_text(json.dumps(summary, indent=2))
+from ncgeo._io import atomic_write_bytes  # the repository is on PYTHONPATH
+atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
 print(json.dumps({"status": status, "targets": targets,
                   "runs": {k: v and {key: v[key] for key in ("n_w", "train_delta_prototypes",
                                                              "test_ncc_accuracy", "median_images_per_second")}

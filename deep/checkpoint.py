@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from ncgeo._io import remove_stale_temporaries
 from ncgeo.ufm.result import atomic_write
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "json_ready",
+    "lock_run_folder",
+    "remove_stale_temporaries",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -142,3 +145,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path!r} is not an ncgeo deep checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def lock_run_folder(folder: str | os.PathLike):
+    """Hold an exclusive advisory lock on ``folder/.lock`` (``fcntl.flock``) while the returned
+    handle is open: one training process per run folder. ``ValueError`` naming ``--out`` when
+    another process holds it; ``None`` where the platform has no ``fcntl`` (no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = os.path.join(os.fspath(folder), ".lock")
+    handle = open(path, "a", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise ValueError(f"--out {os.fspath(folder)!r} is in use by another training process (it holds "
+                         f"{path}); wait for it to finish or choose another --out") from exc
+    return handle
+

@@ -75,7 +75,9 @@ from .checkpoint import (
     atomic_save_arrays,
     atomic_write_json,
     load_checkpoint,
+    lock_run_folder,
     read_jsonl,
+    remove_stale_temporaries,
     rewrite_jsonl,
     save_checkpoint,
 )
@@ -363,6 +365,18 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
     return model.to(device), objective.to(device), W
 
 
+def _check_evaluations(records: list[dict], epoch: int, stored_epochs: int, eval_every: int, log) -> None:
+    """Say when ``metrics.jsonl`` lacks an evaluation written before the checkpoint of ``epoch``
+    (epoch 0 or the checkpoint's own): the file was truncated or edited, since every line is
+    appended and fsync-ed before its checkpoint; ``deep report``/``predict`` will miss it."""
+    present = {record["epoch"] for record in records}
+    expected = {0} | ({epoch} if epoch % eval_every == 0 or epoch == stored_epochs else set())
+    missing = sorted(expected - present)
+    if missing:
+        log(f"warning: metrics.jsonl lacks the evaluation of epoch(s) {missing}, written before the checkpoint "
+            "(the file was truncated or edited); deep report and deep predict will miss it")
+
+
 def _clean_run_folder(out: Path) -> None:
     for name in ("metrics.jsonl", "timing.jsonl"):
         if (out / name).exists():
@@ -440,6 +454,10 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
           stop_after: int | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) the run described by ``config``; returns the run folder.
 
+    The main process holds an exclusive lock on the run folder (``RUN/.lock``) while it
+    trains: a second process on the same ``--out`` is refused instead of interleaving its
+    files with the first's.
+
     Parameters
     ----------
     config : TrainConfig
@@ -452,6 +470,16 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     log : callable, optional
         Receives one-line status messages (default: stderr when ``config.progress``).
     """
+    locks: list = []
+    try:
+        return _train(config, datasets, stop_after, log, locks)
+    finally:
+        for lock in locks:
+            if lock is not None:
+                lock.close()
+
+
+def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
@@ -471,6 +499,8 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
     state = open_run_folder(config)
+    if state is not None and main_process:
+        locks.append(lock_run_folder(out))
 
     train_set, test_set = prepare_data(config, device, datasets)
     model, objective, W = _build(config, train_set, device)
@@ -496,6 +526,7 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
     epoch = 0
     if state is None and main_process:
         make_run_folder(out)
+        locks.append(lock_run_folder(out))
         _clean_run_folder(out)
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "run.json", {
@@ -531,6 +562,12 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         for name in ("metrics.jsonl", "timing.jsonl") if main_process else ():
             records = read_jsonl(out / name)
             rewrite_jsonl(out / name, [r for r in records if r["epoch"] <= epoch])
+            if name == "metrics.jsonl":
+                _check_evaluations(records, epoch, int(state["config"]["epochs"]), config.eval_every, log)
+        if main_process:
+            removed = remove_stale_temporaries(out)
+            if removed:
+                log(f"removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(removed)}")
         log(f"resuming {out} after epoch {epoch}")
 
     progress = _Progress(config.progress and main_process, config.epochs, steps)
@@ -610,6 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import click
 
+    from ncgeo._io import exit_on_sigterm
+
+    exit_on_sigterm()  # torchrun and schedulers stop workers with SIGTERM: clean temporary files
     try:
         _command().main(args=list(argv) if argv is not None else None, prog_name="python -m deep.train",
                         standalone_mode=False)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Callable, IO
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "remove_stale_temporaries"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> str:
@@ -38,9 +39,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    _fsync_directory(directory)
     return path
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable (the directory entry), where the file system allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``, batch schedulers) into ``SystemExit(143)`` in the
+    main thread, so that a write in progress removes its temporary file on the way out
+    (SIGKILL cannot be caught). A handler installed by someone else is kept."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda handle: handle.write(data))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> list[str]:
+    """Remove the ``.tmp-*`` files that an atomic write killed by a signal left in ``folder``
+    (only those older than ``older_than`` seconds: a concurrent writer's file is young).
+    Returns the names removed."""
+    folder = os.fspath(folder)
+    removed = []
+    now = time.time()
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        try:
+            if name.startswith(".tmp-") and os.path.isfile(path) and now - os.path.getmtime(path) >= older_than:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:  # removed meanwhile
+            continue
+    return removed

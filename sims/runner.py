@@ -30,7 +30,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from ncgeo._io import remove_stale_temporaries
+
 from .io import write_json_atomic
+
+#: A ``.tmp-*`` file in a points cache older than this was left by a killed write (a live
+#: one, of another sweep writing the same folder, is milliseconds old).
+STALE_SECONDS = 600.0
 
 __all__ = ["SweepOutcome", "point_key", "run_sweep", "resolve_workers", "grid", "Progress"]
 
@@ -152,6 +158,9 @@ def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
 
 
 def _init_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a pool shutting down must be able to stop its workers
     try:
         import torch
 
@@ -166,7 +175,7 @@ def _read_point(path: str, point: dict) -> dict | None:
             entry = json.load(handle)
     except (OSError, ValueError):
         return None  # unreadable or truncated by a crash: recompute
-    if entry.get("point") != json.loads(json.dumps(point)) or "result" not in entry:
+    if not isinstance(entry, dict) or entry.get("point") != json.loads(json.dumps(point)) or "result" not in entry:
         return None
     return entry
 
@@ -211,6 +220,7 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
         os.makedirs(store, exist_ok=True)
     except OSError as exc:  # a file in the way: one line, not a traceback
         raise ValueError(f"out_dir {os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
+    remove_stale_temporaries(store, older_than=STALE_SECONDS)  # left by writes killed by a signal
     keys = [point_key(p) for p in points]
     entries: dict[str, dict] = {}
     todo: dict[str, dict] = {}

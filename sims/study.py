@@ -189,11 +189,16 @@ def require_values(settings: dict[str, Any], **minimum_counts: int) -> None:
 def finish_study(name: str, out_dir: str | os.PathLike, rows: list[dict[str, Any]], verdict: Verdict,
                  settings: dict[str, Any], start: float, plot: Callable[[list, dict], Any],
                  summary: dict[str, Any] | None = None) -> StudyResult:
-    """Write ``NAME.csv``, draw and save ``NAME.png``/``.pdf``, write ``NAME.json``; return the result."""
+    """Write ``NAME.csv``, draw and save ``NAME.png``/``.pdf``, write ``NAME.json``; return the result.
+
+    ``NAME.json`` (settings and verdict) is removed first and written last, so a run killed
+    in between never leaves an old verdict beside new tables and figures."""
     import matplotlib.pyplot as plt
 
     out_dir = os.fspath(out_dir)
     stem = os.path.join(out_dir, name)
+    if os.path.exists(stem + ".json"):  # the verdict of an earlier run must not outlive a half-written new one
+        os.unlink(stem + ".json")
     files = [write_csv_atomic(stem + ".csv", rows)]
     figure = plot(rows, settings)
     try:

@@ -114,6 +114,44 @@ def test_resume_on_another_device_type_reseeds_the_augmentation(tmp_path):
     assert any("augmentation continues from seed 5" in m for m in messages), messages
 
 
+def test_one_training_process_per_run_folder(tmp_path):
+    from deep.checkpoint import lock_run_folder
+
+    config = tiny_config(tmp_path / "run", epochs=2)
+    run = train(config, datasets=_datasets(), stop_after=1)
+    held = lock_run_folder(run)  # another process training in the folder
+    try:
+        with pytest.raises(ValueError, match=r"--out .* is in use by another training process"):
+            train(config.replace(resume=True), datasets=_datasets())
+        fresh = tiny_config(tmp_path / "fresh", epochs=1)
+        (tmp_path / "fresh").mkdir()
+        held_fresh = lock_run_folder(tmp_path / "fresh")  # a new run still in its first epoch
+        with pytest.raises(ValueError, match="in use by another training process"):
+            train(fresh, datasets=_datasets())
+        held_fresh.close()
+    finally:
+        held.close()
+    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [0, 1]  # untouched
+    assert train(config.replace(resume=True), datasets=_datasets()) == run  # the lock is released after a run
+    train(config.replace(resume=True, epochs=2), datasets=_datasets())
+
+
+def test_resume_removes_stale_temporaries_and_says_when_evaluations_are_missing(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=3)
+    run = train(config, datasets=_datasets(), stop_after=1)
+    (run / ".tmp-abc123-checkpoint.pt").write_bytes(b"half a file")  # a write killed by SIGTERM
+    records = read_jsonl(run / "metrics.jsonl")
+    (run / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")  # epoch 1's line lost
+    messages = []
+    train(config.replace(resume=True), datasets=_datasets(), stop_after=1, log=messages.append)
+    assert not list(run.glob(".tmp-*"))
+    assert any("removed 1 temporary file(s)" in m and ".tmp-abc123-checkpoint.pt" in m for m in messages), messages
+    assert any("lacks the evaluation of epoch(s) [1]" in m for m in messages), messages
+    messages.clear()
+    train(config.replace(resume=True), datasets=_datasets(), log=messages.append)  # now complete again
+    assert not any("lacks" in m for m in messages), messages
+
+
 def test_resume_drops_lines_written_after_the_checkpoint(tmp_path):
     config = tiny_config(tmp_path / "run", epochs=2)
     run = train(config, datasets=_datasets(), stop_after=1)

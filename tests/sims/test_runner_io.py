@@ -240,3 +240,39 @@ def test_cli_out_of_range_option_is_one_line_with_status_2(tmp_path):
     text = " ".join(helped.output.split()).replace("comma- separated", "comma-separated")  # help wraps at '-'
     assert "number of classes k (>= 2) [quick: 4; full: 10]" in text
     assert "grid of prototype multiplicities n_w (comma-separated, each >= 0)" in text
+
+
+def test_cache_entries_that_are_not_objects_are_recomputed(tmp_path):
+    points = [{"x": 2}]
+    run_sweep("sq", tmp_path, points, cube, workers=1, progress=False)
+    (entry,) = (tmp_path / "sq.points").iterdir()
+    for text in ("null", "[1, 2]", '"text"'):
+        entry.write_text(text)
+        outcome = run_sweep("sq", tmp_path, points, cube, workers=1, progress=False)
+        assert outcome.computed == 1 and outcome.results[0]["result"] == cube({"x": 2})
+
+
+def test_a_study_killed_while_writing_leaves_no_old_verdict(tmp_path):
+    from sims.study import Verdict, finish_study
+
+    (tmp_path / "demo.json").write_text('{"verdict": "an earlier run"}')
+
+    def broken_plot(rows, settings):
+        raise KeyboardInterrupt  # stands for a signal arriving after the table was written
+
+    with pytest.raises(KeyboardInterrupt):
+        finish_study("demo", tmp_path, [{"a": 1}], Verdict(True, "ok"), {}, 0.0, broken_plot)
+    assert (tmp_path / "demo.csv").is_file() and not (tmp_path / "demo.json").exists()
+
+
+def test_stale_temporaries_in_the_points_cache_are_swept(tmp_path):
+    import time
+
+    run_sweep("sq", tmp_path, [{"x": 1}], cube, workers=1, progress=False)
+    stale, live = tmp_path / "sq.points" / ".tmp-abc-x.json", tmp_path / "sq.points" / ".tmp-def-y.json"
+    stale.write_text("{")
+    live.write_text("{")
+    past = time.time() - 3600
+    os.utime(stale, (past, past))
+    run_sweep("sq", tmp_path, [{"x": 1}], cube, workers=1, progress=False)
+    assert not stale.exists() and live.exists()  # a young one may belong to a concurrent sweep
