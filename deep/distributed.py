@@ -78,6 +78,7 @@ __all__ = [
     "config_arguments",
     "torchrun_command",
     "launch",
+    "wait_or_terminate",
 ]
 
 T = TypeVar("T")
@@ -567,5 +568,24 @@ def torchrun_command(config: TrainConfig, nproc: int, python: str | None = None)
 
 
 def launch(config: TrainConfig, nproc: int) -> int:
-    """Run :func:`torchrun_command` and wait; returns its exit status."""
-    return subprocess.run(torchrun_command(config, nproc), check=False).returncode
+    """Run :func:`torchrun_command` and wait; returns its exit status.
+
+    Stopped itself (SIGTERM as ``SystemExit``, Ctrl-C), the launcher passes SIGTERM on to
+    torchrun, which stops its workers (they exit cleanly, see :func:`ncgeo._io.exit_on_sigterm`),
+    and waits for it: nothing keeps training orphaned in the background.
+    """
+    return wait_or_terminate(subprocess.Popen(torchrun_command(config, nproc)))
+
+
+def wait_or_terminate(process: subprocess.Popen, grace: float = 60.0) -> int:
+    """``process.wait()``; if the wait is interrupted, SIGTERM the process, give it ``grace``
+    seconds (then SIGKILL) and re-raise."""
+    try:
+        return process.wait()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise

@@ -102,3 +102,35 @@ def test_bad_input_is_refused_before_launching_workers(tmp_path, tiny_mnist):
     result = runner.invoke(main, ["deep", "train", *OPTIONS, "--nproc", "2", "--data-root", str(tiny_mnist),
                                   "--out", str(blocked / "run")])
     assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_a_stopped_launcher_stops_its_torchrun(tmp_path):
+    """SIGTERM to `ncgeo deep train --nproc N` (SystemExit through exit_on_sigterm) is passed on to
+    torchrun, which stops its workers; before, the launcher died alone (default action) or
+    SIGKILLed its child, leaving the workers training orphaned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "child_stopped"
+    child = ("import signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(120)\n")
+    launcher = ("import subprocess, sys\n"
+                "from ncgeo._io import exit_on_sigterm\n"
+                "from deep.distributed import wait_or_terminate\n"
+                "exit_on_sigterm()\n"
+                f"wait_or_terminate(subprocess.Popen([sys.executable, '-c', {child!r}]))\n")
+    process = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"  # the child is up, its handler installed
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 143
+    finally:
+        process.kill()
+    deadline = time.time() + 10
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
