@@ -325,3 +325,15 @@ def test_certify_prices_a_collapsed_candidate_without_the_n_squared_loss(monkeyp
     monkeypatch.setattr(auto, "candidate_loss", refuse)
     cert = certify(H, y, W, 10.0, 0.1)
     assert cert.upper_bound == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("given", [14.0, -1e9])
+def test_a_false_upper_bound_is_not_certified(given):
+    """upper_bound is the caller's claim of the candidate's loss; one below the (exact) dual
+    lower bound cannot be it. It used to be certified (the dual tolerated negative gaps)."""
+    W = simplex_etf(3, 3)
+    H, y = np.repeat(W.T, 2, 0), np.repeat(np.arange(3), 2)
+    assert certify(H, y, W, 10.0, 0.1).upper_bound == pytest.approx(14.38737564, rel=1e-8)
+    for result in (dual_certificate(H, y, W, 10.0, 0.1, upper_bound=given),
+                   certify(H, y, W, 10.0, 0.1, upper_bound=given)):
+        assert not result.certified and "not the candidate's loss" in result.reason, result.reason
