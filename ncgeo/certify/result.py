@@ -131,7 +131,7 @@ def make_result(lower: float, upper: float, *, method: str, status: str, seconds
     elif gap < -max(1e-9, 1e-7 * abs(upper)) and method != "dual":
         certified, reason = False, (f"upper bound {upper:.10g} is below the lower bound {lower:.10g}: "
                                     "the solver was inaccurate")
-    elif gap < -max(1e-9, 1e-9 * abs(upper)):  # the dual bound is exact up to round-off
+    elif method == "dual" and gap < -max(1e-9, 1e-9 * abs(upper)):  # exact up to round-off
         certified, reason = False, (f"upper bound {upper:.10g} is below the dual lower bound {lower:.10g}: it is "
                                     "not the candidate's loss (leave upper_bound unset to compute it)")
     elif realisable is False:
