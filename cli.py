@@ -19,10 +19,18 @@ class _CleanErrors(click.Group):
     """
 
     def invoke(self, ctx):
+        from ncgeo._io import is_out_of_memory
+
         try:
             return super().invoke(ctx)
         except (ValueError, TypeError) as exc:
             raise click.UsageError(" ".join(str(exc).split()), ctx) from exc
+        except (MemoryError, RuntimeError) as exc:  # sizes beyond this machine: one line, not a traceback
+            if not is_out_of_memory(exc):
+                raise
+            message = " ".join(str(exc).split())[:200]
+            raise click.UsageError(f"not enough memory for these sizes ({type(exc).__name__}: {message}); "
+                                   "choose smaller ones", ctx) from exc
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -96,7 +104,7 @@ def _write_output(option: str, path: str, write) -> None:
 
 
 @main.command("solve")
-@click.option("--classes", "classes", type=click.IntRange(min=2), required=True, help="Number of classes K (>= 2).")
+@click.option("--classes", "classes", type=click.IntRange(min=2, max=1_000_000), required=True, help="Number of classes K (>= 2).")
 @click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Samples per (majority) class n.")
 @click.option("--imbalance", type=click.Choice(["none", "step", "exp"]), default="none", show_default=True,
@@ -119,7 +127,7 @@ def _write_output(option: str, path: str, write) -> None:
               help="Batch size B >= 2 (required unless --batching full).")
 @click.option("--proto-anchors/--no-proto-anchors", default=False, show_default=True,
               help="Prototype copies are anchors too.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--restarts", type=click.IntRange(min=1, max=10_000), default=1, show_default=True,
               help="Starts (the lowest loss is kept); --init auto adds a collapsed start for a full batch.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")

@@ -647,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import click
 
-    from ncgeo._io import exit_on_sigterm
+    from ncgeo._io import exit_on_sigterm, is_out_of_memory
 
     exit_on_sigterm()  # torchrun and schedulers stop workers with SIGTERM: clean temporary files
     try:
@@ -660,6 +660,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (ValueError, TypeError) as exc:
         click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # sizes beyond this machine: one line, not a traceback
+        if not is_out_of_memory(exc):
+            raise
+        click.echo(f"Error: not enough memory for these sizes ({type(exc).__name__}: "
+                   f"{' '.join(str(exc).split())[:200]}); choose smaller ones", err=True)
         return 2
     except FloatingPointError as exc:  # a diverged run (the loss became NaN or infinite)
         click.echo(f"Error: {exc}", err=True)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Callable, IO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "remove_stale_temporaries"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> str:
@@ -93,3 +93,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0)
         except OSError:  # removed meanwhile
             continue
     return removed
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """numpy's and Python's ``MemoryError``, or torch's CPU/CUDA allocator failures: input
+    sizes beyond the machine, which the commands report as one line instead of a traceback."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()))

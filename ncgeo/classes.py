@@ -8,7 +8,12 @@ import numpy as np
 
 from ._validation import check_choice, check_int, check_real
 
-__all__ = ["class_sizes", "labels_from_sizes"]
+__all__ = ["class_sizes", "labels_from_sizes", "MAX_CLASSES"]
+
+#: Largest number of classes (a k x k prototype Gram beyond it needs terabytes).
+MAX_CLASSES = 1_000_000
+#: Largest total of :func:`labels_from_sizes` (8 GB of labels).
+MAX_SAMPLES = 1_000_000_000
 
 
 def class_sizes(num_classes: int, n: int, imbalance: Literal["none", "step", "exp"] = "none",
@@ -24,6 +29,8 @@ def class_sizes(num_classes: int, n: int, imbalance: Literal["none", "step", "ex
     """
     k = check_int("num_classes", num_classes, minimum=1)
     n = check_int("n", n, minimum=1)
+    if k > MAX_CLASSES:
+        raise ValueError(f"num_classes must be at most {MAX_CLASSES:,}, got {k}")
     check_choice("imbalance", imbalance, ("none", "step", "exp"))
     R = check_real("ratio", ratio)
     if R < 1:
@@ -42,4 +49,6 @@ def class_sizes(num_classes: int, n: int, imbalance: Literal["none", "step", "ex
 def labels_from_sizes(sizes: Sequence[int]) -> np.ndarray:
     """Labels ``[0]*n_0 + [1]*n_1 + ...`` as an int64 array."""
     sizes = [check_int(f"sizes[{i}]", s, minimum=0) for i, s in enumerate(sizes)]
+    if sum(sizes) > MAX_SAMPLES:
+        raise ValueError(f"sizes add up to {sum(sizes):,} samples, more than {MAX_SAMPLES:,}")
     return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from ncgeo._io import remove_stale_temporaries
+from ncgeo._io import is_out_of_memory, remove_stale_temporaries
 
 from .io import write_json_atomic
 
@@ -135,18 +135,12 @@ class SweepOutcome:
                 "points": len(self.results)}
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """numpy's and Python's ``MemoryError``, or torch's CPU/CUDA allocator failures."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()))
-
-
 def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
     start = time.perf_counter()
     try:
         result = compute(point)
     except (MemoryError, RuntimeError) as exc:
-        if not _is_out_of_memory(exc):
+        if not is_out_of_memory(exc):
             raise
         # one line through the CLI (ValueError), naming the point, instead of a worker traceback
         message = " ".join(str(exc).split())[:200]

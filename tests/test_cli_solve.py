@@ -74,7 +74,7 @@ def bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("args, option, expected", [
-    (["--classes", "1"], "--classes", ">=2"),
+    (["--classes", "1"], "--classes", "2<=x<=1000000"),
     (["--classes", "3", "--protos", "-1"], "--protos", ">=0"),
     (["--classes", "3", "--tau", "0"], "--tau", ">0"),
     (["--classes", "4", "--dim", "2"], "--dim", "must be >= 3 for a simplex ETF of k=4 points"),
@@ -147,3 +147,26 @@ def test_plot_with_an_unknown_suffix_is_refused_before_the_solve(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--plot" in lines[0] and "must end in .png, .pdf or .svg" in lines[0], lines
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--classes", "100000000000000000000"], "'--classes': 100000000000000000000 is not in the range 2<=x<=1000000"),
+    (["--classes", "3", "--restarts", "100000"], "'--restarts': 100000 is not in the range 1<=x<=10000"),
+    (["--classes", "3", "--device", "meta"], "device 'meta' holds no values"),
+])
+def test_sizes_and_devices_that_cannot_work_are_one_line(args, expected):
+    """These ended in an OverflowError, a MemoryError or a meta-tensor RuntimeError traceback."""
+    result = CliRunner().invoke(main, ["solve", *args])
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+
+
+def test_out_of_memory_anywhere_in_a_command_is_one_line(monkeypatch):
+    import ncgeo.ufm
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 728. TiB for an array")
+
+    monkeypatch.setattr(ncgeo.ufm, "solve_ufm", exhausted)
+    result = CliRunner().invoke(main, ["solve", "--classes", "3"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "not enough memory for these sizes (MemoryError: Unable to allocate 728. TiB" in result.output

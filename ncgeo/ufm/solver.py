@@ -58,6 +58,8 @@ def _resolve_device(device) -> torch.device:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available")
+    if resolved.type == "meta":  # shapes only: there is no value to minimise
+        raise ValueError(f"device {device!r} holds no values; a solve needs a real device such as 'cpu' or 'cuda'")
     return resolved
 
 
@@ -356,6 +358,8 @@ def solve_ufm(
     check_choice("batching", batching, BATCHING_SCHEMES)
     check_choice("init", init, INIT_CHOICES)
     restarts = check_int("restarts", restarts, minimum=1)
+    if restarts > MAX_RESTARTS:
+        raise ValueError(f"restarts must be at most {MAX_RESTARTS}, got {restarts}")
     seed = check_int("seed", seed, minimum=0)
     if seed > 2**63 - 1 - 2 * restarts:  # start r draws from seed + r (a signed 64-bit torch seed)
         raise ValueError(f"seed must be <= {2**63 - 1 - 2 * restarts} (seed + restart is a 64-bit seed), got {seed}")
@@ -410,6 +414,10 @@ def solve_ufm(
         grad_norm=best["grad_norm"], metrics=geometry_metrics(H, labels, W, num_classes=k), settings=settings,
         restart_losses=restart_losses, batches=batches,
     )
+
+
+#: More starts than this are a typo, not a search (each is a full solve).
+MAX_RESTARTS = 10_000
 
 
 def _start_kinds(init: str, batching: str, restarts: int, num_samples: int) -> list[str]:
