@@ -32,11 +32,11 @@ NAME = "batching"
 SCHEMES = ("full", "bind", "partition", "shuffle")
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("k", "int", 4, 10, "number of classes k", low=2, high=10_000),
     Option("n", "int", 4, 10, "samples per (majority) class", low=1),
     Option("ratio", "float", 1.0, 1.0, "step-imbalance ratio R (1 = balanced)", low=1),
     Option("batch_size", "int", 4, 10, "batch size b (binding adds the k bound samples to every batch)", low=2),
-    Option("seeds", "int", 10, 10, "number of seeds per scheme", low=1),
+    Option("seeds", "int", 10, 10, "number of seeds per scheme", low=1, high=10_000),
     Option("tau", "float", 0.1, 0.1, "temperature tau", low=0, low_open=True),
     Option("n_w", "float", 0.0, 0.0, "prototype multiplicity n_w (non-negative OF prototypes when > 0)", low=0),
     Option("epochs", "int", 100, 300, "Adam epochs of the reshuffled scheme", low=1),

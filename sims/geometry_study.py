@@ -39,7 +39,7 @@ __all__ = ["OPTIONS", "run_geometry", "plot_geometry", "geometry_point"]
 NAME = "geometry"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("k", "int", 4, 10, "number of classes k", low=2, high=10_000),
     Option("n", "int", 100, 100, "samples of each majority class (minority: floor(n/R))", low=1),
     Option("ratios", "floats", [1.0, 10.0, 100.0], [1.0, 10.0, 100.0], "step-imbalance ratios R", low=1),
     Option("n_w", "floats", [0, 10, 1e3, 1e5],
@@ -85,6 +85,8 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]
+    if not cases:
+        raise ValueError("options geometries and relu_geometries are both empty: nothing to study")
     n_ws = sorted(set(float(x) for x in settings["n_w"]) | set(float(x) for x in settings["heatmap_n_w"]))
     base = {key: settings[key] for key in ("k", "n", "tau", "seed")}
     points = [{**base, "geometry": g, **geometry_fingerprint(g), "relu": relu, "ratio": float(R), "n_w": n_w}

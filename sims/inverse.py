@@ -66,7 +66,7 @@ __all__ = ["OPTIONS", "run_inverse", "plot_inverse", "inverse_point", "hierarchi
 NAME = "inverse"
 
 OPTIONS = (
-    Option("k", "int", 6, 6, "number of classes k", low=2),
+    Option("k", "int", 6, 6, "number of classes k", low=2, high=10_000),
     Option("target", "str", "hierarchical", "hierarchical",
            "target Gram: 'hierarchical' (centred superclass Gram) or a file holding a k x k Gram"),
     Option("strength", "float", 0.1, 0.1, "superclass strength s of the hierarchical target",

@@ -47,7 +47,7 @@ __all__ = ["OPTIONS", "run_limit", "plot_limit", "limit_point"]
 NAME = "limit"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("k", "int", 4, 10, "number of classes k", low=2, high=10_000),
     Option("n", "int", 10, 100,
            "samples of each majority class (step imbalance: the last ceil(k/2) get floor(n/ratio))", low=1),
     Option("ratio", "float", 10.0, 10.0, "imbalance ratio R (1 = balanced)", low=1),

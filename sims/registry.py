@@ -7,6 +7,7 @@ returns their results (a failed verdict does not stop the others).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,13 +59,24 @@ def get_study(name: str) -> Study:
 def run_study(name: str, out_dir, quick: bool = False, workers: int | None = None, progress: bool = True,
               **options: Any) -> StudyResult:
     """Run one study by name; see its module for the options."""
+    _check_out_dir(out_dir)
     return get_study(name).run(out_dir, quick=quick, workers=workers, progress=progress, **options)
+
+
+def _check_out_dir(out_dir) -> None:
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir (--out) must be a folder path, got {type(out_dir).__name__}")
+    if not os.fspath(out_dir).strip():
+        raise ValueError("out_dir (--out) must not be empty (a folder for the study's files)")
 
 
 def run_all(out_dir, quick: bool = False, workers: int | None = None, progress: bool = True,
             names: list[str] | None = None) -> list[StudyResult]:
     """Run every study (or ``names``) with its default settings; returns the results in order."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of study names, got the string {names!r}")
     names = list(STUDIES) if names is None else names
+    _check_out_dir(out_dir)
     for name in names:
         get_study(name)
     return [run_study(name, out_dir, quick=quick, workers=workers, progress=progress) for name in names]

@@ -37,7 +37,7 @@ __all__ = ["OPTIONS", "run_temperature", "plot_temperature", "temperature_point"
 NAME = "temperature"
 
 OPTIONS = (
-    Option("k", "int", 4, 10, "number of classes k", low=2),
+    Option("k", "int", 4, 10, "number of classes k", low=2, high=10_000),
     Option("n", "int", 10, 20, "samples of each majority class", low=1),
     Option("ratio", "float", 10.0, 10.0, "step-imbalance ratio R", low=1),
     Option("geometry", "str", "of", "of", "prototypes: etf, of, random, random+, hierarchical or a file"),

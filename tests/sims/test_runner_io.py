@@ -201,17 +201,17 @@ def test_every_numeric_study_option_has_a_range_its_defaults_satisfy():
 
 
 @pytest.mark.parametrize("name, options, match", [
-    ("limit", {"k": 1}, "option k must be an integer >= 2, got 1"),
+    ("limit", {"k": 1}, r"option k must be an integer in \[2, 10000\], got 1"),
     ("limit", {"seed": -1}, "option seed must be an integer >= 0"),
     ("limit", {"fit_min": 0}, "option fit_min must be a finite number > 0"),
     ("limit", {"n_w": "1,-5"}, "every value of option n_w must be a finite number >= 0, got -5.0"),
     ("geometry", {"tolerance": -1}, "option tolerance must be a finite number > 0"),
     ("geometry", {"heatmap_n_w": "-1"}, "every value of option heatmap_n_w must be"),
     ("geometry", {"ratios": "1,0.5"}, "every value of option ratios must be a finite number >= 1, got 0.5"),
-    ("batching", {"k": 1}, "option k must be an integer >= 2"),
+    ("batching", {"k": 1}, r"option k must be an integer in \[2, 10000\]"),
     ("batching", {"epochs": 0}, "option epochs must be an integer >= 1"),
     ("batching", {"time_limit": 0}, "option time_limit must be a finite number > 0"),
-    ("batching", {"seeds": 0}, "option seeds must be an integer >= 1"),
+    ("batching", {"seeds": 0}, r"option seeds must be an integer in \[1, 10000\]"),
     ("temperature", {"taus": "0.1,0"}, "every value of option taus must be a finite number > 0, got 0.0"),
     ("temperature", {"n_w": "0"}, "every value of option n_w must be a finite number > 0"),
     ("temperature", {"converged_tau": -1}, "option converged_tau must be a finite number > 0"),
@@ -219,6 +219,9 @@ def test_every_numeric_study_option_has_a_range_its_defaults_satisfy():
     ("inverse", {"strength": 1}, r"option strength must be a finite number in \[0, 1\)"),
     ("inverse", {"cuts": -1}, "option cuts must be an integer >= 0"),
     ("inverse", {"tau": "nan"}, "option tau must be a finite number > 0, got nan"),
+    ("limit", {"k": 10_000_000}, r"option k must be an integer in \[2, 10000\], got 10000000"),
+    ("batching", {"seeds": 10**7}, r"option seeds must be an integer in \[1, 10000\]"),
+    ("geometry", {"geometries": "", "relu_geometries": ""}, "both empty: nothing to study"),
 ])
 def test_out_of_range_options_are_refused_before_any_point(tmp_path, name, options, match):
     from sims.registry import run_study
@@ -235,10 +238,10 @@ def test_cli_out_of_range_option_is_one_line_with_status_2(tmp_path):
 
     result = CliRunner().invoke(main, ["sims", "limit", "--out", str(tmp_path), "--quick", "--k", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip() == "Error: option k must be an integer >= 2, got 1"
+    assert result.output.strip() == "Error: option k must be an integer in [2, 10000], got 1"
     helped = CliRunner().invoke(main, ["sims", "limit", "--help"])
     text = " ".join(helped.output.split()).replace("comma- separated", "comma-separated")  # help wraps at '-'
-    assert "number of classes k (>= 2) [quick: 4; full: 10]" in text
+    assert "number of classes k (in [2, 10000]) [quick: 4; full: 10]" in text
     assert "grid of prototype multiplicities n_w (comma-separated, each >= 0)" in text
 
 
@@ -276,3 +279,20 @@ def test_stale_temporaries_in_the_points_cache_are_swept(tmp_path):
     os.utime(stale, (past, past))
     run_sweep("sq", tmp_path, [{"x": 1}], cube, workers=1, progress=False)
     assert not stale.exists() and live.exists()  # a young one may belong to a concurrent sweep
+
+
+def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch):
+    """`--out ""` wrote the study's files into the current folder."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from sims.registry import run_all, run_study
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"out_dir \(--out\) must not be empty"):
+        run_study("limit", "", quick=True)
+    with pytest.raises(TypeError, match="names must be a list of study names, got the string 'limit'"):
+        run_all(tmp_path, quick=True, names="limit")
+    result = CliRunner().invoke(main, ["sims", "limit", "--out", "", "--quick"])
+    assert result.exit_code == 2 and "must not be empty" in result.output
+    assert os.listdir(tmp_path) == []
