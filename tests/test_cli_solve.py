@@ -170,3 +170,13 @@ def test_out_of_memory_anywhere_in_a_command_is_one_line(monkeypatch):
     result = CliRunner().invoke(main, ["solve", "--classes", "3"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "not enough memory for these sizes (MemoryError: Unable to allocate 728. TiB" in result.output
+
+
+@pytest.mark.parametrize("option", ["--json", "--save"])
+def test_an_empty_or_folder_output_name_is_refused_before_the_solve(option, tmp_path, monkeypatch):
+    import ncgeo.ufm
+
+    monkeypatch.setattr(ncgeo.ufm, "solve_ufm", lambda *a, **k: pytest.fail("solved before checking the output"))
+    for name, expected in (("", "is not a file name"), (str(tmp_path), "is a directory")):
+        result = CliRunner().invoke(main, ["solve", "--classes", "3", option, name])
+        assert result.exit_code == 2 and expected in result.output and option in result.output
