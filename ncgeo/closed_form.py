@@ -18,7 +18,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from ._validation import as_float_tensor, check_choice, check_int, check_nonnegative, check_positive
+from ._validation import (as_float_array, as_float_tensor, check_choice, check_int, check_nonnegative,
+                          check_positive)
 from .geometry import etf_gram
 
 __all__ = ["collapsed_loss", "closed_form_loss", "closed_form_for_setup"]
@@ -180,11 +181,16 @@ def closed_form_for_setup(class_sizes: Sequence[int], prototypes, n_w: float, ta
     Any other set-up (imbalance, mini-batches, other prototype Grams) returns ``None``.
     The value is :func:`closed_form_loss`; ``geometry`` is ``"etf"`` or ``"of"``.
     """
+    if class_sizes is None or isinstance(class_sizes, (str, bytes)):
+        raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
     sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    n_w, tau = check_nonnegative("n_w", n_w), check_positive("tau", tau)
     k = len(sizes)
+    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
+    if W is not None and W.shape[1] != k:
+        raise ValueError(f"prototypes must have shape (d, {k}) (one column per class), got {W.shape}")
     if batching != "full" or k < 2 or len(set(sizes)) != 1:
         return None
-    W = None if prototypes is None else np.asarray(prototypes, dtype=np.float64)
     if W is None and n_w > 0:
         return None
     d = W.shape[0] if W is not None else None

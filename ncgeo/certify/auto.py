@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .._validation import as_float_array, check_choice
+from .._validation import as_float_array, check_choice, check_int, check_nonnegative, check_positive
 from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
 from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
@@ -199,6 +199,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
     otherwise. A reshuffled
     (``"shuffle"``) solve has no fixed objective and is reported as not certified.
     """
+    if not all(hasattr(result, name) for name in ("settings", "H", "labels")):
+        raise TypeError(f"result must be a UFMResult or SavedSolution (from solve_ufm or ncgeo.ufm.load_npz), got "
+                        f"{type(result).__name__}; for a file use certify_result(load_npz(path)) or `ncgeo certify FILE`")
     settings = result.settings
     missing = [key for key in ("n_w", "tau") if key not in settings]
     if missing:
@@ -241,11 +244,14 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     """
     timer = Timer()
     rtol = check_rtol(rtol)
-    sizes = [int(s) for s in class_sizes]
-    if any(s != c for s, c in zip(sizes, class_sizes)) or min(sizes) < 1:
-        raise ValueError("class_sizes must be positive integers to realise samples")
+    if class_sizes is None or isinstance(class_sizes, (str, bytes)) or len(class_sizes) < 1:
+        raise ValueError(f"class_sizes must be a non-empty sequence of positive integers, got {class_sizes!r}")
+    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    n_w, tau = check_nonnegative("n_w", n_w), check_positive("tau", tau)
     weights = np.asarray(sizes, float)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
+    if W is not None and W.shape[1] != len(sizes):
+        raise ValueError(f"prototypes must have shape (d, {len(sizes)}) (one column per class), got {W.shape}")
     from .orbit import EXPAND_MAX
 
     if _orbit_applies(weights, W, n_w) and len(sizes) <= EXPAND_MAX:

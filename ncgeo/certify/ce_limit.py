@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_float_array, check_positive
+from ._common import check_prototype_gram
 from ._program import Timer, matrix_rank, solve_problem
 from .result import _plain
 
@@ -147,12 +148,11 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
     elif prototype_gram is not None:
         Wm = None
         G = as_float_array("prototype_gram", prototype_gram, ndim=2)
-        if G.shape[0] != G.shape[1]:
-            raise ValueError(f"prototype_gram must be square, got {G.shape}")
     else:
         raise ValueError("W or prototype_gram is required")
-    if not np.allclose(np.diag(G), 1.0, atol=1e-8):
-        raise ValueError("prototypes must be unit vectors (unit diagonal Gram)")
+    if G.shape[0] < 1:
+        raise ValueError(f"there must be at least one prototype, got a Gram of shape {G.shape}")
+    G = check_prototype_gram(G, "prototype_gram" if Wm is None else "W^T W")
     if nonnegative and Wm is None:
         raise ValueError("nonnegative=True needs the prototypes W themselves, not only their Gram")
     k = G.shape[0]

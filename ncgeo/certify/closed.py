@@ -19,6 +19,7 @@ global optimum, never just assumes it.
 
 from __future__ import annotations
 
+from .._validation import as_float_array
 from ..closed_form import closed_form_for_setup
 from ._program import Timer
 from .orbit import solve_orbit
@@ -59,8 +60,12 @@ def certify_closed_form(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
         give ``certified=False`` with that reason (no exception).
     """
     timer = Timer()
+    if class_sizes is None or isinstance(class_sizes, (str, bytes)):
+        raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
     sizes = list(class_sizes)
     k = len(sizes)
+    if prototypes is not None:
+        prototypes = as_float_array("prototypes", prototypes, ndim=2)
     if dim is None:
         dim = prototypes.shape[0] if prototypes is not None else k
     known = closed_form_for_setup(sizes, prototypes if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,

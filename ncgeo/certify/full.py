@@ -23,26 +23,13 @@ import math
 
 import numpy as np
 
-from .._validation import as_label_tensor, check_int
+from .._validation import as_float_array, as_label_tensor, check_int
+from ..ufm.batching import check_batches as _check_batches
 from ._common import check_loss_args, prototype_setup, realise_nonnegative
 from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_full", "full_objective"]
-
-
-def _check_batches(batches, N: int) -> list[np.ndarray]:
-    if batches is None:
-        return [np.arange(N)]
-    out = []
-    for t, batch in enumerate(batches):
-        b = np.asarray(batch)
-        if b.ndim != 1 or not np.issubdtype(b.dtype, np.integer) or (len(b) and (b.min() < 0 or b.max() >= N)):
-            raise ValueError(f"batches[{t}] must be a 1-D array of sample indices in [0, {N - 1}]")
-        out.append(b.astype(np.int64))
-    if not out:
-        raise ValueError("batches must contain at least one batch")
-    return out
 
 
 def full_objective(labels: np.ndarray, k: int, G_W: np.ndarray | None, n_w: float, tau: float,
@@ -124,6 +111,9 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
 
     timer = Timer()
     n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    if labels is None or np.ndim(labels) != 1:
+        raise ValueError(f"labels must be a 1-D array of class indices, got {type(labels).__name__}"
+                         f"{'' if labels is None else f' of {np.ndim(labels)} dimension(s)'}")
     y = as_label_tensor("labels", labels, len(np.asarray(labels)), None).numpy()
     N = len(y)
     if N < 1:
@@ -131,9 +121,9 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
     if num_classes is not None:
         k = check_int("num_classes", num_classes, minimum=1)
     elif prototypes is not None:
-        k = np.asarray(prototypes).shape[1]
+        k = as_float_array("prototypes", prototypes, ndim=2).shape[1]
     elif prototype_gram is not None:
-        k = np.asarray(prototype_gram).shape[0]
+        k = as_float_array("prototype_gram", prototype_gram, ndim=2).shape[0]
     else:
         k = int(y.max()) + 1
     if y.max() >= k:

@@ -16,7 +16,7 @@ import torch
 from .._validation import as_label_tensor, check_choice, check_int
 from ..losses import scl_prototype_loss
 
-__all__ = ["make_batches", "ufm_objective", "BATCHING_SCHEMES"]
+__all__ = ["make_batches", "ufm_objective", "check_batches", "BATCHING_SCHEMES"]
 
 BATCHING_SCHEMES = ("full", "partition", "shuffle", "bind")
 Scheme = Literal["full", "partition", "shuffle", "bind"]
@@ -94,6 +94,22 @@ def make_batches(labels, scheme: Scheme = "full", batch_size: int | None = None,
     return [np.sort(np.concatenate([bound, b])) for b in _chunks(rng.permutation(rest), batch_size)]
 
 
+def check_batches(batches, N: int) -> list[np.ndarray]:
+    """Batches as int64 index arrays into ``N`` samples (default one full batch); ``ValueError``
+    naming the batch otherwise (negative indices would wrap, floats truncate)."""
+    if batches is None:
+        return [np.arange(N)]
+    out = []
+    for t, batch in enumerate(batches):
+        b = np.asarray(batch)
+        if b.ndim != 1 or not np.issubdtype(b.dtype, np.integer) or (len(b) and (b.min() < 0 or b.max() >= N)):
+            raise ValueError(f"batches[{t}] must be a 1-D array of sample indices in [0, {N - 1}]")
+        out.append(b.astype(np.int64))
+    if not out:
+        raise ValueError("batches must contain at least one batch")
+    return out
+
+
 def ufm_objective(H: torch.Tensor, labels, W, n_w: float, tau: float, batches: Sequence[np.ndarray],
                   prototypes_as_anchors: bool = False, *, validate: bool = True) -> torch.Tensor:
     r"""The UFM objective: sum over batches of the batch loss (sum over anchors).
@@ -123,8 +139,13 @@ def ufm_objective(H: torch.Tensor, labels, W, n_w: float, tau: float, batches: S
     """
     if not isinstance(H, torch.Tensor):
         H = torch.as_tensor(np.asarray(H, dtype=np.float64))
+    if validate:
+        if H.ndim != 2:
+            raise ValueError(f"H must be a 2-D (N, d) array, got shape {tuple(H.shape)}")
+        labels = as_label_tensor("labels", labels, H.shape[0], None, device=H.device)
+        batches = check_batches(batches, H.shape[0]) if batches is not None else None
     y = torch.as_tensor(labels, device=H.device) if not isinstance(labels, torch.Tensor) else labels.to(H.device)
-    if len(batches) == 0:
+    if batches is None or len(batches) == 0:
         raise ValueError("batches must hold at least one batch")
     total = None
     for index in batches:

@@ -202,9 +202,15 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
             batches = None
             if "batch_indices" in data.files:
                 index, offsets = data["batch_indices"], data["batch_offsets"]
+                if (offsets.ndim != 1 or len(offsets) < 2 or not np.issubdtype(offsets.dtype, np.integer)
+                        or offsets[0] != 0 or offsets[-1] != len(index) or np.any(np.diff(offsets) < 0)):
+                    raise ValueError("batch_offsets must be non-decreasing integers from 0 to the length of "
+                                     f"batch_indices ({len(index)}), got {offsets.tolist()}")
                 batches = [index[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"solution file {path!r} could not be read: {exc}") from exc
+        except MemoryError as exc:  # a header claiming a huge array
+            raise ValueError(f"solution file {path!r} holds arrays too large to load ({exc})") from exc
     if H.ndim != 2 or y.shape != (H.shape[0],) or W.ndim != 2 or W.shape[0] != H.shape[1]:
         raise ValueError(f"solution file {path!r} has inconsistent shapes H {H.shape}, y {y.shape}, W {W.shape}")
     return SavedSolution(H=H, labels=y, W=None if W.shape[1] == 0 else W, settings=settings,

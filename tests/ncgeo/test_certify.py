@@ -278,3 +278,26 @@ def test_closed_form_certificate_refuses_other_setups():
     assert not imbalanced.certified and "no closed form" in imbalanced.reason
     too_small = certify_closed_form([5] * 4, None, 0.0, 0.3, dim=2)  # an ETF of 4 points needs d >= 3
     assert not too_small.certified
+
+
+def test_invalid_inputs_of_the_certificates_are_value_or_type_errors():
+    """Each of these raised IndexError, AttributeError or OverflowError, or was certified."""
+    from ncgeo.certify import certify_ce_limit, certify_closed_form
+    from ncgeo.closed_form import closed_form_for_setup
+
+    W, y = simplex_etf(3, 3), labels_from_sizes([2, 2, 2])
+    cases = [
+        (lambda: certify_ce_limit(None, 0.1, prototype_gram=[[1, 2], [2, 1]]), "positive semidefinite"),
+        (lambda: solve_reduced([2, 2], None, 10, 0.1, prototype_gram=[[1, .9], [-.9, 1]]), "must be symmetric"),
+        (lambda: certify(np.repeat(W.T, 2, 0), y, 2 * W, 10.0, 0.1), "unit vectors"),
+        (lambda: solve_full(y, W[:, 0], 10.0, 0.1), "prototypes must be a 2-D array"),
+        (lambda: realise_and_certify([2, 2, 2], W[:, :2], 10.0, 0.1), r"shape \(d, 3\)"),
+        (lambda: realise_and_certify([float("inf"), 2, 2], W, 10.0, 0.1), r"class_sizes\[0\] must be an integer"),
+        (lambda: certify_result("solution.npz"), "for a file use certify_result"),
+        (lambda: closed_form_for_setup([3, 3, 3], None, -1, 0.1), "n_w must be >= 0"),
+        (lambda: certify_closed_form(None, W, 10.0, 0.1), "class_sizes must be a sequence"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()
+    assert certify_closed_form([2, 2, 2], W.tolist(), 10.0, 0.1).certified  # a list of columns is fine

@@ -305,3 +305,29 @@ def test_solve_refuses_a_dimension_that_cannot_fit_in_memory():
     with pytest.raises(ValueError, match=r"^batch: .* GB"):
         solve_ufm([100_000] * 3)  # one batch of 300,000 samples
     check_memory(300_000, 3, 3, batching="partition", batch_size=100)  # small batches fit
+
+
+def test_load_npz_refuses_inconsistent_batch_offsets(tmp_path):
+    result = solve_ufm([4, 4], None, tau=0.5, batching="partition", batch_size=4, seed=0)
+    result.save_npz(tmp_path / "good.npz")
+    assert len(load_npz(tmp_path / "good.npz").batches) == 2
+    with np.load(tmp_path / "good.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    for offsets in ([0, 50, 3], [0, 8, 4, 8], [1, 8], [0.0, 4.0, 8.0]):
+        np.savez(tmp_path / "bad.npz", **{**arrays, "batch_offsets": np.array(offsets)})
+        with pytest.raises(ValueError, match="batch_offsets must be non-decreasing integers from 0"):
+            load_npz(tmp_path / "bad.npz")
+
+
+def test_ufm_objective_checks_its_batches_and_shapes():
+    from ncgeo.ufm import ufm_objective
+
+    H = torch.nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=1)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    for batch in ([0, -1], [0.7, 5.9], [0, 9]):  # -1 used to wrap and 0.7 to truncate
+        with pytest.raises(ValueError, match=r"batches\[0\] must be a 1-D array of sample indices in \[0, 5\]"):
+            ufm_objective(H, y, None, 0.0, 0.1, [batch])
+    with pytest.raises(ValueError, match=r"labels must have shape \(6,\)"):
+        ufm_objective(H, y[:4], None, 0.0, 0.1, [np.arange(4)])
+    with pytest.raises(ValueError, match="H must be a 2-D"):
+        ufm_objective(H[0], y, None, 0.0, 0.1, [np.arange(3)])
