@@ -57,6 +57,42 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     return value
 
 
+def check_device(name: str, value: Any) -> torch.device:
+    """Return ``value`` as a ``torch.device`` on which tensors can be made here.
+
+    Accepts a ``torch.device``, a string such as ``"cpu"`` or ``"cuda:0"``, or an
+    accelerator index (int). ``TypeError`` for another type; ``ValueError`` naming
+    ``name`` for an unknown device, CUDA when it is not available, a CUDA index beyond
+    the devices present, or another backend that cannot allocate here.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, torch.device, int, np.integer)):
+        raise TypeError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {type(value).__name__}")
+    try:
+        device = torch.device(int(value) if isinstance(value, np.integer) else value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r} "
+                         f"({_first_sentence(exc)})") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {value!r} was requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+    try:  # other backends (mps, xpu, ...) are only usable where they are present
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"{name} {value!r} cannot be used on this machine "
+                         f"({_first_sentence(exc)})") from exc
+    return device
+
+
+def _first_sentence(exc: BaseException, limit: int = 300) -> str:
+    """The first sentence of an exception's message on one line (torch's can run to pages)."""
+    text = " ".join(str(exc).split())
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of ``choices``."""
     if value not in choices:

@@ -2,7 +2,8 @@ r"""Prototype constructors and target Gram matrices.
 
 Every constructor returns a ``(d, k)`` float64 numpy array whose ``k`` columns are unit
 vectors in ``R^d`` (the convention of :mod:`ncgeo.losses`: ``W = [w_0 .. w_{k-1}]``).
-Randomness only enters through an explicit ``seed``.
+Randomness only enters through an explicit ``seed``: ``None`` (fresh entropy) or an
+integer ``>= 0`` (anything else is a ``TypeError``/``ValueError`` naming ``seed``).
 """
 
 from __future__ import annotations
@@ -47,10 +48,25 @@ def orthogonal_frame_gram(k: int) -> np.ndarray:
     return np.eye(k)
 
 
+#: Largest Riesz exponent ``energy_power`` accepted by :func:`spherical_code`: beyond it
+#: ``||w_c - w_c'||^{-s}`` of close random starting points overflows float64.
+MAX_ENERGY_POWER = 16.0
+
+
+def _check_seed(seed) -> int | None:
+    """``seed`` checked to be None or an integer ``>= 0`` (errors name ``seed``)."""
+    return None if seed is None else check_int("seed", seed, minimum=0)
+
+
+def _rng(seed: int | None) -> np.random.Generator:
+    """``numpy.random.default_rng`` of a checked ``seed``."""
+    return np.random.default_rng(_check_seed(seed))
+
+
 def random_rotation(d: int, seed: int | None = None) -> np.ndarray:
     """Haar-distributed random ``d x d`` orthogonal matrix (QR of a Gaussian, signs fixed)."""
     d = check_int("d", d, minimum=1)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     return q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
 
@@ -85,6 +101,7 @@ def simplex_etf(k: int, d: int | None = None, *, rotate: bool = False, seed: int
     """
     k = check_int("k", k, minimum=2)
     d = _resolve_dim(d, k - 1, k - 1, f"a simplex ETF of k={k} points (needs d >= k-1)")
+    seed = _check_seed(seed)
     # orthonormal basis of 1^perp: last k-1 eigenvectors of the centring projector
     centring = np.eye(k) - np.full((k, k), 1.0 / k)
     _, vectors = np.linalg.eigh(centring)
@@ -105,6 +122,7 @@ def orthogonal_frame(k: int, d: int | None = None, *, rotate: bool = False, seed
     """
     k = check_int("k", k, minimum=1)
     d = _resolve_dim(d, k, k, f"an orthogonal frame of k={k} vectors (needs d >= k)")
+    seed = _check_seed(seed)
     W = np.eye(d, k)
     if rotate:
         W = random_rotation(d, seed) @ W
@@ -119,7 +137,7 @@ def random_prototypes(k: int, d: int, *, seed: int | None = None, nonnegative: b
     """
     k = check_int("k", k, minimum=1)
     d = check_int("d", d, minimum=1)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     W = rng.standard_normal((d, k))
     if nonnegative:
         W = np.abs(W)
@@ -237,11 +255,19 @@ def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 20
     energy_power``) over the product of spheres by projected gradient descent with a
     backtracking step, from a seeded random start. Useful when ``k > d + 1`` (no ETF
     exists); for ``k <= d + 1`` it approaches the simplex ETF.
+
+    ``energy_power`` must be a finite number in ``(0, 16]`` (:data:`MAX_ENERGY_POWER`):
+    larger exponents overflow float64 at close random starting points (``s = 1`` is the
+    Thomson problem; larger ``s`` moves towards the best packing). ``ValueError`` if the
+    iteration still leaves non-finite vectors (e.g. coinciding starting points).
     """
     k = check_int("k", k, minimum=2)
     d = check_int("d", d, minimum=2)
     iterations = check_int("iterations", iterations, minimum=1)
     s = check_positive("energy_power", energy_power)
+    if s > MAX_ENERGY_POWER:
+        raise ValueError(f"energy_power must be in (0, {MAX_ENERGY_POWER:g}] (larger Riesz exponents "
+                         f"overflow float64), got {s!r}")
     W = random_prototypes(k, d, seed=seed).T  # rows
 
     def energy_and_grad(X):
@@ -256,21 +282,26 @@ def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 20
         return energy, grad
 
     step = 0.1
-    energy, grad = energy_and_grad(W)
-    for _ in range(iterations):
-        tangent = grad - np.sum(grad * W, axis=1, keepdims=True) * W
-        if np.linalg.norm(tangent) < 1e-12 * max(1.0, energy):
-            break
-        while True:
-            candidate = W - step * tangent / max(1.0, np.linalg.norm(tangent))
-            candidate /= np.linalg.norm(candidate, axis=1, keepdims=True)
-            new_energy, new_grad = energy_and_grad(candidate)
-            if new_energy <= energy or step < 1e-12:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
+        energy, grad = energy_and_grad(W)
+        for _ in range(iterations):
+            tangent = grad - np.sum(grad * W, axis=1, keepdims=True) * W
+            if np.linalg.norm(tangent) < 1e-12 * max(1.0, energy):
                 break
-            step *= 0.5
-        W, energy, grad = candidate, new_energy, new_grad
-        step *= 1.2
-    return _unit_columns(W.T)
+            while True:
+                candidate = W - step * tangent / max(1.0, np.linalg.norm(tangent))
+                candidate /= np.linalg.norm(candidate, axis=1, keepdims=True)
+                new_energy, new_grad = energy_and_grad(candidate)
+                if new_energy <= energy or step < 1e-12:
+                    break
+                step *= 0.5
+            W, energy, grad = candidate, new_energy, new_grad
+            step *= 1.2
+        W = _unit_columns(W.T)
+    if not np.all(np.isfinite(W)):
+        raise ValueError(f"spherical_code(k={k}, d={d}, energy_power={s:g}) produced non-finite vectors "
+                         f"(the Riesz energy overflowed); use a smaller energy_power or another seed")
+    return W
 
 
 def _unit_columns(W: np.ndarray) -> np.ndarray:
@@ -287,8 +318,10 @@ def named_prototypes(geometry: str, k: int, d: int | None = None, *, seed: int |
     ``"spherical"``: :func:`spherical_code` (seeded, for ``k > d + 1``); anything else is a
     ``.npy``/``.csv``/``.txt`` file read by :func:`load_prototypes` (a Gram or vectors) that
     must hold ``k`` prototypes. ``d`` defaults to ``k`` for the names and to the file's own
-    dimension for a file. Errors are ``ValueError`` naming ``d``, the file or ``geometry``.
+    dimension for a file. Errors are ``ValueError`` naming ``d``, the file or ``geometry``;
+    ``seed`` (None or an integer ``>= 0``) is checked whatever the geometry.
     """
+    seed = _check_seed(seed)
     if geometry in PROTOTYPE_NAMES:
         d = k if d is None else d
         if geometry == "etf":

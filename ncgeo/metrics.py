@@ -15,6 +15,10 @@ Conventions (one definition each):
 * ``NC1 = (1/k) tr(Sigma_W Sigma_B^+)`` with ``Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i -
   mu_{y_i})^T`` and ``Sigma_B = (1/k) sum_c (mu_c - mu_G)(mu_c - mu_G)^T``.
 * Only classes that occur in ``y`` enter (``k`` is then their number).
+* A quantity that is undefined for the data (e.g. NC1 when all class means coincide, a
+  cosine with a zero mean or prototype) is NaN in :func:`geometry_metrics`; scalar
+  functions whose docstring says so return NaN, the others raise ``ValueError`` saying why
+  (wrap them in :func:`nan_if_undefined` for NaN).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_float_tensor, as_label_tensor, as_real_array, check_int
+from ._validation import as_float_tensor, as_label_tensor, as_real_array, check_device, check_int
 from .geometry import etf_gram
 
 __all__ = [
@@ -72,7 +76,7 @@ class ClassStatistics:
     def __init__(self, num_classes: int, dim: int, device: torch.device | str | None = None):
         self.num_classes = check_int("num_classes", num_classes, minimum=1)
         self.dim = check_int("dim", dim, minimum=1)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = check_device("device", device) if device is not None else torch.device("cpu")
         kw = dict(dtype=torch.float64, device=self.device)
         self.counts = torch.zeros(self.num_classes, **kw)
         self._shift = torch.zeros(self.num_classes, self.dim, **kw)
@@ -109,6 +113,8 @@ class ClassStatistics:
         Each chunk is converted to float64 (and checked for finiteness) on its own, so the
         input (numpy or torch, any float dtype) is never copied as a whole.
         """
+        if num_classes is not None:
+            num_classes = check_int("num_classes", num_classes, minimum=1)
         H = _rows("embeddings", embeddings)
         device = H.device if isinstance(H, torch.Tensor) else None
         y = as_label_tensor("labels", labels, H.shape[0], num_classes, device=device)
@@ -176,14 +182,30 @@ def _matrix(name: str, value) -> np.ndarray:
     return as_float_tensor(name, value, ndim=2).detach().cpu().to(torch.float64).numpy()
 
 
+def _prototypes(value) -> np.ndarray:
+    """Prototypes ``W`` (``d x k``) as float64 numpy, with at least one column."""
+    W = _matrix("prototypes", value)
+    if W.shape[1] == 0:
+        raise ValueError(f"prototypes must have at least one column (one per class), got shape {W.shape}")
+    return W
+
+
+def _scaled(A: np.ndarray) -> np.ndarray:
+    """``A / max|A_ij|`` (``A`` itself when zero): squares of huge or tiny entries then
+    neither overflow nor underflow."""
+    largest = float(np.max(np.abs(A))) if A.size else 0.0
+    return A / largest if largest > 0 else A
+
+
 def gram_distance(means, target) -> float:
     r"""``Delta(M, G*) = || M^T M / ||M^T M||_F - G*/||G*||_F ||_F`` for ``M`` of shape ``(d, k)``.
 
     Scale-free: 0 when the Gram of the columns of ``M`` is proportional to ``target``,
-    at most 2. No centring is done here.
+    at most 2. No centring is done here. ``M`` and ``G*`` are divided by their largest
+    entry first, so any finite scale (``1e-200`` or ``1e200``) gives the same value.
     """
-    M = _matrix("means", means)
-    G = _matrix("target", target)
+    M = _scaled(_matrix("means", means))
+    G = _scaled(_matrix("target", target))
     if G.shape != (M.shape[1], M.shape[1]):
         raise ValueError(f"target must be {M.shape[1]} x {M.shape[1]} to match the {M.shape[1]} "
                          f"columns of means, got shape {G.shape}")
@@ -204,8 +226,15 @@ def _present_means(embeddings, labels, num_classes=None) -> tuple[np.ndarray, np
 
 
 def delta_to_etf(embeddings, labels) -> float:
-    """``Delta`` between the **centred** class means and the simplex-ETF Gram."""
+    """``Delta`` between the **centred** class means and the simplex-ETF Gram.
+
+    ``ValueError`` when fewer than 2 classes are present in ``labels`` (a simplex ETF has
+    ``k >= 2`` vertices) or all class means coincide (the centred means vanish).
+    """
     M, _ = _present_means(embeddings, labels)
+    if M.shape[1] < 2:
+        raise ValueError(f"delta_to_etf needs at least 2 classes present in labels (a simplex ETF has "
+                         f"k >= 2 vertices), got {M.shape[1]}")
     return gram_distance(_centred(M), etf_gram(M.shape[1]))
 
 
@@ -217,7 +246,7 @@ def delta_to_orthogonal_frame(embeddings, labels) -> float:
 
 def _prototypes_and_means(embeddings, labels, prototypes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(W, M, present)``: prototypes ``(d, k)`` checked against the embedding dimension."""
-    W = _matrix("prototypes", prototypes)
+    W = _prototypes(prototypes)
     stats = _stats(embeddings, labels, W.shape[1])
     if W.shape[0] != stats.dim:
         raise ValueError(f"prototypes must have shape (d, k) with d = {stats.dim} (the embedding "
@@ -244,17 +273,25 @@ def nc1(embeddings, labels) -> float:
     pseudo-inverse drops eigenvalues below ``1e-12`` times the largest. ``Sigma_B`` has rank
     ``< k``, so it is handled through the thin SVD ``C = U S V^T`` of the ``d x k`` centred
     means: ``tr(Sigma_W Sigma_B^+) = sum_j k u_j^T Sigma_W u_j / s_j^2`` (``O(d^2 k)``, not
-    the ``O(d^3)`` of a ``d x d`` pseudo-inverse). NaN when fewer than two classes occur.
+    the ``O(d^3)`` of a ``d x d`` pseudo-inverse).
+
+    NaN (undefined) when fewer than two classes occur, or when all class means coincide
+    (``Sigma_B = 0``: its largest singular value ``s_1 <= 1e-12 ||M||_F``), whether or not
+    the samples spread around them -- also when all samples are one point. Collapsed
+    samples around distinct class means give 0.
     """
     stats = _stats(embeddings, labels)
     M = stats.means()
     k = M.shape[1]
     if k < 2:
         return float("nan")  # Sigma_B vanishes: undefined for one class
-    centred = (M - M.mean(dim=1, keepdim=True)).cpu().numpy()
+    M = M.cpu().numpy()
+    centred = _centred(M)
     U, s, _ = np.linalg.svd(centred, full_matrices=False)
+    if not s[0] > 1e-12 * np.linalg.norm(M):
+        return float("nan")  # Sigma_B = 0: no between-class spread to compare with
     eig = s**2 / k  # the non-zero eigenvalues of Sigma_B, eigenvectors U
-    keep = eig > 1e-12 * eig.max() if eig.max(initial=0.0) > 0 else np.zeros(len(eig), bool)
+    keep = eig > 1e-12 * eig[0]
     U, eig = U[:, keep], eig[keep]
     sigma_w = stats.within_covariance().cpu().numpy()
     return float(np.sum(np.sum(U * (sigma_w @ U), axis=0) / eig) / k)
@@ -274,11 +311,18 @@ def equinorm(embeddings, labels) -> float:
     return float(norms.std() / norms.mean())
 
 
+def _directions(A: np.ndarray) -> np.ndarray:
+    """Columns of ``A`` scaled to unit length (NaN for a zero column); divided by their
+    largest entry first, so tiny or huge columns neither underflow nor overflow."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        A = A / np.max(np.abs(A), axis=0, initial=0.0)
+        return A / np.linalg.norm(A, axis=0)
+
+
 def _cosines(M: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(M, axis=0)
-    if np.any(norms == 0):
+    unit = _directions(M)
+    if np.any(np.isnan(unit)):
         raise _Undefined("a class mean is zero; its cosine with other means is undefined")
-    unit = M / norms
     return unit.T @ unit
 
 
@@ -313,18 +357,31 @@ def class_mean_cosines(embeddings, labels, num_classes: int | None = None) -> np
     return out
 
 
-def prototype_cosines(embeddings, labels, prototypes) -> np.ndarray:
-    """``cos(mu_c, w_c)`` for every class ``c`` of ``prototypes`` (``(k,)``; NaN for absent classes)."""
+def _present_prototype_cosines(embeddings, labels, prototypes) -> tuple[np.ndarray, np.ndarray]:
+    """``(cosines, present)``: ``cos(mu_c, w_c)`` of all ``k`` classes and the present mask."""
     W, M, present = _prototypes_and_means(embeddings, labels, prototypes)
-    Wp = W[:, present]
     out = np.full(W.shape[1], np.nan)
-    out[present] = np.sum(M * Wp, axis=0) / (np.linalg.norm(M, axis=0) * np.linalg.norm(Wp, axis=0))
-    return out
+    out[present] = np.sum(_directions(M) * _directions(W[:, present]), axis=0)
+    return out, present
+
+
+def prototype_cosines(embeddings, labels, prototypes) -> np.ndarray:
+    """``cos(mu_c, w_c)`` for every class ``c`` of ``prototypes``, shape ``(k,)``.
+
+    NaN for absent classes and where the cosine is undefined: a present class whose mean
+    ``mu_c`` or prototype column ``w_c`` is zero.
+    """
+    return _present_prototype_cosines(embeddings, labels, prototypes)[0]
 
 
 def prototype_alignment(embeddings, labels, prototypes) -> float:
-    """``mean_c cos(mu_c, w_c)`` over the present classes (see :func:`prototype_cosines`)."""
-    return float(np.nanmean(prototype_cosines(embeddings, labels, prototypes)))
+    """``mean_c cos(mu_c, w_c)`` over the present classes (see :func:`prototype_cosines`).
+
+    NaN (undefined) when the cosine of any present class is undefined (its mean or its
+    prototype column is zero): averaging the other classes would hide it.
+    """
+    cosines, present = _present_prototype_cosines(embeddings, labels, prototypes)
+    return float(np.mean(cosines[present]))
 
 
 def _accuracy_from_predictions(prediction: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, np.ndarray]:
@@ -384,7 +441,7 @@ def nearest_prototype_accuracy(embeddings, labels, prototypes,
 
     For unit prototypes this equals ``argmax_c h.w_c``.
     """
-    return _nearest(embeddings, labels, _matrix("prototypes", prototypes), chunk_size, "prototypes")
+    return _nearest(embeddings, labels, _prototypes(prototypes), chunk_size, "prototypes")
 
 
 @dataclass(frozen=True)
@@ -433,18 +490,21 @@ def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | Non
     number of classes is ``k`` and the prototype metrics are filled in (else ``None``).
     Metrics that need two classes (NC1, Delta to the ETF, equinorm, equiangularity, mean
     cosine) are NaN when fewer than two classes occur; metrics undefined for the means
-    (e.g. Delta to the ETF when all class means coincide, cosines of a zero mean) are NaN. ``gram_means`` is the ``k x k``
-    cosine matrix of the uncentred class means (NaN rows/columns for absent classes).
+    are NaN: Delta to the ETF, equinorm and NC1 when all class means coincide, cosines and
+    ``alignment`` when a class mean (or its prototype) is zero. ``ncc_accuracy`` assigns each
+    sample to the nearest mean of a present class. ``gram_means`` is the ``k x k`` cosine
+    matrix of the uncentred class means (NaN rows/columns for absent classes).
     """
     H = _rows("embeddings", embeddings)
-    W = None if prototypes is None else _matrix("prototypes", prototypes)
+    W = None if prototypes is None else _prototypes(prototypes)
     if W is not None:
         if W.shape[0] != H.shape[1]:
             raise ValueError(f"prototypes must have shape (d, k) with d = {H.shape[1]}, got {W.shape}")
         num_classes = W.shape[1]
     stats = ClassStatistics.from_embeddings(H, labels, num_classes)
     M_full, _ = class_means(stats, None)
-    ncc, _ = ncc_accuracy(H, labels, M_full)
+    # NCC over the present classes (their means may be zero, e.g. all at the origin)
+    ncc, _ = _nearest(H, labels, M_full, DEFAULT_CHUNK, "means", stats.present.cpu().numpy())
     several = int(stats.present.sum()) >= 2
 
     def defined(metric, *args):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._validation import as_float_array, check_nonnegative
 from .geometry import etf_gram
-from .metrics import ClassStatistics, gram_distance, prototype_cosines
+from .metrics import ClassStatistics, _present_prototype_cosines, gram_distance
 
 __all__ = [
     "assert_collapsed",
@@ -96,11 +96,24 @@ def assert_orthogonal_frame(embeddings, labels, atol: float = 1e-6) -> None:
 
 
 def assert_aligned_with_prototypes(embeddings, labels, prototypes, atol: float = 1e-6) -> None:
-    """Assert ``1 - cos(mu_c, w_c) <= atol`` for every present class ``c``."""
+    """Assert ``1 - cos(mu_c, w_c) <= atol`` for every present class ``c``.
+
+    A present class whose cosine is undefined (its mean ``mu_c`` or its prototype column
+    ``w_c`` is zero) fails the assertion; absent classes are not judged.
+    """
     atol = check_nonnegative("atol", atol)
-    cos = prototype_cosines(embeddings, labels, prototypes)
-    misalignment = 1.0 - cos
-    worst = int(np.nanargmax(misalignment))
+    cos, present = _present_prototype_cosines(embeddings, labels, prototypes)
+    undefined = np.flatnonzero(present & np.isnan(cos))
+    if undefined.size:
+        c = int(undefined[0])
+        W = as_float_array("prototypes", prototypes, ndim=2)
+        why = "its prototype column w_c is zero" if not np.any(W[:, c]) else "its class mean mu_c is zero"
+        raise AssertionError(
+            f"class means are not aligned with the prototypes: cos(mu_c, w_c) is undefined for class {c} "
+            f"({why})" + (f"; also undefined for classes {undefined[1:].tolist()}" if undefined.size > 1 else "")
+        )
+    misalignment = np.where(present, 1.0 - cos, -np.inf)
+    worst = int(np.argmax(misalignment))
     if not misalignment[worst] <= atol:
         raise AssertionError(
             f"class means are not aligned with the prototypes: max 1 - cos(mu_c, w_c) = "

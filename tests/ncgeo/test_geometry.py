@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -369,3 +370,72 @@ def test_named_prototypes_are_the_constructors_or_a_file(tmp_path):
         named_prototypes("nowhere.npy", 3)
     with pytest.raises(ValueError, match="is a folder"):
         named_prototypes(str(tmp_path), 3)
+
+
+# --------------------------------------------------------------------------------------
+# argument checks: seeds and the Riesz exponent
+# --------------------------------------------------------------------------------------
+
+def _named(geometry):
+    from ncgeo.geometry import named_prototypes
+
+    return lambda seed: named_prototypes(geometry, 3, 4, seed=seed)
+
+
+SEEDED = {
+    "random_prototypes": lambda seed: random_prototypes(3, 4, seed=seed),
+    "simplex_etf": lambda seed: simplex_etf(3, 4, rotate=True, seed=seed),
+    "orthogonal_frame": lambda seed: orthogonal_frame(3, 4, rotate=True, seed=seed),
+    "random_rotation": lambda seed: random_rotation(3, seed),
+    "spherical_code": lambda seed: spherical_code(3, 3, seed=seed, iterations=5),
+    "named random": _named("random"),
+    "named spherical": _named("spherical"),
+    "named etf": _named("etf"),  # the seed is unused there, but a bad one is still an error
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEEDED))
+@pytest.mark.parametrize("seed,error,match", [
+    (-1, ValueError, r"seed must be an integer >= 0, got -1"),
+    ("x", TypeError, r"seed must be an integer, got str"),
+    (1.5, TypeError, r"seed must be an integer, got float"),
+    (True, TypeError, r"seed must be an integer, got bool"),
+])
+def test_bad_seeds_are_errors_naming_seed(name, seed, error, match):
+    with pytest.raises(error, match=match):
+        SEEDED[name](seed)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDED))
+def test_good_seeds_are_accepted(name):
+    np.testing.assert_array_equal(SEEDED[name](3), SEEDED[name](np.int64(3)))
+    assert np.all(np.isfinite(SEEDED[name](None)))
+
+
+@pytest.mark.parametrize("power,error,match", [
+    (200, ValueError, r"energy_power must be in \(0, 16\]"),
+    (16.5, ValueError, r"energy_power must be in \(0, 16\]"),
+    (float("inf"), ValueError, r"energy_power must be finite"),
+    (0, ValueError, r"energy_power must be > 0"),
+    ("2", TypeError, r"energy_power must be a real number"),
+])
+def test_spherical_code_energy_power_range(power, error, match):
+    with pytest.raises(error, match=match):
+        spherical_code(20, 3, energy_power=power)
+
+
+def test_spherical_code_largest_energy_power_is_finite_and_spread():
+    W = spherical_code(20, 3, seed=0, energy_power=16, iterations=300)
+    assert_unit_columns(W, 3, 20)
+    assert min_angle_degrees(W) > 40  # the best 20-point code has 47.4 degrees
+
+
+def test_spherical_code_non_finite_result_is_a_value_error(monkeypatch):
+    import ncgeo.geometry as geometry
+
+    # coinciding starting points make the Riesz energy infinite and the iteration NaN
+    monkeypatch.setattr(geometry, "random_prototypes", lambda k, d, seed=None: np.ones((d, k)) / np.sqrt(d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"spherical_code\(k=3, d=3, energy_power=2\) produced non-finite"):
+            spherical_code(3, 3, iterations=5)

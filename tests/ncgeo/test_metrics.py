@@ -457,3 +457,129 @@ def test_nc1_equals_the_dense_pseudo_inverse_formula(d):
     sigma_w, sigma_b = R.T @ R / len(y), C @ C.T / 4
     dense = np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-12, hermitian=True)) / 4
     assert nc1(H, y) == pytest.approx(dense, rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# undefined quantities and argument checks (input-handling audit)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["zero mean", "zero prototype", "all means zero"])
+def test_prototype_alignment_is_nan_when_a_cosine_is_undefined(case):
+    W = orthogonal_frame(3, 3)
+    H, y = collapsed(W, 2)
+    if case == "zero mean":
+        H[y == 1] = 0.0
+    elif case == "zero prototype":
+        W = W.copy()
+        W[:, 1] = 0.0
+    else:
+        H[:] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cosines = prototype_cosines(H, y, W)
+        assert math.isnan(prototype_alignment(H, y, W))
+        result = geometry_metrics(H, y, W)
+    assert math.isnan(result.alignment) and result.to_dict()["alignment"] is None
+    assert math.isnan(cosines[1])
+    if case != "all means zero":
+        np.testing.assert_allclose(cosines[[0, 2]], 1.0)
+
+
+def test_prototype_alignment_skips_only_absent_classes_and_is_scale_free():
+    W = orthogonal_frame(3, 3)
+    H, y = collapsed(W, 2)
+    keep = y != 2
+    assert prototype_alignment(H[keep], y[keep], W) == pytest.approx(1.0)  # class 2 absent
+    H[y == 1] = [0.0, 0.8, 0.6]
+    for scale in (1e-200, 1.0, 1e200):
+        assert prototype_alignment(H * scale, y, W * scale) == pytest.approx((1 + 0.8 + 1) / 3, rel=1e-14)
+
+
+def test_nc1_is_nan_when_the_class_means_coincide():
+    y = np.repeat(np.arange(2), 2)
+    spread = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])  # both means at 0
+    for H in (spread, spread + [5.0, -3.0], np.ones((4, 2)), np.zeros((4, 2))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert math.isnan(nc1(H, y)), H
+            result = geometry_metrics(H, y)
+        assert math.isnan(result.nc1) and result.ncc_accuracy == 0.5  # ties go to class 0
+    # collapsed samples around distinct means: 0, also at a small separation
+    for gap in (1.0, 1e-6):
+        H = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, gap], [1.0, gap]])
+        assert nc1(H, y) == 0.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda H, y, k: class_means(H, y, num_classes=k),
+    lambda H, y, k: class_mean_cosines(H, y, num_classes=k),
+    lambda H, y, k: geometry_metrics(H, y, num_classes=k),
+    lambda H, y, k: ClassStatistics.from_embeddings(H, y, num_classes=k),
+])
+def test_num_classes_is_checked_by_name(call):
+    H, y = collapsed(orthogonal_frame(2, 2), 2)
+    with pytest.raises(TypeError, match="num_classes must be an integer, got str"):
+        call(H, y, "3")
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got 0"):
+        call(H, y, 0)
+
+
+@pytest.mark.parametrize("call", [
+    prototype_alignment, prototype_cosines, delta_to_prototypes, geometry_metrics,
+    lambda H, y, W: nearest_prototype_accuracy(H, y, W),
+])
+def test_prototypes_without_columns_are_refused(call):
+    H, y = collapsed(orthogonal_frame(2, 3), 2)
+    with pytest.raises(ValueError, match=r"prototypes must have at least one column .*got shape \(3, 0\)"):
+        call(H, y, np.zeros((3, 0)))
+
+
+def test_delta_to_etf_with_one_class_says_two_classes_are_needed():
+    H = random_prototypes(4, 3, seed=1).T
+    with pytest.raises(ValueError, match="delta_to_etf needs at least 2 classes present in labels.*got 1"):
+        delta_to_etf(H, [2, 2, 2, 2])
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e200, 1e300])
+def test_gram_distance_is_scale_free_for_huge_and_tiny_finite_input(scale):
+    M = np.array([[1.0, 0.5, -0.3], [0.2, 1.0, 0.7]])
+    reference = gram_distance(M, etf_gram(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gram_distance(M * scale, etf_gram(3)) == pytest.approx(reference, rel=1e-13)
+        assert gram_distance(M, etf_gram(3) * scale) == pytest.approx(reference, rel=1e-13)
+        assert gram_distance(M * scale, np.eye(3) * scale) == pytest.approx(gram_distance(M, np.eye(3)), rel=1e-13)
+
+
+@pytest.mark.parametrize("device,error,match", [
+    ("gpu", ValueError, r"device must be a torch device such as 'cpu' or 'cuda', got 'gpu'"),
+    (99, ValueError, r"device"),
+    (-1, ValueError, r"device must be a torch device .*got -1"),
+    (1.5, TypeError, r"device must be a torch device .*got float"),
+    (True, TypeError, r"device must be a torch device .*got bool"),
+    ("cuda:99", ValueError, r"device 'cuda:99'"),
+])
+def test_class_statistics_device_is_checked_by_name(device, error, match):
+    with pytest.raises(error, match=match):
+        ClassStatistics(3, 3, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_class_statistics_cuda_without_cuda_is_a_value_error():
+    with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available"):
+        ClassStatistics(3, 3, device="cuda")
+
+
+def test_class_statistics_accepts_cpu_devices():
+    for device in ("cpu", torch.device("cpu"), None):
+        assert ClassStatistics(2, 2, device=device).device == torch.device("cpu")
+
+
+def test_mean_cosines_of_tiny_means_are_defined():
+    H, y = collapsed(simplex_etf(3, 3, rotate=True, seed=2), 2)
+    reference = class_mean_cosines(H, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(class_mean_cosines(H * 1e-200, y), reference, rtol=1e-12, atol=1e-15)
+        assert mean_pairwise_cosine(H * 1e-200, y) == pytest.approx(-0.5, rel=1e-12)

@@ -191,6 +191,29 @@ def test_assert_aligned_fails_with_distance_and_class():
     assert_aligned_with_prototypes(H, y, W, atol=0.25)
 
 
+def test_assert_aligned_fails_when_a_class_mean_is_zero():
+    # class 1 sits at the origin: cos(mu_1, w_1) is undefined, which is not alignment
+    W = orthogonal_frame(3, 3)
+    H, y = collapsed(W, 2)
+    H[y == 1] = 0.0
+    with pytest.raises(AssertionError, match=r"undefined for class 1 \(its class mean mu_c is zero\)"):
+        assert_aligned_with_prototypes(H, y, W, atol=1.0)
+    H[y == 2] = [[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]  # a mean that is zero although no sample is
+    with pytest.raises(AssertionError, match=r"undefined for class 1 .*also undefined for classes \[2\]"):
+        assert_aligned_with_prototypes(H, y, W, atol=1.0)
+
+
+def test_assert_aligned_fails_when_a_prototype_is_zero_and_ignores_it_when_absent():
+    W = orthogonal_frame(3, 3)
+    H, y = collapsed(W, 2)
+    W0 = W.copy()
+    W0[:, 2] = 0.0
+    with pytest.raises(AssertionError, match=r"undefined for class 2 \(its prototype column w_c is zero\)"):
+        assert_aligned_with_prototypes(H, y, W0, atol=1.0)
+    keep = y != 2  # class 2 absent: its zero prototype is not judged
+    assert_aligned_with_prototypes(H[keep], y[keep], W0)
+
+
 def test_assert_aligned_wrong_prototype_dimension_is_a_value_error():
     W = orthogonal_frame(3, 3)
     H, y = collapsed(W, 2)
