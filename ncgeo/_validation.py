@@ -78,11 +78,12 @@ def check_device(name: str, value: Any) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA "
                              f"device(s), numbered from 0")
-    try:  # other backends (mps, xpu, ...) are only usable where they are present
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise ValueError(f"{name} {value!r} cannot be used on this machine "
-                         f"({_first_sentence(exc)})") from exc
+    if device.type not in ("cpu", "cuda"):  # a CUDA probe would open a context on GPU 0 in every process
+        try:  # other backends (mps, xpu, ...) are only usable where they are present
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"{name} {value!r} cannot be used on this machine "
+                             f"({_first_sentence(exc)})") from exc
     return device
 
 

@@ -201,9 +201,12 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".npy", ".csv", ".txt"):
         raise ValueError(f"prototype file {path!r} must end in .npy, .csv or .txt")
-    with open(path, "rb") as handle:
-        head = handle.read(6)
-        empty = not head or (suffix != ".npy" and not (head + handle.read()).strip())
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+            empty = not head or (suffix != ".npy" and not (head + handle.read()).strip())
+    except OSError as exc:  # no permission, a special file, ...
+        raise ValueError(f"prototype file {path!r} cannot be read: {exc.strerror or exc}") from exc
     if empty:
         raise ValueError(f"prototype file {path!r} is empty")
     if suffix == ".npy" and head != np.lib.format.MAGIC_PREFIX:
@@ -216,8 +219,10 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
             with open(path, encoding="utf-8") as handle:
                 delimiter = "," if "," in handle.read() else None
             matrix = np.loadtxt(path, delimiter=delimiter, ndmin=2)
-    except (ValueError, UnicodeDecodeError, EOFError) as exc:
+    except (ValueError, UnicodeDecodeError, EOFError, OSError) as exc:
         raise ValueError(f"prototype file {path!r} could not be read as a numeric matrix: {exc}") from exc
+    except MemoryError as exc:  # e.g. a .npy header claiming a huge array
+        raise ValueError(f"prototype file {path!r} holds a matrix too large to load ({exc})") from exc
     matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
     if matrix.size == 0:
         raise ValueError(f"prototype file {path!r} is empty")

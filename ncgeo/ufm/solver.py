@@ -21,6 +21,7 @@ import torch
 from .._validation import (
     as_float_array,
     check_choice,
+    check_device,
     check_int,
     check_nonnegative,
     check_positive,
@@ -52,12 +53,7 @@ def _resolve_dtype(dtype) -> torch.dtype:
 
 
 def _resolve_device(device) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available")
+    resolved = check_device("device", device)
     if resolved.type == "meta":  # shapes only: there is no value to minimise
         raise ValueError(f"device {device!r} holds no values; a solve needs a real device such as 'cpu' or 'cuda'")
     return resolved

@@ -439,3 +439,23 @@ def test_spherical_code_non_finite_result_is_a_value_error(monkeypatch):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=r"spherical_code\(k=3, d=3, energy_power=2\) produced non-finite"):
             spherical_code(3, 3, iterations=5)
+
+
+def test_unreadable_and_oversized_prototype_files_are_value_errors(tmp_path, monkeypatch):
+    """A file without read permission and a .npy header claiming a 300000 x 300000 array gave a
+    PermissionError and a MemoryError traceback from the CLIs."""
+    huge = tmp_path / "huge.npy"
+    header = {"descr": "<f8", "fortran_order": False, "shape": (300000, 300000)}
+    with open(huge, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+    with pytest.raises(ValueError, match="too large to load|could not be read as a numeric matrix"):
+        load_prototypes(huge)
+    locked = tmp_path / "locked.csv"
+    locked.write_text("1,0\n0,1\n")
+
+    def refuse(*args, **kwargs):  # what open() does without read permission (root reads anything)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("ncgeo.geometry.open", refuse, raising=False)
+    with pytest.raises(ValueError, match=r"'.*locked.csv' cannot be read: Permission denied"):
+        load_prototypes(locked)
