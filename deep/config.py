@@ -18,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "RESUME_MUTABLE", "load_toml", "train_options",
-           "check_resume", "config_nproc",
-           "option_name", "resolve_config"]
+__all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "MAX_FEATURE_DIM", "MAX_WIDTH", "RESUME_MUTABLE",
+           "load_toml", "train_options", "check_resume", "config_nproc", "option_name", "resolve_config"]
 
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "fmnist")
 ARCH_CHOICES = ("resnet18", "resnet34")
@@ -39,6 +39,15 @@ GEOMETRY_NAMES = ("etf", "of", "random", "spherical")
 #: fields that may differ between a run and its ``--resume`` (they do not change the result;
 #: ``out`` may name the same folder differently, ``./run`` or an absolute path, or a moved run)
 RESUME_MUTABLE = frozenset({"device", "progress", "log_every", "resume", "compile", "out"})
+#: Largest ``--width``: 16 x the standard 64, i.e. about 2.9e9 parameters for ResNet-18 and 5.4e9 for
+#: ResNet-34 (parameters grow as width^2: 11.2e6 and 21.3e6 at width 64), 11 / 22 GiB in float32 before
+#: gradients and momentum triple it -- about what one 141 GB GPU can still train. Wider values only
+#: fail later in the allocator (a C++ error, or a hang while it swaps).
+MAX_WIDTH = 1024
+#: Largest ``--feature-dim`` of a linear/MLP head: 2^16, a ``Linear(8 width, d)`` of at most 5.4e8
+#: parameters at ``MAX_WIDTH`` (the features are compared with ``k <= 100`` class means and prototypes,
+#: so much larger ``d`` changes nothing but memory).
+MAX_FEATURE_DIM = 65536
 
 
 def option_name(field_name: str) -> str:
@@ -52,16 +61,21 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """An integer option (Python or numpy integer, not bool) in ``[minimum, maximum]``, as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{option_name(name)} must be an integer, got {value!r}")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"{option_name(name)} must be an integer >= {minimum}, got {value}")
-    return int(value)
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{option_name(name)} must be an integer <= {maximum}, got {value}")
+    return value
 
 
 def _check_real(name: str, value: Any, minimum: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real option (Python or numpy number, not bool), finite and ``>= minimum`` (``>`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{option_name(name)} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):
@@ -96,12 +110,14 @@ class TrainConfig:
         Folder holding the dataset files (default: the reader's standard place).
     arch : {"resnet18", "resnet34"}
     width : int
-        Channels of the first ResNet stage (64 is the standard network).
+        Channels of the first ResNet stage (64 is the standard network; at most
+        :data:`MAX_WIDTH` = 1024).
     feature : {"signed", "nonnegative", "linear", "mlp"}
         Feature head: L2-normalised penultimate output without (signed) or with the final
         ReLU (non-negative), or a linear / MLP projection to ``feature_dim``.
     feature_dim : int or None
-        Dimension ``d`` of a linear/MLP head (None: the model's default).
+        Dimension ``d`` of a linear/MLP head (None: the model's default; at most
+        :data:`MAX_FEATURE_DIM` = 65536).
     imbalance, ratio :
         Subsampling of the training set (THEORY.md section 1): ``none``, ``step`` or ``exp``
         with ratio ``R >= 1``.
@@ -205,9 +221,9 @@ class TrainConfig:
                 raise TypeError(f"{option_name(name)} must be a string, got {value!r}")
             if not value.strip():
                 raise ValueError(f"{option_name(name)} must not be empty")
-        put("width", _check_int("width", self.width, 1))
+        put("width", _check_int("width", self.width, 1, MAX_WIDTH))
         if self.feature_dim is not None:
-            put("feature_dim", _check_int("feature_dim", self.feature_dim, 1))
+            put("feature_dim", _check_int("feature_dim", self.feature_dim, 1, MAX_FEATURE_DIM))
         put("ratio", _check_real("ratio", self.ratio, 1.0))
         put("protos", _check_real("protos", self.protos, 0.0))
         put("epochs", _check_int("epochs", self.epochs, 1))
@@ -281,6 +297,8 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _normalise_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    if not isinstance(values, Mapping):
+        raise TypeError(f"the {source} must be a mapping of option names to values, got {type(values).__name__}")
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = str(key).lstrip("-").replace("-", "_")
@@ -305,6 +323,8 @@ def _read_toml_table(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ValueError(f"--config file {path!r} does not exist") from exc
+    except OSError as exc:  # a folder, no permission, an I/O error: one line naming --config
+        raise ValueError(f"--config file {path!r} cannot be read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--config file {path!r} is not valid TOML: {exc}") from exc
     return data["train"] if isinstance(data.get("train"), dict) else data
@@ -339,17 +359,21 @@ def resolve_config(options: Mapping[str, Any], config_file: str | os.PathLike | 
     configuration is the base: options given now must agree with it, except
     :data:`RESUME_MUTABLE` ones (a mismatch raises ``ValueError`` naming the option).
     """
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of option names to values, got {type(options).__name__}")
     given = _normalise_keys({k: v for k, v in options.items() if v is not None}, source="options")
     values = load_toml(config_file) if config_file is not None else {}
     values.update(given)
     config = TrainConfig(**values)
     stored_path = os.path.join(config.out, "config.json")
     if config.resume and os.path.isfile(stored_path):
-        with open(stored_path, encoding="utf-8") as handle:
-            try:
+        try:
+            with open(stored_path, encoding="utf-8") as handle:
                 stored_values = json.load(handle)
-            except ValueError as exc:
-                raise ValueError(f"--resume: {stored_path!r} is not valid JSON: {exc}") from exc
+        except OSError as exc:
+            raise ValueError(f"--resume: {stored_path!r} cannot be read: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"--resume: {stored_path!r} is not valid JSON: {exc}") from exc
         if not isinstance(stored_values, dict):
             raise ValueError(f"--resume: {stored_path!r} does not hold a run configuration (a JSON object)")
         stored = TrainConfig.from_dict(stored_values)
@@ -383,9 +407,9 @@ def _option_specs():
         ("dataset", click.Choice(DATASET_CHOICES), "Image dataset."),
         ("data_root", str, "Folder of the dataset files (default: the reader's standard place)."),
         ("arch", click.Choice(ARCH_CHOICES), "Network."),
-        ("width", int, "Channels of the first ResNet stage (64 = standard)."),
+        ("width", int, f"Channels of the first ResNet stage (64 = standard, at most {MAX_WIDTH})."),
         ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU normalised output, or a linear/MLP projection)."),
-        ("feature_dim", int, "Dimension of a linear/MLP head (default 128)."),
+        ("feature_dim", int, f"Dimension of a linear/MLP head (default 128, at most {MAX_FEATURE_DIM})."),
         ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (THEORY.md section 1)."),
         ("ratio", float, "Imbalance ratio R >= 1."),
         ("protos", float, "n_w: copies of every prototype in each batch (0 = plain SCL)."),

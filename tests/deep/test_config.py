@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import deep.config as config_module
 from cli import main as cli_main
-from deep.config import TrainConfig, config_nproc, load_toml, resolve_config
+from deep.config import MAX_FEATURE_DIM, MAX_WIDTH, TrainConfig, config_nproc, load_toml, resolve_config
 
 
 def test_defaults_follow_theory_section_7():
@@ -145,3 +147,77 @@ def test_cli_bad_input_is_one_line_exit_2(args, message):
 def test_cli_missing_config_file(tmp_path):
     result = CliRunner().invoke(cli_main, ["deep", "train", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"width": 1025}, "--width must be an integer <= 1024, got 1025"),
+    ({"width": 100_000_000}, "--width must be an integer <= 1024"),
+    ({"width": 10**23}, "--width must be an integer <= 1024"),
+    ({"feature": "linear", "feature_dim": 65537}, "--feature-dim must be an integer <= 65536"),
+    ({"feature": "mlp", "feature_dim": 100_000_000_000}, "--feature-dim must be an integer <= 65536"),
+])
+def test_sizes_are_capped_before_the_allocator_sees_them(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_the_caps_themselves_are_accepted():
+    config = TrainConfig(width=MAX_WIDTH, feature="linear", feature_dim=MAX_FEATURE_DIM)
+    assert (config.width, config.feature_dim) == (1024, 65536)
+
+
+def test_cli_width_too_large_is_one_line_exit_2():
+    result = CliRunner().invoke(cli_main, ["deep", "train", "--width", "100000000"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "--width must be an integer <= 1024" in lines[0]
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    config = TrainConfig(width=np.int64(2), epochs=np.int32(4), lr=np.float64(0.2), protos=np.float32(1.5),
+                         tau=np.int64(1), milestones=[np.int64(2)], feature="linear", feature_dim=np.uint16(8))
+    assert (config.width, config.epochs, config.lr, config.protos, config.tau) == (2, 4, 0.2, 1.5, 1.0)
+    assert config.milestones == (2,) and config.feature_dim == 8
+    assert type(config.width) is int and type(config.lr) is float and type(config.feature_dim) is int
+    assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+    with pytest.raises(TypeError, match="--width must be an integer"):
+        TrainConfig(width=np.float64(2.0))
+    with pytest.raises(TypeError, match="--lr must be a real number"):
+        TrainConfig(lr=np.bool_(True))
+
+
+def test_options_that_are_not_a_mapping_are_a_type_error():
+    with pytest.raises(TypeError, match="options must be a mapping"):
+        resolve_config(None)
+    with pytest.raises(TypeError, match="configuration must be a mapping"):
+        TrainConfig.from_dict(None)
+    with pytest.raises(TypeError, match="configuration must be a mapping"):
+        TrainConfig.from_dict([("epochs", 3)])
+
+
+def test_an_unreadable_config_file_is_one_value_error_naming_config(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"--config file '.*' cannot be read: Is a directory"):
+        load_toml(tmp_path)
+    with pytest.raises(ValueError, match="--config file .* cannot be read"):
+        resolve_config({}, tmp_path)
+    with pytest.raises(ValueError, match="--config file .* cannot be read"):
+        config_nproc(None, tmp_path)
+    path = tmp_path / "locked.toml"
+    path.write_text("epochs = 3\n")
+
+    def refuse(*args, **kwargs):  # the test may run as root, where chmod 000 does not stop a read
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(config_module, "open", refuse, raising=False)
+    with pytest.raises(ValueError, match="--config file .*locked.toml' cannot be read: Permission denied"):
+        load_toml(path)
+
+
+def test_an_unreadable_stored_configuration_on_resume_is_one_value_error(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(TrainConfig(out=str(tmp_path)).to_json())
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(config_module, "open", refuse, raising=False)
+    with pytest.raises(ValueError, match="--resume: .*config.json' cannot be read: Permission denied"):
+        resolve_config({"out": str(tmp_path), "resume": True})
