@@ -17,6 +17,7 @@ classes) is refused before it can be called.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -128,10 +129,14 @@ class ImageDataset:
             raise TypeError(f"labels must be an int64 torch tensor of shape ({self.images.shape[0]},)")
         check_int("num_classes", self.num_classes, minimum=1)
         channels = self.images.shape[1]
+        object.__setattr__(self, "mean", _channel_values("mean", self.mean))
+        object.__setattr__(self, "std", _channel_values("std", self.std))
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std must have one entry per channel ({channels})")
-        if any(not s > 0 for s in self.std):
-            raise ValueError(f"std must be > 0, got {self.std}")
+        if any(not math.isfinite(m) for m in self.mean):
+            raise ValueError(f"mean must be finite, got {self.mean}")
+        if any(not (s > 0 and math.isfinite(s)) for s in self.std):
+            raise ValueError(f"std must be finite and > 0, got {self.std}")
         if self.labels.device.type == "cpu" and len(self.labels) > 0:
             low, high = int(self.labels.min()), int(self.labels.max())
             if low < 0 or high >= self.num_classes:
@@ -146,15 +151,38 @@ class ImageDataset:
         return self.images.device
 
     def subset(self, indices: Any) -> "ImageDataset":
-        """The samples at ``indices`` (array, tensor or sequence of ints), in that order."""
-        index = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-        if index.dtype == torch.bool or index.is_floating_point():
-            raise TypeError(f"indices must be integers, got dtype {index.dtype}")
-        index = index.to(device=self.images.device, dtype=torch.int64).reshape(-1)
+        """The samples at ``indices`` (array, tensor or sequence of ints in ``[0, N)``), in that order.
+
+        Negative indices are refused (no wrap-around): they are a bug in the caller, not a
+        request for the last samples. The range check reads the indices once (a setup step,
+        not a per-batch one).
+        """
+        if isinstance(indices, torch.Tensor):
+            index = indices.detach().reshape(-1)
+            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+                raise TypeError(f"indices must be integers, got dtype {index.dtype}")
+            bounds = (int(index.min()), int(index.max())) if index.numel() else None
+        else:
+            array = np.asarray(indices).reshape(-1)
+            if array.size == 0:
+                array = array.astype(np.int64)  # [] is float64 to numpy
+            if not np.issubdtype(array.dtype, np.integer):
+                raise TypeError(f"indices must be integers, got dtype {array.dtype}")
+            bounds = (int(array.min()), int(array.max())) if array.size else None  # exact for uint64 too
+        if bounds is not None and (bounds[0] < 0 or bounds[1] >= len(self)):
+            raise ValueError(f"indices must lie in [0, {len(self) - 1}], got values from {bounds[0]} to {bounds[1]}")
+        if not isinstance(indices, torch.Tensor):
+            index = torch.from_numpy(array.astype(np.int64))
+        index = index.to(device=self.images.device, dtype=torch.int64)
         return replace(self, images=self.images[index], labels=self.labels[index])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "ImageDataset":
-        """The same dataset with both tensors on ``device`` (kept as ``uint8`` / ``int64``)."""
+        """The same dataset with both tensors on ``device`` (kept as ``uint8`` / ``int64``).
+
+        ``ValueError`` naming ``device`` when it is not a device name or not available here
+        (CUDA without a CUDA build or GPU, a GPU index beyond the count).
+        """
+        device = _available_device(device)
         return replace(self, images=self.images.to(device, non_blocking=non_blocking),
                        labels=self.labels.to(device, non_blocking=non_blocking))
 
@@ -169,6 +197,41 @@ class ImageDataset:
         return torch.bincount(self.labels, minlength=self.num_classes).cpu().numpy().astype(np.int64)
 
 
+def _channel_values(name: str, values: Any) -> tuple[float, ...]:
+    """``values`` (a sequence of real numbers, one per channel) as a tuple of floats."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().reshape(-1).tolist()
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
+    try:
+        items = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got "
+                        f"{type(values).__name__}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+           for v in items):
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
+    return tuple(float(v) for v in items)
+
+
+def _available_device(device: Any) -> torch.device:
+    """``torch.device(device)`` after checking it names a device this process can use."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a device name such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available: this PyTorch has no usable CUDA GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available: no MPS backend here")
+    return parsed
+
+
 def channel_stats(images: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population standard deviation of ``uint8`` images ``(N, C, H, W)``
     in [0, 1] units: ``mean_c = E[x_c] / 255``, ``std_c = sqrt(E[x_c^2] - E[x_c]^2) / 255``
@@ -178,6 +241,8 @@ def channel_stats(images: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...],
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
     if x.dtype != torch.uint8:
         raise TypeError(f"images must be uint8, got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"images must hold at least one pixel per channel, got shape {tuple(x.shape)}")
     values = torch.arange(256, dtype=torch.float64)
     means, stds = [], []
     for c in range(x.shape[1]):  # exact moments from the 256-bin histogram of each channel
@@ -428,17 +493,25 @@ def imbalanced_indices(labels: Any, imbalance: Literal["none", "step", "exp"] = 
         raise TypeError("labels must be a 1-D array of integer class indices")
     check_choice("imbalance", imbalance, ("none", "step", "exp"))
     check_int("seed", seed, minimum=0)
+    if len(y) and (y.min() < 0 or y.max() > np.iinfo(np.int64).max):  # compared in y's own dtype (uint64)
+        raise ValueError(f"labels must be class indices in [0, 2**63 - 1], got values from {y.min()} to {y.max()}")
+    y = y.astype(np.int64, copy=False)
     if num_classes is None:
         k = int(y.max()) + 1 if len(y) else 1
     else:
         k = check_int("num_classes", num_classes, minimum=1)
-    if len(y) and (y.min() < 0 or y.max() >= k):
+    if len(y) and y.max() >= k:
         raise ValueError(f"labels must lie in [0, {k - 1}], got {y.min()}..{y.max()}")
-    counts = np.bincount(y, minlength=k)
     if imbalance == "none" and n is None:
         return np.arange(len(y), dtype=np.int64)
-    if counts.min() == 0:
-        raise ValueError(f"class {int(np.argmin(counts))} has no samples; cannot subsample it")
+    # counts of the classes present only: a bincount up to the largest label allocates k numbers,
+    # and k comes from the data (a stray label 10**12 is a 7 TiB array)
+    present, present_counts = np.unique(y, return_counts=True)
+    if len(present) < k:
+        gaps = np.flatnonzero(present != np.arange(len(present)))
+        missing = int(gaps[0]) if len(gaps) else len(present)
+        raise ValueError(f"class {missing} has no samples; cannot subsample it")
+    counts = present_counts  # every class 0..k-1 is present: present == arange(k)
     n = int(counts.min()) if n is None else check_int("n", n, minimum=1)
     sizes = class_sizes(k, n, imbalance, ratio)
     for c, size in enumerate(sizes):
@@ -453,6 +526,8 @@ def make_imbalanced(dataset: ImageDataset, imbalance: Literal["none", "step", "e
                     ratio: float = 1.0, seed: int = 0, n: int | None = None) -> ImageDataset:
     """``dataset.subset(imbalanced_indices(dataset.labels, ...))``; normalisation statistics are
     kept (those of the full training split)."""
+    if not isinstance(dataset, ImageDataset):
+        raise TypeError(f"dataset must be an ImageDataset, got {type(dataset).__name__}")
     index = imbalanced_indices(dataset.labels, imbalance, ratio, seed, dataset.num_classes, n)
     if len(index) == len(dataset):
         return dataset

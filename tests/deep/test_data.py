@@ -350,3 +350,83 @@ def test_image_dataset_validation():
         ImageDataset(images, torch.zeros(3, dtype=torch.int64), 2, "x", (0.0, 0.0), (1.0, 1.0))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]"):
         ImageDataset(images, torch.tensor([0, 1, 2]), 2, "x", (0.0,), (1.0,))
+
+
+@pytest.mark.parametrize("indices", [[0, 99], [40], [-1], np.array([2, -3]), torch.tensor([0, 40]),
+                                     torch.tensor([-1]), np.array([2**64 - 1], dtype=np.uint64)])
+def test_subset_refuses_indices_outside_the_dataset(indices):
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 39\]"):
+        _toy().subset(indices)
+
+
+def test_subset_of_nothing_is_empty():
+    assert len(_toy().subset([])) == 0 and len(_toy().subset(torch.tensor([], dtype=torch.int64))) == 0
+    assert _toy().subset(np.array([39], dtype=np.uint8)).labels.tolist() == [3]
+
+
+def test_make_imbalanced_needs_a_dataset():
+    with pytest.raises(TypeError, match="dataset must be an ImageDataset, got str"):
+        make_imbalanced("x")
+
+
+def test_imbalance_never_allocates_up_to_the_largest_label():
+    labels = np.array([0, 10**12])  # a bincount up to 10**12 is 7 TiB
+    np.testing.assert_array_equal(imbalanced_indices(labels), [0, 1])
+    with pytest.raises(ValueError, match="class 1 has no samples"):
+        imbalanced_indices(labels, "step", 2)
+    with pytest.raises(ValueError, match="class 1 has no samples"):
+        imbalanced_indices(labels, "none", n=1)
+    with pytest.raises(ValueError, match="class 3 has no samples"):
+        imbalanced_indices(np.array([0, 1, 2, 4, 5]), "exp", 2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
+        imbalanced_indices(labels, num_classes=10)
+
+
+def test_imbalance_refuses_labels_beyond_int64():
+    labels = np.array([0, 2**63], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 2\*\*63 - 1\]"):
+        imbalanced_indices(labels)
+    small = np.array([0, 1, 1, 0], dtype=np.uint64)  # unsigned labels that fit are fine
+    assert list(imbalanced_indices(small, "none", n=1, seed=0).shape) == [2]
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu", "device must be a device name"),
+    pytest.param("cuda", "device 'cuda' is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="CUDA is available here")),
+    ("cuda:1000", "device 'cuda:1000' is not available"),
+    (3.5, "device must be a device name"),
+])
+def test_to_an_unavailable_device_is_a_value_error(device, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _toy().to(device)
+
+
+def test_channel_stats_of_no_pixels_is_an_error():
+    with pytest.raises(ValueError, match="at least one pixel"):
+        channel_stats(torch.zeros(0, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        channel_stats(torch.zeros(2, 1, 0, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("mean, std, match", [
+    ((float("nan"),), (1.0,), "mean must be finite"),
+    ((float("inf"),), (1.0,), "mean must be finite"),
+    ((0.5,), (float("inf"),), "std must be finite and > 0"),
+    ((0.5,), (float("nan"),), "std must be finite and > 0"),
+    ((0.5,), (0.0,), "std must be finite and > 0"),
+    ((0.5,), (-1.0,), "std must be finite and > 0"),
+    (("a",), (1.0,), "mean must be a sequence of numbers"),
+    ((0.5,), 1.0, "std must be a sequence of numbers"),
+    ((True,), (1.0,), "mean must be a sequence of numbers"),
+])
+def test_image_dataset_statistics_must_be_finite_numbers(mean, std, match):
+    images, labels = torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ImageDataset(images, labels, 2, "x", mean, std)
+
+
+def test_image_dataset_statistics_are_stored_as_float_tuples():
+    images, labels = torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)
+    ds = ImageDataset(images, labels, 2, "x", [np.float32(0.5)], torch.tensor([0.25]))
+    assert ds.mean == (0.5,) and ds.std == (0.25,) and type(ds.mean[0]) is float
