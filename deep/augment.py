@@ -10,6 +10,11 @@ generator's device and moved to the images' device; pass a generator that lives 
 images' device (``torch.Generator(device="cuda")``) to keep the step free of host
 synchronisation. Draw order (fixed, so runs are reproducible): vertical offsets, horizontal
 offsets, then flip decisions, each of length ``views * N`` (view-major).
+
+These functions run in every training step, so their argument checks look only at types and
+shapes (never at tensor values, which would read them back from the device): ``padding`` is
+smaller than the image (a larger one only adds crops of pure zeros, and memory) and
+``views <= MAX_VIEWS``; :func:`to_float` takes ``uint8`` images only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from ncgeo._validation import check_int, check_real
 
 __all__ = [
+    "MAX_VIEWS",
     "augment_batch",
     "augment_views",
     "random_crop",
@@ -33,12 +39,22 @@ __all__ = [
 ]
 
 
+#: Most augmented views of a batch in one call (SupCon uses 2, multi-crop schemes about 10); the
+#: output is ``views`` times the input, so an unbounded count only ends in the allocator.
+MAX_VIEWS = 64
+
+
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch tensor, got {type(images).__name__}")
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
     return images
+
+
+def _check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _draw(kind: str, high: int, size: int, generator: torch.Generator | None,
@@ -84,6 +100,9 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
              channels_last: bool = False) -> torch.Tensor:
     r"""Normalise ``uint8`` images: ``out[:, c] = (x[:, c] / 255 - mean_c) / std_c``.
 
+    Other dtypes are refused (``TypeError``): float images are usually already in [0, 1] or
+    normalised, and dividing them by 255 again would silently train on near-constant inputs.
+
     Computed as one fused ``addcmul`` (``x * (1 / (255 std)) - mean / std``) in ``dtype`` on the
     images' device. With ``channels_last=True`` the result uses ``torch.channels_last`` memory
     format (the conversion is done on the ``uint8`` input, the cheaper tensor). The two
@@ -91,6 +110,8 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     reused, so repeated calls make no host-to-device copy (no synchronisation with the GPU).
     """
     images = _check_images(images)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (pixel values 0..255), got {images.dtype}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     channels = images.shape[1]
@@ -148,8 +169,14 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
     images = _check_images(images)
     padding = check_int("padding", padding, minimum=0)
     views = check_int("views", views, minimum=1)
+    if views > MAX_VIEWS:
+        raise ValueError(f"views must be an integer <= {MAX_VIEWS}, got {views}")
     shard = _check_shard(shard)
+    _check_generator(generator)
     n, channels, height, width = images.shape
+    if padding and padding >= min(height, width):
+        raise ValueError(f"padding must be smaller than the image height and width (min(H, W) = "
+                         f"{min(height, width)}), got {padding}")
     total, device = views * n, images.device
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
     top = _draw_shard("int", 2 * padding + 1, views, n, shard, generator, device)
@@ -180,6 +207,7 @@ def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator | No
     """Mirror each image left-right (``torch.flip(x, [-1])``) independently with
     ``probability``; one uniform is drawn per image."""
     images = _check_images(images)
+    _check_generator(generator)
     p = check_real("probability", probability)
     if not 0 <= p <= 1:
         raise ValueError(f"probability must lie in [0, 1], got {p}")

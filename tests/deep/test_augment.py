@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from deep.augment import (
+    MAX_VIEWS,
     augment_batch,
     augment_views,
     random_crop,
@@ -163,3 +164,46 @@ def test_rank_shards_augment_exactly_like_one_process_on_the_global_batch(world)
         augment_batch(images, mean, std, shard=(2, 2))
     with pytest.raises(TypeError, match="pair"):
         augment_batch(images, mean, std, shard=1)
+
+
+def test_generator_must_be_a_torch_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        random_crop_flip(_images(), generator=5)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        random_horizontal_flip(_images(), generator="seed")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        augment_batch(_images(), (0.5,) * 3, (0.25,) * 3, generator=0)
+
+
+@pytest.mark.parametrize("padding", [6, 7, 10**5])
+def test_padding_must_be_smaller_than_the_image(padding):
+    # _images() is 6 x 7: padding 6 already allows crops of pure zero padding; 10**5 asked for 160 GB
+    with pytest.raises(ValueError, match=r"padding must be smaller than the image height and width \(min\(H, W\) = 6\)"):
+        random_crop_flip(_images(), padding=padding)
+
+
+def test_largest_padding_and_views_are_accepted():
+    out = random_crop_flip(_images(n=2), padding=5, views=MAX_VIEWS, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2 * MAX_VIEWS, 3, 6, 7)
+    empty = torch.zeros(2, 1, 0, 3, dtype=torch.uint8)  # no rows: only padding 0 is possible
+    assert torch.equal(random_crop_flip(empty, padding=0), empty)
+
+
+@pytest.mark.parametrize("views", [MAX_VIEWS + 1, 10**12])
+def test_views_are_capped(views):
+    with pytest.raises(ValueError, match=f"views must be an integer <= {MAX_VIEWS}"):
+        random_crop_flip(_images(), views=views)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int8])
+def test_to_float_takes_uint8_only(dtype):
+    # float images used to be divided by 255 again, silently
+    with pytest.raises(TypeError, match=f"images must be uint8 \\(pixel values 0..255\\), got {dtype}"):
+        to_float(_images().to(dtype), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_checks_never_read_tensor_values():
+    # the meta device has shapes and dtypes but no values: any read-back (a host synchronisation on a GPU) fails
+    images = torch.empty(4, 3, 8, 8, dtype=torch.uint8, device="meta")
+    out = augment_batch(images, (0.5,) * 3, (0.25,) * 3, views=2, padding=4, channels_last=True)
+    assert out.shape == (8, 3, 8, 8) and out.device.type == "meta" and out.dtype == torch.float32
