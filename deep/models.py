@@ -4,7 +4,14 @@ Architecture (He et al. 2016, CIFAR variant used by the SupCon code): a 3x3 stri
 convolution with ``width`` channels, BatchNorm and ReLU, no max-pool; four stages of
 :class:`BasicBlock` with ``width, 2 width, 4 width, 8 width`` channels (strides 1, 2, 2, 2;
 ``[2, 2, 2, 2]`` blocks for ResNet-18, ``[3, 4, 6, 3]`` for ResNet-34); global average
-pooling to ``8 width`` numbers. Any input size >= 8x8 and 1 or 3 (or any) channels.
+pooling to ``8 width`` numbers. Any input size >= 8x8 (smaller, down to 1x1, runs too) and 1
+or 3 (or any) channels. Inputs are images ``(B, C, H, W)`` of the parameters' dtype (float32),
+or of any float dtype under ``torch.autocast``; the check looks only at shapes and dtypes.
+
+Sizes are bounded (``ValueError`` naming the argument, instead of an allocator error):
+``width <= MAX_WIDTH`` (1024) and ``feature_dim <= MAX_FEATURE_DIM`` (65536), the caps of
+``ncgeo deep train`` (:mod:`deep.config` gives the reasons), at most ``MAX_IN_CHANNELS``
+(4096) image channels and ``MAX_BLOCKS`` (256) blocks per stage.
 
 Feature options (the output ``h`` of :meth:`ResNet.forward` is always L2-normalised, shape
 ``(B, feature_dim)``):
@@ -36,11 +43,25 @@ from torch import nn
 
 from ncgeo._validation import check_choice, check_int
 
-__all__ = ["ARCHITECTURES", "FEATURES", "BasicBlock", "ResNet", "build_model", "resnet18", "resnet34"]
+from .config import MAX_FEATURE_DIM, MAX_WIDTH
+
+__all__ = ["ARCHITECTURES", "FEATURES", "MAX_BLOCKS", "MAX_FEATURE_DIM", "MAX_IN_CHANNELS", "MAX_WIDTH",
+           "BasicBlock", "ResNet", "build_model", "resnet18", "resnet34"]
 
 FEATURES: tuple[str, ...] = ("signed", "nonnegative", "linear", "mlp")
 ARCHITECTURES: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 DEFAULT_HEAD_DIM = 128
+#: Most image channels (multispectral images have tens to a few hundred).
+MAX_IN_CHANNELS = 4096
+#: Most blocks in one stage (the deepest CIFAR ResNet, ResNet-1202, has 200).
+MAX_BLOCKS = 256
+
+
+def _check_size(name: str, value, maximum: int) -> int:
+    value = check_int(name, value, minimum=1)
+    if value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
+    return value
 
 
 class BasicBlock(nn.Module):
@@ -96,11 +117,13 @@ class ResNet(nn.Module):
                  width: int = 64, feature: Literal["signed", "nonnegative", "linear", "mlp"] = "signed",
                  feature_dim: int | None = None) -> None:
         super().__init__()
+        if not isinstance(num_blocks, (tuple, list)):
+            raise TypeError(f"num_blocks must be a sequence of 4 block counts, got {type(num_blocks).__name__}")
         if len(num_blocks) != 4:
             raise ValueError(f"num_blocks must list 4 stages, got {len(num_blocks)}")
-        blocks = [check_int(f"num_blocks[{i}]", b, minimum=1) for i, b in enumerate(num_blocks)]
-        in_channels = check_int("in_channels", in_channels, minimum=1)
-        width = check_int("width", width, minimum=1)
+        blocks = [_check_size(f"num_blocks[{i}]", b, MAX_BLOCKS) for i, b in enumerate(num_blocks)]
+        in_channels = _check_size("in_channels", in_channels, MAX_IN_CHANNELS)
+        width = _check_size("width", width, MAX_WIDTH)
         self.feature = check_choice("feature", feature, FEATURES)
         self.backbone_dim = 8 * width
         if feature in ("signed", "nonnegative"):
@@ -109,7 +132,8 @@ class ResNet(nn.Module):
                                  f"feature={feature!r} (use 'linear' or 'mlp' for another d), got {feature_dim}")
             self.feature_dim = self.backbone_dim
         else:
-            self.feature_dim = DEFAULT_HEAD_DIM if feature_dim is None else check_int("feature_dim", feature_dim, 1)
+            self.feature_dim = (DEFAULT_HEAD_DIM if feature_dim is None
+                                else _check_size("feature_dim", feature_dim, MAX_FEATURE_DIM))
         self.num_blocks = tuple(blocks)
 
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
@@ -150,8 +174,18 @@ class ResNet(nn.Module):
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone output ``(B, 8 width)`` (before the head and the normalisation)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch tensor of images (B, C, H, W), got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != self.conv1.in_channels:
             raise ValueError(f"x must have shape (B, {self.conv1.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"x must have images of at least 1 x 1 pixels, got shape {tuple(x.shape)}")
+        expected = self.conv1.weight.dtype
+        # metadata only (no value read-back); autocast is asked only on a mismatch
+        if x.dtype != expected and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"x must be {str(expected).replace('torch.', '')} images of shape (B, C, H, W) "
+                            f"(normalised, e.g. by deep.augment.to_float), or float images under torch.autocast; "
+                            f"got {str(x.dtype).replace('torch.', '')}")
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)

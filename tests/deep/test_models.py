@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deep.models import ARCHITECTURES, BasicBlock, ResNet, build_model, resnet18, resnet34
+from deep.models import (
+    ARCHITECTURES,
+    MAX_FEATURE_DIM,
+    MAX_WIDTH,
+    BasicBlock,
+    ResNet,
+    build_model,
+    resnet18,
+    resnet34,
+)
 
 WIDTH = 8  # narrow networks keep these tests fast
 
@@ -121,3 +130,56 @@ def test_cuda_channels_last_bf16_autocast():
     torch.testing.assert_close(h.norm(dim=1), torch.ones(8, device="cuda"))
     h.sum().backward()
     assert torch.isfinite(model.conv1.weight.grad).all()
+
+
+def test_num_blocks_must_be_a_sequence():
+    with pytest.raises(TypeError, match="num_blocks must be a sequence of 4 block counts, got int"):
+        ResNet(5)
+    with pytest.raises(ValueError, match="num_blocks must list 4 stages, got 3"):
+        ResNet((1, 1, 1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"width": 10**6}, "width must be an integer <= 1024, got 1000000"),
+    ({"width": MAX_WIDTH + 1}, "width must be an integer <= 1024"),
+    ({"feature": "linear", "feature_dim": 10**11}, "feature_dim must be an integer <= 65536"),
+    ({"feature": "mlp", "feature_dim": MAX_FEATURE_DIM + 1}, "feature_dim must be an integer <= 65536"),
+    ({"in_channels": 10**9}, "in_channels must be an integer <= 4096"),
+])
+def test_sizes_are_capped_before_the_allocator_sees_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ResNet((1, 1, 1, 1), **kwargs)
+    with pytest.raises(ValueError, match=r"num_blocks\[2\] must be an integer <= 256"):
+        ResNet((1, 1, 10**9, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float64, torch.float16, torch.int64])
+def test_forward_refuses_images_of_another_dtype(dtype):
+    model = ResNet((1, 1, 1, 1), in_channels=1, width=2).eval()
+    with pytest.raises(TypeError, match=f"x must be float32 images of shape \\(B, C, H, W\\).*got {str(dtype)[6:]}"):
+        model(torch.zeros(2, 1, 8, 8, dtype=dtype))
+    with pytest.raises(TypeError, match="x must be a torch tensor"):
+        model([[0.0]])
+
+
+def test_forward_under_autocast_takes_other_float_dtypes():
+    model = ResNet((1, 1, 1, 1), in_channels=1, width=2).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model(torch.randn(2, 1, 8, 8, dtype=torch.bfloat16))
+    assert h.dtype == torch.float32 and h.shape == (2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="got uint8"):
+        model(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_forward_needs_at_least_one_pixel():
+    model = ResNet((1, 1, 1, 1), in_channels=1, width=2).eval()
+    for shape in ((2, 1, 0, 8), (2, 1, 8, 0)):
+        with pytest.raises(ValueError, match="x must have images of at least 1 x 1 pixels"):
+            model(torch.zeros(shape))
+    assert model(torch.zeros(2, 1, 1, 1)).shape == (2, 16)
+
+
+def test_input_checks_never_read_tensor_values():
+    # the meta device has no values: a check that read one back (a host synchronisation) would fail
+    model = ResNet((1, 1, 1, 1), in_channels=3, width=2).to("meta")
+    assert model(torch.empty(4, 3, 8, 8, device="meta")).shape == (4, 16)
