@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ncgeo._validation import as_float_array, check_int
 from ncgeo.metrics import (
     ClassStatistics,
     class_means,
@@ -42,6 +43,7 @@ from ncgeo.metrics import (
 )
 
 from .augment import to_float
+from .data import ImageDataset
 from .distributed import gather_rows, rank, shard_range, world_size
 
 __all__ = ["SplitMetrics", "embed", "evaluate_split", "evaluate_run"]
@@ -101,8 +103,13 @@ def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: i
     The model is put in eval mode for the pass and restored to its previous mode. Under
     ``torch.distributed`` every process embeds its contiguous share of the images
     (:func:`deep.distributed.shard_range`) and the rows are gathered in order, so every
-    process returns the features of all ``N`` images.
+    process returns the features of all ``N`` images. ``batch_size`` is an integer >= 1.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a uint8 torch tensor (N, C, H, W), got {type(images).__name__}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     part = shard_range(images.shape[0], rank(), world_size())
     was_training = model.training
     model.eval()
@@ -121,9 +128,15 @@ def evaluate_split(embeddings: torch.Tensor, labels: torch.Tensor, prototypes, n
     """Metrics of ``embeddings`` ``(N, d)`` with ``labels`` ``(N,)`` against ``prototypes`` ``(d, k)``.
 
     ``reference_means`` (``d x k``) are the class means used by the NCC classifier (the
-    training means); by default the means of these embeddings.
+    training means); by default the means of these embeddings. ``prototypes`` is a finite
+    ``(d, num_classes)`` array or tensor (``TypeError`` / ``ValueError`` naming it otherwise).
     """
-    W = torch.as_tensor(prototypes, dtype=torch.float64).cpu().numpy()
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    if prototypes is None:
+        raise TypeError("prototypes must be a (d, k) array or tensor, got None")
+    W = as_float_array("prototypes", prototypes, ndim=2)
+    if W.shape[1] != num_classes:
+        raise ValueError(f"prototypes must have num_classes = {num_classes} columns (d x k), got shape {W.shape}")
     stats = ClassStatistics.from_embeddings(embeddings, labels, num_classes)
     means, counts = class_means(stats, None)
     present = int(stats.present.sum())
@@ -158,6 +171,10 @@ def evaluate_run(model: torch.nn.Module, train_set, test_set, prototypes: torch.
     ``train_set``/``test_set`` are :class:`deep.data.ImageDataset` on the model's device;
     ``test_set`` may be ``None``. Returns ``(train_metrics, test_metrics)``.
     """
+    if not isinstance(train_set, ImageDataset):
+        raise TypeError(f"train_set must be an ImageDataset, got {type(train_set).__name__}")
+    if test_set is not None and not isinstance(test_set, ImageDataset):
+        raise TypeError(f"test_set must be an ImageDataset or None, got {type(test_set).__name__}")
     k = train_set.num_classes
     H = embed(model, train_set.images, train_set.mean, train_set.std, batch_size)
     train = evaluate_split(H, train_set.labels, prototypes, k)
