@@ -21,11 +21,16 @@ The predicted class-mean Gram comes from the optimal ``R`` of the reduced progra
 :func:`ncgeo.metrics.gram_distance`: ``Delta(measured, predicted)`` with the uncentred
 training class means ``M`` of the run's last evaluation, and ``Delta(predicted, G_W)``.
 The learnt-classifier CE baseline (``--loss ce``) has no such prediction and is refused.
+
+:func:`load_run` checks every file it reads, and every line of ``metrics.jsonl``, for the keys,
+types and lengths that this module and :mod:`deep.report` use, so a damaged or hand-edited run
+is one ``ValueError`` naming the file (and line) instead of a ``KeyError`` deep inside a report.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -34,15 +39,21 @@ from typing import Any
 
 import numpy as np
 
-from ncgeo._validation import check_choice
+from ncgeo._validation import as_float_array, check_choice, check_positive
 from ncgeo.metrics import gram_distance
 
 from .checkpoint import atomic_write_json, read_jsonl
+from .config import FEATURE_CHOICES, LOSS_CHOICES
 
-__all__ = ["PREDICTION_MODELS", "Prediction", "RunRecord", "load_run", "expected_batch_counts",
-           "predict_run", "predicted_means_gram"]
+__all__ = ["MEAN_PRODUCTS_KEYS", "PREDICTION_MODELS", "Prediction", "RunRecord", "check_prediction_writable",
+           "load_run", "expected_batch_counts", "predict_run", "predicted_means_gram"]
 
 PREDICTION_MODELS = ("batch", "dataset", "ce-limit")
+#: Key of the ``k x k`` matrix ``M^T M`` of a split in ``metrics.jsonl``: the current name, then the
+#: name of runs written before the rename (the same matrix).
+MEAN_PRODUCTS_KEYS = ("mean_inner_products", "gram_means")
+#: Numbers (or null: NaN is written as null) of every split of a metrics line that predict/report read.
+_SPLIT_NUMBERS = ("delta_prototypes", "delta_etf", "delta_of", "nc1", "ncc_accuracy", "nearest_prototype_accuracy")
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,112 @@ class RunRecord:
         return self.path.name
 
 
+class _Corrupt(ValueError):
+    """A file of a run folder holds something else than :func:`deep.train.train` writes."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _numbers(value: Any, length: int, *, null: bool = True) -> bool:
+    """``value`` is a list of ``length`` JSON numbers (or nulls, when ``null``)."""
+    return (isinstance(value, list) and len(value) == length
+            and all(_is_real(v) or (null and v is None) for v in value))
+
+
+def _split_problem(split: dict, name: str, k: int) -> str | None:
+    """What is wrong with the metrics of one split (``train`` or ``test``) of a line, if anything."""
+    for key in _SPLIT_NUMBERS:
+        if key not in split:
+            return f"has no {name}.{key}"
+        if not (split[key] is None or _is_real(split[key])):
+            return f"{name}.{key} must be a number or null, got {_short(split[key])}"
+    per_class = ("ncc_per_class",) if name == "train" else ("ncc_per_class", "nearest_prototype_per_class")
+    for key in per_class:
+        value = split.get(key)
+        if (name == "train" or value is not None) and not _numbers(value, k):
+            return f"{name}.{key} must be a list of {k} numbers (one per class), got {_short(value)}"
+    return None
+
+
+def _line_problem(record: Any, k: int) -> str | None:
+    """What is wrong with one line of ``metrics.jsonl`` for a run of ``k`` classes, if anything."""
+    if not isinstance(record, dict):
+        return "is not an evaluation record (a JSON object with epoch, train, test)"
+    if "epoch" not in record:
+        return "has no epoch"
+    if not _is_count(record["epoch"]):
+        return f"epoch must be an integer >= 0, got {_short(record['epoch'])}"
+    train = record.get("train")
+    if not isinstance(train, dict):
+        return f"train must be an object of metrics, got {_short(train)}"
+    problem = _split_problem(train, "train", k)
+    if problem:
+        return problem
+    counts = train.get("class_counts")
+    if not (isinstance(counts, list) and len(counts) == k and all(_is_count(c) for c in counts)):
+        return f"train.class_counts must be a list of {k} integers >= 0 (one per class), got {_short(counts)}"
+    key = next((key for key in MEAN_PRODUCTS_KEYS if key in train), None)
+    if key is None:
+        return f"has no train.{MEAN_PRODUCTS_KEYS[0]} (the {k} x {k} matrix of class-mean inner products)"
+    matrix = train[key]
+    if not (isinstance(matrix, list) and len(matrix) == k and all(_numbers(row, k) for row in matrix)):
+        return f"train.{key} must be a {k} x {k} matrix of numbers (lists of lists), got {_short(matrix)}"
+    test = record.get("test")
+    if test is None:
+        return None
+    if not isinstance(test, dict):
+        return f"test must be an object of metrics or null, got {_short(test)}"
+    return _split_problem(test, "test", k)
+
+
+def _config_problem(config: dict) -> str | None:
+    """What is wrong with the keys of ``config.json`` that the prediction and the report read."""
+    for key, minimum, strict in (("protos", 0.0, False), ("tau", 0.0, True)):
+        if key not in config:
+            return f"no {key}"
+        value = config[key]
+        if not _is_real(value) or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            return f"{key} must be a finite number {'>' if strict else '>='} 0, got {_short(value)}"
+    for key, choices in (("loss", LOSS_CHOICES), ("feature", FEATURE_CHOICES)):
+        if key in config and not (isinstance(config[key], str) and config[key] in choices):
+            return f"{key} must be one of {', '.join(choices)}, got {_short(config[key])}"
+    if not isinstance(config.get("proto_anchors", False), bool):
+        return f"proto_anchors must be true or false, got {_short(config['proto_anchors'])}"
+    return None
+
+
+def _check_config(folder: Path, config: dict) -> None:
+    problem = _config_problem(config)
+    if problem:
+        raise ValueError(f"run folder {str(folder)!r}: config.json is corrupt ({problem})")
+
+
 def load_run(path: str | os.PathLike) -> RunRecord:
-    """Read a run folder written by :func:`deep.train.train` (``ValueError`` naming what is missing)."""
+    """Read a run folder written by :func:`deep.train.train` (``ValueError`` naming what is missing).
+
+    Checked (one ``ValueError`` naming the file, and the line of ``metrics.jsonl``): ``config.json``
+    has a finite ``protos >= 0`` and ``tau > 0`` and a known ``loss`` / ``feature``; ``run.json``
+    has ``k`` training class counts (``k`` columns of the ``d x k`` prototypes) and an integer
+    ``samples_per_batch >= 1``; every metrics line has an integer ``epoch >= 0`` and, in ``train``,
+    the numbers (or null) ``delta_prototypes``, ``delta_etf``, ``delta_of``, ``nc1``,
+    ``ncc_accuracy``, ``nearest_prototype_accuracy``, ``k`` class counts and NCC accuracies and
+    the ``k x k`` mean inner products (:data:`MEAN_PRODUCTS_KEYS`); ``test`` is null or the same
+    numbers with per-class lists of length ``k``; ``means.npz`` has a scalar integer ``epoch``
+    and ``d x k`` finite ``train`` means.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"run must be the path of a run folder, got {type(path).__name__}")
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"run folder {str(folder)!r} does not exist")
@@ -71,9 +186,12 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     for name in needed:
         if not (folder / name).is_file():
             raise ValueError(f"run folder {str(folder)!r} has no {name}; is it a `ncgeo deep train` run?")
+
     def read(name: str, reader):
         try:
             return reader(folder / name)
+        except _Corrupt as exc:
+            raise ValueError(f"run folder {str(folder)!r}: {name} is corrupt ({exc})") from exc
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"run folder {str(folder)!r}: {name} is corrupt ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:200]})") from exc
@@ -85,52 +203,85 @@ def load_run(path: str | os.PathLike) -> RunRecord:
             raise TypeError(f"expected a JSON object, got {type(value).__name__}")
         return value
 
-    def read_array(key: str):
+    def read_array(key: str, dtype=np.float64):
         def reader(path: Path) -> np.ndarray:
             with np.load(path, allow_pickle=False) as data:
-                return np.asarray(data[key], dtype=np.float64)
+                return np.asarray(data[key], dtype=dtype)
         return reader
+
+    prototypes = read("prototypes.npz", read_array("prototypes"))
+    if prototypes.ndim != 2 or prototypes.size == 0 or not np.all(np.isfinite(prototypes)):
+        raise ValueError(f"run folder {str(folder)!r}: prototypes.npz is corrupt (prototypes of shape "
+                         f"{prototypes.shape}, expected a finite d x k matrix)")
+    k = prototypes.shape[1]
 
     def read_metrics(path: Path) -> list[dict[str, Any]]:
         records = read_jsonl(path)
-        for number, record in enumerate(records, 1):
-            if not isinstance(record, dict) or not isinstance(record.get("train"), dict) or "epoch" not in record:
-                raise ValueError(f"line {number} is not an evaluation record (epoch, train, test)")
+        with open(path, encoding="utf-8") as handle:  # file line of each record (read_jsonl skips blank lines)
+            lines = [number for number, line in enumerate(handle.read().split("\n")[:-1], 1) if line.strip()]
+        for line, record in zip(lines, records):
+            problem = _line_problem(record, k)
+            if problem:
+                raise _Corrupt(f"line {line} {problem}")
         return records
 
     config = read("config.json", read_json)
+    _check_config(folder, config)
     run = read("run.json", read_json)
-    for name, values, keys in (("config.json", config, ("protos", "tau")),
-                               ("run.json", run, ("train_class_counts", "samples_per_batch"))):
-        missing = [key for key in keys if key not in values]
-        if missing:
-            raise ValueError(f"run folder {str(folder)!r}: {name} is corrupt (no {', '.join(missing)})")
+    counts, samples = run.get("train_class_counts"), run.get("samples_per_batch")
+    if not (isinstance(counts, list) and len(counts) == k and all(_is_count(c) for c in counts)):
+        raise ValueError(f"run folder {str(folder)!r}: run.json is corrupt (train_class_counts must be a list of "
+                         f"{k} integers >= 0, one per prototype column, got {_short(counts)})")
+    if not (_is_count(samples) and samples >= 1):
+        raise ValueError(f"run folder {str(folder)!r}: run.json is corrupt (samples_per_batch must be an integer "
+                         f">= 1, got {_short(samples)})")
     metrics = read("metrics.jsonl", read_metrics)
     if not metrics:
         raise ValueError(f"run folder {str(folder)!r} has no evaluation in metrics.jsonl yet")
-    prototypes = read("prototypes.npz", read_array("prototypes"))
-    if prototypes.ndim != 2:
-        raise ValueError(f"run folder {str(folder)!r}: prototypes.npz is corrupt (prototypes of shape "
-                         f"{prototypes.shape}, expected d x k)")
     train_means, epoch = None, None
     if (folder / "means.npz").is_file():
         train_means = read("means.npz", read_array("train"))
-        epoch = int(read("means.npz", read_array("epoch")))
+        stored_epoch = read("means.npz", read_array("epoch", dtype=None))
+        if stored_epoch.ndim != 0 or not np.issubdtype(stored_epoch.dtype, np.integer) or stored_epoch < 0:
+            raise ValueError(f"run folder {str(folder)!r}: means.npz is corrupt (epoch must be one integer >= 0, "
+                             f"got {stored_epoch.dtype} of shape {stored_epoch.shape})")
+        if train_means.shape != prototypes.shape or not np.all(np.isfinite(train_means)):
+            raise ValueError(f"run folder {str(folder)!r}: means.npz is corrupt (train means must be a finite "
+                             f"d x k = {prototypes.shape} matrix like the prototypes, got shape {train_means.shape})")
+        epoch = int(stored_epoch)
     return RunRecord(folder, config, run, metrics, prototypes, train_means, epoch)
 
 
+def check_prediction_writable(folder: str | os.PathLike) -> None:
+    """``ValueError`` naming the run ``folder`` when ``prediction.json`` cannot be written into it
+    (a read-only folder or file system): checked before the solve, not after it."""
+    folder = os.fspath(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"run folder {folder!r} is not writable: its prediction.json cannot be written "
+                         "(make the folder writable, or predict without writing)")
+
+
 def expected_batch_counts(class_counts, samples_per_batch: float) -> np.ndarray:
-    """``s n_c / N``: expected samples of each class in a batch of ``s`` samples drawn uniformly."""
-    counts = np.asarray(class_counts, dtype=np.float64)
-    if counts.ndim != 1 or counts.sum() <= 0 or np.any(counts < 0):
+    """``s n_c / N``: expected samples of each class in a batch of ``s > 0`` samples drawn uniformly
+    (``class_counts``: finite, non-negative, positive total)."""
+    counts = as_float_array("class_counts", class_counts, ndim=1)
+    samples_per_batch = check_positive("samples_per_batch", samples_per_batch)
+    if counts.sum() <= 0 or np.any(counts < 0):
         raise ValueError(f"class_counts must be non-negative with a positive total, got {counts}")
-    return float(samples_per_batch) * counts / counts.sum()
+    return samples_per_batch * counts / counts.sum()
 
 
 def predicted_means_gram(R: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Class-mean Gram ``R[:k, :k] / sqrt(w_c w_c')`` of a reduced optimum ``R`` with weights ``w``."""
-    scale = np.sqrt(np.asarray(weights, dtype=np.float64))
-    k = len(scale)
+    """Class-mean Gram ``R[:k, :k] / sqrt(w_c w_c')`` of a reduced optimum ``R`` (square, at least
+    ``k x k``) with ``k`` positive finite weights ``w``."""
+    weights = as_float_array("weights", weights, ndim=1)
+    if len(weights) == 0 or np.any(weights <= 0):
+        raise ValueError(f"weights must be positive (one per class), got {weights}")
+    R = as_float_array("R", R, ndim=2)
+    k = len(weights)
+    if R.shape[0] != R.shape[1] or R.shape[0] < k:
+        raise ValueError(f"R must be a square matrix of size at least k = {k}, got shape {R.shape}")
+    scale = np.sqrt(weights)
     return R[:k, :k] / np.outer(scale, scale)
 
 
@@ -230,6 +381,7 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     from ncgeo.certify import certify_ce_limit, solve_reduced
 
     record = run if isinstance(run, RunRecord) else load_run(run)
+    _check_config(record.path, record.config)  # a RunRecord may be built or changed by hand
     loss = record.config.get("loss", "scl")
     if loss == "ce":
         raise ValueError(f"run {record.name!r} was trained with --loss ce (a learnt classifier): no UFM "
@@ -249,6 +401,8 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     if anchors and model == "ce-limit":
         raise ValueError(f"run {record.name!r} was trained with --proto-anchors: its n_w -> infinity limit is not "
                          "cross-entropy (an extra term survives, THEORY.md section 4); use --model batch or dataset")
+    if write:  # before the solve, which may take minutes
+        check_prediction_writable(record.path)
     W = record.prototypes
     if model == "ce-limit":
         weights = counts
@@ -281,5 +435,9 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
         epoch=record.means_epoch, verdict=verdict, certificate=certificate,
     )
     if write:
-        atomic_write_json(record.path / "prediction.json", prediction.to_dict())
+        target = record.path / "prediction.json"
+        try:
+            atomic_write_json(target, prediction.to_dict())
+        except OSError as exc:  # e.g. the folder turned read-only, or a full disk, during the solve
+            raise ValueError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
     return prediction

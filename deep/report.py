@@ -11,6 +11,11 @@ Writes into ``out``:
 * ``accuracy.md`` / ``accuracy.csv``: one row per run (final epoch): balanced NCC and
   nearest-prototype accuracies on train and test, ``Delta`` values and the prediction gap;
 * ``per_class.csv``: per-class counts and accuracies of every run.
+
+Everything that can fail without a bug is checked before the first solve: the runs (read and
+checked by :func:`deep.predict.load_run`), that each run to predict can take its
+``prediction.json`` and that ``out`` is a writable folder; a write that fails anyway is one
+``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ncgeo._validation import check_choice
+
 from .checkpoint import atomic_write_bytes
-from .predict import Prediction, RunRecord, load_run, predict_run
+from .predict import (
+    MEAN_PRODUCTS_KEYS,
+    PREDICTION_MODELS,
+    Prediction,
+    RunRecord,
+    check_prediction_writable,
+    load_run,
+    predict_run,
+)
 
 __all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
 
@@ -103,10 +118,18 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write of ``data``; an OS error (full disk, permissions) is one ``ValueError`` naming the file."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ValueError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def _save_figure(figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    _write(path, buffer.getvalue())
 
 
 def _curves(records: Sequence[RunRecord], path: Path) -> None:
@@ -150,8 +173,9 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
     image = None
     for row, (record, prediction) in enumerate(zip(records, predictions)):
         train = _final(record)["train"]
-        # "gram_means" in runs written before the key was renamed (the same M^T M)
-        measured = cosines(np.asarray(train.get("mean_inner_products", train.get("gram_means")), dtype=np.float64))
+        # "gram_means" in runs written before the key was renamed (the same M^T M); nulls (NaN) become NaN
+        key = next(key for key in MEAN_PRODUCTS_KEYS if key in train)  # load_run checked that one is there
+        measured = cosines(np.asarray(train[key], dtype=np.float64))
         panels = [(measured, f"{record.name}: learnt (epoch {_final(record)['epoch']})"),
                   (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
                   (None if prediction is None else cosines(prediction.gram_predicted),
@@ -178,27 +202,35 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
     with :func:`deep.predict.predict_run` (``model`` None: its default per run); runs trained
     with ``--loss ce`` have none.
     """
-    if isinstance(runs, (str, os.PathLike)) or len(runs) == 0:
+    if isinstance(runs, (str, os.PathLike)) or not isinstance(runs, Sequence):
+        raise TypeError(f"runs must be a non-empty list of run folders, got {type(runs).__name__}")
+    if len(runs) == 0:
         raise ValueError("runs must be a non-empty list of run folders")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be the path of a folder, got {type(out).__name__}")
+    if predict and model is not None:
+        check_choice("model", model, PREDICTION_MODELS)
     records = [load_run(run) for run in runs]
-    predictions: list[Prediction | None] = []
-    for record in records:
-        if predict and record.config.get("loss", "scl") != "ce":
-            predictions.append(predict_run(record, model))
-        else:
-            predictions.append(None)
+    wanted = [predict and record.config.get("loss", "scl") != "ce" for record in records]
+    for record, predicted in zip(records, wanted):  # before any solve
+        if predicted:
+            check_prediction_writable(record.path)
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way: one line, not a traceback
         raise ValueError(f"--out {str(folder)!r} cannot be created as a folder: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(folder)!r} is not writable")
+    predictions: list[Prediction | None] = [predict_run(record, model) if predicted else None
+                                            for record, predicted in zip(records, wanted)]
     rows = accuracy_rows(records, predictions)
     files = [folder / name for name in ("delta_curves.png", "grams.png", "accuracy.md", "accuracy.csv",
                                         "per_class.csv")]
     _curves(records, files[0])
     _grams(records, predictions, files[1])
-    atomic_write_bytes(files[2], _markdown(rows).encode("utf-8"))
-    atomic_write_bytes(files[3], _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows]))
+    _write(files[2], _markdown(rows).encode("utf-8"))
+    _write(files[3], _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows]))
     per_class = []
     for record in records:
         last = _final(record)
@@ -207,6 +239,6 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
             per_class.append([record.name, c, count, last["train"]["ncc_per_class"][c],
                               (test.get("ncc_per_class") or [None] * (c + 1))[c],
                               (test.get("nearest_prototype_per_class") or [None] * (c + 1))[c]])
-    atomic_write_bytes(files[4], _csv(("run", "class", "train_count", "train_ncc", "test_ncc",
-                                       "test_nearest_prototype"), per_class))
+    _write(files[4], _csv(("run", "class", "train_count", "train_ncc", "test_ncc", "test_nearest_prototype"),
+                          per_class))
     return ReportResult(folder, tuple(files), tuple(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,3 +128,200 @@ def test_cli_predict(tiny_run, tmp_path):
     assert "expected per-batch class counts" in result.output and "Delta(measured, predicted) =" in result.output
     missing = CliRunner().invoke(cli_main, ["deep", "predict", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and missing.output.strip().count("\n") == 0 and "does not exist" in missing.output
+
+
+def _copy_run(tiny_run, tmp_path, name="run"):
+    import shutil
+
+    run = tmp_path / name
+    shutil.copytree(tiny_run, run)
+    (run / "prediction.json").unlink(missing_ok=True)
+    return run
+
+
+def _edit_metrics(run, edit, line=2):
+    """Apply ``edit`` to the record of ``line`` (1-based) of ``metrics.jsonl``."""
+    path = run / "metrics.jsonl"
+    records = [json.loads(text) for text in path.read_text().splitlines()]
+    edit(records[line - 1])
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def _edit_json(run, name, edit):
+    values = json.loads((run / name).read_text())
+    edit(values)
+    (run / name).write_text(json.dumps(values))
+
+
+def _one_line_exit_2(args, *needles):
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["train"].pop("delta_prototypes"), "line 2 has no train.delta_prototypes"),
+    (lambda r: r["train"].pop("ncc_accuracy"), "line 2 has no train.ncc_accuracy"),
+    (lambda r: r["train"].update(nc1="x"), "line 2 train.nc1 must be a number or null"),
+    (lambda r: r.update(test="x"), "line 2 test must be an object of metrics or null, got 'x'"),
+    (lambda r: r["train"].update(class_counts=r["train"]["class_counts"] + [3]),
+     "line 2 train.class_counts must be a list of 4 integers >= 0"),
+    (lambda r: r["train"].update(ncc_per_class=[1.0]), "line 2 train.ncc_per_class must be a list of 4 numbers"),
+    (lambda r: r["train"].pop("mean_inner_products"), "line 2 has no train.mean_inner_products"),
+    (lambda r: r["train"].update(mean_inner_products=[[1.0]]), "line 2 train.mean_inner_products must be a 4 x 4"),
+    (lambda r: r["test"].update(nearest_prototype_per_class=[0.5] * 5),
+     "line 2 test.nearest_prototype_per_class must be a list of 4 numbers"),
+    (lambda r: r["test"].pop("delta_of"), "line 2 has no test.delta_of"),
+    (lambda r: r.update(epoch=[1]), "line 2 epoch must be an integer >= 0, got [1]"),
+    (lambda r: r.update(epoch=True), "line 2 epoch must be an integer >= 0, got True"),
+    (lambda r: r.update(train=None), "line 2 train must be an object of metrics, got None"),
+])
+def test_every_metrics_line_is_checked_and_the_first_bad_one_named(tiny_run, tmp_path, edit, message):
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_metrics(run, edit)
+    with pytest.raises(ValueError, match=re.escape(f"'{run}': metrics.jsonl is corrupt ({message}")):
+        load_run(run)
+    _one_line_exit_2(["deep", "predict", str(run)], "metrics.jsonl", message)
+    _one_line_exit_2(["deep", "report", str(run), "--out", str(tmp_path / "report"), "--no-predict"],
+                     "metrics.jsonl", message)
+
+
+def test_the_line_number_counts_blank_lines(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_metrics(run, lambda r: r["train"].pop("delta_etf"), line=3)
+    path = run / "metrics.jsonl"
+    path.write_text("\n" + path.read_text())
+    with pytest.raises(ValueError, match="line 4 has no train.delta_etf"):
+        load_run(run)
+
+
+def test_a_run_written_before_the_rename_and_without_a_test_set_loads(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    for line in (1, 2, 3):
+        _edit_metrics(run, lambda r: (r["train"].__setitem__("gram_means", r["train"].pop("mean_inner_products")),
+                                      r.update(test=None)), line=line)
+    record = load_run(run)
+    assert "gram_means" in record.metrics[-1]["train"] and record.metrics[-1]["test"] is None
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("config.json", lambda c: c.update(tau=None), "tau must be a finite number > 0, got None"),
+    ("config.json", lambda c: c.update(tau=0), "tau must be a finite number > 0, got 0"),
+    ("config.json", lambda c: c.pop("tau"), "no tau"),
+    ("config.json", lambda c: c.update(protos=-1), "protos must be a finite number >= 0, got -1"),
+    ("config.json", lambda c: c.update(protos="10"), "protos must be a finite number >= 0, got '10'"),
+    ("config.json", lambda c: c.update(loss="bogus"), "loss must be one of scl, ce, ce-fixed, got 'bogus'"),
+    ("config.json", lambda c: c.update(loss=["scl"]), "loss must be one of scl, ce, ce-fixed, got ['scl']"),
+    ("config.json", lambda c: c.update(feature=1), "feature must be one of signed, nonnegative, linear, mlp"),
+    ("config.json", lambda c: c.update(proto_anchors="yes"), "proto_anchors must be true or false"),
+    ("run.json", lambda r: r.update(train_class_counts=[24, 24, 12]),
+     "train_class_counts must be a list of 4 integers >= 0, one per prototype column, got [24, 24, 12]"),
+    ("run.json", lambda r: r.update(train_class_counts="many"), "train_class_counts must be a list of 4 integers"),
+    ("run.json", lambda r: r.update(samples_per_batch=0), "samples_per_batch must be an integer >= 1, got 0"),
+])
+def test_config_and_run_json_values_are_checked(tiny_run, tmp_path, name, edit, message):
+    run = _copy_run(tiny_run, tmp_path)
+    _edit_json(run, name, edit)
+    with pytest.raises(ValueError, match=re.escape(f"{name} is corrupt ({message}")):
+        load_run(run)
+    _one_line_exit_2(["deep", "predict", str(run)], name)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (lambda m: {**m, "epoch": np.array([1, 2])}, r"epoch must be one integer >= 0, got int64 of shape \(2,\)"),
+    (lambda m: {**m, "epoch": np.array(1.5)}, "epoch must be one integer >= 0, got float64"),
+    (lambda m: {**m, "train": m["train"][:, :3]}, r"train means must be a finite d x k = \(16, 4\) matrix"),
+    (lambda m: {**m, "train": np.full_like(m["train"], np.nan)}, "train means must be a finite"),
+])
+def test_means_npz_is_checked(tiny_run, tmp_path, arrays, message):
+    run = _copy_run(tiny_run, tmp_path)
+    with np.load(run / "means.npz") as data:
+        stored = {key: data[key] for key in data.files}
+    np.savez(run / "means.npz", **arrays(stored))
+    with pytest.raises(ValueError, match=f"means.npz is corrupt \\({message}"):
+        load_run(run)
+    _one_line_exit_2(["deep", "predict", str(run)], "means.npz")
+
+
+def test_a_hand_made_record_with_an_unknown_loss_is_refused_not_predicted_as_scl(tiny_run):
+    record = load_run(tiny_run)
+    for loss in ("bogus", ["scl"], None):
+        with pytest.raises(ValueError, match="config.json is corrupt \\(loss must be one of scl, ce, ce-fixed"):
+            predict_run(dataclasses.replace(record, config={**record.config, "loss": loss}), write=False)
+
+
+def test_load_run_needs_a_path():
+    with pytest.raises(TypeError, match="run must be the path of a run folder, got NoneType"):
+        load_run(None)
+
+
+@pytest.mark.parametrize("samples", [-1, 0, float("nan"), float("inf")])
+def test_expected_batch_counts_needs_a_positive_batch(samples):
+    with pytest.raises(ValueError, match="samples_per_batch must be"):
+        expected_batch_counts([2, 2], samples)
+    with pytest.raises(ValueError, match="class_counts must contain only finite values"):
+        expected_batch_counts([2, float("nan")], 8)
+
+
+def test_predicted_means_gram_checks_its_arguments():
+    with pytest.raises(ValueError, match="weights must be positive"):
+        predicted_means_gram(np.eye(3), [-1.0, 1.0])  # returned NaN
+    with pytest.raises(ValueError, match="weights must be positive"):
+        predicted_means_gram(np.eye(3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="R must be a 2-D array"):
+        predicted_means_gram(np.ones(2), [1, 1])  # IndexError
+    with pytest.raises(ValueError, match=r"R must be a square matrix of size at least k = 3"):
+        predicted_means_gram(np.eye(2), [1, 1, 1])
+    with pytest.raises(ValueError, match="weights must be a 1-D array"):
+        predicted_means_gram(np.eye(2), 1.0)
+
+
+def _refuse_to_solve(monkeypatch):
+    import ncgeo.certify
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("solved although the result cannot be written")
+
+    monkeypatch.setattr(ncgeo.certify, "solve_reduced", refuse)
+    monkeypatch.setattr(ncgeo.certify, "certify_ce_limit", refuse)
+
+
+def _pretend_read_only(monkeypatch, folder):
+    """``os.access`` reports ``folder`` read-only (the tests may run as root, for whom chmod changes nothing)."""
+    import os
+
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if os.path.abspath(path) == os.path.abspath(folder) and mode & os.W_OK:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_run_is_refused_before_the_solve(tiny_run, tmp_path, monkeypatch):
+    run = _copy_run(tiny_run, tmp_path)
+    _pretend_read_only(monkeypatch, run)
+    _refuse_to_solve(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(f"run folder '{run}' is not writable: its prediction.json cannot")):
+        predict_run(run)
+    _one_line_exit_2(["deep", "predict", str(run)], "is not writable", str(run))
+    monkeypatch.undo()
+    assert predict_run(run, write=False).model == "batch"  # reading alone is fine
+
+
+def test_a_failed_write_of_the_prediction_is_one_value_error_naming_the_file(tiny_run, tmp_path, monkeypatch):
+    import deep.predict
+
+    run = _copy_run(tiny_run, tmp_path)
+
+    def fail(path, value):  # what a folder made read-only during the solve gives
+        raise PermissionError(13, "Permission denied", str(run / ".tmp-x-prediction.json"))
+
+    monkeypatch.setattr(deep.predict, "atomic_write_json", fail)
+    with pytest.raises(ValueError, match=re.escape(f"cannot write '{run}/prediction.json': Permission denied")):
+        predict_run(run)
+    _one_line_exit_2(["deep", "predict", str(run)], "cannot write", "prediction.json")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 from cli import main as cli_main
 from deep.predict import load_run
 from deep.report import cosines, report
+from test_predict import _copy_run, _pretend_read_only, _refuse_to_solve  # shared helpers (tests/deep is on sys.path)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -54,3 +57,67 @@ def test_cli_report(tiny_run, tmp_path):
                                             "--no-predict"])
     assert blocked.exit_code == 2 and "cannot be created as a folder" in blocked.output
     assert blocked.output.strip().count("\n") == 0
+
+
+def test_a_read_only_run_is_refused_before_any_solve(tiny_run, tmp_path, monkeypatch):
+    first, second = _copy_run(tiny_run, tmp_path, "first"), _copy_run(tiny_run, tmp_path, "second")
+    _pretend_read_only(monkeypatch, second)
+    _refuse_to_solve(monkeypatch)  # not even the first, writable, run is solved
+    with pytest.raises(ValueError, match=re.escape(f"run folder '{second}' is not writable")):
+        report([first, second], tmp_path / "out")
+    result = CliRunner().invoke(cli_main, ["deep", "report", str(first), str(second), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "is not writable" in result.output
+    assert report([second], tmp_path / "plain", predict=False).rows[0]["prediction_model"] is None
+
+
+def test_a_read_only_out_folder_is_refused_before_any_solve(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    _pretend_read_only(monkeypatch, out)
+    _refuse_to_solve(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(f"--out '{out}' is not writable")):
+        report([tiny_run], out)
+
+
+def test_a_failed_write_is_one_value_error_naming_the_file(tiny_run, tmp_path, monkeypatch):
+    import deep.report
+
+    def fail(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deep.report, "atomic_write_bytes", fail)
+    with pytest.raises(ValueError, match=re.escape(f"cannot write '{tmp_path / 'out' / 'delta_curves.png'}': No space")):
+        report([tiny_run], tmp_path / "out", predict=False)
+    result = CliRunner().invoke(cli_main, ["deep", "report", str(tiny_run), "--out", str(tmp_path / "o"),
+                                           "--no-predict"])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "No space left" in result.output
+
+
+def test_report_of_a_run_written_before_the_rename_without_test_set(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    path = run / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        record["train"]["gram_means"] = record["train"].pop("mean_inner_products")
+        record["test"] = None
+    records[-1]["train"]["ncc_per_class"][0] = None  # NaN is written as null
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    result = report([run], tmp_path / "report", predict=False)
+    assert result.rows[0]["test_ncc"] is None and (tmp_path / "report" / "grams.png").is_file()
+    with open(tmp_path / "report" / "per_class.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[0]["train_ncc"] == "" and rows[0]["test_ncc"] == ""
+
+
+def test_report_arguments(tiny_run, monkeypatch):
+    with pytest.raises(TypeError, match="runs must be a non-empty list of run folders, got NoneType"):
+        report(None, "x")
+    with pytest.raises(TypeError, match="runs must be a non-empty list of run folders, got str"):
+        report(str(tiny_run), "x")
+    _refuse_to_solve(monkeypatch)
+    with pytest.raises(ValueError, match="model must be one of"):
+        report([tiny_run], "x", model="bogus")
+    with pytest.raises(ValueError, match="runs must be a non-empty list"):
+        report([], "x")
+    with pytest.raises(TypeError, match="out must be the path of a folder, got NoneType"):
+        report(["x"], None)
