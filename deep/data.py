@@ -28,7 +28,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ncgeo._validation import check_choice, check_int
+from ncgeo._validation import check_choice, check_device, check_int
 from ncgeo.classes import class_sizes
 
 __all__ = [
@@ -180,9 +180,10 @@ class ImageDataset:
         """The same dataset with both tensors on ``device`` (kept as ``uint8`` / ``int64``).
 
         ``ValueError`` naming ``device`` when it is not a device name or not available here
-        (CUDA without a CUDA build or GPU, a GPU index beyond the count).
+        (:func:`ncgeo._validation.check_device`: CUDA without a CUDA build or GPU, a GPU index
+        beyond the count, a backend that cannot allocate).
         """
-        device = _available_device(device)
+        device = check_device("device", device)
         return replace(self, images=self.images.to(device, non_blocking=non_blocking),
                        labels=self.labels.to(device, non_blocking=non_blocking))
 
@@ -212,24 +213,6 @@ def _channel_values(name: str, values: Any) -> tuple[float, ...]:
            for v in items):
         raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
     return tuple(float(v) for v in items)
-
-
-def _available_device(device: Any) -> torch.device:
-    """``torch.device(device)`` after checking it names a device this process can use."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a device name such as 'cpu' or 'cuda:0', got {type(device).__name__}")
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be a device name such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} is not available: this PyTorch has no usable CUDA GPU")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s)")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} is not available: no MPS backend here")
-    return parsed
 
 
 def channel_stats(images: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

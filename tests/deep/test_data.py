@@ -391,11 +391,11 @@ def test_imbalance_refuses_labels_beyond_int64():
 
 
 @pytest.mark.parametrize("device, match", [
-    ("gpu", "device must be a device name"),
-    pytest.param("cuda", "device 'cuda' is not available", marks=pytest.mark.skipif(
+    ("gpu", "device must be a torch device such as 'cpu' or 'cuda', got 'gpu'"),
+    pytest.param("cuda", "device 'cuda' was requested but CUDA is not available", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="CUDA is available here")),
-    ("cuda:1000", "device 'cuda:1000' is not available"),
-    (3.5, "device must be a device name"),
+    ("cuda:1000", "device 'cuda:1000'"),
+    (3.5, "device must be a torch device"),
 ])
 def test_to_an_unavailable_device_is_a_value_error(device, match):
     with pytest.raises((ValueError, TypeError), match=match):
