@@ -372,11 +372,13 @@ def deep_report(runs, out, predict, model) -> None:
               help="Reduced UFM with expected per-batch counts 2*b*n_c/N (THEORY.md section 7; default for "
                    "SCL runs) or the counts n_c, or the CE limit with fixed classifier W (default for ce-fixed runs).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
-def deep_predict(run, model, solver) -> None:
+@click.option("--write/--no-write", default=True, show_default=True,
+              help="Write RUN/prediction.json (--no-write: only print, e.g. for a read-only run folder).")
+def deep_predict(run, model, solver, write) -> None:
     """Certified UFM prediction for RUN's class proportions, batch, n_w, tau and prototypes."""
     from deep.predict import predict_run
 
-    prediction = predict_run(run, model, solver=solver)
+    prediction = predict_run(run, model, solver=solver, write=write)
     click.echo(prediction.summary())
 
 

@@ -258,7 +258,7 @@ def check_prediction_writable(folder: str | os.PathLike) -> None:
     folder = os.fspath(folder)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"run folder {folder!r} is not writable: its prediction.json cannot be written "
-                         "(make the folder writable, or predict without writing)")
+                         "(make the folder writable, or predict without writing: --no-write)")
 
 
 def expected_batch_counts(class_counts, samples_per_batch: float) -> np.ndarray:

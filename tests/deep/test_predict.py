@@ -128,6 +128,10 @@ def test_cli_predict(tiny_run, tmp_path):
     assert "expected per-batch class counts" in result.output and "Delta(measured, predicted) =" in result.output
     missing = CliRunner().invoke(cli_main, ["deep", "predict", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and missing.output.strip().count("\n") == 0 and "does not exist" in missing.output
+    run = _copy_run(tiny_run, tmp_path, "unwritten")
+    printed = CliRunner().invoke(cli_main, ["deep", "predict", str(run), "--no-write"])
+    assert printed.exit_code == 0 and "Delta(measured, predicted) =" in printed.output
+    assert not (run / "prediction.json").exists()
 
 
 def _copy_run(tiny_run, tmp_path, name="run"):
