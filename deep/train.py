@@ -52,9 +52,7 @@ computed in float32); ``--compile`` wraps the network in ``torch.compile``.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,14 +72,13 @@ from .checkpoint import (
     append_jsonl,
     atomic_save_arrays,
     atomic_write_json,
-    load_checkpoint,
     lock_run_folder,
     read_jsonl,
     remove_stale_temporaries,
     rewrite_jsonl,
     save_checkpoint,
 )
-from .config import TrainConfig, check_resume
+from .config import TrainConfig
 from .data import ImageDataset, imbalanced_indices, load_dataset
 from .distributed import (
     ShardedBatchSampler,
@@ -97,7 +94,11 @@ from .distributed import (
 )
 from .evaluate import evaluate_run
 from .models import build_model
+from .optim import build_optimizer, build_scheduler, load_optimizer_state
+from .runfolder import check_evaluations, clean_run_folder, make_run_folder, open_run_folder
 
+# open_run_folder, build_optimizer, load_optimizer_state and build_scheduler live in
+# deep.runfolder and deep.optim; they stay importable from here
 __all__ = [
     "open_run_folder",
     "preflight",
@@ -118,7 +119,6 @@ __all__ = [
 
 VIEWS = 2
 PADDING = 4
-WARMUP_START_FACTOR = 0.1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,59 +252,6 @@ def prepare_data(config: TrainConfig, device: torch.device,
     return train_set.to(device), test_set.to(device)
 
 
-def build_optimizer(parameters, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with ``config.lr``, ``momentum`` and ``weight_decay``; the fused kernel when every
-    parameter is on CUDA."""
-    parameters = list(parameters)
-    fused = bool(parameters) and all(p.is_cuda for p in parameters)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           fused=fused or None)
-
-
-def load_optimizer_state(optimizer: torch.optim.SGD, state: dict) -> None:
-    """Load a checkpointed SGD state into ``optimizer`` built by :func:`build_optimizer`, on
-    whatever device and memory format its parameters now have.
-
-    ``Optimizer.load_state_dict`` moves the momentum buffers to each parameter's device but
-    keeps their saved strides, and CUDA's fused SGD kernel requires a buffer laid out like
-    its parameter: a run checkpointed on the CPU (contiguous weights) and resumed on CUDA
-    (``channels_last`` weights) would fail at its first step. The buffers are therefore
-    copied into their parameter's layout, and every group takes this optimiser's ``fused``
-    setting (the device may have changed).
-    """
-    optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
-        group["fused"] = optimizer.defaults["fused"]
-    for parameter, entry in optimizer.state.items():
-        buffer = entry.get("momentum_buffer")
-        if buffer is not None and buffer.stride() != parameter.stride():
-            entry["momentum_buffer"] = torch.empty_like(parameter, dtype=buffer.dtype).copy_(buffer)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule: optional ``LinearLR`` warm-up, then multistep (x0.1) or cosine.
-
-    Milestones are epochs counted from the start of training (converted to iterations);
-    the cosine runs from the end of the warm-up to the last iteration.
-    """
-    total = config.epochs * steps_per_epoch
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    if config.schedule == "cosine":
-        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-    else:
-        milestones = [m * steps_per_epoch - warmup for m in config.effective_milestones]
-        if any(m <= 0 for m in milestones):
-            raise ValueError(f"--milestones {list(config.effective_milestones)} must lie after the "
-                             f"warm-up ({config.warmup_epochs} epochs)")
-        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    if warmup == 0:
-        return main
-    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0,
-                                             total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
 def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                generator: torch.Generator | None = None, *, channels_last: bool = False,
@@ -365,24 +312,6 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
     return model.to(device), objective.to(device), W
 
 
-def _check_evaluations(records: list[dict], epoch: int, stored_epochs: int, eval_every: int, log) -> None:
-    """Say when ``metrics.jsonl`` lacks an evaluation written before the checkpoint of ``epoch``
-    (epoch 0 or the checkpoint's own): the file was truncated or edited, since every line is
-    appended and fsync-ed before its checkpoint; ``deep report``/``predict`` will miss it."""
-    present = {record["epoch"] for record in records}
-    expected = {0} | ({epoch} if epoch % eval_every == 0 or epoch == stored_epochs else set())
-    missing = sorted(expected - present)
-    if missing:
-        log(f"warning: metrics.jsonl lacks the evaluation of epoch(s) {missing}, written before the checkpoint "
-            "(the file was truncated or edited); deep report and deep predict will miss it")
-
-
-def _clean_run_folder(out: Path) -> None:
-    for name in ("metrics.jsonl", "timing.jsonl"):
-        if (out / name).exists():
-            (out / name).unlink()
-
-
 def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: TrainConfig,
                       epoch: int, step: int, lr: float, loss: float | None, write: bool = True) -> dict:
     broadcast_buffers(model)  # every process evaluates with rank 0's batch-norm statistics
@@ -398,44 +327,6 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
         arrays["test"] = test_metrics.means
     atomic_save_arrays(out / "means.npz", **arrays)
     return record
-
-
-def open_run_folder(config: TrainConfig) -> dict | None:
-    """Check ``--out`` and return the checkpoint state when resuming (``None`` for a new run).
-
-    Refuses (ValueError naming ``--out``/``--resume``) an existing run without ``--resume``, a
-    resume whose options differ from the stored run, and a folder that cannot be created. A
-    new run's folder is created only when its first file is written (:func:`make_run_folder`),
-    so a start that fails (missing data, bad options) leaves nothing behind.
-    """
-    out = Path(config.out)
-    checkpoint_path = out / "checkpoint.pt"
-    state = None
-    if checkpoint_path.exists():
-        if not config.resume:
-            raise ValueError(f"--out {str(out)!r} already holds a run; pass --resume to continue it "
-                             "or choose another --out")
-        state = load_checkpoint(checkpoint_path, map_location="cpu")
-        check_resume(config, TrainConfig.from_dict(state["config"]), out)
-    try:  # the nearest existing folder on the way must be a writable folder
-        existing = out
-        while not existing.exists() and existing.parent != existing:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-    except OSError as exc:  # a file in the way: one line, not a traceback
-        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
-    return state
-
-
-def make_run_folder(out: Path) -> None:
-    """Create the run folder ``out`` (and its parents); ValueError naming ``--out`` otherwise."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out {str(out)!r} cannot be created as a run folder: {exc.strerror}") from exc
 
 
 def preflight(config: TrainConfig, nproc: int) -> None:
@@ -527,7 +418,7 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
     if state is None and main_process:
         make_run_folder(out)
         locks.append(lock_run_folder(out))
-        _clean_run_folder(out)
+        clean_run_folder(out)
         atomic_write_json(out / "config.json", config.to_dict())
         atomic_write_json(out / "run.json", {
             "dataset": config.dataset, "num_classes": train_set.num_classes,
@@ -563,7 +454,7 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
             records = read_jsonl(out / name)
             rewrite_jsonl(out / name, [r for r in records if r["epoch"] <= epoch])
             if name == "metrics.jsonl":
-                _check_evaluations(records, epoch, int(state["config"]["epochs"]), config.eval_every, log)
+                check_evaluations(records, epoch, int(state["config"]["epochs"]), config.eval_every, log)
         if main_process:
             removed = remove_stale_temporaries(out)
             if removed:
