@@ -265,9 +265,31 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
                     prototypes_as_anchors=prototypes_as_anchors, dim=dim, solver=solver,
                     time_limit=time_limit, rtol=rtol)
     means = relaxed.solution.get("means")
-    if means is None or relaxed.upper_bound == math.inf:
-        return None, None, relaxed
     upper = relaxed.upper_bound
+    if means is None or upper == math.inf:
+        # the relaxation's optimum looks uncollapsed, which an inaccurate solve (class sizes of
+        # 10^4) can also produce: try the collapsed optimum itself, from the prototypes, with the
+        # dual bound as the judge
+        d = W.shape[0] if W is not None else dim
+        if d is None or d < len(sizes) - 1 or (W is None and n_w > 0):
+            return None, None, relaxed
+        from ..geometry import simplex_etf
+        from .reduced import polish_means
+
+        start = W if (W is not None and n_w > 0) else simplex_etf(len(sizes), d)
+        means, upper = polish_means(start, weights, W if n_w > 0 else None, n_w, tau, nonnegative,
+                                    prototypes_as_anchors)
+        labels = np.repeat(np.arange(len(sizes)), sizes)
+        dual = dual_certificate(means[:, labels].T, labels, W if n_w > 0 else None, n_w, tau,
+                                nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors,
+                                upper_bound=upper, rtol=rtol)
+        if not dual.certified:
+            return None, None, relaxed
+        solution = dict(dual.solution, relaxation_reason=relaxed.reason, relaxation_lower_bound=relaxed.lower_bound,
+                        dual_lower_bound=dual.lower_bound, means=means)
+        return means[:, labels].T, labels, make_result(dual.lower_bound, upper, method="dual",
+                                                       status=relaxed.solver_status, seconds=timer(), rtol=rtol,
+                                                       rank=dual.rank, dim=d, realisable=True, solution=solution)
     labels = np.repeat(np.arange(len(sizes)), sizes)
     H = means[:, labels].T
     dual = dual_certificate(H, labels, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
