@@ -47,6 +47,13 @@ def check_real(name: str, value: Any) -> float:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` as a bool; ``TypeError`` for anything but a bool (``"no"`` is truthy)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     """Return ``value`` as an int after checking its type and lower bound."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

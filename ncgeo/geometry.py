@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._validation import as_float_array, check_choice, check_int, check_positive
+from ._validation import as_float_array, check_bool, check_choice, check_int, check_positive
 
 __all__ = [
     "simplex_etf",
@@ -108,7 +108,7 @@ def simplex_etf(k: int, d: int | None = None, *, rotate: bool = False, seed: int
     basis = vectors[:, 1:]  # eigenvalue 0 first, then the k-1 unit eigenvalues
     W = np.zeros((d, k))
     W[: k - 1] = np.sqrt(k / (k - 1)) * basis.T
-    if rotate:
+    if check_bool("rotate", rotate):
         W = random_rotation(d, seed) @ W
     return _unit_columns(W)
 
@@ -124,7 +124,7 @@ def orthogonal_frame(k: int, d: int | None = None, *, rotate: bool = False, seed
     d = _resolve_dim(d, k, k, f"an orthogonal frame of k={k} vectors (needs d >= k)")
     seed = _check_seed(seed)
     W = np.eye(d, k)
-    if rotate:
+    if check_bool("rotate", rotate):
         W = random_rotation(d, seed) @ W
     return W
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import torch
 
-from .._validation import as_float_array, as_label_tensor, check_nonnegative, check_positive
+from .._validation import (as_float_array, as_label_tensor, check_bool, check_int, check_nonnegative,
+                           check_positive, check_real)
 
 
 def class_weights(name: str, sizes) -> np.ndarray:
@@ -21,6 +22,7 @@ def class_weights(name: str, sizes) -> np.ndarray:
 def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative: bool,
                     prototypes_nonnegative: bool | None):
     """Return ``(W or None, G_W or None, dim or None, sample-prototype nonnegativity)``."""
+    nonnegative = check_bool("nonnegative", nonnegative)
     W = None
     G_W = None
     if prototypes is not None:
@@ -69,10 +71,16 @@ def class_problem_setup(class_sizes, prototypes, prototype_gram, n_w, tau, nonne
     k = len(weights)
     W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
                                               prototypes_nonnegative)
-    return weights, n_w, tau, k, W, G_W, (dim if dim is not None else d), proto_nonneg
+    return weights, n_w, tau, k, W, G_W, (check_dim(dim) if dim is not None else d), proto_nonneg
+
+
+def check_dim(dim) -> int | None:
+    """The embedding dimension ``d`` of a certificate: None or an integer >= 1."""
+    return None if dim is None else check_int("dim", dim, minimum=1)
 
 
 def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
+    check_bool("prototypes_as_anchors", prototypes_as_anchors)
     n_w = check_nonnegative("n_w", n_w)
     tau = check_positive("tau", tau)
     if prototypes_as_anchors and 0 < n_w < 1:
@@ -106,6 +114,9 @@ def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototy
     infeasible point. ``y`` is an int64 numpy array, ``W`` (d, k) or ``None``.
     """
     n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
+    nonnegative = check_bool("nonnegative", nonnegative)
+    if upper_bound is not None:
+        upper_bound = check_real("upper_bound", upper_bound)
     H, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
     if moved:
         upper_bound = None

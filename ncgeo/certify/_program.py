@@ -3,6 +3,7 @@ matrix variable, solving with fallback, failure capture."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -10,6 +11,8 @@ from collections import defaultdict
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
+
+from .._validation import check_choice
 
 SOLVERS = ("CLARABEL", "SCS")
 
@@ -114,6 +117,14 @@ def block_and_sign_constraints(X, m: int, kp: int, G_W, proto_nonneg: bool, nonn
     return constraints
 
 
+def check_solver_args(solver, time_limit) -> None:
+    """``solver`` one of :data:`SOLVERS`; ``time_limit`` None or a finite number of seconds > 0."""
+    check_choice("solver", solver, SOLVERS)
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not time_limit > 0 or not math.isfinite(time_limit)):
+        raise ValueError(f"time_limit must be a finite number of seconds > 0 or None, got {time_limit!r}")
+
+
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                   fallback: bool = True, verbose: bool = False,
                   psd_size: int = 0) -> tuple[str, str, str | None]:
@@ -125,6 +136,7 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
     """
     import cvxpy as cp
 
+    check_solver_args(solver, time_limit)
     order = [solver] + ([s for s in SOLVERS if s != solver] if fallback else [])
     reasons = []
     for name in order:

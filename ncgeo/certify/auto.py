@@ -22,9 +22,10 @@ import math
 
 import numpy as np
 
-from .._validation import as_float_array, check_choice, check_int, check_nonnegative, check_positive
-from ._common import candidate_inputs, candidate_loss
-from ._program import Timer
+from .._validation import (as_float_array, check_bool, check_choice, check_int, check_nonnegative,
+                           check_positive)
+from ._common import candidate_inputs, candidate_loss, check_dim
+from ._program import Timer, check_solver_args
 from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
 from .full import _check_batches, solve_full
 from .orbit import orbit_invariant, size_groups, solve_orbit
@@ -119,6 +120,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     """
     timer = Timer()
     check_choice("method", method, METHODS)
+    check_solver_args(solver, time_limit)
     rtol = check_rtol(rtol)
     H, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
                                                       prototypes_as_anchors, upper_bound)
@@ -218,8 +220,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
     # a float32 solve's loss is accurate to ~1e-7 only: the upper bound is recomputed in float64
     upper = getattr(result, "loss", None) if settings.get("dtype", "float64") == "float64" else None
     certificate = certify(result.H, labels, result.W, settings["n_w"], settings["tau"], batches=batches,
-                   nonnegative=bool(settings.get("nonnegative", False)),
-                   prototypes_as_anchors=bool(settings.get("prototypes_as_anchors", False)), method=method,
+                   nonnegative=check_bool("settings['nonnegative']", settings.get("nonnegative", False)),
+                   prototypes_as_anchors=check_bool("settings['prototypes_as_anchors']",
+                                                    settings.get("prototypes_as_anchors", False)), method=method,
                    upper_bound=upper, solver=solver, time_limit=time_limit, rtol=rtol)
     closed = result.closed_form() if hasattr(result, "closed_form") else None
     if closed is not None:  # cross-check against ncgeo.closed_form (balanced ETF / OF set-ups)
@@ -248,6 +251,7 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
         raise ValueError(f"class_sizes must be a non-empty sequence of positive integers, got {class_sizes!r}")
     sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
     n_w, tau = check_nonnegative("n_w", n_w), check_positive("tau", tau)
+    dim = check_dim(dim)
     weights = np.asarray(sizes, float)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     if W is not None and W.shape[1] != len(sizes):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .._validation import as_float_array
 from ..closed_form import closed_form_for_setup
+from ._common import check_dim
 from ._program import Timer
 from .orbit import solve_orbit
 from .result import DEFAULT_RTOL, CertificateResult, make_result
@@ -66,6 +67,7 @@ def certify_closed_form(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     k = len(sizes)
     if prototypes is not None:
         prototypes = as_float_array("prototypes", prototypes, ndim=2)
+    dim = check_dim(dim)
     if dim is None:
         dim = prototypes.shape[0] if prototypes is not None else k
     known = closed_form_for_setup(sizes, prototypes if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,

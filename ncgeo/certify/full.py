@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validation import as_float_array, as_label_tensor, check_int
 from ..ufm.batching import check_batches as _check_batches
-from ._common import check_loss_args, prototype_setup, realise_nonnegative
+from ._common import check_dim, check_loss_args, prototype_setup, realise_nonnegative
 from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
@@ -130,7 +130,7 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
         raise ValueError(f"labels must lie in [0, {k - 1}]")
     W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
                                               prototypes_nonnegative)
-    d = dim if dim is not None else d
+    d = check_dim(dim) if dim is not None else d
     batches = _check_batches(batches, N)
     kp = k if n_w > 0 else 0
     objective = full_objective(y, k, G_W, n_w, tau, batches, prototypes_as_anchors)

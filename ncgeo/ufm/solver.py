@@ -20,6 +20,7 @@ import torch
 
 from .._validation import (
     as_float_array,
+    check_bool,
     check_choice,
     check_device,
     check_int,
@@ -360,6 +361,18 @@ def solve_ufm(
     if seed > 2**63 - 1 - 2 * restarts:  # start r draws from seed + r (a signed 64-bit torch seed)
         raise ValueError(f"seed must be <= {2**63 - 1 - 2 * restarts} (seed + restart is a 64-bit seed), got {seed}")
     learning_rate = check_positive("learning_rate", learning_rate)
+    nonnegative = check_bool("nonnegative", nonnegative)
+    prototypes_as_anchors = check_bool("prototypes_as_anchors", prototypes_as_anchors)
+    if time_limit is not None:
+        time_limit = check_positive("time_limit", time_limit)
+    if metadata is not None:  # checked now, not after minutes of solving
+        if not isinstance(metadata, dict) or not all(isinstance(key, str) for key in metadata):
+            raise TypeError(f"metadata must be a dict with string keys, got {type(metadata).__name__}")
+        clashes = sorted(set(metadata) & set(SETTINGS_KEYS))
+        if clashes:
+            raise ValueError(f"metadata must not redefine the solve's own settings: {', '.join(clashes)}")
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, minimum=2)
     if prototypes_as_anchors and 0 < n_w < 1:
         raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
     dtype_t = _resolve_dtype(dtype)
@@ -411,6 +424,11 @@ def solve_ufm(
         restart_losses=restart_losses, batches=batches,
     )
 
+
+#: The keys of ``UFMResult.settings`` that the solve itself writes (``metadata`` adds others).
+SETTINGS_KEYS = ("class_sizes", "n_w", "tau", "dim", "nonnegative", "batching", "batch_size",
+                 "prototypes_as_anchors", "restarts", "seed", "device", "dtype", "grad_tol", "max_iterations",
+                 "init", "starts", "start", "learning_rate", "time_limit")
 
 #: More starts than this are a typo, not a search (each is a full solve).
 MAX_RESTARTS = 10_000

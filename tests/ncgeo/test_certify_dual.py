@@ -337,3 +337,36 @@ def test_a_false_upper_bound_is_not_certified(given):
     for result in (dual_certificate(H, y, W, 10.0, 0.1, upper_bound=given),
                    certify(H, y, W, 10.0, 0.1, upper_bound=given)):
         assert not result.certified and "not the candidate's loss" in result.reason, result.reason
+
+
+def test_certificate_arguments_are_checked_before_any_work(tmp_path):
+    """A truthy string ("false", "no") used to switch UFM+ on; a bad solver was silently replaced,
+    and dim / time_limit / upper_bound of the wrong type failed late with generic messages."""
+    from ncgeo.certify import certify_result, solve_orbit
+    from ncgeo.ufm import load_npz, solve_ufm
+
+    W = simplex_etf(3, 3)
+    H, y = np.repeat(W.T, 2, 0), np.repeat(np.arange(3), 2)
+    cases = [
+        (lambda: certify(H, y, W, 1.0, 0.1, nonnegative="false"), TypeError, "nonnegative must be True or False"),
+        (lambda: certify(H, y, W, 1.0, 0.1, solver="FOO"), ValueError, "solver must be one of"),
+        (lambda: certify(H, y, W, 1.0, 0.1, time_limit="x"), ValueError, "time_limit must be a finite number"),
+        (lambda: certify(H, y, W, 1.0, 0.1, upper_bound="x"), TypeError, "upper_bound must be a real number"),
+        (lambda: solve_orbit([2, 2, 2], W, 1.0, 0.1, dim="3"), TypeError, "dim must be an integer"),
+        (lambda: solve_orbit([2, 2, 2], W, 1.0, 0.1, dim=0), ValueError, "dim must be an integer >= 1"),
+        (lambda: certify_ce_limit(W, 0.1, solver="MOSEK"), ValueError, "solver must be one of"),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            call()
+    result = solve_ufm([2, 2], None, tau=0.5)
+    result.save_npz(tmp_path / "sol.npz")
+    with np.load(tmp_path / "sol.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    import json
+
+    settings = json.loads(str(arrays["settings"]))
+    arrays["settings"] = np.array(json.dumps({**settings, "nonnegative": "false"}))
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(TypeError, match=r"settings\['nonnegative'\] must be True or False, got 'false'"):
+        certify_result(load_npz(tmp_path / "edited.npz"))

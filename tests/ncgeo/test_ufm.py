@@ -331,3 +331,22 @@ def test_ufm_objective_checks_its_batches_and_shapes():
         ufm_objective(H, y[:4], None, 0.0, 0.1, [np.arange(4)])
     with pytest.raises(ValueError, match="H must be a 2-D"):
         ufm_objective(H[0], y, None, 0.0, 0.1, [np.arange(3)])
+
+
+def test_solve_arguments_are_checked_before_the_solve():
+    """metadata clashing with the settings and a string time_limit failed only after the solve;
+    a truthy string made nonnegative='no' a UFM+ solve."""
+    cases = [
+        (dict(nonnegative="no"), TypeError, "nonnegative must be True or False"),
+        (dict(metadata={"n_w": 3}), ValueError, "must not redefine the solve's own settings: n_w"),
+        (dict(metadata="abc"), TypeError, "metadata must be a dict"),
+        (dict(time_limit="5"), TypeError, "time_limit must be a real number"),
+        (dict(time_limit=-1), ValueError, "time_limit must be > 0"),
+        (dict(batching="partition", batch_size="4"), TypeError, "batch_size must be an integer"),
+    ]
+    for options, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            solve_ufm([2, 2], None, tau=0.5, **options)
+    with pytest.raises(TypeError, match="rotate must be True or False"):
+        simplex_etf(3, rotate="no")
+    assert solve_ufm([2, 2], None, tau=0.5, metadata={"note": "mine"}).settings["note"] == "mine"
