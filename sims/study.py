@@ -142,18 +142,27 @@ class Option:
                     if lowered not in ("true", "false", "1", "0", "yes", "no"):
                         raise ValueError
                     return lowered in ("true", "1", "yes")
-                return bool(value)
+                if not isinstance(value, bool):
+                    raise ValueError
+                return value
             if self.kind == "str":
                 return str(value)
             if self.kind in ("floats", "ints", "strs"):
                 items = value.split(",") if isinstance(value, str) else list(value)
                 items = [item.strip() if isinstance(item, str) else item for item in items]
                 items = [item for item in items if item != ""]
-                convert = {"floats": float, "ints": int, "strs": str}[self.kind]
+                convert = {"floats": float, "ints": _integer, "strs": str}[self.kind]
                 return [convert(item) for item in items]
         except (TypeError, ValueError) as exc:
             raise ValueError(f"option {self.name} expects {self.kind}, got {value!r}") from exc
         raise ValueError(f"unknown option kind {self.kind!r}")  # pragma: no cover
+
+
+def _integer(item: Any) -> int:
+    """An int from an int or an integral float/string; ValueError otherwise (1.5 is not 1)."""
+    if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+        raise ValueError
+    return int(item)
 
 
 def parse_float_list(name: str, value: Any) -> list[float]:

@@ -296,3 +296,13 @@ def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["sims", "limit", "--out", "", "--quick"])
     assert result.exit_code == 2 and "must not be empty" in result.output
     assert os.listdir(tmp_path) == []
+
+
+def test_list_and_flag_options_do_not_round_or_guess():
+    ints, flag = Option("s", "ints", [1], [1], "seeds"), Option("a", "bool", True, True, "anchors")
+    assert ints.parse("1,2") == [1, 2] and ints.parse([3.0]) == [3]
+    with pytest.raises(ValueError, match="option s expects ints"):
+        ints.parse([1.5, 2.7])  # was [1, 2]
+    assert flag.parse("no") is False and flag.parse(True) is True
+    with pytest.raises(ValueError, match="option a expects bool, got 5"):
+        flag.parse(5)  # was True
