@@ -47,6 +47,19 @@ def check_real(name: str, value: Any) -> float:
     return value
 
 
+#: Smallest temperature accepted. Logits ``h.h'/tau`` (``|h.h'| <= 1``) carry round-off of
+#: order ``eps/tau``: 1e-10 in float64 at 1e-6, but 1e-2 at 1e-14, and at 1e-17 the loss is 0.
+MIN_TAU = 1e-6
+
+
+def check_tau(value: Any, name: str = "tau") -> float:
+    """Return the temperature as a float after checking ``MIN_TAU <= tau < inf``."""
+    tau = check_positive(name, value)
+    if tau < MIN_TAU:
+        raise ValueError(f"{name} must be >= {MIN_TAU:g} (below it the loss is lost in round-off), got {tau!r}")
+    return tau
+
+
 def check_bool(name: str, value: Any) -> bool:
     """Return ``value`` as a bool; ``TypeError`` for anything but a bool (``"no"`` is truthy)."""
     if isinstance(value, (bool, np.bool_)):

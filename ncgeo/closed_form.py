@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._validation import (as_float_array, as_float_tensor, check_choice, check_int, check_nonnegative,
-                          check_positive)
+                          check_tau)
 from .geometry import etf_gram
 
 __all__ = ["collapsed_loss", "closed_form_loss", "closed_form_for_setup"]
@@ -70,7 +70,7 @@ def collapsed_loss(means, class_sizes: Sequence[float], prototypes=None, n_w: fl
         Scalar, in the dtype and on the device of ``means``.
     """
     n_w = check_nonnegative("n_w", n_w)
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     M = as_float_tensor("means", means, ndim=2)
     k = M.shape[1]
     sizes = torch.as_tensor([check_nonnegative(f"class_sizes[{c}]", s) for c, s in enumerate(class_sizes)],
@@ -144,7 +144,7 @@ def closed_form_loss(num_classes: int, n: int, n_w: float, tau: float,
     k = check_int("num_classes", num_classes, minimum=2)
     n = check_int("n", n, minimum=1)
     n_w = check_nonnegative("n_w", n_w)
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     check_choice("geometry", geometry, ("etf", "of"))
     g = -1.0 / (k - 1) if geometry == "etf" else 0.0
 
@@ -184,7 +184,7 @@ def closed_form_for_setup(class_sizes: Sequence[int], prototypes, n_w: float, ta
     if class_sizes is None or isinstance(class_sizes, (str, bytes)):
         raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
     sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
-    n_w, tau = check_nonnegative("n_w", n_w), check_positive("tau", tau)
+    n_w, tau = check_nonnegative("n_w", n_w), check_tau(tau)
     k = len(sizes)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     if W is not None and W.shape[1] != k:

@@ -25,8 +25,7 @@ from ._validation import (
     as_label_tensor,
     check_choice,
     check_nonnegative,
-    check_positive,
-)
+    check_positive, check_tau)
 
 __all__ = [
     "scl_prototype_loss",
@@ -40,7 +39,7 @@ Reduction = Literal["sum", "mean", "none"]
 
 def _prepare(embeddings, labels, prototypes, tau, validate, normalize):
     """Validate and convert the common inputs; returns ``H, y, W, k, tau``."""
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     H = as_float_tensor("embeddings", embeddings, ndim=2, check_finite=validate)
     if normalize:
         H = F.normalize(H, dim=1)
@@ -293,7 +292,7 @@ def supcon_loss_materialised(features, labels, tau: float, anchor_mask=None, *,
     :func:`materialise_prototypes`. ``validate=False`` skips the value checks (finiteness,
     label range), which read values back from the device.
     """
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     Fm = as_float_tensor("features", features, ndim=2, check_finite=validate)
     y = as_label_tensor("labels", labels, Fm.shape[0], None, device=Fm.device, check_range=validate)
     rows = Fm.shape[0]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._validation import (as_float_array, as_label_tensor, check_bool, check_int, check_nonnegative,
-                           check_positive, check_real)
+                           check_real, check_tau)
 
 
 def class_weights(name: str, sizes) -> np.ndarray:
@@ -82,7 +82,7 @@ def check_dim(dim) -> int | None:
 def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
     check_bool("prototypes_as_anchors", prototypes_as_anchors)
     n_w = check_nonnegative("n_w", n_w)
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     if prototypes_as_anchors and 0 < n_w < 1:
         raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
     return n_w, tau

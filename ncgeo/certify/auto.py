@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .._validation import (as_float_array, check_bool, check_choice, check_int, check_nonnegative,
-                           check_positive)
+                           check_tau)
 from ._common import candidate_inputs, candidate_loss, check_dim
 from ._program import Timer, check_solver_args
 from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
@@ -250,7 +250,7 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     if class_sizes is None or isinstance(class_sizes, (str, bytes)) or len(class_sizes) < 1:
         raise ValueError(f"class_sizes must be a non-empty sequence of positive integers, got {class_sizes!r}")
     sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
-    n_w, tau = check_nonnegative("n_w", n_w), check_positive("tau", tau)
+    n_w, tau = check_nonnegative("n_w", n_w), check_tau(tau)
     dim = check_dim(dim)
     weights = np.asarray(sizes, float)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)

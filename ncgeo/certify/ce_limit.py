@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array, check_positive
+from .._validation import as_float_array, check_tau
 from ._common import check_prototype_gram
 from ._program import Timer, matrix_rank, solve_problem
 from .result import _plain
@@ -141,7 +141,7 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
     import cvxpy as cp
 
     timer = Timer()
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     if W is not None:
         Wm = as_float_array("W", W, ndim=2)
         G = Wm.T @ Wm

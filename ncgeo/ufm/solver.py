@@ -25,8 +25,7 @@ from .._validation import (
     check_device,
     check_int,
     check_nonnegative,
-    check_positive,
-)
+    check_positive, check_tau)
 from ..classes import labels_from_sizes
 from ..closed_form import collapsed_loss
 from ..metrics import geometry_metrics
@@ -351,7 +350,7 @@ def solve_ufm(
     if k < 2:
         raise ValueError(f"class_sizes must describe at least 2 classes, got {k}")
     n_w = check_nonnegative("n_w", n_w)
-    tau = check_positive("tau", tau)
+    tau = check_tau(tau)
     check_choice("batching", batching, BATCHING_SCHEMES)
     check_choice("init", init, INIT_CHOICES)
     restarts = check_int("restarts", restarts, minimum=1)
