@@ -343,6 +343,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
 def config_nproc(nproc: int | None, config_file: str | os.PathLike | None) -> int:
     """Processes to launch: ``--nproc`` when given, else the file's ``nproc`` key, else 1."""
     if nproc is not None:
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
         return nproc
     if config_file is None:
         return 1

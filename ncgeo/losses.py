@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -265,11 +266,15 @@ def materialise_prototypes(embeddings, labels, prototypes, n_w: int, *, validate
     ``validate=False`` skips the value checks (finiteness, label range), which read values
     back from the device, as in :func:`scl_prototype_loss`.
     """
-    if isinstance(n_w, bool) or int(n_w) != n_w or n_w < 0:
+    if (isinstance(n_w, bool) or not isinstance(n_w, (int, float, np.integer, np.floating)) or not math.isfinite(n_w)
+            or int(n_w) != n_w or n_w < 0):
         raise ValueError(f"n_w must be a non-negative integer to materialise copies, got {n_w!r}")
     n_w = int(n_w)
     H = as_float_tensor("embeddings", embeddings, ndim=2, check_finite=validate)
     W = as_float_tensor("prototypes", prototypes, ndim=2, check_finite=validate).to(device=H.device, dtype=H.dtype)
+    if W.shape[0] != H.shape[1]:
+        raise ValueError(f"prototypes must have shape (d, k) with d = {H.shape[1]} (the embedding dimension), "
+                         f"got {tuple(W.shape)}")
     k = W.shape[1]
     y = as_label_tensor("labels", labels, H.shape[0], k, device=H.device, check_range=validate)
     copies = W.T.repeat(n_w, 1)

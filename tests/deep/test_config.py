@@ -221,3 +221,12 @@ def test_an_unreadable_stored_configuration_on_resume_is_one_value_error(tmp_pat
     monkeypatch.setattr(config_module, "open", refuse, raising=False)
     with pytest.raises(ValueError, match="--resume: .*config.json' cannot be read: Permission denied"):
         resolve_config({"out": str(tmp_path), "resume": True})
+
+
+def test_config_nproc_checks_an_explicit_value():
+    from deep.config import config_nproc
+
+    assert config_nproc(3, None) == 3 and config_nproc(None, None) == 1
+    for bad in ("2", 0, -3, True):
+        with pytest.raises(ValueError, match="--nproc must be an integer >= 1"):
+            config_nproc(bad, None)

@@ -562,3 +562,12 @@ def test_temperatures_below_the_round_off_floor_are_refused():
         with pytest.raises(ValueError, match=r"tau must be >= 1e-06"):
             call(MIN_TAU / 10)
     assert torch.isfinite(scl_prototype_loss(H64, y, W64, 10.0, MIN_TAU))
+
+
+def test_materialised_reference_checks_its_multiplicity_and_dimension():
+    H64, y, W64 = batch(0, [0, 1, 2], d=3, k=3)
+    for bad in (float("inf"), float("nan"), 2.5, -1, "3"):
+        with pytest.raises(ValueError, match="n_w must be a non-negative integer"):
+            materialise_prototypes(H64, y, W64, bad)
+    with pytest.raises(ValueError, match=r"prototypes must have shape \(d, k\) with d = 3"):
+        materialise_prototypes(H64, y, torch.ones(4, 3, dtype=torch.float64), 2)
