@@ -208,6 +208,8 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
         raise ValueError("runs must be a non-empty list of run folders")
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be the path of a folder, got {type(out).__name__}")
+    if not os.fspath(out).strip():
+        raise ValueError("--out must not be empty (a folder for the figures and tables)")
     if predict and model is not None:
         check_choice("model", model, PREDICTION_MODELS)
     records = [load_run(run) for run in runs]

@@ -70,6 +70,17 @@ def test_a_read_only_run_is_refused_before_any_solve(tiny_run, tmp_path, monkeyp
     assert report([second], tmp_path / "plain", predict=False).rows[0]["prediction_model"] is None
 
 
+def test_an_empty_out_is_refused(tiny_run, tmp_path, monkeypatch):
+    """`--out ""` wrote the report into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    _refuse_to_solve(monkeypatch)
+    with pytest.raises(ValueError, match="--out must not be empty"):
+        report([tiny_run], "")
+    result = CliRunner().invoke(cli_main, ["deep", "report", str(tiny_run), "--out", ""])
+    assert result.exit_code == 2 and "--out must not be empty" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_out_folder_is_refused_before_any_solve(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
