@@ -17,6 +17,7 @@ from deep.distributed import (
     all_reduce_class_statistics,
     all_reduce_sum,
     average_gradients,
+    barrier,
     broadcast_buffers,
     distributed_scl_prototype_loss,
     gather_rows,
@@ -108,6 +109,7 @@ def main(path: str) -> None:
     average_gradients([extra])
     results["averaged_grad"] = extra.grad.clone()
     torch.save(results, path if rank == 0 else f"{path}.rank{rank}")
+    barrier()  # leave together, as deep.train does: a rank tearing gloo down early can abort the other
     shutdown_distributed()
 
 
