@@ -19,7 +19,7 @@ class _CleanErrors(click.Group):
     """
 
     def invoke(self, ctx):
-        from ncgeo._io import is_out_of_memory
+        from ncgeo._io import is_out_of_memory, out_of_memory_message
 
         try:
             return super().invoke(ctx)
@@ -28,9 +28,7 @@ class _CleanErrors(click.Group):
         except (MemoryError, RuntimeError) as exc:  # sizes beyond this machine: one line, not a traceback
             if not is_out_of_memory(exc):
                 raise
-            message = " ".join(str(exc).split())[:200]
-            raise click.UsageError(f"not enough memory for these sizes ({type(exc).__name__}: {message}); "
-                                   "choose smaller ones", ctx) from exc
+            raise click.UsageError(out_of_memory_message(exc), ctx) from exc
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

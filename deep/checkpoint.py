@@ -20,7 +20,6 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ncgeo._io import remove_stale_temporaries
 from ncgeo.ufm.result import atomic_write
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "load_checkpoint",
     "json_ready",
     "lock_run_folder",
-    "remove_stale_temporaries",
 ]
 
 CHECKPOINT_FORMAT = 1

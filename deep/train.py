@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncgeo._io import remove_stale_temporaries
+from ncgeo._validation import check_device
 from ncgeo.classes import class_sizes
 from ncgeo.geometry import named_prototypes
 from ncgeo.losses import fixed_classifier_cross_entropy
@@ -74,7 +76,6 @@ from .checkpoint import (
     atomic_write_json,
     lock_run_folder,
     read_jsonl,
-    remove_stale_temporaries,
     rewrite_jsonl,
     save_checkpoint,
 )
@@ -125,15 +126,7 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {name!r} is not a torch device ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"numbered from 0")
+    device = check_device("--device", name)
     try:  # training draws its augmentation from a generator on the device (e.g. not possible on meta)
         torch.Generator(device=device)
     except RuntimeError as exc:
@@ -538,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import click
 
-    from ncgeo._io import exit_on_sigterm, is_out_of_memory
+    from ncgeo._io import exit_on_sigterm, is_out_of_memory, out_of_memory_message
 
     exit_on_sigterm()  # torchrun and schedulers stop workers with SIGTERM: clean temporary files
     try:
@@ -555,8 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as exc:  # sizes beyond this machine: one line, not a traceback
         if not is_out_of_memory(exc):
             raise
-        click.echo(f"Error: not enough memory for these sizes ({type(exc).__name__}: "
-                   f"{' '.join(str(exc).split())[:200]}); choose smaller ones", err=True)
+        click.echo(f"Error: {out_of_memory_message(exc)}", err=True)
         return 2
     except FloatingPointError as exc:  # a diverged run (the loss became NaN or infinite)
         click.echo(f"Error: {exc}", err=True)

@@ -12,7 +12,8 @@ import tempfile
 import time
 from typing import Callable, IO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "out_of_memory_message",
+           "remove_stale_temporaries"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> str:
@@ -93,6 +94,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0)
         except OSError:  # removed meanwhile
             continue
     return removed
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """The one line a command prints for an out-of-memory failure (see :func:`is_out_of_memory`)."""
+    message = " ".join(str(exc).split())[:200]
+    return f"not enough memory for these sizes ({type(exc).__name__}: {message}); choose smaller ones"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ __all__ = [
     "simplex_etf",
     "orthogonal_frame",
     "random_prototypes",
+    "check_gram",
     "prototypes_from_gram",
     "load_prototypes",
     "spherical_code",
@@ -144,6 +145,30 @@ def random_prototypes(k: int, d: int, *, seed: int | None = None, nonnegative: b
     return _unit_columns(W)
 
 
+def check_gram(gram, name: str = "gram", *, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check that ``gram`` is a Gram of unit vectors: square, symmetric and with unit
+    diagonal (within ``tol``), positive semidefinite (smallest eigenvalue ``>= -tol *
+    max(1, ||G||_2)``). Returns ``(G symmetrised, eigenvalues ascending, eigenvectors)``;
+    ``ValueError`` naming ``name`` otherwise."""
+    G = as_float_array(name, gram, ndim=2)
+    tol = check_positive("tol", tol)
+    k = G.shape[0]
+    if G.shape != (k, k) or k == 0:
+        raise ValueError(f"{name} must be a square k x k matrix, got shape {G.shape}")
+    asym = float(np.max(np.abs(G - G.T)))
+    if asym > tol:
+        raise ValueError(f"{name} must be symmetric, largest |G - G^T| entry is {asym:.3g}")
+    diag_err = float(np.max(np.abs(np.diag(G) - 1.0)))
+    if diag_err > tol:
+        raise ValueError(f"{name} must have a unit diagonal (unit prototypes), largest |G_cc - 1| is {diag_err:.3g}")
+    G = 0.5 * (G + G.T)
+    eigenvalues, vectors = np.linalg.eigh(G)
+    scale = max(1.0, float(np.max(np.abs(eigenvalues))))
+    if eigenvalues[0] < -tol * scale:
+        raise ValueError(f"{name} must be positive semidefinite, its smallest eigenvalue is {eigenvalues[0]:.3g}")
+    return G, eigenvalues, vectors
+
+
 def prototypes_from_gram(gram, d: int | None = None, *, tol: float = 1e-8) -> np.ndarray:
     r"""Factorise a prototype Gram matrix: return ``W`` (``d x k``) with ``W^T W = G``.
 
@@ -153,22 +178,9 @@ def prototypes_from_gram(gram, d: int | None = None, *, tol: float = 1e-8) -> np
     ``W = diag(sqrt(lambda_+)) V^T`` on the largest ``rank`` eigenvalues, padded with zero
     rows to ``d`` (default: the rank), with columns renormalised to unit length.
     """
-    G = as_float_array("gram", gram, ndim=2)
-    tol = check_positive("tol", tol)
+    G, eigenvalues, vectors = check_gram(gram, tol=tol)
     k = G.shape[0]
-    if G.shape != (k, k) or k == 0:
-        raise ValueError(f"gram must be a square k x k matrix, got shape {G.shape}")
-    asym = float(np.max(np.abs(G - G.T)))
-    if asym > tol:
-        raise ValueError(f"gram must be symmetric, largest |G - G^T| entry is {asym:.3g}")
-    diag_err = float(np.max(np.abs(np.diag(G) - 1.0)))
-    if diag_err > tol:
-        raise ValueError(f"gram must have a unit diagonal (unit prototypes), largest |G_cc - 1| is {diag_err:.3g}")
-    G = 0.5 * (G + G.T)
-    eigenvalues, vectors = np.linalg.eigh(G)
     scale = max(1.0, float(np.max(np.abs(eigenvalues))))
-    if eigenvalues[0] < -tol * scale:
-        raise ValueError(f"gram must be positive semidefinite, its smallest eigenvalue is {eigenvalues[0]:.3g}")
     keep = eigenvalues > tol * scale
     rank = int(keep.sum())
     if d is None:

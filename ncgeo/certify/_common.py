@@ -9,6 +9,7 @@ import torch
 
 from .._validation import (as_float_array, as_label_tensor, check_bool, check_int, check_nonnegative,
                            check_real, check_tau)
+from ..geometry import check_gram
 
 
 def class_weights(name: str, sizes) -> np.ndarray:
@@ -35,31 +36,12 @@ def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative:
         if G_W.shape != (k, k):
             raise ValueError(f"prototype_gram must have shape ({k}, {k}), got {G_W.shape}")
     if G_W is not None:
-        G_W = check_prototype_gram(G_W)
+        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W")[0]
     if n_w > 0 and G_W is None:
         raise ValueError("prototypes (or prototype_gram) are required when n_w > 0")
     if prototypes_nonnegative is None:
         prototypes_nonnegative = bool(W is not None and np.all(W >= 0))
     return W, G_W, (W.shape[0] if W is not None else None), bool(nonnegative and prototypes_nonnegative)
-
-
-def check_prototype_gram(G: np.ndarray, name: str = "prototype_gram") -> np.ndarray:
-    """A prototype Gram must be one: symmetric, unit diagonal, positive semidefinite (within
-    round-off); returns it symmetrised. A non-symmetric or indefinite "Gram" used to be
-    symmetrised or solved as given, and certified."""
-    G = np.asarray(G, dtype=np.float64)
-    if G.ndim != 2 or G.shape[0] != G.shape[1]:
-        raise ValueError(f"{name} must be a square matrix, got shape {G.shape}")
-    if not np.allclose(np.diag(G), 1.0, atol=1e-8):
-        raise ValueError("prototypes must be unit vectors (prototype_gram must have unit diagonal)")
-    if not np.allclose(G, G.T, atol=1e-8):
-        raise ValueError(f"{name} must be symmetric (largest asymmetry {np.abs(G - G.T).max():.3g})")
-    G = (G + G.T) / 2
-    smallest = float(np.linalg.eigvalsh(G)[0]) if G.size else 0.0
-    if smallest < -1e-8 * max(1.0, len(G)):
-        raise ValueError(f"{name} must be positive semidefinite (a Gram of unit vectors), smallest "
-                         f"eigenvalue {smallest:.3g}")
-    return G
 
 
 def class_problem_setup(class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative: bool,

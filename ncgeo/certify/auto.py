@@ -270,7 +270,8 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
                     time_limit=time_limit, rtol=rtol)
     means = relaxed.solution.get("means")
     upper = relaxed.upper_bound
-    if means is None or upper == math.inf:
+    uncollapsed = means is None or upper == math.inf
+    if uncollapsed:
         # the relaxation's optimum looks uncollapsed, which an inaccurate solve (class sizes of
         # 10^4) can also produce: try the collapsed optimum itself, from the prototypes, with the
         # dual bound as the judge
@@ -283,33 +284,26 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
         start = W if (W is not None and n_w > 0) else simplex_etf(len(sizes), d)
         means, upper = polish_means(start, weights, W if n_w > 0 else None, n_w, tau, nonnegative,
                                     prototypes_as_anchors)
-        labels = np.repeat(np.arange(len(sizes)), sizes)
-        dual = dual_certificate(means[:, labels].T, labels, W if n_w > 0 else None, n_w, tau,
-                                nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors,
-                                upper_bound=upper, rtol=rtol)
-        if not dual.certified:
-            return None, None, relaxed
-        solution = dict(dual.solution, relaxation_reason=relaxed.reason, relaxation_lower_bound=relaxed.lower_bound,
-                        dual_lower_bound=dual.lower_bound, means=means)
-        return means[:, labels].T, labels, make_result(dual.lower_bound, upper, method="dual",
-                                                       status=relaxed.solver_status, seconds=timer(), rtol=rtol,
-                                                       rank=dual.rank, dim=d, realisable=True, solution=solution)
     labels = np.repeat(np.arange(len(sizes)), sizes)
     H = means[:, labels].T
     dual = dual_certificate(H, labels, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
                             prototypes_as_anchors=prototypes_as_anchors, upper_bound=upper, rtol=rtol)
-    solution = dict(relaxed.solution)
-    solution.update(dual_lower_bound=dual.lower_bound, relaxation_lower_bound=relaxed.lower_bound,
-                    lambda_min=dual.solution.get("lambda_min"))
-    method = relaxed.method
+    if uncollapsed and not dual.certified:
+        return None, None, relaxed
+    solution = dict(relaxed.solution, means=means, dual_lower_bound=dual.lower_bound,
+                    relaxation_lower_bound=relaxed.lower_bound, lambda_min=dual.solution.get("lambda_min"))
+    method, lower = relaxed.method, max(relaxed.lower_bound, dual.lower_bound)
+    if uncollapsed:  # the dual bound alone: it is exact where the relaxation was not
+        method, lower = "dual", dual.lower_bound
+        solution["relaxation_discarded"] = (f"the {relaxed.method} optimum was not realised ({relaxed.reason}); "
+                                            "the collapsed optimum polished from the prototypes is judged by "
+                                            "the dual bound")
     if contradicts(relaxed.lower_bound, upper):  # an inaccurate conic solve (large class weights)
         lower, method = dual.lower_bound, "dual"
         solution["relaxation_discarded"] = (f"the {relaxed.method} bound {relaxed.lower_bound:.10g} lies above the "
                                             f"realised loss {upper:.10g}: the conic solver was inaccurate")
-    else:
-        lower = max(relaxed.lower_bound, dual.lower_bound)
     result = make_result(lower, upper, method=method, status=relaxed.solver_status,
-                         seconds=timer(), rtol=rtol, rank=relaxed.rank, dim=relaxed.dim,
-                         realisable=True, solution=solution)
+                         seconds=timer(), rtol=rtol, rank=dual.rank if uncollapsed else relaxed.rank,
+                         dim=relaxed.dim, realisable=True, solution=solution)
     return H, labels, result
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_float_array, check_tau
-from ._common import check_prototype_gram
+from ..geometry import check_gram
 from ._program import Timer, matrix_rank, solve_problem
 from .result import _plain
 
@@ -152,7 +152,7 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         raise ValueError("W or prototype_gram is required")
     if G.shape[0] < 1:
         raise ValueError(f"there must be at least one prototype, got a Gram of shape {G.shape}")
-    G = check_prototype_gram(G, "prototype_gram" if Wm is None else "W^T W")
+    G = check_gram(G, "prototype_gram" if Wm is None else "W^T W")[0]
     if nonnegative and Wm is None:
         raise ValueError("nonnegative=True needs the prototypes W themselves, not only their Gram")
     k = G.shape[0]

@@ -383,7 +383,7 @@ def solve_ufm(
     max_iterations = check_int("max_iterations", max_iterations, minimum=0)
     W, d = _resolve_prototypes(prototypes, k, dim, n_w)
     check_memory(sum(sizes), d, k, batching=batching, batch_size=batch_size, dtype=dtype_t, device=device_t,
-                 nonnegative=bool(nonnegative))
+                 nonnegative=nonnegative)
     labels = labels_from_sizes(sizes)
     N = labels.shape[0]
     batches = None if shuffle else make_batches(labels, batching, batch_size, seed)
@@ -400,8 +400,8 @@ def solve_ufm(
     torch.set_num_threads(check_int("num_threads", num_threads, minimum=1))
     try:
         problem = _Problem(
-            sizes=sizes, labels=labels, y=y_t, W=W_t, n_w=n_w, tau=tau, anchors=bool(prototypes_as_anchors),
-            nonnegative=bool(nonnegative), dim=d, dtype=dtype_t, device=device_t, batching=batching,
+            sizes=sizes, labels=labels, y=y_t, W=W_t, n_w=n_w, tau=tau, anchors=prototypes_as_anchors,
+            nonnegative=nonnegative, dim=d, dtype=dtype_t, device=device_t, batching=batching,
             batch_size=batch_size, batches=batches, seed=seed, grad_tol=grad_tol, max_iterations=max_iterations,
             learning_rate=learning_rate, time_limit=time_limit)
         best, restart_losses = _run_restarts(problem, starts, _Progress(progress, len(starts)))
@@ -409,8 +409,8 @@ def solve_ufm(
         torch.set_num_threads(previous_threads)
     H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
     settings = dict(
-        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=bool(nonnegative), batching=batching,
-        batch_size=batch_size, prototypes_as_anchors=bool(prototypes_as_anchors), restarts=restarts, seed=seed,
+        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=nonnegative, batching=batching,
+        batch_size=batch_size, prototypes_as_anchors=prototypes_as_anchors, restarts=restarts, seed=seed,
         device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
         max_iterations=max_iterations, init=init,
         starts=starts, start=best["start"], learning_rate=learning_rate, time_limit=time_limit,
