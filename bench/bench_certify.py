@@ -118,13 +118,17 @@ def bench_cli(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("parts", nargs="*", default=["reduced", "dual", "full", "cli"],
-                        choices=["reduced", "dual", "full", "cli"])
+    parts = {"reduced": bench_reduced, "dual": bench_dual, "full": bench_full, "cli": bench_cli}
+    # no `choices` here: argparse checks an empty list against them and refuses it
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(parts)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="skip the N = 100 full SDP")
-    parser.add_argument("--all", action="store_true", help="also run the reduced SDP at k = 1000")
+    parser.add_argument("--all", action="store_true", help="also try the reduced SDP at k = 100 with SCS")
     args = parser.parse_args()
-    for part in args.parts:
-        {"reduced": bench_reduced, "dual": bench_dual, "full": bench_full, "cli": bench_cli}[part](args)
+    unknown = sorted(set(args.parts) - set(parts))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(parts)}")
+    for part in args.parts or list(parts):
+        parts[part](args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ def class_weights(name: str, sizes) -> np.ndarray:
     return w
 
 
+#: How far prototypes may be from unit length (float32 round-off), as in ``solve_ufm``.
+UNIT_TOL = 1e-6
+
+
 def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative: bool,
                     prototypes_nonnegative: bool | None):
     """Return ``(W or None, G_W or None, dim or None, sample-prototype nonnegativity)``."""
@@ -36,7 +40,7 @@ def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative:
         if G_W.shape != (k, k):
             raise ValueError(f"prototype_gram must have shape ({k}, {k}), got {G_W.shape}")
     if G_W is not None:
-        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W")[0]
+        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W", tol=UNIT_TOL)[0]
     if n_w > 0 and G_W is None:
         raise ValueError("prototypes (or prototype_gram) are required when n_w > 0")
     if prototypes_nonnegative is None:
@@ -108,7 +112,7 @@ def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototy
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     if W is not None and W.shape[0] != d:
         raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
-    if W is not None and W.size and not np.allclose(np.linalg.norm(W, axis=0), 1.0, atol=1e-8):
+    if W is not None and W.size and np.abs(np.linalg.norm(W, axis=0) - 1.0).max() > UNIT_TOL:
         raise ValueError("prototypes must be unit vectors (unit columns of the (d, k) matrix)")
     # with prototypes, k is their number (labels index them even when n_w = 0)
     y = as_label_tensor("labels", labels, N, None if W is None else W.shape[1]).numpy()

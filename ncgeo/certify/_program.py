@@ -3,7 +3,6 @@ matrix variable, solving with fallback, failure capture."""
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import defaultdict
@@ -12,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-from .._validation import check_choice
+from .._validation import check_choice, check_positive
 
 SOLVERS = ("CLARABEL", "SCS")
 
@@ -120,9 +119,8 @@ def block_and_sign_constraints(X, m: int, kp: int, G_W, proto_nonneg: bool, nonn
 def check_solver_args(solver, time_limit) -> None:
     """``solver`` one of :data:`SOLVERS`; ``time_limit`` None or a finite number of seconds > 0."""
     check_choice("solver", solver, SOLVERS)
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit > 0 or not math.isfinite(time_limit)):
-        raise ValueError(f"time_limit must be a finite number of seconds > 0 or None, got {time_limit!r}")
+    if time_limit is not None:
+        check_positive("time_limit", time_limit)
 
 
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,
@@ -131,7 +129,8 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
     """Solve a cvxpy problem, falling back to the other conic solver on failure.
 
     Returns ``(solver_used, status, failure)``; ``failure`` is None on success, else a
-    reason ("missing solver", "time limit", "infeasible", "inaccurate", ...). Never raises.
+    reason ("missing solver", "time limit", "infeasible", "inaccurate", ...). Solver failures are
+    results; only bad arguments (``solver``, ``time_limit``) raise.
     Clarabel is skipped (with that reason) for a PSD cone larger than ``CLARABEL_MAX_PSD``.
     """
     import cvxpy as cp

@@ -24,13 +24,14 @@ import numpy as np
 
 from .._validation import (as_float_array, check_bool, check_choice, check_int, check_nonnegative,
                            check_tau)
+from ..ufm.batching import check_batches
 from ._common import candidate_inputs, candidate_loss, check_dim
 from ._program import Timer, check_solver_args
 from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
-from .full import _check_batches, solve_full
+from .full import solve_full
 from .orbit import orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
-from .result import DEFAULT_RTOL, CertificateResult, check_rtol, make_result
+from .result import DEFAULT_RTOL, CertificateResult, check_rtol, contradicts, make_result
 
 __all__ = ["certify", "certify_result", "realise_and_certify", "METHODS"]
 
@@ -57,12 +58,6 @@ def _orbit_applies(weights: np.ndarray, W, n_w: float) -> bool:
     if len(groups) == len(weights):
         return False
     return orbit_invariant(W.T @ W if (n_w > 0 and W is not None) else None, groups) is not None
-
-
-def contradicts(lower: float, upper: float) -> bool:
-    """True when a relaxation's "lower bound" lies above a feasible loss ``upper`` by more than
-    round-off: the conic solver was inaccurate, and that bound must not be used."""
-    return lower > upper + max(1e-9, 1e-7 * abs(upper))
 
 
 def _combine(method_result: CertificateResult, upper: float, rtol: float, timer,
@@ -126,7 +121,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
                                                       prototypes_as_anchors, upper_bound)
     N, d = H.shape
     k = W.shape[1] if W is not None else int(y.max()) + 1
-    batch_list = _check_batches(batches, N)
+    batch_list = check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
     if upper_bound is None:  # over the distinct rows when the batch is full: a collapsed N = 10^5 is cheap
         upper_bound = (full_batch_loss(H, y, W, n_w, tau, prototypes_as_anchors) if full_batch else
@@ -202,8 +197,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL",
     (``"shuffle"``) solve has no fixed objective and is reported as not certified.
     """
     if not all(hasattr(result, name) for name in ("settings", "H", "labels")):
-        raise TypeError(f"result must be a UFMResult or SavedSolution (from solve_ufm or ncgeo.ufm.load_npz), got "
-                        f"{type(result).__name__}; for a file use certify_result(load_npz(path)) or `ncgeo certify FILE`")
+        raise TypeError(f"result must be a UFMResult or SavedSolution (from solve_ufm or ncgeo.ufm.load_npz), "
+                        f"got {type(result).__name__}; for a file use certify_result(load_npz(path)) or "
+                        "`ncgeo certify FILE`")
     settings = result.settings
     missing = [key for key in ("n_w", "tau") if key not in settings]
     if missing:

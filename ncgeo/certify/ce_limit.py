@@ -31,7 +31,8 @@ import numpy as np
 
 from .._validation import as_float_array, check_tau
 from ..geometry import check_gram
-from ._program import Timer, matrix_rank, solve_problem
+from ._common import UNIT_TOL
+from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .result import _plain
 
 __all__ = ["CELimitResult", "certify_ce_limit"]
@@ -141,6 +142,7 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
     import cvxpy as cp
 
     timer = Timer()
+    check_solver_args(solver, time_limit)  # before the program is built
     tau = check_tau(tau)
     if W is not None:
         Wm = as_float_array("W", W, ndim=2)
@@ -152,7 +154,7 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         raise ValueError("W or prototype_gram is required")
     if G.shape[0] < 1:
         raise ValueError(f"there must be at least one prototype, got a Gram of shape {G.shape}")
-    G = check_gram(G, "prototype_gram" if Wm is None else "W^T W")[0]
+    G = check_gram(G, "prototype_gram" if Wm is None else "W^T W", tol=UNIT_TOL)[0]
     if nonnegative and Wm is None:
         raise ValueError("nonnegative=True needs the prototypes W themselves, not only their Gram")
     k = G.shape[0]

@@ -53,9 +53,9 @@ import scipy.linalg
 import scipy.sparse.linalg
 from scipy.special import logsumexp
 
+from ..ufm.batching import check_batches
 from ._common import candidate_inputs, candidate_loss
 from ._program import Timer
-from .full import _check_batches
 from .result import CertificateResult, DEFAULT_RTOL, check_rtol, make_result
 
 __all__ = ["dual_certificate", "full_batch_loss"]
@@ -223,7 +223,7 @@ def dual_certificate(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 
         W = None
     k = W.shape[1] if use_p else 0  # candidate_inputs checked the labels against it
     G_W = W.T @ W if use_p else np.zeros((0, 0))
-    batch_list = _check_batches(batches, N)
+    batch_list = check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
     if full_batch:
         Hs, first, inverse, n, snapped = _groups(H0, y, snap_tol)

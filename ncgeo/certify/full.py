@@ -24,9 +24,10 @@ import math
 import numpy as np
 
 from .._validation import as_float_array, as_label_tensor, check_int
-from ..ufm.batching import check_batches as _check_batches
+from ..ufm.batching import check_batches
 from ._common import check_dim, check_loss_args, prototype_setup, realise_nonnegative
-from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
+from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
+                       matrix_rank, solve_problem)
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_full", "full_objective"]
@@ -110,6 +111,7 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
     import cvxpy as cp
 
     timer = Timer()
+    check_solver_args(solver, time_limit)  # before the program is built
     n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
     if labels is None or np.ndim(labels) != 1:
         raise ValueError(f"labels must be a 1-D array of class indices, got {type(labels).__name__}"
@@ -131,7 +133,7 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
     W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
                                               prototypes_nonnegative)
     d = check_dim(dim) if dim is not None else d
-    batches = _check_batches(batches, N)
+    batches = check_batches(batches, N)
     kp = k if n_w > 0 else 0
     objective = full_objective(y, k, G_W, n_w, tau, batches, prototypes_as_anchors)
     G = cp.Variable((N + kp, N + kp), symmetric=True)

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ._common import class_problem_setup
-from ._program import Timer, matrix_rank, solve_problem
+from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .reduced import COLLAPSE_TOL, finish_relaxation, reduced_objective
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
@@ -93,6 +93,7 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
     import cvxpy as cp
 
     timer = Timer()
+    check_solver_args(solver, time_limit)  # before the program is built
     weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
         class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
         prototypes_as_anchors, dim)

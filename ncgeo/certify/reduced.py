@@ -33,7 +33,8 @@ import math
 import numpy as np
 
 from ._common import class_problem_setup
-from ._program import LogSumExpObjective, Timer, block_and_sign_constraints, matrix_rank, solve_problem
+from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
+                       matrix_rank, solve_problem)
 from .result import DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_reduced", "reduced_objective", "realise_collapse", "polish_means"]
@@ -237,6 +238,7 @@ def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0
     import cvxpy as cp
 
     timer = Timer()
+    check_solver_args(solver, time_limit)  # before the program is built
     weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
         class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
         prototypes_as_anchors, dim)

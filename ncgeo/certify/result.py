@@ -110,6 +110,12 @@ class CertificateResult:
         return f"not certified: {self.reason} ({label}, {self.seconds:.2f} s)"
 
 
+def contradicts(lower: float, upper: float) -> bool:
+    """True when a relaxation's "lower bound" lies above a feasible loss ``upper`` by more than
+    round-off: the conic solver was inaccurate, and that bound must not be used."""
+    return lower > upper + max(1e-9, 1e-7 * abs(upper))
+
+
 def make_result(lower: float, upper: float, *, method: str, status: str, seconds: float,
                 rtol: float, rank: int | None = None, dim: int | None = None,
                 realisable: bool | None = None, failure: str | None = None,
@@ -128,7 +134,7 @@ def make_result(lower: float, upper: float, *, method: str, status: str, seconds
         certified, reason = False, failure
     elif not math.isfinite(gap):
         certified, reason = False, "no finite bound"
-    elif gap < -max(1e-9, 1e-7 * abs(upper)) and method != "dual":
+    elif method != "dual" and contradicts(lower, upper):
         certified, reason = False, (f"upper bound {upper:.10g} is below the lower bound {lower:.10g}: "
                                     "the solver was inaccurate")
     elif method == "dual" and gap < -max(1e-9, 1e-9 * abs(upper)):  # exact up to round-off

@@ -286,7 +286,7 @@ def test_closed_form_certificate_refuses_other_setups():
     imbalanced = certify_closed_form([5, 5, 1, 1], simplex_etf(4, 4), 10.0, 0.3)
     assert not imbalanced.certified and "no closed form" in imbalanced.reason
     too_small = certify_closed_form([5] * 4, None, 0.0, 0.3, dim=2)  # an ETF of 4 points needs d >= 3
-    assert not too_small.certified
+    assert not too_small.certified and "rank 3 > d = 2" in too_small.reason, too_small.reason
 
 
 def test_invalid_inputs_of_the_certificates_are_value_or_type_errors():
