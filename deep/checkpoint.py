@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ncgeo.ufm.result import atomic_write
+from ncgeo._io import atomic_write_bytes as _atomic_write_bytes
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,17 +40,11 @@ CHECKPOINT_FORMAT = 1
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: :func:`ncgeo.ufm.result.atomic_write` (temporary
-    file, ``os.replace``) with a flush and ``fsync`` before the move; mode ``0644``."""
-    def write(handle) -> None:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # temporary files are created 0600; results are meant to be shared
-
+    """Write ``data`` to ``path`` atomically (:func:`ncgeo._io.atomic_write_bytes`: temporary
+    file, fsync, ``os.replace``, the umask's permissions), creating its folder first."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, write)
+    _atomic_write_bytes(path, data)
 
 
 def json_ready(value: Any) -> Any:

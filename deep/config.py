@@ -24,6 +24,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ncgeo._validation import MIN_TAU
+
 __all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "MAX_FEATURE_DIM", "MAX_WIDTH", "RESUME_MUTABLE",
            "load_toml", "train_options", "check_resume", "config_nproc", "option_name", "resolve_config"]
 
@@ -233,7 +235,7 @@ class TrainConfig:
         put("weight_decay", _check_real("weight_decay", self.weight_decay, 0.0))
         put("milestones", _parse_milestones(self.milestones))
         put("warmup_epochs", _check_real("warmup_epochs", self.warmup_epochs, 0.0))
-        put("tau", _check_real("tau", self.tau, 0.0, strict=True))
+        put("tau", _check_real("tau", self.tau, MIN_TAU))  # ncgeo's floor: the loss refuses smaller
         put("eval_every", _check_int("eval_every", self.eval_every, 1))
         put("seed", _check_int("seed", self.seed, 0))
         for name in ("max_train_samples", "max_test_samples"):

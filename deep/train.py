@@ -330,7 +330,9 @@ def preflight(config: TrainConfig, nproc: int) -> None:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
                          "(it is the global batch, split equally)")
     open_run_folder(config)
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    if nproc > 1 and config.sync_batchnorm == "on" and device.type != "cuda":
+        raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
     prepare_data(config, torch.device("cpu"))
 
 

@@ -230,3 +230,12 @@ def test_config_nproc_checks_an_explicit_value():
     for bad in ("2", 0, -3, True):
         with pytest.raises(ValueError, match="--nproc must be an integer >= 1"):
             config_nproc(bad, None)
+
+
+def test_tau_has_ncgeo_floor():
+    """A run with tau = 1e-8 trained, then failed only in `deep predict` (the loss refuses it)."""
+    from ncgeo._validation import MIN_TAU
+
+    assert TrainConfig(tau=MIN_TAU).tau == MIN_TAU
+    with pytest.raises(ValueError, match="--tau must be a finite number >= 1e-06"):
+        TrainConfig(tau=1e-8)

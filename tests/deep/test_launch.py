@@ -102,12 +102,16 @@ def test_bad_input_is_refused_before_launching_workers(tmp_path, tiny_mnist):
     result = runner.invoke(main, ["deep", "train", *OPTIONS, "--nproc", "2", "--data-root", str(tiny_mnist),
                                   "--out", str(blocked / "run")])
     assert result.exit_code == 2 and "--out" in result.output
+    synced = runner.invoke(main, ["deep", "train", *OPTIONS, "--nproc", "2", "--data-root", str(tiny_mnist),
+                                  "--device", "cpu", "--sync-batchnorm", "on", "--out", str(tmp_path / "run")])
+    assert synced.exit_code == 2 and "--sync-batchnorm on needs CUDA devices" in synced.output, synced.output
+    assert "ChildFailedError" not in synced.output  # refused by the launcher, not by every worker
 
 
-def test_a_stopped_launcher_stops_its_torchrun(tmp_path):
-    """SIGTERM to `ncgeo deep train --nproc N` (SystemExit through exit_on_sigterm) is passed on to
-    torchrun, which stops its workers; before, the launcher died alone (default action) or
-    SIGKILLed its child, leaving the workers training orphaned."""
+def test_wait_or_terminate_passes_sigterm_on_to_its_child(tmp_path):
+    """What `launch` does with torchrun, shown with a stand-in child: SIGTERM to the launcher
+    (SystemExit through exit_on_sigterm) is passed on, so torchrun can stop its workers; before,
+    the launcher died alone (default action) or SIGKILLed its child, orphaning the workers."""
     import signal
     import subprocess
     import sys
