@@ -45,8 +45,8 @@ from ncgeo.metrics import gram_distance
 from .checkpoint import atomic_write_json, read_jsonl
 from .config import FEATURE_CHOICES, LOSS_CHOICES
 
-__all__ = ["MEAN_PRODUCTS_KEYS", "PREDICTION_MODELS", "Prediction", "RunRecord", "check_prediction_writable",
-           "load_run", "expected_batch_counts", "predict_run", "predicted_means_gram"]
+__all__ = ["MEAN_PRODUCTS_KEYS", "PREDICTION_MODELS", "Prediction", "RunRecord", "check_predictable",
+           "check_prediction_writable", "load_run", "expected_batch_counts", "predict_run", "predicted_means_gram"]
 
 PREDICTION_MODELS = ("batch", "dataset", "ce-limit")
 #: Key of the ``k x k`` matrix ``M^T M`` of a split in ``metrics.jsonl``: the current name, then the
@@ -372,15 +372,10 @@ class Prediction:
         ])
 
 
-def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *, solver: str = "CLARABEL",
-                write: bool = True) -> Prediction:
-    """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``.
-
-    ``model`` defaults to ``"batch"`` for SCL runs and ``"ce-limit"`` for ``ce-fixed`` runs.
-    """
-    from ncgeo.certify import certify_ce_limit, solve_reduced
-
-    record = run if isinstance(run, RunRecord) else load_run(run)
+def check_predictable(record: RunRecord, model: str | None = None, write: bool = True) -> str:
+    """Everything that would make :func:`predict_run` fail before its solve (which may take
+    minutes): the run's configuration, a model that fits its loss, classes with samples, a
+    writable run folder when ``write``. Returns the model (its default for the run's loss)."""
     _check_config(record.path, record.config)  # a RunRecord may be built or changed by hand
     loss = record.config.get("loss", "scl")
     if loss == "ce":
@@ -395,14 +390,28 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     if np.any(counts <= 0):
         raise ValueError(f"run {record.name!r} has classes without training samples: {counts.astype(int).tolist()}")
+    if record.config.get("proto_anchors", False) and model == "ce-limit":
+        raise ValueError(f"run {record.name!r} was trained with --proto-anchors: its n_w -> infinity limit is not "
+                         "cross-entropy (an extra term survives, THEORY.md section 4); use --model batch or dataset")
+    if write:
+        check_prediction_writable(record.path)
+    return model
+
+
+def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *, solver: str = "CLARABEL",
+                write: bool = True) -> Prediction:
+    """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``.
+
+    ``model`` defaults to ``"batch"`` for SCL runs and ``"ce-limit"`` for ``ce-fixed`` runs.
+    """
+    from ncgeo.certify import certify_ce_limit, solve_reduced
+
+    record = run if isinstance(run, RunRecord) else load_run(run)
+    model = check_predictable(record, model, write)
+    counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
     nonnegative = record.config.get("feature") == "nonnegative"
     anchors = bool(record.config.get("proto_anchors", False))
-    if anchors and model == "ce-limit":
-        raise ValueError(f"run {record.name!r} was trained with --proto-anchors: its n_w -> infinity limit is not "
-                         "cross-entropy (an extra term survives, THEORY.md section 4); use --model batch or dataset")
-    if write:  # before the solve, which may take minutes
-        check_prediction_writable(record.path)
     W = record.prototypes
     if model == "ce-limit":
         weights = counts

@@ -29,18 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ncgeo._validation import check_choice
-
 from .checkpoint import atomic_write_bytes
-from .predict import (
-    MEAN_PRODUCTS_KEYS,
-    PREDICTION_MODELS,
-    Prediction,
-    RunRecord,
-    check_prediction_writable,
-    load_run,
-    predict_run,
-)
+from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_run
 
 __all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
 
@@ -210,13 +200,11 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
         raise TypeError(f"out must be the path of a folder, got {type(out).__name__}")
     if not os.fspath(out).strip():
         raise ValueError("--out must not be empty (a folder for the figures and tables)")
-    if predict and model is not None:
-        check_choice("model", model, PREDICTION_MODELS)
     records = [load_run(run) for run in runs]
     wanted = [predict and record.config.get("loss", "scl") != "ce" for record in records]
-    for record, predicted in zip(records, wanted):  # before any solve
+    for record, predicted in zip(records, wanted):  # every run's checks before the first solve
         if predicted:
-            check_prediction_writable(record.path)
+            check_predictable(record, model)
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,8 @@ def test_report_of_a_run_written_before_the_rename_without_test_set(tiny_run, tm
     assert rows[0]["train_ncc"] == "" and rows[0]["test_ncc"] == ""
 
 
-def test_report_arguments(tiny_run, monkeypatch):
+def test_report_arguments(tiny_run, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(TypeError, match="runs must be a non-empty list of run folders, got NoneType"):
         report(None, "x")
     with pytest.raises(TypeError, match="runs must be a non-empty list of run folders, got str"):
@@ -132,3 +133,10 @@ def test_report_arguments(tiny_run, monkeypatch):
         report([], "x")
     with pytest.raises(TypeError, match="out must be the path of a folder, got NoneType"):
         report(["x"], None)
+    assert list(tmp_path.iterdir()) == []  # no refused call created the folder "x"
+    # a model that does not fit the LAST run is refused before the first run is solved
+    anchored = _copy_run(tiny_run, tmp_path / "runs", "anchored")
+    config = json.loads((anchored / "config.json").read_text())
+    (anchored / "config.json").write_text(json.dumps({**config, "proto_anchors": True}))
+    with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):
+        report([tiny_run, anchored], tmp_path / "out", model="ce-limit")
