@@ -87,7 +87,7 @@ def _check_output(option: str, path: str | None) -> None:
 
     if path is None or path == "-":
         return
-    if not path.strip() or os.path.isdir(path):
+    if not path.strip():  # a folder is refused by click.Path(dir_okay=False) already
         raise click.BadParameter(f"{path!r} is not a file name", param_hint=f"'{option}'")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):

@@ -145,11 +145,13 @@ def random_prototypes(k: int, d: int, *, seed: int | None = None, nonnegative: b
     return _unit_columns(W)
 
 
-def check_gram(gram, name: str = "gram", *, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_gram(gram, name: str = "gram", *, tol: float = 1e-8,
+               psd: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Check that ``gram`` is a Gram of unit vectors: square, symmetric and with unit
     diagonal (within ``tol``), positive semidefinite (smallest eigenvalue ``>= -tol *
     max(1, ||G||_2)``). Returns ``(G symmetrised, eigenvalues ascending, eigenvectors)``;
-    ``ValueError`` naming ``name`` otherwise."""
+    ``ValueError`` naming ``name`` otherwise. ``psd=False`` skips the eigendecomposition
+    (``W^T W`` is PSD by construction) and returns ``None`` for the eigenpairs."""
     G = as_float_array(name, gram, ndim=2)
     tol = check_positive("tol", tol)
     k = G.shape[0]
@@ -162,6 +164,8 @@ def check_gram(gram, name: str = "gram", *, tol: float = 1e-8) -> tuple[np.ndarr
     if diag_err > tol:
         raise ValueError(f"{name} must have a unit diagonal (unit prototypes), largest |G_cc - 1| is {diag_err:.3g}")
     G = 0.5 * (G + G.T)
+    if not psd:
+        return G, None, None
     eigenvalues, vectors = np.linalg.eigh(G)
     scale = max(1.0, float(np.max(np.abs(eigenvalues))))
     if eigenvalues[0] < -tol * scale:

@@ -40,7 +40,8 @@ def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative:
         if G_W.shape != (k, k):
             raise ValueError(f"prototype_gram must have shape ({k}, {k}), got {G_W.shape}")
     if G_W is not None:
-        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W", tol=UNIT_TOL)[0]
+        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W", tol=UNIT_TOL,
+                         psd=W is None)[0]
     if n_w > 0 and G_W is None:
         raise ValueError("prototypes (or prototype_gram) are required when n_w > 0")
     if prototypes_nonnegative is None:

@@ -154,7 +154,7 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         raise ValueError("W or prototype_gram is required")
     if G.shape[0] < 1:
         raise ValueError(f"there must be at least one prototype, got a Gram of shape {G.shape}")
-    G = check_gram(G, "prototype_gram" if Wm is None else "W^T W", tol=UNIT_TOL)[0]
+    G = check_gram(G, "prototype_gram" if Wm is None else "W^T W", tol=UNIT_TOL, psd=Wm is None)[0]
     if nonnegative and Wm is None:
         raise ValueError("nonnegative=True needs the prototypes W themselves, not only their Gram")
     k = G.shape[0]

@@ -81,3 +81,13 @@ def test_option_parsing():
     assert Option("b", "bool", None, None, "").parse("no") is False
     with pytest.raises(ValueError, match="option k expects int"):
         Option("k", "int", None, None, "").parse(2.5)
+
+
+def test_studies_accept_every_named_geometry_of_ncgeo():
+    """sims kept its own list of names and refused `spherical`, which ncgeo.named_prototypes has."""
+    from ncgeo.geometry import PROTOTYPE_NAMES
+    from sims.common import check_geometry_names
+
+    check_geometry_names("option geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
+    with pytest.raises(ValueError, match="option geometry must be one of"):
+        check_geometry_names("option geometry", ["bogus"])
