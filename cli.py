@@ -189,9 +189,6 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
     if proto_anchors and 0 < protos < 1:
         raise click.BadParameter(f"must be 0 or >= 1 with --proto-anchors, got {protos:g}", param_hint="'--protos'")
-    if certify_method in ("reduced", "orbit") and batching != "full":
-        raise click.BadParameter(f"{certify_method} needs --batching full; use auto, full or dual with "
-                                 f"--batching {batching}", param_hint="'--certify'")
     try:
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
@@ -201,12 +198,13 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
                  dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
-    if certify_method == "orbit" and protos > 0:
-        from ncgeo.certify.orbit import orbit_invariant, size_groups
+    if certify_method != "none":  # before the solve: what the certificate needs of the set-up
+        from ncgeo.certify import check_method
 
-        if orbit_invariant(W.T @ W, size_groups([float(s) for s in sizes])) is None:
-            raise click.BadParameter("orbit needs prototypes whose Gram is invariant under permutations of "
-                                     "equal-size classes (etf, of); use auto or reduced", param_hint="'--certify'")
+        try:
+            check_method(certify_method, sizes, W, protos, full_batch=batching == "full")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
     quiet = json_path == "-"
     result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
                        batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,

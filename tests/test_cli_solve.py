@@ -180,3 +180,18 @@ def test_an_empty_or_folder_output_name_is_refused_before_the_solve(option, tmp_
     for name, expected in (("", "is not a file name"), (str(tmp_path), "is a directory")):
         result = CliRunner().invoke(main, ["solve", "--classes", "3", option, name])
         assert result.exit_code == 2 and expected in result.output and option in result.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--classes", "4", "--batching", "partition", "--batch-size", "4", "--certify", "reduced"],
+     "method 'reduced' needs the full batch"),
+    (["--classes", "4", "--protos", "10", "--geometry", "random", "--certify", "orbit"],
+     "method 'orbit' needs prototypes whose Gram is invariant"),
+])
+def test_a_certificate_that_cannot_apply_is_refused_before_the_solve(args, expected, monkeypatch):
+    """The check is ncgeo.certify.check_method (certify() uses it too), not a copy in the CLI."""
+    import ncgeo.ufm
+
+    monkeypatch.setattr(ncgeo.ufm, "solve_ufm", lambda *a, **k: pytest.fail("solved before checking --certify"))
+    result = CliRunner().invoke(main, ["solve", *args])
+    assert result.exit_code == 2 and expected in result.output and "'--certify'" in result.output, result.output

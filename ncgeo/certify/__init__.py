@@ -17,7 +17,7 @@ Every certificate returns a frozen :class:`CertificateResult`; solver failures g
 scale of ``UFMResult.loss`` (sum over batches and anchors).
 """
 
-from .auto import METHODS, certify, certify_result, realise_and_certify
+from .auto import METHODS, certify, certify_result, check_method, realise_and_certify
 from .ce_limit import CELimitResult, certify_ce_limit
 from .closed import certify_closed_form
 from .dual import dual_certificate
@@ -34,6 +34,7 @@ __all__ = [
     "certify",
     "certify_result",
     "realise_and_certify",
+    "check_method",
     "solve_full",
     "solve_reduced",
     "solve_orbit",

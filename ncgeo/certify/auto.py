@@ -33,7 +33,7 @@ from .orbit import orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
 from .result import DEFAULT_RTOL, CertificateResult, check_rtol, contradicts, make_result
 
-__all__ = ["certify", "certify_result", "realise_and_certify", "METHODS"]
+__all__ = ["certify", "certify_result", "realise_and_certify", "check_method", "METHODS"]
 
 METHODS = ("auto", "reduced", "orbit", "full", "dual")
 #: Largest k for which ``auto`` uses the 2k x 2k reduced program.
@@ -58,6 +58,24 @@ def _orbit_applies(weights: np.ndarray, W, n_w: float) -> bool:
     if len(groups) == len(weights):
         return False
     return orbit_invariant(W.T @ W if (n_w > 0 and W is not None) else None, groups) is not None
+
+
+def check_method(method: str, class_sizes, prototypes, n_w: float, full_batch: bool) -> None:
+    """What ``method`` needs of a set-up, checked before any solve (``ValueError`` otherwise):
+    ``reduced`` and ``orbit`` a full batch and samples in every class; ``orbit`` with
+    prototypes also a prototype Gram invariant under permutations of equal-size classes."""
+    check_choice("method", method, METHODS)
+    if method not in ("reduced", "orbit"):
+        return
+    if not full_batch:
+        raise ValueError(f"method {method!r} needs the full batch; use 'auto', 'full' or 'dual' for other batchings")
+    sizes = np.asarray(class_sizes, dtype=float)
+    if np.any(sizes == 0):
+        raise ValueError(f"method {method!r} needs every class to have samples")
+    W = None if prototypes is None else np.asarray(prototypes, dtype=float)
+    if method == "orbit" and n_w > 0 and W is not None and orbit_invariant(W.T @ W, size_groups(sizes)) is None:
+        raise ValueError("method 'orbit' needs prototypes whose Gram is invariant under permutations of equal-size "
+                         "classes (etf, of); use 'auto' or 'reduced'")
 
 
 def _combine(method_result: CertificateResult, upper: float, rtol: float, timer,
@@ -127,10 +145,7 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
         upper_bound = (full_batch_loss(H, y, W, n_w, tau, prototypes_as_anchors) if full_batch else
                        candidate_loss(H, y, W if n_w > 0 else None, n_w, tau, batch_list, prototypes_as_anchors))
     sizes = np.bincount(y, minlength=k).astype(float)
-    if method in ("reduced", "orbit") and not full_batch:
-        raise ValueError(f"method {method!r} needs the full batch; use 'full' or 'dual' for other batchings")
-    if method in ("reduced", "orbit") and np.any(sizes == 0):
-        raise ValueError(f"method {method!r} needs every class to have samples")
+    check_method(method, sizes, W, n_w, full_batch)
     common = dict(nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors, solver=solver,
                   time_limit=time_limit, rtol=rtol)
     plan: list[str]
