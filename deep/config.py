@@ -24,8 +24,6 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ncgeo._validation import MIN_TAU
-
 __all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "MAX_FEATURE_DIM", "MAX_WIDTH", "RESUME_MUTABLE",
            "load_toml", "train_options", "check_resume", "config_nproc", "option_name", "resolve_config"]
 
@@ -235,6 +233,8 @@ class TrainConfig:
         put("weight_decay", _check_real("weight_decay", self.weight_decay, 0.0))
         put("milestones", _parse_milestones(self.milestones))
         put("warmup_epochs", _check_real("warmup_epochs", self.warmup_epochs, 0.0))
+        from ncgeo._validation import MIN_TAU  # here, not at the top: this module must not import torch
+
         put("tau", _check_real("tau", self.tau, MIN_TAU))  # ncgeo's floor: the loss refuses smaller
         put("eval_every", _check_int("eval_every", self.eval_every, 1))
         put("seed", _check_int("seed", self.seed, 0))
