@@ -283,22 +283,12 @@ def _collapsed_R(means: np.ndarray, weights: np.ndarray, W, G_W, kp: int) -> np.
 
 def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: float, nonnegative: bool,
                  anchors: bool) -> tuple[np.ndarray, float]:
-    """Refine class means ``(d, k)`` with Riemannian L-BFGS (:func:`ncgeo.ufm.riemannian_lbfgs`)
+    """Refine class means ``(d, k)`` with :func:`ncgeo.ufm.collapsed.minimise_collapsed`
     on the collapsed loss (:func:`ncgeo.closed_form.collapsed_loss`, real class weights
     allowed); returns ``(means, loss)``."""
     import torch
 
-    from ..closed_form import collapsed_loss
-    from ..ufm import riemannian_lbfgs
-
-    W_t = None if W is None else torch.as_tensor(W)
-    sizes = weights.tolist()
-
-    def objective(rows):
-        rows = rows.detach().requires_grad_(True)
-        value = collapsed_loss(rows.T, sizes, W_t, n_w, tau, prototypes_as_anchors=anchors)
-        (grad,) = torch.autograd.grad(value, rows)
-        return value.detach(), grad
+    from ..ufm.collapsed import minimise_collapsed
 
     start = np.array(means, dtype=np.float64)
     if nonnegative:
@@ -308,5 +298,7 @@ def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: flo
         start = clipped
     x0 = torch.as_tensor(start).T.contiguous()
     x0 = x0 / x0.norm(dim=1, keepdim=True)
-    out = riemannian_lbfgs(objective, x0, nonnegative=nonnegative, grad_tol=1e-12, max_iterations=500)
+    out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.as_tensor(W), n_w, tau,
+                             nonnegative=nonnegative, prototypes_as_anchors=anchors, grad_tol=1e-12,
+                             max_iterations=500)
     return out.x.detach().numpy().T.copy(), float(out.value)

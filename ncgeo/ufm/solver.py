@@ -27,9 +27,9 @@ from .._validation import (
     check_nonnegative,
     check_positive, check_tau)
 from ..classes import labels_from_sizes
-from ..closed_form import collapsed_loss
 from ..metrics import geometry_metrics
 from .batching import BATCHING_SCHEMES, make_batches, ufm_objective
+from .collapsed import minimise_collapsed
 from .optimiser import riemannian_lbfgs, stationarity_residual
 from .result import UFMResult
 
@@ -222,21 +222,11 @@ class _Problem:
 def _collapsed_start(problem: _Problem, generator: torch.Generator) -> torch.Tensor:
     """Solve the reduced problem over the k class directions (``collapsed_loss``); returns ``(k, d)`` rows."""
     p = problem
-
-    def reduced(rows):
-        rows = rows.detach().requires_grad_(True)
-        value = collapsed_loss(rows.T, p.sizes, p.W, p.n_w, p.tau, prototypes_as_anchors=p.anchors)
-        (grad,) = torch.autograd.grad(value, rows)
-        return value.detach(), grad
-
     x0 = _random_rows(len(p.sizes), p.dim, p.nonnegative, generator, p.dtype, p.device)
     tol = max(p.grad_tol * 1e-2, 10 * torch.finfo(p.dtype).eps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # k x k kernels: threads only cost synchronisation
-    try:
-        return riemannian_lbfgs(reduced, x0, nonnegative=p.nonnegative, grad_tol=tol, max_iterations=5000).x
-    finally:
-        torch.set_num_threads(threads)
+    return minimise_collapsed(x0, p.sizes, p.W, p.n_w, p.tau, nonnegative=p.nonnegative,
+                              prototypes_as_anchors=p.anchors, grad_tol=tol, max_iterations=5000,
+                              single_thread=True).x
 
 
 def solve_ufm(

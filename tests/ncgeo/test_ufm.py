@@ -148,6 +148,24 @@ def test_riemannian_lbfgs_linear_objective(nonnegative):
     assert torch.allclose(out.x, torch.nn.functional.normalize(target, dim=1), atol=1e-10)
 
 
+@pytest.mark.parametrize("n_w, anchors", [(0.0, False), (30.0, False), (30.0, True)])
+def test_minimise_collapsed_reaches_the_etf_closed_form_and_restores_threads(n_w, anchors):
+    from ncgeo.ufm.collapsed import minimise_collapsed
+
+    W = torch.as_tensor(simplex_etf(4, 4))
+    threads = torch.get_num_threads()
+    out = minimise_collapsed(_unit_rows(4, 4, seed=3, nonnegative=False), [7] * 4, W if n_w else None, n_w, 0.2,
+                             nonnegative=False, prototypes_as_anchors=anchors, grad_tol=1e-12,
+                             max_iterations=2000, single_thread=True)
+    assert torch.get_num_threads() == threads
+    assert out.grad_norm <= 1e-12
+    assert float(out.value) == pytest.approx(closed_form_loss(4, 7, n_w, 0.2, prototypes_as_anchors=anchors),
+                                             rel=1e-12)
+    assert torch.allclose(out.x @ out.x.T, W.T @ W, atol=1e-6)  # a simplex ETF
+    if n_w:  # aligned with the prototypes
+        assert torch.allclose(out.x, W.T, atol=1e-6)
+
+
 # ------------------------------------------------------------------ solver
 
 def _projected_grad_norm(result, batches=None, nonnegative=False):
