@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from ncgeo._io import atomic_write_bytes as _atomic_write_bytes
+from ncgeo._io import atomic_write_bytes, jsonable
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save_arrays",
     "append_jsonl",
@@ -32,57 +30,28 @@ __all__ = [
     "rewrite_jsonl",
     "save_checkpoint",
     "load_checkpoint",
-    "json_ready",
     "lock_run_folder",
 ]
 
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`ncgeo._io.atomic_write_bytes`: temporary
-    file, fsync, ``os.replace``, the umask's permissions), creating its folder first."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write_bytes(path, data)
-
-
-def json_ready(value: Any) -> Any:
-    """Convert numpy/torch values to JSON types; non-finite floats become ``None``."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` (after :func:`json_ready`) as indented JSON, atomically."""
-    text = json.dumps(json_ready(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``value`` (after :func:`ncgeo._io.jsonable`) as indented JSON, atomically."""
+    text = json.dumps(jsonable(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), make_folder=True)
 
 
 def atomic_save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Save named arrays as an uncompressed ``.npz`` atomically (read with ``allow_pickle=False``)."""
     buffer = io.BytesIO()
     np.savez(buffer, **{name: np.asarray(a) for name, a in arrays.items()})
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), make_folder=True)
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON object as one line; flushed and fsync-ed before returning."""
-    line = json.dumps(json_ready(record), sort_keys=True, allow_nan=False) + "\n"
+    line = json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as stream:
         stream.write(line)
         stream.flush()
@@ -108,8 +77,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     """Replace a JSON-lines file by ``records`` atomically."""
-    text = "".join(json.dumps(json_ready(r), sort_keys=True, allow_nan=False) + "\n" for r in records)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    text = "".join(json.dumps(jsonable(r), sort_keys=True, allow_nan=False) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode("utf-8"), make_folder=True)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -119,7 +88,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), make_folder=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

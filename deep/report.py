@@ -29,7 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from ncgeo._io import atomic_write_bytes
+
 from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_run
 
 __all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
@@ -111,7 +112,7 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
 def _write(path: Path, data: bytes) -> None:
     """Atomic write of ``data``; an OS error (full disk, permissions) is one ``ValueError`` naming the file."""
     try:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, make_folder=True)
     except OSError as exc:
         raise ValueError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
 

@@ -1,4 +1,5 @@
-"""Atomic file writing for ncgeo's outputs (``.npz`` solutions, JSON reports, figures).
+"""Atomic file writing for ncgeo's outputs (``.npz`` solutions, JSON reports, figures), and
+:func:`jsonable`, the one conversion of results to JSON values.
 
 The data go to a temporary file in the target directory, are flushed and ``fsync``-ed,
 then moved over the target with :func:`os.replace` (atomic on POSIX), so a reader or a
@@ -7,13 +8,41 @@ crash never sees half a file.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
-from typing import Callable, IO
+from typing import Any, Callable, IO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "out_of_memory_message",
-           "remove_stale_temporaries"]
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "jsonable",
+           "out_of_memory_message", "remove_stale_temporaries"]
+
+
+def jsonable(value: Any, strict: bool = True) -> Any:
+    """Convert numpy and torch scalars and arrays, tuples and dicts (keys made ``str``),
+    at any depth, to plain JSON values.
+
+    With ``strict=True`` every non-finite float, inside arrays too, becomes ``None``
+    (standard JSON has no NaN or Infinity; ``None`` reads as "undefined" or "no bound").
+    """
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, strict) for v in value]
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor (torch is not imported here)
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), strict)
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if strict and not math.isfinite(value) else value
+    return value
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> str:
@@ -73,8 +102,11 @@ def _exit_for_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, make_folder: bool = False) -> str:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`); with ``make_folder``
+    the folder of ``path`` is created first when missing."""
+    if make_folder:
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     return atomic_write(path, lambda handle: handle.write(data))
 
 

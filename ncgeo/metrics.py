@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._io import jsonable
 from ._validation import as_float_tensor, as_label_tensor, as_real_array, check_device, check_int
 from .geometry import etf_gram
 
@@ -462,15 +463,7 @@ class GeometryMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary: NaN (undefined metric, absent class) becomes ``None``."""
-        out = {key: _json_number(value) for key, value in asdict(self).items() if key != "gram_means"}
-        out["gram_means"] = [[_json_number(v) for v in row] for row in np.asarray(self.gram_means).tolist()]
-        return out
-
-
-def _json_number(value):
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    return value
+        return jsonable(asdict(self))
 
 
 def nan_if_undefined(metric, *args):

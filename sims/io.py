@@ -11,52 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 
-from ncgeo._io import atomic_write_bytes
+from ncgeo._io import atomic_write_bytes, jsonable
 
 __all__ = ["write_text_atomic", "write_json_atomic", "write_csv_atomic", "save_figure_atomic",
            "jsonable", "table_columns"]
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> str:
-    """Create the parent directory, then :func:`ncgeo._io.atomic_write_bytes` (temp + ``os.replace``)."""
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    return atomic_write_bytes(path, data)
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> str:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    return _atomic_write(path, text.encode("utf-8"))
-
-
-def jsonable(value: Any, strict: bool = True) -> Any:
-    """Convert numpy/torch scalars and arrays, tuples and dataclass dicts to plain JSON values.
-
-    With ``strict=True`` non-finite floats become ``None`` (standard JSON has no NaN).
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, strict) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, strict) for v in value]
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist(), strict)
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if strict and not math.isfinite(value):
-            return None
-        return value
-    return value
+    return atomic_write_bytes(path, text.encode("utf-8"), make_folder=True)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, strict: bool = False) -> str:
@@ -113,5 +80,5 @@ def save_figure_atomic(figure, stem: str | os.PathLike, formats: Sequence[str] =
     for fmt in formats:
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
-        paths.append(_atomic_write(f"{os.fspath(stem)}.{fmt}", buffer.getvalue()))
+        paths.append(atomic_write_bytes(f"{os.fspath(stem)}.{fmt}", buffer.getvalue(), make_folder=True))
     return paths

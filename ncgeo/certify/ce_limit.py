@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from .._io import jsonable
 from .._validation import as_float_array, check_tau
 from ..geometry import check_gram
 from ._common import UNIT_TOL
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
-from .result import _plain
 
 __all__ = ["CELimitResult", "certify_ce_limit"]
 
@@ -101,11 +101,13 @@ class CELimitResult:
         return f"not certified: {self.reason} (CE-limit program, {self.seconds:.2f} s)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"p": _plain(self.p), "values": _plain(self.values), "value": self.value,
-                "gram": _plain(self.gram), "solver_status": self.solver_status,
-                "seconds": self.seconds, "certified": self.certified, "reason": self.reason,
-                "lower_bound": self.lower_bound, "upper_bound": self.upper_bound, "gap": self.gap,
-                "relative_gap": self.relative_gap, "rank": self.rank, "dim": self.dim}
+        """Strict-JSON-ready dictionary (:func:`ncgeo._io.jsonable`: arrays as lists, every
+        non-finite number, inside arrays too, as ``None``)."""
+        return jsonable({"p": self.p, "values": self.values, "value": self.value,
+                         "gram": self.gram, "solver_status": self.solver_status,
+                         "seconds": self.seconds, "certified": self.certified, "reason": self.reason,
+                         "lower_bound": self.lower_bound, "upper_bound": self.upper_bound, "gap": self.gap,
+                         "relative_gap": self.relative_gap, "rank": self.rank, "dim": self.dim})
 
 
 def _fully_symmetric(G: np.ndarray, atol: float = 1e-9) -> bool:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .._io import jsonable
+
 __all__ = ["CertificateResult", "DEFAULT_RTOL", "check_rtol"]
 
 #: Relative gap below which a certificate is accepted (default of every method).
@@ -22,18 +24,6 @@ def check_rtol(rtol: float) -> float:
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1) (the accepted relative gap), got {rtol!r}")
     return rtol
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN/Infinity: "no bound" is null
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True)
@@ -95,10 +85,10 @@ class CertificateResult:
     def to_dict(self, include_solution: bool = False) -> dict[str, Any]:
         """Strict-JSON-ready dictionary (arrays as lists, non-finite numbers such as a missing
         bound's ``-inf`` as ``None``; the solution only if asked)."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "solution"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "solution"}
         if include_solution:
-            out["solution"] = _plain(dict(self.solution))
-        return out
+            out["solution"] = dict(self.solution)
+        return jsonable(out)
 
     def verdict(self) -> str:
         """One line, e.g. ``certified global optimum: gap 3e-09 (reduced SDP, 0.03 s)``."""

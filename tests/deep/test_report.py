@@ -93,7 +93,7 @@ def test_a_read_only_out_folder_is_refused_before_any_solve(tiny_run, tmp_path, 
 def test_a_failed_write_is_one_value_error_naming_the_file(tiny_run, tmp_path, monkeypatch):
     import deep.report
 
-    def fail(path, data):
+    def fail(path, data, **options):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(deep.report, "atomic_write_bytes", fail)

@@ -57,3 +57,37 @@ def test_stale_temporaries_are_removed_by_age(tmp_path):
     assert remove_stale_temporaries(tmp_path) == [young.name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
     assert remove_stale_temporaries(tmp_path / "nowhere") == []
+
+
+def test_jsonable_is_strict_at_every_depth():
+    import json
+
+    import numpy as np
+    import torch
+
+    from ncgeo._io import jsonable
+
+    value = {1: np.array([[1.0, np.nan], [np.inf, -2.5]]), "t": torch.tensor([np.nan, 3.0]),
+             "s": (np.float32(np.nan), np.int64(4), np.bool_(True)), "x": [float("-inf"), "text", None]}
+    out = jsonable(value)
+    assert out == {"1": [[1.0, None], [None, -2.5]], "t": [None, 3.0], "s": [None, 4, True],
+                   "x": [None, "text", None]}
+    json.dumps(out, allow_nan=False)  # strict JSON
+    loose = jsonable(value, strict=False)
+    assert np.isnan(loose["1"][0][1]) and loose["1"][1][0] == float("inf")
+    assert type(loose["s"][1]) is int and type(loose["s"][2]) is bool
+
+
+def test_failed_ce_limit_result_is_strict_json():
+    import json
+
+    import numpy as np
+
+    from ncgeo.certify.ce_limit import CELimitResult
+
+    nan = np.full((3, 3), np.nan)
+    failed = CELimitResult(nan, np.full(3, np.nan), float("nan"), nan, None, "solver_error", 0.1, False,
+                           "CE-limit program failed (test)")
+    out = failed.to_dict()
+    json.dumps(out, allow_nan=False)
+    assert out["p"] == [[None] * 3] * 3 and out["value"] is None and out["certified"] is False
