@@ -23,15 +23,17 @@ import functools
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ncgeo._validation import check_int, check_real
+from ncgeo._validation import check_int, check_rank, check_real
 
 __all__ = [
     "MAX_VIEWS",
     "augment_batch",
     "augment_views",
+    "check_normalisation",
     "random_crop",
     "random_crop_flip",
     "random_horizontal_flip",
@@ -69,13 +71,36 @@ def _draw(kind: str, high: int, size: int, generator: torch.Generator | None,
     return values.to(device, non_blocking=True)
 
 
-def _as_floats(name: str, values: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+def _channel_values(name: str, values) -> tuple[float, ...]:
+    """``values`` (a sequence of real numbers, one per channel, or a tensor) as a tuple of floats."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().reshape(-1).tolist()
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
     try:
-        return tuple(float(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a sequence of numbers, one per channel") from exc
+        items = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got "
+                        f"{type(values).__name__}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+           for v in items):
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
+    return tuple(float(v) for v in items)
+
+
+def check_normalisation(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``mean`` and ``std`` (sequences of reals or tensors) as tuples of floats:
+    one entry per channel each, ``mean`` finite, ``std`` finite and > 0 (``TypeError`` /
+    ``ValueError`` naming the argument otherwise)."""
+    mean, std = _channel_values("mean", mean), _channel_values("std", std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std must have {channels} entries (one entry per channel), "
+                         f"got {len(mean)} and {len(std)}")
+    if any(not math.isfinite(m) for m in mean):
+        raise ValueError(f"mean must be finite, got {mean}")
+    if any(not (s > 0 and math.isfinite(s)) for s in std):
+        raise ValueError(f"std must be finite and > 0, got {std}")
+    return mean, std
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,11 +108,8 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.devic
             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(1 / (255 std), -mean / std)`` as ``(1, C, 1, 1)`` tensors on ``device``, made once per
     key: a host-to-device copy of fresh host numbers synchronises with the GPU (PyTorch's
-    blocking copies wait for the stream), which the training step must not do."""
-    if any(not math.isfinite(v) for v in mean + std):
-        raise ValueError("mean and std must be finite")
-    if any(v <= 0 for v in std):
-        raise ValueError("std must be > 0")
+    blocking copies wait for the stream), which the training step must not do. The values
+    are checked by :func:`check_normalisation`."""
     mean_t = torch.tensor(mean, dtype=torch.float64)
     std_t = torch.tensor(std, dtype=torch.float64)
     scale = (1.0 / (255.0 * std_t)).to(device=device, dtype=dtype).view(1, -1, 1, 1)
@@ -114,11 +136,7 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
         raise TypeError(f"images must be uint8 (pixel values 0..255), got {images.dtype}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    channels = images.shape[1]
-    mean_f, std_f = _as_floats("mean", mean), _as_floats("std", std)
-    if len(mean_f) != channels or len(std_f) != channels:
-        raise ValueError(f"mean and std must have {channels} entries (one per channel), "
-                         f"got {len(mean_f)} and {len(std_f)}")
+    mean_f, std_f = check_normalisation(mean, std, images.shape[1])
     scale, shift = _affine(mean_f, std_f, images.device, dtype)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -131,10 +149,7 @@ def to_float(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
 def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     if not isinstance(shard, (tuple, list)) or len(shard) != 2:
         raise TypeError(f"shard must be a pair (rank, world_size), got {shard!r}")
-    rank, world = check_int("shard rank", shard[0], minimum=0), check_int("shard world_size", shard[1], minimum=1)
-    if rank >= world:
-        raise ValueError(f"shard rank must be < world_size = {world}, got {rank}")
-    return rank, world
+    return check_rank(shard[0], shard[1], prefix="shard ")
 
 
 def _draw_shard(kind: str, high: int, views: int, n: int, shard: tuple[int, int],
@@ -168,9 +183,7 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
     """
     images = _check_images(images)
     padding = check_int("padding", padding, minimum=0)
-    views = check_int("views", views, minimum=1)
-    if views > MAX_VIEWS:
-        raise ValueError(f"views must be an integer <= {MAX_VIEWS}, got {views}")
+    views = check_int("views", views, minimum=1, maximum=MAX_VIEWS)
     shard = _check_shard(shard)
     _check_generator(generator)
     n, channels, height, width = images.shape

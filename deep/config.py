@@ -62,15 +62,10 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    """An integer option (Python or numpy integer, not bool) in ``[minimum, maximum]``, as ``int``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{option_name(name)} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{option_name(name)} must be an integer >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{option_name(name)} must be an integer <= {maximum}, got {value}")
-    return value
+    """An integer option in ``[minimum, maximum]`` (:func:`ncgeo._validation.check_int`, named as an option)."""
+    from ncgeo._validation import check_int
+
+    return check_int(option_name(name), value, minimum, maximum)
 
 
 def _check_real(name: str, value: Any, minimum: float, strict: bool = False) -> float:

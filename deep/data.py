@@ -17,7 +17,6 @@ classes) is refused before it can be called.
 from __future__ import annotations
 
 import gzip
-import math
 import pickle
 import struct
 import zlib
@@ -30,6 +29,8 @@ import torch
 
 from ncgeo._validation import check_choice, check_device, check_int
 from ncgeo.classes import class_sizes
+
+from .augment import check_normalisation
 
 __all__ = [
     "DATASETS",
@@ -128,15 +129,9 @@ class ImageDataset:
                 or self.labels.shape != (self.images.shape[0],):
             raise TypeError(f"labels must be an int64 torch tensor of shape ({self.images.shape[0]},)")
         check_int("num_classes", self.num_classes, minimum=1)
-        channels = self.images.shape[1]
-        object.__setattr__(self, "mean", _channel_values("mean", self.mean))
-        object.__setattr__(self, "std", _channel_values("std", self.std))
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(f"mean and std must have one entry per channel ({channels})")
-        if any(not math.isfinite(m) for m in self.mean):
-            raise ValueError(f"mean must be finite, got {self.mean}")
-        if any(not (s > 0 and math.isfinite(s)) for s in self.std):
-            raise ValueError(f"std must be finite and > 0, got {self.std}")
+        mean, std = check_normalisation(self.mean, self.std, self.images.shape[1])
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
         if self.labels.device.type == "cpu" and len(self.labels) > 0:
             low, high = int(self.labels.min()), int(self.labels.max())
             if low < 0 or high >= self.num_classes:
@@ -196,23 +191,6 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         """Number of samples per class, ``int64`` array of length ``num_classes``."""
         return torch.bincount(self.labels, minlength=self.num_classes).cpu().numpy().astype(np.int64)
-
-
-def _channel_values(name: str, values: Any) -> tuple[float, ...]:
-    """``values`` (a sequence of real numbers, one per channel) as a tuple of floats."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().reshape(-1).tolist()
-    if isinstance(values, (str, bytes)):
-        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
-    try:
-        items = list(values)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got "
-                        f"{type(values).__name__}") from None
-    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
-           for v in items):
-        raise TypeError(f"{name} must be a sequence of numbers, one per channel, got {values!r}")
-    return tuple(float(v) for v in items)
 
 
 def channel_stats(images: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ncgeo._validation import check_choice, check_int
+from ncgeo._validation import check_choice, check_int, check_rank
 
 from .config import TrainConfig, option_name
 from ncgeo.losses import scl_prototype_loss
@@ -320,10 +320,7 @@ class ShardedBatchSampler:
                  seed: int = 0, drop_last: bool = True):
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.world_size = check_int("world_size", world_size, minimum=1)
-        self.rank = check_int("rank", rank, minimum=0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank must be < world_size = {self.world_size}, got {self.rank}")
+        self.rank, self.world_size = check_rank(rank, world_size)
         self.seed = check_int("seed", seed)
         self.drop_last = bool(drop_last)
         self.global_batch_size = self.world_size * self.batch_size
@@ -393,10 +390,7 @@ def shard_range(num_items: int, rank: int, world_size: int) -> range:
     Used for evaluation, where every item must be seen exactly once (no padding).
     """
     num_items = check_int("num_items", num_items, minimum=0)
-    world_size = check_int("world_size", world_size, minimum=1)
-    rank = check_int("rank", rank, minimum=0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be < world_size = {world_size}, got {rank}")
+    rank, world_size = check_rank(rank, world_size)
     base, extra = divmod(num_items, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))

@@ -57,13 +57,6 @@ MAX_IN_CHANNELS = 4096
 MAX_BLOCKS = 256
 
 
-def _check_size(name: str, value, maximum: int) -> int:
-    value = check_int(name, value, minimum=1)
-    if value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
-    return value
-
-
 class BasicBlock(nn.Module):
     """``out = ReLU(BN(conv3x3(ReLU(BN(conv3x3(x))))) + shortcut(x))``; the shortcut is the
     identity, or a 1x1 strided convolution + BN when the shape changes. With
@@ -121,9 +114,9 @@ class ResNet(nn.Module):
             raise TypeError(f"num_blocks must be a sequence of 4 block counts, got {type(num_blocks).__name__}")
         if len(num_blocks) != 4:
             raise ValueError(f"num_blocks must list 4 stages, got {len(num_blocks)}")
-        blocks = [_check_size(f"num_blocks[{i}]", b, MAX_BLOCKS) for i, b in enumerate(num_blocks)]
-        in_channels = _check_size("in_channels", in_channels, MAX_IN_CHANNELS)
-        width = _check_size("width", width, MAX_WIDTH)
+        blocks = [check_int(f"num_blocks[{i}]", b, minimum=1, maximum=MAX_BLOCKS) for i, b in enumerate(num_blocks)]
+        in_channels = check_int("in_channels", in_channels, minimum=1, maximum=MAX_IN_CHANNELS)
+        width = check_int("width", width, minimum=1, maximum=MAX_WIDTH)
         self.feature = check_choice("feature", feature, FEATURES)
         self.backbone_dim = 8 * width
         if feature in ("signed", "nonnegative"):
@@ -133,7 +126,7 @@ class ResNet(nn.Module):
             self.feature_dim = self.backbone_dim
         else:
             self.feature_dim = (DEFAULT_HEAD_DIM if feature_dim is None
-                                else _check_size("feature_dim", feature_dim, MAX_FEATURE_DIM))
+                                else check_int("feature_dim", feature_dim, minimum=1, maximum=MAX_FEATURE_DIM))
         self.num_blocks = tuple(blocks)
 
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ncgeo._io import os_errors_as_value_errors
 from ncgeo._validation import as_float_array, check_choice, check_positive
 from ncgeo.metrics import gram_distance
 
@@ -445,8 +446,6 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
     )
     if write:
         target = record.path / "prediction.json"
-        try:
+        with os_errors_as_value_errors(target):  # e.g. the folder turned read-only during the solve
             atomic_write_json(target, prediction.to_dict())
-        except OSError as exc:  # e.g. the folder turned read-only, or a full disk, during the solve
-            raise ValueError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
     return prediction

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ncgeo._io import atomic_write_bytes
+from ncgeo._io import atomic_write_bytes, os_errors_as_value_errors
 
 from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_run
 
@@ -111,10 +111,8 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
 
 def _write(path: Path, data: bytes) -> None:
     """Atomic write of ``data``; an OS error (full disk, permissions) is one ``ValueError`` naming the file."""
-    try:
+    with os_errors_as_value_errors(path):
         atomic_write_bytes(path, data, make_folder=True)
-    except OSError as exc:
-        raise ValueError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
 
 
 def _save_figure(figure, path: Path) -> None:

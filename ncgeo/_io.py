@@ -8,6 +8,7 @@ crash never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -17,7 +18,7 @@ from typing import Any, Callable, IO
 import numpy as np
 
 __all__ = ["atomic_write", "atomic_write_bytes", "exit_on_sigterm", "is_out_of_memory", "jsonable",
-           "out_of_memory_message", "remove_stale_temporaries"]
+           "os_errors_as_value_errors", "out_of_memory_message", "remove_stale_temporaries"]
 
 
 def jsonable(value: Any, strict: bool = True) -> Any:
@@ -100,6 +101,16 @@ def exit_on_sigterm() -> None:
 
 def _exit_for_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def os_errors_as_value_errors(path: str | os.PathLike):
+    """Inside the block, an ``OSError`` (full disk, permissions, a folder gone read-only) is
+    raised again as one ``ValueError``: ``cannot write 'PATH': REASON``."""
+    try:
+        yield
+    except OSError as exc:
+        raise ValueError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}") from exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, make_folder: bool = False) -> str:

@@ -67,14 +67,27 @@ def check_bool(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """Return ``value`` as an int after checking its type and lower bound."""
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` (a Python or numpy integer, not a bool) as an int after checking its
+    type and its bounds ``minimum <= value <= maximum`` (each optional)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
     return value
+
+
+def check_rank(rank: Any, world_size: Any, prefix: str = "") -> tuple[int, int]:
+    """``(rank, world_size)`` as ints with ``0 <= rank < world_size`` (a process's place among
+    ``world_size`` processes); ``prefix`` starts the names in the messages (``"shard "``)."""
+    world_size = check_int(f"{prefix}world_size", world_size, minimum=1)
+    rank = check_int(f"{prefix}rank", rank, minimum=0)
+    if rank >= world_size:
+        raise ValueError(f"{prefix}rank must be < world_size = {world_size}, got {rank}")
+    return rank, world_size
 
 
 def check_device(name: str, value: Any) -> torch.device:

@@ -112,7 +112,7 @@ def test_to_float_formula_and_layout():
         to_float(x, (0.1,), (0.2,))
     with pytest.raises(TypeError, match="floating"):
         to_float(x, mean, std, dtype=torch.int32)
-    with pytest.raises(ValueError, match="std must be > 0"):
+    with pytest.raises(ValueError, match="std must be finite and > 0"):
         to_float(x, mean, (0.4, 0.0))
     with pytest.raises(ValueError, match="finite"):
         to_float(x, (0.2, float("nan")), std)

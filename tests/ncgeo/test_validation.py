@@ -175,6 +175,21 @@ def test_scalar_checks_reject(check, value, error, message):
         check("x", value)
 
 
+def test_int_bounds_and_rank_checks():
+    from ncgeo._validation import check_rank
+
+    assert check_int("x", 5, minimum=1, maximum=5) == 5
+    with pytest.raises(ValueError, match=r"x must be an integer <= 4, got 5"):
+        check_int("x", 5, minimum=1, maximum=4)
+    assert check_rank(np.int64(1), 2) == (1, 2)
+    for rank, world, error, message in [(2, 2, ValueError, r"^shard rank must be < world_size = 2, got 2$"),
+                                        (-1, 2, ValueError, r"shard rank must be an integer >= 0"),
+                                        (0, 0, ValueError, r"shard world_size must be an integer >= 1"),
+                                        (0.0, 2, TypeError, r"shard rank must be an integer, got float")]:
+        with pytest.raises(error, match=message):
+            check_rank(rank, world, prefix="shard ")
+
+
 def test_array_conversions_keep_torch_and_convert_numpy():
     t = torch.ones(2, 3, dtype=torch.float32, requires_grad=True)
     assert as_float_tensor("a", t, ndim=2) is t
