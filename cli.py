@@ -15,7 +15,8 @@ class _CleanErrors(click.Group):
     """Report bad input as one line and exit status 2, never a traceback.
 
     ValueError/TypeError raised by the library (which name the argument) and click's
-    own usage errors are both printed as ``Error: ...`` on one line.
+    own usage errors are both printed as ``Error: ...`` on one line; so is a diverged
+    computation (``FloatingPointError``, exit status 1).
     """
 
     def invoke(self, ctx):
@@ -25,6 +26,8 @@ class _CleanErrors(click.Group):
             return super().invoke(ctx)
         except (ValueError, TypeError) as exc:
             raise click.UsageError(" ".join(str(exc).split()), ctx) from exc
+        except FloatingPointError as exc:  # a diverged run: one line and exit status 1, not a traceback
+            raise click.ClickException(" ".join(str(exc).split())) from exc
         except (MemoryError, RuntimeError) as exc:  # sizes beyond this machine: one line, not a traceback
             if not is_out_of_memory(exc):
                 raise
@@ -327,21 +330,10 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
       ncgeo deep train --dataset cifar10 --nproc 4 --precision bf16 --out runs/ddp
     """
     from deep.config import config_nproc, resolve_config
+    from deep.train import run
 
     config = resolve_config(options, config_file)
-    nproc = config_nproc(nproc, config_file)
-    if nproc > 1:
-        from deep.distributed import launch
-        from deep.train import preflight
-
-        preflight(config, nproc)
-        ctx.exit(launch(config, nproc))
-    from deep.train import train
-
-    try:
-        click.echo(str(train(config)))
-    except FloatingPointError as exc:  # a diverged run: one line and exit status 1, not a traceback
-        raise click.ClickException(str(exc)) from exc
+    ctx.exit(run(config, config_nproc(nproc, config_file), echo=click.echo))
 
 
 @deep.command("report")

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncgeo._io import remove_stale_temporaries
-from ncgeo._validation import check_device
+from ncgeo._validation import check_device, check_int
 from ncgeo.classes import class_sizes
 from ncgeo.geometry import named_prototypes
 from ncgeo.losses import fixed_classifier_cross_entropy
@@ -103,6 +103,7 @@ from .runfolder import check_evaluations, clean_run_folder, make_run_folder, ope
 __all__ = [
     "open_run_folder",
     "preflight",
+    "run",
     "VIEWS",
     "PADDING",
     "Objective",
@@ -334,6 +335,24 @@ def preflight(config: TrainConfig, nproc: int) -> None:
     if nproc > 1 and config.sync_batchnorm == "on" and device.type != "cuda":
         raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
     prepare_data(config, torch.device("cpu"))
+
+
+def run(config: TrainConfig, nproc: int = 1, *, echo: Callable[[str], None] = print) -> int:
+    """What ``ncgeo deep train`` does; returns the exit status.
+
+    ``nproc == 1``: :func:`train` in this process, then ``echo`` the run folder (0). Else:
+    :func:`preflight` once here, then launch ``nproc`` workers by torchrun and wait
+    (:func:`deep.distributed.launch`; their exit status, the workers print their own errors).
+    A diverged run raises ``FloatingPointError``; bad input ``ValueError``/``TypeError``.
+    """
+    nproc = check_int("nproc", nproc, minimum=1)
+    if nproc > 1:
+        from .distributed import launch
+
+        preflight(config, nproc)
+        return launch(config, nproc)
+    echo(str(train(config)))
+    return 0
 
 
 def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | None = None,
