@@ -27,6 +27,7 @@ from deep.data import (
     read_mnist,
 )
 from ncgeo.classes import class_sizes
+from helpers import idx_bytes
 
 FMNIST = DEFAULT_ROOTS["fmnist"]
 
@@ -188,28 +189,23 @@ def test_corrupt_pickle_and_missing_files(tmp_path):
     assert "dataset-fashion-mnist" in message and "\n" not in message
 
 
-def _idx_bytes(array: np.ndarray, code: int) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
 @pytest.mark.parametrize("dtype,code", [(np.uint8, 0x08), (np.int16, 0x0B), (np.int32, 0x0C),
                                         (np.float32, 0x0D), (np.float64, 0x0E)])
 def test_idx_round_trip(tmp_path, dtype, code):
     array = (np.arange(2 * 3 * 4) * 7 % 251).astype(dtype).reshape(2, 3, 4)
     path = tmp_path / "x-idx3.gz"
     with gzip.open(path, "wb") as handle:
-        handle.write(_idx_bytes(array, code))
+        handle.write(idx_bytes(array, code))
     back = read_idx(path)
     assert back.dtype == np.dtype(dtype) and back.dtype.isnative
     np.testing.assert_array_equal(back, array)
     raw = tmp_path / "x-idx3"
-    raw.write_bytes(_idx_bytes(array, code))
+    raw.write_bytes(idx_bytes(array, code))
     np.testing.assert_array_equal(read_idx(raw), array)
 
 
 def test_idx_errors(tmp_path):
-    good = _idx_bytes(np.zeros((2, 2), np.uint8), 0x08)
+    good = idx_bytes(np.zeros((2, 2), np.uint8), 0x08)
     bad = tmp_path / "bad-magic.gz"
     with gzip.open(bad, "wb") as handle:
         handle.write(b"\x01\x00" + good[2:])
@@ -223,7 +219,7 @@ def test_idx_errors(tmp_path):
     notgz.write_bytes(good)
     with pytest.raises(DataError, match="plain.gz is corrupt"):
         read_idx(notgz)
-    damaged = bytearray(gzip.compress(_idx_bytes((np.arange(4000) * 7 % 251).astype(np.uint8), 0x08), mtime=0))
+    damaged = bytearray(gzip.compress(idx_bytes((np.arange(4000) * 7 % 251).astype(np.uint8), 0x08), mtime=0))
     damaged[24:44] = b"\xff" * 20  # valid gzip header, broken deflate stream: gzip raises zlib.error
     (tmp_path / "damaged.gz").write_bytes(bytes(damaged))
     with pytest.raises(DataError, match="damaged.gz is corrupt"):
@@ -240,8 +236,8 @@ def _write_mnist(root: Path, n: int, rng: np.random.Generator, layout: str = "")
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n).astype(np.uint8)
         with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
-            handle.write(_idx_bytes(images, 0x08))
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(labels, 0x08))  # uncompressed
+            handle.write(idx_bytes(images, 0x08))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x08))  # uncompressed
         out[prefix] = (images, labels)
     return out
 
@@ -261,7 +257,7 @@ def test_mnist_reader(tmp_path, layout):
 
 def test_mnist_count_mismatch(tmp_path):
     _write_mnist(tmp_path, 4, np.random.default_rng(3))
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(3, np.uint8), 0x08))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8), 0x08))
     with pytest.raises(DataError, match="holds 3 labels for 4 images"):
         read_mnist(tmp_path)
 

@@ -22,7 +22,7 @@ def test_all_class_means_equal_gives_nan_not_an_error():
 
 
 def _tiny_model_and_set():
-    from conftest import synthetic_images
+    from helpers import synthetic_images
 
     from deep.models import resnet18
 

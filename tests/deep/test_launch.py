@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ["--dataset", "mnist", "--device", "cpu", "--width", "2", "--batch-size", "16", "--epochs", "1",
            "--protos", "10", "--eval-batch-size", "32", "--no-progress"]
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")

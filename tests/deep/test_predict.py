@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import synthetic_images, tiny_config
+from helpers import copy_run, pretend_read_only, refuse_to_solve, synthetic_images, tiny_config
 
 from cli import main as cli_main
 from deep.predict import (
@@ -128,19 +128,10 @@ def test_cli_predict(tiny_run, tmp_path):
     assert "expected per-batch class counts" in result.output and "Delta(measured, predicted) =" in result.output
     missing = CliRunner().invoke(cli_main, ["deep", "predict", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and missing.output.strip().count("\n") == 0 and "does not exist" in missing.output
-    run = _copy_run(tiny_run, tmp_path, "unwritten")
+    run = copy_run(tiny_run, tmp_path, "unwritten")
     printed = CliRunner().invoke(cli_main, ["deep", "predict", str(run), "--no-write"])
     assert printed.exit_code == 0 and "Delta(measured, predicted) =" in printed.output
     assert not (run / "prediction.json").exists()
-
-
-def _copy_run(tiny_run, tmp_path, name="run"):
-    import shutil
-
-    run = tmp_path / name
-    shutil.copytree(tiny_run, run)
-    (run / "prediction.json").unlink(missing_ok=True)
-    return run
 
 
 def _edit_metrics(run, edit, line=2):
@@ -183,7 +174,7 @@ def _one_line_exit_2(args, *needles):
     (lambda r: r.update(train=None), "line 2 train must be an object of metrics, got None"),
 ])
 def test_every_metrics_line_is_checked_and_the_first_bad_one_named(tiny_run, tmp_path, edit, message):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     _edit_metrics(run, edit)
     with pytest.raises(ValueError, match=re.escape(f"'{run}': metrics.jsonl is corrupt ({message}")):
         load_run(run)
@@ -193,7 +184,7 @@ def test_every_metrics_line_is_checked_and_the_first_bad_one_named(tiny_run, tmp
 
 
 def test_the_line_number_counts_blank_lines(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     _edit_metrics(run, lambda r: r["train"].pop("delta_etf"), line=3)
     path = run / "metrics.jsonl"
     path.write_text("\n" + path.read_text())
@@ -202,7 +193,7 @@ def test_the_line_number_counts_blank_lines(tiny_run, tmp_path):
 
 
 def test_a_run_written_before_the_rename_and_without_a_test_set_loads(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     for line in (1, 2, 3):
         _edit_metrics(run, lambda r: (r["train"].__setitem__("gram_means", r["train"].pop("mean_inner_products")),
                                       r.update(test=None)), line=line)
@@ -226,7 +217,7 @@ def test_a_run_written_before_the_rename_and_without_a_test_set_loads(tiny_run, 
     ("run.json", lambda r: r.update(samples_per_batch=0), "samples_per_batch must be an integer >= 1, got 0"),
 ])
 def test_config_and_run_json_values_are_checked(tiny_run, tmp_path, name, edit, message):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     _edit_json(run, name, edit)
     with pytest.raises(ValueError, match=re.escape(f"{name} is corrupt ({message}")):
         load_run(run)
@@ -240,7 +231,7 @@ def test_config_and_run_json_values_are_checked(tiny_run, tmp_path, name, edit, 
     (lambda m: {**m, "train": np.full_like(m["train"], np.nan)}, "train means must be a finite"),
 ])
 def test_means_npz_is_checked(tiny_run, tmp_path, arrays, message):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     with np.load(run / "means.npz") as data:
         stored = {key: data[key] for key in data.files}
     np.savez(run / "means.npz", **arrays(stored))
@@ -282,34 +273,10 @@ def test_predicted_means_gram_checks_its_arguments():
         predicted_means_gram(np.eye(2), 1.0)
 
 
-def _refuse_to_solve(monkeypatch):
-    import ncgeo.certify
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("solved although the result cannot be written")
-
-    monkeypatch.setattr(ncgeo.certify, "solve_reduced", refuse)
-    monkeypatch.setattr(ncgeo.certify, "certify_ce_limit", refuse)
-
-
-def _pretend_read_only(monkeypatch, folder):
-    """``os.access`` reports ``folder`` read-only (the tests may run as root, for whom chmod changes nothing)."""
-    import os
-
-    real = os.access
-
-    def access(path, mode, *args, **kwargs):
-        if os.path.abspath(path) == os.path.abspath(folder) and mode & os.W_OK:
-            return False
-        return real(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "access", access)
-
-
 def test_a_read_only_run_is_refused_before_the_solve(tiny_run, tmp_path, monkeypatch):
-    run = _copy_run(tiny_run, tmp_path)
-    _pretend_read_only(monkeypatch, run)
-    _refuse_to_solve(monkeypatch)
+    run = copy_run(tiny_run, tmp_path)
+    pretend_read_only(monkeypatch, run)
+    refuse_to_solve(monkeypatch)
     with pytest.raises(ValueError, match=re.escape(f"run folder '{run}' is not writable: its prediction.json cannot")):
         predict_run(run)
     _one_line_exit_2(["deep", "predict", str(run)], "is not writable", str(run))
@@ -320,7 +287,7 @@ def test_a_read_only_run_is_refused_before_the_solve(tiny_run, tmp_path, monkeyp
 def test_a_failed_write_of_the_prediction_is_one_value_error_naming_the_file(tiny_run, tmp_path, monkeypatch):
     import deep.predict
 
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
 
     def fail(path, value):  # what a folder made read-only during the solve gives
         raise PermissionError(13, "Permission denied", str(run / ".tmp-x-prediction.json"))

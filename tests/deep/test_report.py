@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli import main as cli_main
 from deep.predict import load_run
 from deep.report import cosines, report
-from test_predict import _copy_run, _pretend_read_only, _refuse_to_solve  # shared helpers (tests/deep is on sys.path)
+from helpers import copy_run, pretend_read_only, refuse_to_solve
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,9 +60,9 @@ def test_cli_report(tiny_run, tmp_path):
 
 
 def test_a_read_only_run_is_refused_before_any_solve(tiny_run, tmp_path, monkeypatch):
-    first, second = _copy_run(tiny_run, tmp_path, "first"), _copy_run(tiny_run, tmp_path, "second")
-    _pretend_read_only(monkeypatch, second)
-    _refuse_to_solve(monkeypatch)  # not even the first, writable, run is solved
+    first, second = copy_run(tiny_run, tmp_path, "first"), copy_run(tiny_run, tmp_path, "second")
+    pretend_read_only(monkeypatch, second)
+    refuse_to_solve(monkeypatch)  # not even the first, writable, run is solved
     with pytest.raises(ValueError, match=re.escape(f"run folder '{second}' is not writable")):
         report([first, second], tmp_path / "out")
     result = CliRunner().invoke(cli_main, ["deep", "report", str(first), str(second), "--out", str(tmp_path / "o")])
@@ -73,7 +73,7 @@ def test_a_read_only_run_is_refused_before_any_solve(tiny_run, tmp_path, monkeyp
 def test_an_empty_out_is_refused(tiny_run, tmp_path, monkeypatch):
     """`--out ""` wrote the report into the current folder."""
     monkeypatch.chdir(tmp_path)
-    _refuse_to_solve(monkeypatch)
+    refuse_to_solve(monkeypatch)
     with pytest.raises(ValueError, match="--out must not be empty"):
         report([tiny_run], "")
     result = CliRunner().invoke(cli_main, ["deep", "report", str(tiny_run), "--out", ""])
@@ -84,8 +84,8 @@ def test_an_empty_out_is_refused(tiny_run, tmp_path, monkeypatch):
 def test_a_read_only_out_folder_is_refused_before_any_solve(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    _pretend_read_only(monkeypatch, out)
-    _refuse_to_solve(monkeypatch)
+    pretend_read_only(monkeypatch, out)
+    refuse_to_solve(monkeypatch)
     with pytest.raises(ValueError, match=re.escape(f"--out '{out}' is not writable")):
         report([tiny_run], out)
 
@@ -105,7 +105,7 @@ def test_a_failed_write_is_one_value_error_naming_the_file(tiny_run, tmp_path, m
 
 
 def test_report_of_a_run_written_before_the_rename_without_test_set(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     path = run / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     for record in records:
@@ -126,7 +126,7 @@ def test_report_arguments(tiny_run, monkeypatch, tmp_path):
         report(None, "x")
     with pytest.raises(TypeError, match="runs must be a non-empty list of run folders, got str"):
         report(str(tiny_run), "x")
-    _refuse_to_solve(monkeypatch)
+    refuse_to_solve(monkeypatch)
     with pytest.raises(ValueError, match="model must be one of"):
         report([tiny_run], "x", model="bogus")
     with pytest.raises(ValueError, match="runs must be a non-empty list"):
@@ -135,7 +135,7 @@ def test_report_arguments(tiny_run, monkeypatch, tmp_path):
         report(["x"], None)
     assert list(tmp_path.iterdir()) == []  # no refused call created the folder "x"
     # a model that does not fit the LAST run is refused before the first run is solved
-    anchored = _copy_run(tiny_run, tmp_path / "runs", "anchored")
+    anchored = copy_run(tiny_run, tmp_path / "runs", "anchored")
     config = json.loads((anchored / "config.json").read_text())
     (anchored / "config.json").write_text(json.dumps({**config, "proto_anchors": True}))
     with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):

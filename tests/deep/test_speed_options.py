@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from conftest import synthetic_images, tiny_config
+from helpers import synthetic_images, tiny_config
 
 from deep.checkpoint import read_jsonl
 from deep.train import _build, build_optimizer, train, train_step

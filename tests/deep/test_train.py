@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import FASHION_MNIST, synthetic_images, tiny_config
+from helpers import FASHION_MNIST, synthetic_images, tiny_config
 
 from deep.checkpoint import load_checkpoint, read_jsonl, save_checkpoint
 from deep.config import TrainConfig
@@ -315,7 +315,7 @@ def test_checkpoints_refuse_foreign_files(tmp_path):
 
 def test_diverged_run_is_one_line_and_exit_1(tmp_path, capsys):
     from click.testing import CliRunner
-    from test_launch import write_idx
+    from helpers import write_idx
 
     from cli import main as cli_main
 
