@@ -10,13 +10,11 @@ One process per device is started by ``torchrun`` (``torch.distributed.run``), w
   SCL-with-prototypes loss of its *own* anchors against the *global* batch;
 * scales that loss so that DDP's gradient averaging gives exactly the gradient of the
   single-process global-batch loss (:func:`distributed_scl_prototype_loss`);
-* draws batches with :class:`ShardedBatchSampler`: one seeded permutation of the whole
-  training set per epoch, cut into global batches, each global batch cut into equal
-  rank shards, so the union of the ranks' batches is exactly the batch a single process
-  with the global batch size would draw (the class proportions of the imbalanced set
-  are kept: every sample is drawn once per epoch);
 * reduces :class:`ncgeo.metrics.ClassStatistics` and counters across ranks;
 * offers rank-0-only helpers for writing files.
+
+Which samples each rank draws is :mod:`deep.sampler`; the launching process (the
+``torchrun`` command line, waiting for the workers) is :mod:`deep.launch`.
 
 Gradient scaling (derivation). Let the global loss be ``L = sum_i l_i`` over the anchors
 of the global batch, and ``L_r`` the part of the anchors held by rank ``r``
@@ -36,22 +34,16 @@ without batch-norm in training mode.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import subprocess
-import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from ncgeo._validation import check_choice, check_int, check_rank
-
-from .config import TrainConfig, option_name
+from ncgeo._validation import check_choice
 from ncgeo.losses import scl_prototype_loss
 from ncgeo.metrics import ClassStatistics
 
@@ -64,8 +56,6 @@ __all__ = [
     "rank",
     "gather_embeddings",
     "distributed_scl_prototype_loss",
-    "ShardedBatchSampler",
-    "shard_range",
     "gather_rows",
     "broadcast_buffers",
     "average_gradients",
@@ -75,10 +65,6 @@ __all__ = [
     "prepare_model",
     "barrier",
     "on_main_process",
-    "config_arguments",
-    "torchrun_command",
-    "launch",
-    "wait_or_terminate",
 ]
 
 T = TypeVar("T")
@@ -298,71 +284,6 @@ def distributed_scl_prototype_loss(
     return total if reduction == "sum" else total / max(anchors, 1.0)
 
 
-class ShardedBatchSampler:
-    """Equal per-rank batches cut from one seeded permutation per epoch.
-
-    Epoch ``e`` draws the permutation ``pi`` of ``range(num_samples)`` from a CPU
-    ``torch.Generator`` seeded with ``seed + e`` (identical on every rank and device).
-    Global batch ``t`` is ``pi[t B:(t+1) B]`` with ``B = world_size * batch_size``; rank
-    ``r`` gets its slice ``pi[t B + r b : t B + (r+1) b]``. Gathered in rank order, the
-    ranks' batches are exactly the batches of a single process with batch size ``B``.
-    Every sample is drawn at most once per epoch, so an imbalanced training set keeps its
-    class proportions. With ``drop_last`` (default) the ``num_samples mod B`` last
-    samples of the permutation are skipped; otherwise the last global batch is filled
-    up with the first samples of the permutation (all ranks keep equal batch sizes).
-
-    Iterating yields lists of indices (usable as a ``DataLoader`` batch sampler after
-    :meth:`set_epoch`); :meth:`epoch_indices` returns them as one tensor for
-    device-resident data.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, *, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, drop_last: bool = True):
-        self.num_samples = check_int("num_samples", num_samples, minimum=1)
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.rank, self.world_size = check_rank(rank, world_size)
-        self.seed = check_int("seed", seed)
-        self.drop_last = bool(drop_last)
-        self.global_batch_size = self.world_size * self.batch_size
-        if self.drop_last and self.num_samples < self.global_batch_size:
-            raise ValueError(f"num_samples = {self.num_samples} is smaller than one global batch "
-                             f"({self.world_size} x {self.batch_size}); lower batch_size")
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_int("epoch", epoch, minimum=0)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.global_batch_size
-        return math.ceil(self.num_samples / self.global_batch_size)
-
-    def epoch_indices(self, epoch: int | None = None, device: str | torch.device | None = None
-                      ) -> torch.Tensor:
-        """This rank's batches of ``epoch`` (default: the current one), shape ``(len(self), b)``."""
-        epoch = self.epoch if epoch is None else check_int("epoch", epoch, minimum=0)
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        batches = self.split(torch.randperm(self.num_samples, generator=generator))
-        return batches.to(device) if device is not None else batches
-
-    def split(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's batches ``(len(self), b)`` cut from a permutation ``order`` of the samples.
-
-        For callers that draw the epoch's permutation themselves (e.g. from a checkpointed
-        generator); with one process the batches are ``order[t b:(t+1) b]``.
-        """
-        if order.shape != (self.num_samples,):
-            raise ValueError(f"order must have shape ({self.num_samples},), got {tuple(order.shape)}")
-        needed = len(self) * self.global_batch_size
-        if needed > self.num_samples:
-            order = torch.cat([order, order[: needed - self.num_samples]])
-        batches = order[:needed].view(len(self), self.world_size, self.batch_size)[:, self.rank]
-        return batches.contiguous()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.epoch_indices().tolist())
-
-
 def gather_rows(local: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows in rank order (no gradient); row counts may differ.
 
@@ -382,18 +303,6 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(local.device)
-
-
-def shard_range(num_items: int, rank: int, world_size: int) -> range:
-    """Contiguous part of ``range(num_items)`` for ``rank`` (sizes differ by at most one).
-
-    Used for evaluation, where every item must be seen exactly once (no padding).
-    """
-    num_items = check_int("num_items", num_items, minimum=0)
-    rank, world_size = check_rank(rank, world_size)
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 def _collective_device(tensor: torch.Tensor) -> torch.device:
@@ -520,66 +429,3 @@ def barrier() -> None:
 def on_main_process(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call ``function(*args, **kwargs)`` on rank 0 only (files, printing); None elsewhere."""
     return function(*args, **kwargs) if rank() == 0 else None
-
-
-def config_arguments(config: TrainConfig) -> list[str]:
-    """Options of ``python -m deep.train`` that rebuild exactly ``config``.
-
-    Every field is passed explicitly (``--batch-size 128``; milestones comma-separated),
-    except unset optional ones; a boolean appears only when it differs from its default
-    (``--resume``, ``--no-progress``, ...).
-    """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    arguments: list[str] = []
-    for spec in dataclasses.fields(config):
-        value = getattr(config, spec.name)
-        if isinstance(value, bool):
-            if value != spec.default:
-                arguments.append(option_name(spec.name) if value else f"--no-{option_name(spec.name)[2:]}")
-        elif value is None or value == ():
-            continue
-        elif isinstance(value, tuple):
-            arguments += [option_name(spec.name), ",".join(str(item) for item in value)]
-        else:
-            arguments += [option_name(spec.name), str(value)]
-    return arguments
-
-
-def torchrun_command(config: TrainConfig, nproc: int, python: str | None = None) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m deep.train OPTIONS``.
-
-    ``--standalone`` runs a single-node rendezvous on a free local port.
-    """
-    nproc = check_int("nproc", nproc, minimum=1)
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if config.batch_size % nproc:
-        raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
-                         "(it is the global batch, split equally over the processes)")
-    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "deep.train", *config_arguments(config)]
-
-
-def launch(config: TrainConfig, nproc: int) -> int:
-    """Run :func:`torchrun_command` and wait; returns its exit status.
-
-    Stopped itself (SIGTERM as ``SystemExit``, Ctrl-C), the launcher passes SIGTERM on to
-    torchrun, which stops its workers (they exit cleanly, see :func:`ncgeo._io.exit_on_sigterm`),
-    and waits for it: nothing keeps training orphaned in the background.
-    """
-    return wait_or_terminate(subprocess.Popen(torchrun_command(config, nproc)))
-
-
-def wait_or_terminate(process: subprocess.Popen, grace: float = 60.0) -> int:
-    """``process.wait()``; if the wait is interrupted, SIGTERM the process, give it ``grace``
-    seconds (then SIGKILL) and re-raise."""
-    try:
-        return process.wait()
-    except BaseException:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise

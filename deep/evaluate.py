@@ -44,7 +44,8 @@ from ncgeo.metrics import (
 
 from .augment import to_float
 from .data import ImageDataset
-from .distributed import gather_rows, rank, shard_range, world_size
+from .distributed import gather_rows, rank, world_size
+from .sampler import shard_range
 
 __all__ = ["SplitMetrics", "embed", "evaluate_split", "evaluate_run"]
 
@@ -102,7 +103,7 @@ def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: i
 
     The model is put in eval mode for the pass and restored to its previous mode. Under
     ``torch.distributed`` every process embeds its contiguous share of the images
-    (:func:`deep.distributed.shard_range`) and the rows are gathered in order, so every
+    (:func:`deep.sampler.shard_range`) and the rows are gathered in order, so every
     process returns the features of all ``N`` images. ``batch_size`` is an integer >= 1.
     """
     if not isinstance(model, torch.nn.Module):

@@ -35,7 +35,7 @@ Several processes (``torchrun --nproc_per_node=N -m deep.train ...`` or ``ncgeo 
 (``cuda:LOCAL_RANK``, or the CPU with the gloo backend). ``--batch-size`` stays the *global*
 number of images per step, split equally over the processes (it must be divisible by N): the
 epoch's permutation is cut into global batches and each into rank shards
-(:class:`deep.distributed.ShardedBatchSampler`), every rank draws the augmentation of the
+(:class:`deep.sampler.ShardedBatchSampler`), every rank draws the augmentation of the
 whole global batch from the same seeded generator and applies its own part (so the crops and
 flips are those of one process, and independent across ranks), the SCL loss gathers the embeddings of the
 global batch with gradient and is scaled so that DDP's average is the gradient of the
@@ -82,7 +82,6 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import ImageDataset, imbalanced_indices, load_dataset
 from .distributed import (
-    ShardedBatchSampler,
     average_gradients,
     barrier,
     broadcast_buffers,
@@ -94,9 +93,11 @@ from .distributed import (
     shutdown_distributed,
 )
 from .evaluate import evaluate_run
+from .launch import check_batch_split
 from .models import build_model
 from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .runfolder import check_evaluations, clean_run_folder, make_run_folder, open_run_folder
+from .sampler import ShardedBatchSampler
 
 # open_run_folder, build_optimizer, load_optimizer_state and build_scheduler live in
 # deep.runfolder and deep.optim; they stay importable from here
@@ -327,9 +328,7 @@ def preflight(config: TrainConfig, nproc: int) -> None:
     """Check, in the launching process, what would make every worker of ``--nproc`` fail:
     the global ``--batch-size`` split, the run folder and the data (read once on the CPU),
     so that bad input is one line and exit status 2 instead of a traceback per worker."""
-    if config.batch_size % nproc:
-        raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
-                         "(it is the global batch, split equally)")
+    nproc = check_batch_split(config, nproc)
     open_run_folder(config)
     device = resolve_device(config.device)
     if nproc > 1 and config.sync_batchnorm == "on" and device.type != "cuda":
@@ -342,12 +341,12 @@ def run(config: TrainConfig, nproc: int = 1, *, echo: Callable[[str], None] = pr
 
     ``nproc == 1``: :func:`train` in this process, then ``echo`` the run folder (0). Else:
     :func:`preflight` once here, then launch ``nproc`` workers by torchrun and wait
-    (:func:`deep.distributed.launch`; their exit status, the workers print their own errors).
+    (:func:`deep.launch.launch`; their exit status, the workers print their own errors).
     A diverged run raises ``FloatingPointError``; bad input ``ValueError``/``TypeError``.
     """
     nproc = check_int("nproc", nproc, minimum=1)
     if nproc > 1:
-        from .distributed import launch
+        from .launch import launch
 
         preflight(config, nproc)
         return launch(config, nproc)

@@ -13,7 +13,6 @@ import sys
 import torch
 
 from deep.distributed import (
-    ShardedBatchSampler,
     all_reduce_class_statistics,
     all_reduce_sum,
     average_gradients,
@@ -24,9 +23,9 @@ from deep.distributed import (
     init_distributed,
     mean_over_ranks,
     prepare_model,
-    shard_range,
     shutdown_distributed,
 )
+from deep.sampler import ShardedBatchSampler, shard_range
 from ncgeo.geometry import simplex_etf
 from ncgeo.losses import scl_prototype_loss
 from ncgeo.metrics import ClassStatistics

@@ -13,13 +13,12 @@ import torch
 
 from deep.distributed import (
     DistributedContext,
-    ShardedBatchSampler,
     all_reduce_class_statistics,
     distributed_scl_prototype_loss,
     gather_embeddings,
     init_distributed,
-    shard_range,
 )
+from deep.sampler import ShardedBatchSampler, shard_range
 from ncgeo.losses import scl_prototype_loss
 from ncgeo.metrics import ClassStatistics
 
@@ -216,7 +215,7 @@ def _parse_training_options(arguments: list[str]):
 ])
 def test_launch_arguments_rebuild_the_configuration(tmp_path, changes):
     from deep.config import TrainConfig
-    from deep.distributed import config_arguments, torchrun_command
+    from deep.launch import config_arguments, torchrun_command
 
     config = TrainConfig(out=str(tmp_path / "run"), **changes)
     assert _parse_training_options(config_arguments(config)) == config

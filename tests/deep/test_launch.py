@@ -117,7 +117,7 @@ def test_wait_or_terminate_passes_sigterm_on_to_its_child(tmp_path):
              "time.sleep(120)\n")
     launcher = ("import subprocess, sys\n"
                 "from ncgeo._io import exit_on_sigterm\n"
-                "from deep.distributed import wait_or_terminate\n"
+                "from deep.launch import wait_or_terminate\n"
                 "exit_on_sigterm()\n"
                 f"wait_or_terminate(subprocess.Popen([sys.executable, '-c', {child!r}]))\n")
     process = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
