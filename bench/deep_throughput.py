@@ -56,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deep.config import TrainConfig  # noqa: E402
 from deep.models import build_model  # noqa: E402
-from deep.train import Objective, build_optimizer, train_step  # noqa: E402
+from deep.objective import Objective  # noqa: E402
+from deep.optim import build_optimizer  # noqa: E402
+from deep.train import train_step  # noqa: E402
 from ncgeo._io import atomic_write_bytes  # noqa: E402
 from ncgeo.geometry import simplex_etf  # noqa: E402
 from ncgeo.losses import materialise_prototypes, supcon_loss_materialised  # noqa: E402

@@ -60,14 +60,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ncgeo._io import remove_stale_temporaries
 from ncgeo._validation import check_device, check_int
 from ncgeo.classes import class_sizes
-from ncgeo.geometry import named_prototypes
-from ncgeo.losses import fixed_classifier_cross_entropy
 
 from .augment import augment_batch
 from .checkpoint import (
@@ -85,7 +82,6 @@ from .distributed import (
     average_gradients,
     barrier,
     broadcast_buffers,
-    distributed_scl_prototype_loss,
     init_distributed,
     mean_over_ranks,
     prepare_model,
@@ -95,26 +91,19 @@ from .distributed import (
 from .evaluate import evaluate_run
 from .launch import check_batch_split
 from .models import build_model
+from .objective import Objective, build_prototypes
 from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .runfolder import check_evaluations, clean_run_folder, make_run_folder, open_run_folder
 from .sampler import ShardedBatchSampler
 
-# open_run_folder, build_optimizer, load_optimizer_state and build_scheduler live in
-# deep.runfolder and deep.optim; they stay importable from here
 __all__ = [
-    "open_run_folder",
     "preflight",
     "run",
     "VIEWS",
     "PADDING",
-    "Objective",
     "resolve_device",
-    "build_prototypes",
     "prepare_data",
-    "build_optimizer",
-    "load_optimizer_state",
     "sync_batchnorm",
-    "build_scheduler",
     "train_step",
     "train",
     "main",
@@ -148,57 +137,6 @@ def sync_batchnorm(config: TrainConfig, device: torch.device, world_size: int) -
     if config.sync_batchnorm == "auto":
         return device.type == "cuda" and not config.compile
     return config.sync_batchnorm == "on"
-
-
-def build_prototypes(geometry: str, num_classes: int, dim: int, seed: int = 0,
-                     nonnegative: bool = False) -> np.ndarray:
-    """Prototypes ``W`` (``dim x num_classes``, unit columns) for ``--geometry``, in the model's
-    feature dimension: :func:`ncgeo.geometry.named_prototypes` (``etf``, ``of``, ``random``,
-    non-negative when the features are, ``spherical`` for more classes than ``dim + 1``, or a
-    Gram/vector file); errors name ``--geometry``, the classes and the dimension.
-    """
-    try:
-        return named_prototypes(geometry, num_classes, dim, seed=seed, nonnegative=nonnegative)
-    except ValueError as exc:
-        raise ValueError(f"--geometry {geometry!r} with {num_classes} classes in dimension {dim}: {exc}") from exc
-
-
-class Objective(nn.Module):
-    """The training loss as a module of ``(model, images, labels)`` (see the module docstring).
-
-    Holds the prototypes as a buffer and, for ``ce``, the learnt classifier; its state is
-    checkpointed with the model. With ``autocast_dtype`` (e.g. ``torch.bfloat16``) the network
-    runs under autocast; its output is brought back to float32 and the loss computed there.
-    The SCL loss goes through :func:`deep.distributed.distributed_scl_prototype_loss`, which is
-    ``scl_prototype_loss`` itself in a single process.
-    """
-
-    def __init__(self, loss: str, prototypes: torch.Tensor, n_w: float, tau: float,
-                 autocast_dtype: torch.dtype | None = None, prototypes_as_anchors: bool = False) -> None:
-        super().__init__()
-        self.loss = loss
-        self.prototypes_as_anchors = bool(prototypes_as_anchors)
-        self.n_w = float(n_w)
-        self.tau = float(tau)
-        self.autocast_dtype = autocast_dtype
-        self.register_buffer("prototypes", prototypes.clone())
-        dim, classes = prototypes.shape
-        self.classifier = nn.Linear(dim, classes) if loss == "ce" else None
-
-    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss of float images ``(B, C, H, W)`` with labels ``(B,)``; no host synchronisation."""
-        with torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
-            output = model(images, normalize=self.loss != "ce")
-        if output.dtype in (torch.float16, torch.bfloat16):
-            output = output.float()
-        if self.loss == "ce":
-            return F.cross_entropy(self.classifier(output), labels)
-        if self.loss == "ce-fixed":
-            return fixed_classifier_cross_entropy(output, labels, self.prototypes, self.tau,
-                                                  reduction="mean", validate=False)
-        return distributed_scl_prototype_loss(output, labels, self.prototypes, self.n_w, self.tau,
-                                              reduction="mean", prototypes_as_anchors=self.prototypes_as_anchors)
 
 
 def _majority_size(counts: np.ndarray, imbalance: str, ratio: float, limit: int) -> int:

@@ -17,7 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from helpers import synthetic_images, tiny_config
 
 from deep.checkpoint import read_jsonl
-from deep.train import _build, build_optimizer, train, train_step
+from deep.optim import build_optimizer
+from deep.train import _build, train, train_step
 
 
 def _one_step(config, model_transform=lambda m: m, objective_changes=None):

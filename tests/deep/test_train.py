@@ -12,15 +12,9 @@ from helpers import FASHION_MNIST, synthetic_images, tiny_config
 
 from deep.checkpoint import load_checkpoint, read_jsonl, save_checkpoint
 from deep.config import TrainConfig
-from deep.train import (
-    Objective,
-    build_optimizer,
-    build_prototypes,
-    build_scheduler,
-    main,
-    prepare_data,
-    train,
-)
+from deep.objective import Objective, build_prototypes
+from deep.optim import build_optimizer, build_scheduler
+from deep.train import main, prepare_data, train
 from ncgeo.geometry import etf_gram
 from ncgeo.losses import scl_prototype_loss
 
@@ -189,7 +183,7 @@ def test_resumed_momentum_buffers_take_their_parameters_layout():
     SGD needs every momentum buffer laid out like its parameter; load_state_dict keeps the saved
     strides."""
     from deep.models import resnet18
-    from deep.train import build_optimizer, load_optimizer_state
+    from deep.optim import build_optimizer, load_optimizer_state
 
     config = tiny_config("unused")
     torch.manual_seed(0)
