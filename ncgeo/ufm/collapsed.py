@@ -1,6 +1,6 @@
-"""The collapsed problem: minimise :func:`ncgeo.closed_form.collapsed_loss` over the k
-unit class directions (THEORY.md section 4), by Riemannian L-BFGS on the product of
-(non-negative) spheres.
+"""The collapsed problem: the UFM (THEORY.md section 3) restricted to within-class collapse,
+``h_i = m_{y_i}``, i.e. :func:`ncgeo.closed_form.collapsed_loss` minimised over the k unit
+class directions, by Riemannian L-BFGS on the product of (non-negative) spheres.
 
 The solver starts from its optimum (``init="collapsed"``) and the certificates polish
 realised class means with it; both call :func:`minimise_collapsed`.
