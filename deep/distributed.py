@@ -10,7 +10,7 @@ One process per device is started by ``torchrun`` (``torch.distributed.run``), w
   SCL-with-prototypes loss of its *own* anchors against the *global* batch;
 * scales that loss so that DDP's gradient averaging gives exactly the gradient of the
   single-process global-batch loss (:func:`distributed_scl_prototype_loss`);
-* reduces :class:`ncgeo.metrics.ClassStatistics` and counters across ranks;
+* reduces :class:`ncgeo.statistics.ClassStatistics` and counters across ranks;
 * offers rank-0-only helpers for writing files.
 
 Which samples each rank draws is :mod:`deep.sampler`; the launching process (the
@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from ncgeo._validation import check_choice
 from ncgeo.losses import scl_prototype_loss
-from ncgeo.metrics import ClassStatistics
+from ncgeo.statistics import ClassStatistics
 
 __all__ = [
     "DistributedContext",
@@ -330,7 +330,7 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_class_statistics(stats: ClassStatistics) -> ClassStatistics:
-    r"""Merge the :class:`~ncgeo.metrics.ClassStatistics` of all ranks, in place.
+    r"""Merge the :class:`~ncgeo.statistics.ClassStatistics` of all ranks, in place.
 
     Every rank accumulated its samples around its own per-class shift ``s_c``:
     shifted sums ``S_c = sum_i (h_i - s_c)`` and scatter ``T = sum_i x_i x_i^T`` with

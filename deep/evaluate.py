@@ -3,7 +3,7 @@ r"""Evaluation of a feature network: the THEORY.md section 6 metrics on a train 
 The network embeds the un-augmented images in chunks of ``batch_size`` (eval mode, no
 gradient, on the images' device); the embeddings ``H`` (``N x d``, float32) stay on that
 device and the class statistics are accumulated in float64 with
-:class:`ncgeo.metrics.ClassStatistics`. Every number comes from :mod:`ncgeo.metrics`
+:class:`ncgeo.statistics.ClassStatistics`. Every number comes from :mod:`ncgeo.metrics`
 (one definition each):
 
 * ``delta_prototypes``: ``Delta(M, G_W)`` with uncentred class means ``M`` (``d x k``);

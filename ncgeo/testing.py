@@ -11,7 +11,8 @@ import numpy as np
 
 from ._validation import as_float_array, check_nonnegative
 from .geometry import etf_gram
-from .metrics import ClassStatistics, _present_prototype_cosines, gram_distance
+from .metrics import _present_prototype_cosines, gram_distance
+from .statistics import ClassStatistics
 
 __all__ = [
     "assert_collapsed",

@@ -28,7 +28,7 @@ from deep.distributed import (
 from deep.sampler import ShardedBatchSampler, shard_range
 from ncgeo.geometry import simplex_etf
 from ncgeo.losses import scl_prototype_loss
-from ncgeo.metrics import ClassStatistics
+from ncgeo.statistics import ClassStatistics
 
 NUM_SAMPLES, GLOBAL_BATCH, INPUT_DIM, FEATURE_DIM, NUM_CLASSES = 40, 12, 5, 4, 3
 CONFIGS = [  # (n_w, reduction, prototypes_as_anchors)

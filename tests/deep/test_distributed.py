@@ -20,7 +20,7 @@ from deep.distributed import (
 )
 from deep.sampler import ShardedBatchSampler, shard_range
 from ncgeo.losses import scl_prototype_loss
-from ncgeo.metrics import ClassStatistics
+from ncgeo.statistics import ClassStatistics
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 ROOT = Path(__file__).resolve().parents[2]

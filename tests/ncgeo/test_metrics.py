@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from ncgeo.geometry import etf_gram, orthogonal_frame, random_prototypes, random_rotation, simplex_etf
 from ncgeo.metrics import (
-    ClassStatistics,
     GeometryMetrics,
     class_mean_cosines,
     class_means,
@@ -33,6 +32,7 @@ from ncgeo.metrics import (
     prototype_alignment,
     prototype_cosines,
 )
+from ncgeo.statistics import ClassStatistics
 
 
 def collapsed(W, n):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncgeo import classes, geometry, losses, metrics
+from ncgeo import classes, geometry, losses, metrics, statistics
 from ncgeo._validation import (
     as_float_array,
     as_float_tensor,
@@ -120,12 +120,12 @@ CASES = [
     ("gram_distance target", lambda: metrics.gram_distance(W, np.eye(3)), ValueError, r"target must be 2 x 2"),
     ("gram_distance nan", lambda: metrics.gram_distance(W, np.full((2, 2), np.nan)), ValueError,
      r"target must contain only finite"),
-    ("stats num_classes", lambda: metrics.ClassStatistics(0, 3), ValueError, r"num_classes must be an integer >= 1"),
-    ("stats dim", lambda: metrics.ClassStatistics(2, 3).update(H, Y), ValueError, r"embeddings must have 3 columns"),
-    ("stats labels", lambda: metrics.ClassStatistics(2, 2).update(H, [0, 1, 2]), ValueError,
+    ("stats num_classes", lambda: statistics.ClassStatistics(0, 3), ValueError, r"num_classes must be an integer >= 1"),
+    ("stats dim", lambda: statistics.ClassStatistics(2, 3).update(H, Y), ValueError, r"embeddings must have 3 columns"),
+    ("stats labels", lambda: statistics.ClassStatistics(2, 2).update(H, [0, 1, 2]), ValueError,
      r"labels must lie in \[0, 1\]"),
-    ("stats empty", lambda: metrics.ClassStatistics(2, 2).means(), ValueError, r"no samples"),
-    ("stats chunk", lambda: metrics.ClassStatistics.from_embeddings(H, Y, chunk_size=0), ValueError,
+    ("stats empty", lambda: statistics.ClassStatistics(2, 2).means(), ValueError, r"no samples"),
+    ("stats chunk", lambda: statistics.ClassStatistics.from_embeddings(H, Y, chunk_size=0), ValueError,
      r"chunk_size must be an integer >= 1"),
     # --- class sizes
     ("sizes classes", lambda: classes.class_sizes(0, 10), ValueError, r"num_classes must be an integer >= 1"),
