@@ -27,7 +27,6 @@ import torch
 
 from ncgeo._validation import as_float_array, check_int
 from ncgeo.metrics import (
-    ClassStatistics,
     class_means,
     delta_to_etf,
     delta_to_orthogonal_frame,
@@ -41,6 +40,7 @@ from ncgeo.metrics import (
     nearest_prototype_accuracy,
     prototype_alignment,
 )
+from ncgeo.statistics import ClassStatistics
 
 from .augment import to_float
 from .data import ImageDataset

@@ -8,12 +8,23 @@ import numpy as np
 
 from ._validation import check_choice, check_int, check_real
 
-__all__ = ["class_sizes", "labels_from_sizes", "MAX_CLASSES"]
+__all__ = ["class_sizes", "check_class_sizes", "labels_from_sizes", "MAX_CLASSES"]
 
 #: Largest number of classes (a k x k prototype Gram beyond it needs terabytes).
 MAX_CLASSES = 1_000_000
 #: Largest total of :func:`labels_from_sizes` (8 GB of labels).
 MAX_SAMPLES = 1_000_000_000
+
+
+def check_class_sizes(class_sizes, min_classes: int = 1) -> list[int]:
+    """``class_sizes`` as a list of integers ``>= 1``, at least ``min_classes`` of them
+    (``TypeError`` for a non-sequence or a non-integer entry, ``ValueError`` otherwise)."""
+    if class_sizes is None or isinstance(class_sizes, (str, bytes)) or not hasattr(class_sizes, "__len__"):
+        raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
+    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    if len(sizes) < min_classes:
+        raise ValueError(f"class_sizes must describe at least {min_classes} classes, got {len(sizes)}")
+    return sizes
 
 
 def class_sizes(num_classes: int, n: int, imbalance: Literal["none", "step", "exp"] = "none",
@@ -27,10 +38,8 @@ def class_sizes(num_classes: int, n: int, imbalance: Literal["none", "step", "ex
     ``ratio`` ``R >= 1`` is the imbalance ratio; a class is never given fewer than one
     sample (a ``ValueError`` says so when ``n / R < 1``).
     """
-    k = check_int("num_classes", num_classes, minimum=1)
+    k = check_int("num_classes", num_classes, minimum=1, maximum=MAX_CLASSES)
     n = check_int("n", n, minimum=1)
-    if k > MAX_CLASSES:
-        raise ValueError(f"num_classes must be at most {MAX_CLASSES:,}, got {k}")
     check_choice("imbalance", imbalance, ("none", "step", "exp"))
     R = check_real("ratio", ratio)
     if R < 1:

@@ -20,6 +20,7 @@ import torch
 
 from ._validation import (as_float_array, as_float_tensor, check_choice, check_int, check_nonnegative,
                           check_tau)
+from .classes import check_class_sizes
 from .geometry import etf_gram
 
 __all__ = ["collapsed_loss", "closed_form_loss", "closed_form_for_setup"]
@@ -181,9 +182,7 @@ def closed_form_for_setup(class_sizes: Sequence[int], prototypes, n_w: float, ta
     Any other set-up (imbalance, mini-batches, other prototype Grams) returns ``None``.
     The value is :func:`closed_form_loss`; ``geometry`` is ``"etf"`` or ``"of"``.
     """
-    if class_sizes is None or isinstance(class_sizes, (str, bytes)):
-        raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
-    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    sizes = check_class_sizes(class_sizes)
     n_w, tau = check_nonnegative("n_w", n_w), check_tau(tau)
     k = len(sizes)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._validation import as_float_array, check_nonnegative
 from .geometry import etf_gram
-from .metrics import _present_prototype_cosines, gram_distance
+from .metrics import _directions, _present_prototype_cosines, gram_distance, nan_if_undefined
 from .statistics import ClassStatistics
 
 __all__ = [
@@ -69,11 +69,10 @@ def assert_gram_close(gram, target, atol: float = 1e-6) -> None:
 
 
 def _assert_mean_gram(M: np.ndarray, present: np.ndarray, target: np.ndarray, atol: float, what: str) -> None:
-    norms = np.linalg.norm(M, axis=0, keepdims=True)
-    unit = M / np.where(norms > 0, norms, 1.0)  # a zero mean has cosine 0 with every other
+    unit = np.nan_to_num(_directions(M))  # a zero mean has cosine 0 with every other
     difference = unit.T @ unit - target
-    # all (centred) means zero, e.g. every class at one point: Delta is undefined, the geometry wrong
-    measured = gram_distance(M, target) if np.any(norms > 0) else float("inf")
+    # all (centred) means zero, e.g. every class at one point: Delta is undefined (NaN fails below)
+    measured = nan_if_undefined(gram_distance, M, target)
     if not measured <= atol:
         raise AssertionError(f"class means are not {what}: Delta = {measured:.3e} > atol = {atol:.1e}; "
                              + _worst_pair(difference, present))

@@ -77,14 +77,17 @@ def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float
 
 def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
                    prototypes_as_anchors: bool = False) -> float:
-    """:func:`ncgeo.ufm.ufm_objective` of a candidate (default: one full batch), as a float."""
+    """:func:`ncgeo.ufm.ufm_objective` of a candidate (default: one full batch), as a float.
+
+    The inputs are those :func:`candidate_inputs` and ``check_batches`` have validated;
+    they are not checked again."""
     from ..ufm import ufm_objective
 
-    H = torch.as_tensor(as_float_array("H", H, ndim=2))
-    y = as_label_tensor("y", y, H.shape[0], None)
+    H = torch.as_tensor(np.asarray(H, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if batches is None:
         batches = [np.arange(H.shape[0])]
-    return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors))
+    return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors, validate=False))
 
 
 #: Largest deviation of a candidate row from the unit sphere (or below 0 for UFM+) that
@@ -113,8 +116,8 @@ def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototy
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
     if W is not None and W.shape[0] != d:
         raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
-    if W is not None and W.size and np.abs(np.linalg.norm(W, axis=0) - 1.0).max() > UNIT_TOL:
-        raise ValueError("prototypes must be unit vectors (unit columns of the (d, k) matrix)")
+    if W is not None:  # the same unit-length rule as the relaxations (prototype_setup)
+        check_gram(W.T @ W, "prototypes' Gram W^T W", tol=UNIT_TOL, psd=False)
     # with prototypes, k is their number (labels index them even when n_w = 0)
     y = as_label_tensor("labels", labels, N, None if W is None else W.shape[1]).numpy()
     if n_w > 0 and W is None:

@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 
-from .._validation import (as_float_array, check_bool, check_choice, check_int, check_nonnegative,
-                           check_tau)
+from .._validation import as_float_array, check_bool, check_choice
+from ..classes import check_class_sizes
 from ..ufm.batching import check_batches
-from ._common import candidate_inputs, candidate_loss, check_dim
+from ._common import candidate_inputs, candidate_loss, check_dim, check_loss_args
 from ._program import Timer, check_solver_args
 from .dual import MAX_DENSE_GROUPS, dual_certificate, full_batch_loss
 from .full import solve_full
@@ -132,7 +132,6 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
         reported.
     """
     timer = Timer()
-    check_choice("method", method, METHODS)
     check_solver_args(solver, time_limit)
     rtol = check_rtol(rtol)
     H, y, W, n_w, tau, upper_bound = candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative,
@@ -141,11 +140,11 @@ def certify(H, labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *, b
     k = W.shape[1] if W is not None else int(y.max()) + 1
     batch_list = check_batches(batches, N)
     full_batch = len(batch_list) == 1 and np.array_equal(np.sort(batch_list[0]), np.arange(N))
+    sizes = np.bincount(y, minlength=k).astype(float)
+    check_method(method, sizes, W, n_w, full_batch)  # before the candidate's loss is computed
     if upper_bound is None:  # over the distinct rows when the batch is full: a collapsed N = 10^5 is cheap
         upper_bound = (full_batch_loss(H, y, W, n_w, tau, prototypes_as_anchors) if full_batch else
                        candidate_loss(H, y, W if n_w > 0 else None, n_w, tau, batch_list, prototypes_as_anchors))
-    sizes = np.bincount(y, minlength=k).astype(float)
-    check_method(method, sizes, W, n_w, full_batch)
     common = dict(nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors, solver=solver,
                   time_limit=time_limit, rtol=rtol)
     plan: list[str]
@@ -258,10 +257,8 @@ def realise_and_certify(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
     """
     timer = Timer()
     rtol = check_rtol(rtol)
-    if class_sizes is None or isinstance(class_sizes, (str, bytes)) or len(class_sizes) < 1:
-        raise ValueError(f"class_sizes must be a non-empty sequence of positive integers, got {class_sizes!r}")
-    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
-    n_w, tau = check_nonnegative("n_w", n_w), check_tau(tau)
+    sizes = check_class_sizes(class_sizes)
+    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
     dim = check_dim(dim)
     weights = np.asarray(sizes, float)
     W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)

@@ -34,6 +34,7 @@ from .._validation import as_float_array, check_tau
 from ..geometry import check_gram
 from ._common import UNIT_TOL
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
+from .result import verdict_line
 
 __all__ = ["CELimitResult", "certify_ce_limit"]
 
@@ -96,9 +97,7 @@ class CELimitResult:
 
     def verdict(self) -> str:
         """One line, as :meth:`ncgeo.certify.CertificateResult.verdict`."""
-        if self.certified:
-            return f"certified global optimum: gap {self.gap:.1e} (CE-limit program, {self.seconds:.2f} s)"
-        return f"not certified: {self.reason} (CE-limit program, {self.seconds:.2f} s)"
+        return verdict_line(self.certified, self.gap, self.reason, "CE-limit program", self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready dictionary (:func:`ncgeo._io.jsonable`: arrays as lists, every

@@ -20,6 +20,7 @@ global optimum, never just assumes it.
 from __future__ import annotations
 
 from .._validation import as_float_array
+from ..classes import check_class_sizes
 from ..closed_form import closed_form_for_setup
 from ._common import check_dim
 from ._program import Timer
@@ -61,9 +62,7 @@ def certify_closed_form(class_sizes, prototypes=None, n_w: float = 0.0, tau: flo
         give ``certified=False`` with that reason (no exception).
     """
     timer = Timer()
-    if class_sizes is None or isinstance(class_sizes, (str, bytes)):
-        raise TypeError(f"class_sizes must be a sequence of integers, got {type(class_sizes).__name__}")
-    sizes = list(class_sizes)
+    sizes = check_class_sizes(class_sizes)
     k = len(sizes)
     if prototypes is not None:
         prototypes = as_float_array("prototypes", prototypes, ndim=2)

@@ -93,11 +93,15 @@ class CertificateResult:
     def verdict(self) -> str:
         """One line, e.g. ``certified global optimum: gap 3e-09 (reduced SDP, 0.03 s)``."""
         label = {"reduced": "reduced SDP", "orbit": "orbit-reduced SDP", "full": "full SDP",
-                 "dual": "dual certificate", "closed-form": "closed form",
-                 "ce-limit": "CE-limit program"}.get(self.method, self.method)
-        if self.certified:
-            return f"certified global optimum: gap {self.gap:.1e} ({label}, {self.seconds:.2f} s)"
-        return f"not certified: {self.reason} ({label}, {self.seconds:.2f} s)"
+                 "dual": "dual certificate", "closed-form": "closed form"}.get(self.method, self.method)
+        return verdict_line(self.certified, self.gap, self.reason, label, self.seconds)
+
+
+def verdict_line(certified: bool, gap: float, reason: str, label: str, seconds: float) -> str:
+    """The one-line verdict of every certificate result (``label``: what gave the bound)."""
+    if certified:
+        return f"certified global optimum: gap {gap:.1e} ({label}, {seconds:.2f} s)"
+    return f"not certified: {reason} ({label}, {seconds:.2f} s)"
 
 
 def contradicts(lower: float, upper: float) -> bool:

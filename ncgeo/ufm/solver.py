@@ -26,7 +26,7 @@ from .._validation import (
     check_int,
     check_nonnegative,
     check_positive, check_tau)
-from ..classes import labels_from_sizes
+from ..classes import check_class_sizes, labels_from_sizes
 from ..metrics import geometry_metrics
 from .batching import BATCHING_SCHEMES, make_batches, ufm_objective
 from .collapsed import minimise_collapsed
@@ -333,19 +333,13 @@ def solve_ufm(
     UFMResult
     """
     start_time = time.perf_counter()
-    if isinstance(class_sizes, (str, bytes)) or not hasattr(class_sizes, "__len__"):
-        raise TypeError("class_sizes must be a sequence of integers")
-    sizes = [check_int(f"class_sizes[{c}]", s, minimum=1) for c, s in enumerate(class_sizes)]
+    sizes = check_class_sizes(class_sizes, min_classes=2)
     k = len(sizes)
-    if k < 2:
-        raise ValueError(f"class_sizes must describe at least 2 classes, got {k}")
     n_w = check_nonnegative("n_w", n_w)
     tau = check_tau(tau)
     check_choice("batching", batching, BATCHING_SCHEMES)
     check_choice("init", init, INIT_CHOICES)
-    restarts = check_int("restarts", restarts, minimum=1)
-    if restarts > MAX_RESTARTS:
-        raise ValueError(f"restarts must be at most {MAX_RESTARTS}, got {restarts}")
+    restarts = check_int("restarts", restarts, minimum=1, maximum=MAX_RESTARTS)
     seed = check_int("seed", seed, minimum=0)
     if seed > 2**63 - 1 - 2 * restarts:  # start r draws from seed + r (a signed 64-bit torch seed)
         raise ValueError(f"seed must be <= {2**63 - 1 - 2 * restarts} (seed + restart is a 64-bit seed), got {seed}")

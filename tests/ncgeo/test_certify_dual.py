@@ -380,6 +380,9 @@ def test_every_method_accepts_prototypes_within_round_off_of_unit_length():
     H, y = np.repeat(W.T, 2, 0), np.repeat(np.arange(3), 2)
     for method in ("auto", "dual", "reduced", "orbit"):
         assert certify(H, y, W * (1 + 1e-7), 1.0, 0.1, method=method).certified, method
-    for method in ("dual", "reduced"):
-        with pytest.raises(ValueError, match="unit"):
-            certify(H, y, W * (1 + 1e-4), 1.0, 0.1, method=method)
+    for method in ("auto", "dual", "reduced", "orbit"):
+        # between the two old rules (|w| - 1 <= 1e-6 and |w|^2 - 1 <= 1e-6): every method
+        # refuses it up front ("auto" used to run the dual and then fail in the orbit step)
+        for scale in (1 + 6e-7, 1 + 1e-4):
+            with pytest.raises(ValueError, match="unit diagonal"):
+                certify(H, y, W * scale, 1.0, 0.1, method=method)

@@ -69,6 +69,8 @@ def test_assert_simplex_etf_passes():
     assert_simplex_etf(H, y)
     # any common translation and scale of the means is allowed (centred, scale-free)
     assert_simplex_etf(3 * H + 0.5, y)
+    assert_simplex_etf(1e-200 * H, y)  # any finite scale, as delta_to_etf (no underflow to "undefined")
+    assert_orthogonal_frame(1e-200 * np.repeat(np.eye(4), 2, axis=0), np.repeat(np.arange(4), 2))
 
 
 def test_assert_simplex_etf_fails_with_delta_and_pair():

@@ -226,6 +226,12 @@ def test_float32_solve_stops_and_reports():
     result = solve_ufm([5, 5, 5], simplex_etf(3, 3), n_w=5, tau=0.2, dtype="float32", init="random")
     assert result.settings["dtype"] == "float32" and result.grad_norm <= 1e-3
     assert result.H.dtype == np.float64
+    # the keys that metadata may not overwrite are exactly the ones the solve writes
+    from ncgeo.ufm.solver import SETTINGS_KEYS
+
+    assert set(result.settings) == set(SETTINGS_KEYS)
+    tagged = solve_ufm([2, 2], None, n_w=0, tau=0.5, metadata={"note": "x"})
+    assert set(tagged.settings) == set(SETTINGS_KEYS) | {"note"}
 
 
 def test_solve_rejects_bad_input():
