@@ -58,7 +58,8 @@ from deep.config import TrainConfig  # noqa: E402
 from deep.models import build_model  # noqa: E402
 from deep.objective import Objective  # noqa: E402
 from deep.optim import build_optimizer  # noqa: E402
-from deep.train import train_step  # noqa: E402
+from deep.data import NORMALIZATION  # noqa: E402
+from deep.train import PADDING, VIEWS, train_step  # noqa: E402
 from ncgeo._io import atomic_write_bytes  # noqa: E402
 from ncgeo.geometry import simplex_etf  # noqa: E402
 from ncgeo.losses import materialise_prototypes, supcon_loss_materialised  # noqa: E402
@@ -70,8 +71,7 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
     "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
 }
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10 training statistics
-VIEWS, PADDING = 2, 4
+MEAN, STD = NORMALIZATION["cifar10"]  # CIFAR-10 training statistics
 
 
 def device_name(device: torch.device) -> str:
@@ -355,8 +355,7 @@ def write_json(path: str | None, results: dict[str, Any]) -> None:
     """Write ``results`` to ``path`` (when given) atomically (:func:`ncgeo._io.atomic_write_bytes`)."""
     if not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(results, indent=2).encode())
+    atomic_write_bytes(path, json.dumps(results, indent=2).encode(), make_folder=True)
 
 
 if __name__ == "__main__":

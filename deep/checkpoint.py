@@ -27,6 +27,7 @@ __all__ = [
     "atomic_save_arrays",
     "append_jsonl",
     "read_jsonl",
+    "read_jsonl_numbered",
     "rewrite_jsonl",
     "save_checkpoint",
     "load_checkpoint",
@@ -60,18 +61,24 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All complete lines of a JSON-lines file (a torn last line, without newline, is ignored)."""
+    return [record for _, record in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """``(line number, record)`` of every complete non-blank line of a JSON-lines file (a torn
+    last line, without newline, is ignored; a missing file has none)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as stream:
         text = stream.read()
     records = []
-    for number, line in enumerate(text.split("\n")[:-1]):  # the part after the last newline is torn
+    for number, line in enumerate(text.split("\n")[:-1], 1):  # the part after the last newline is torn
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number + 1} is not valid JSON: {exc}") from exc
+                raise ValueError(f"{path}: line {number} is not valid JSON: {exc}") from exc
     return records
 
 

@@ -340,14 +340,16 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
 def config_nproc(nproc: int | None, config_file: str | os.PathLike | None) -> int:
     """Processes to launch: ``--nproc`` when given, else the file's ``nproc`` key, else 1."""
     if nproc is not None:
-        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-            raise ValueError(f"--nproc must be an integer >= 1, got {nproc!r}")
-        return nproc
+        return _check_nproc(nproc, "--nproc")
     if config_file is None:
         return 1
-    value = _read_toml_table(config_file).get("nproc", 1)
+    return _check_nproc(_read_toml_table(config_file).get("nproc", 1),
+                        f"--config file {os.fspath(config_file)!r}: nproc")
+
+
+def _check_nproc(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"--config file {os.fspath(config_file)!r}: nproc must be an integer >= 1, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 

@@ -1,4 +1,4 @@
-r"""Multi-process (DDP) training for deep: set-up, contrastive gather, sampler, metric reduction.
+r"""Multi-process (DDP) training for deep: set-up, contrastive gather, metric reduction.
 
 One process per device is started by ``torchrun`` (``torch.distributed.run``), which sets
 ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous address). This module
@@ -10,8 +10,7 @@ One process per device is started by ``torchrun`` (``torch.distributed.run``), w
   SCL-with-prototypes loss of its *own* anchors against the *global* batch;
 * scales that loss so that DDP's gradient averaging gives exactly the gradient of the
   single-process global-batch loss (:func:`distributed_scl_prototype_loss`);
-* reduces :class:`ncgeo.statistics.ClassStatistics` and counters across ranks;
-* offers rank-0-only helpers for writing files.
+* reduces :class:`ncgeo.statistics.ClassStatistics` and counters across ranks.
 
 Which samples each rank draws is :mod:`deep.sampler`; the launching process (the
 ``torchrun`` command line, waiting for the workers) is :mod:`deep.launch`.
@@ -36,9 +35,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -64,10 +63,8 @@ __all__ = [
     "mean_over_ranks",
     "prepare_model",
     "barrier",
-    "on_main_process",
 ]
 
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -389,7 +386,7 @@ def prepare_model(model: torch.nn.Module, context: DistributedContext, *,
         sync_batchnorm = on_cuda
     if sync_batchnorm:
         if not on_cuda:
-            raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
+            raise ValueError("sync_batchnorm=True needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [torch.device(context.device).index] if on_cuda else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -426,6 +423,3 @@ def barrier() -> None:
         dist.barrier()
 
 
-def on_main_process(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Call ``function(*args, **kwargs)`` on rank 0 only (files, printing); None elsewhere."""
-    return function(*args, **kwargs) if rank() == 0 else None

@@ -40,14 +40,15 @@ from typing import Any
 import numpy as np
 
 from ncgeo._io import os_errors_as_value_errors
-from ncgeo._validation import as_float_array, check_choice, check_positive
+from ncgeo._validation import MIN_TAU, as_float_array, check_choice, check_positive
 from ncgeo.metrics import gram_distance
 
-from .checkpoint import atomic_write_json, read_jsonl
+from .checkpoint import atomic_write_json, read_jsonl_numbered
 from .config import FEATURE_CHOICES, LOSS_CHOICES
 
 __all__ = ["MEAN_PRODUCTS_KEYS", "PREDICTION_MODELS", "Prediction", "RunRecord", "check_predictable",
-           "check_prediction_writable", "load_run", "expected_batch_counts", "predict_run", "predicted_means_gram"]
+           "check_prediction_writable", "load_run", "expected_batch_counts", "predict_record", "predict_run",
+           "predicted_means_gram"]
 
 PREDICTION_MODELS = ("batch", "dataset", "ce-limit")
 #: Key of the ``k x k`` matrix ``M^T M`` of a split in ``metrics.jsonl``: the current name, then the
@@ -145,12 +146,12 @@ def _line_problem(record: Any, k: int) -> str | None:
 
 def _config_problem(config: dict) -> str | None:
     """What is wrong with the keys of ``config.json`` that the prediction and the report read."""
-    for key, minimum, strict in (("protos", 0.0, False), ("tau", 0.0, True)):
+    for key, minimum in (("protos", 0.0), ("tau", MIN_TAU)):  # the bounds TrainConfig checks
         if key not in config:
             return f"no {key}"
         value = config[key]
-        if not _is_real(value) or not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            return f"{key} must be a finite number {'>' if strict else '>='} 0, got {_short(value)}"
+        if not _is_real(value) or not math.isfinite(value) or value < minimum:
+            return f"{key} must be a finite number >= {minimum:g}, got {_short(value)}"
     for key, choices in (("loss", LOSS_CHOICES), ("feature", FEATURE_CHOICES)):
         if key in config and not (isinstance(config[key], str) and config[key] in choices):
             return f"{key} must be one of {', '.join(choices)}, got {_short(config[key])}"
@@ -169,7 +170,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     """Read a run folder written by :func:`deep.train.train` (``ValueError`` naming what is missing).
 
     Checked (one ``ValueError`` naming the file, and the line of ``metrics.jsonl``): ``config.json``
-    has a finite ``protos >= 0`` and ``tau > 0`` and a known ``loss`` / ``feature``; ``run.json``
+    has a finite ``protos >= 0`` and ``tau >= MIN_TAU`` (1e-6, as ``TrainConfig``) and a known ``loss`` / ``feature``; ``run.json``
     has ``k`` training class counts (``k`` columns of the ``d x k`` prototypes) and an integer
     ``samples_per_batch >= 1``; every metrics line has an integer ``epoch >= 0`` and, in ``train``,
     the numbers (or null) ``delta_prototypes``, ``delta_etf``, ``delta_of``, ``nc1``,
@@ -217,14 +218,12 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     k = prototypes.shape[1]
 
     def read_metrics(path: Path) -> list[dict[str, Any]]:
-        records = read_jsonl(path)
-        with open(path, encoding="utf-8") as handle:  # file line of each record (read_jsonl skips blank lines)
-            lines = [number for number, line in enumerate(handle.read().split("\n")[:-1], 1) if line.strip()]
-        for line, record in zip(lines, records):
+        numbered = read_jsonl_numbered(path)
+        for line, record in numbered:
             problem = _line_problem(record, k)
             if problem:
                 raise _Corrupt(f"line {line} {problem}")
-        return records
+        return [record for _, record in numbered]
 
     config = read("config.json", read_json)
     _check_config(folder, config)
@@ -405,10 +404,15 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
 
     ``model`` defaults to ``"batch"`` for SCL runs and ``"ce-limit"`` for ``ce-fixed`` runs.
     """
+    record = run if isinstance(run, RunRecord) else load_run(run)
+    return predict_record(record, check_predictable(record, model, write), solver=solver, write=write)
+
+
+def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", write: bool = True) -> Prediction:
+    """:func:`predict_run` of a record that :func:`check_predictable` has passed, with the model
+    it returned (:func:`deep.report.report` checks every run before the first solve)."""
     from ncgeo.certify import certify_ce_limit, solve_reduced
 
-    record = run if isinstance(run, RunRecord) else load_run(run)
-    model = check_predictable(record, model, write)
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
     nonnegative = record.config.get("feature") == "nonnegative"

@@ -31,7 +31,7 @@ import numpy as np
 
 from ncgeo._io import atomic_write_bytes, os_errors_as_value_errors
 
-from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_run
+from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_record
 
 __all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
 
@@ -188,7 +188,7 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
     """Write the figures and tables of the module docstring for ``runs`` into ``out``.
 
     ``predict`` computes (and caches in each run's ``prediction.json``) the UFM prediction
-    with :func:`deep.predict.predict_run` (``model`` None: its default per run); runs trained
+    with :func:`deep.predict.predict_record` after :func:`deep.predict.check_predictable` for every run (``model`` None: its default per run); runs trained
     with ``--loss ce`` have none.
     """
     if isinstance(runs, (str, os.PathLike)) or not isinstance(runs, Sequence):
@@ -201,9 +201,8 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
         raise ValueError("--out must not be empty (a folder for the figures and tables)")
     records = [load_run(run) for run in runs]
     wanted = [predict and record.config.get("loss", "scl") != "ce" for record in records]
-    for record, predicted in zip(records, wanted):  # every run's checks before the first solve
-        if predicted:
-            check_predictable(record, model)
+    models = [check_predictable(record, model) if predicted else None  # every run's checks before the first solve
+              for record, predicted in zip(records, wanted)]
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -211,8 +210,8 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
         raise ValueError(f"--out {str(folder)!r} cannot be created as a folder: {exc.strerror}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"--out {str(folder)!r} is not writable")
-    predictions: list[Prediction | None] = [predict_run(record, model) if predicted else None
-                                            for record, predicted in zip(records, wanted)]
+    predictions: list[Prediction | None] = [predict_record(record, chosen) if chosen else None
+                                            for record, chosen in zip(records, models)]
     rows = accuracy_rows(records, predictions)
     files = [folder / name for name in ("delta_curves.png", "grams.png", "accuracy.md", "accuracy.csv",
                                         "per_class.csv")]

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from ncgeo._io import remove_stale_temporaries
-from ncgeo._validation import check_device, check_int
+from ncgeo._validation import check_device
 from ncgeo.classes import class_sizes
 
 from .augment import augment_batch
@@ -89,7 +89,7 @@ from .distributed import (
     shutdown_distributed,
 )
 from .evaluate import evaluate_run
-from .launch import check_batch_split
+from .launch import check_batch_split, launch
 from .models import build_model
 from .objective import Objective, build_prototypes
 from .optim import build_optimizer, build_scheduler, load_optimizer_state
@@ -97,7 +97,6 @@ from .runfolder import check_evaluations, clean_run_folder, make_run_folder, ope
 from .sampler import ShardedBatchSampler
 
 __all__ = [
-    "preflight",
     "run",
     "VIEWS",
     "PADDING",
@@ -130,12 +129,15 @@ def sync_batchnorm(config: TrainConfig, device: torch.device, world_size: int) -
 
     ``--sync-batchnorm on``/``off`` as given; ``auto``: with several CUDA processes and no
     ``--compile`` (torch.compile and SyncBatchNorm under DDP fail together, PyTorch issue
-    #107372). A single process needs no synchronisation.
+    #107372). A single process needs no synchronisation. ``on`` without CUDA is a
+    ``ValueError`` (PyTorch has no CPU SyncBatchNorm).
     """
     if world_size == 1:
         return False
     if config.sync_batchnorm == "auto":
         return device.type == "cuda" and not config.compile
+    if config.sync_batchnorm == "on" and device.type != "cuda":
+        raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
     return config.sync_batchnorm == "on"
 
 
@@ -262,15 +264,13 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
     return record
 
 
-def preflight(config: TrainConfig, nproc: int) -> None:
-    """Check, in the launching process, what would make every worker of ``--nproc`` fail:
-    the global ``--batch-size`` split, the run folder and the data (read once on the CPU),
-    so that bad input is one line and exit status 2 instead of a traceback per worker."""
-    nproc = check_batch_split(config, nproc)
+def _preflight(config: TrainConfig, nproc: int) -> None:
+    """Check, in the launching process, what would make every worker of ``--nproc`` fail
+    (the run folder, the data read once on the CPU, ``--sync-batchnorm``), so that bad
+    input is one line and exit status 2 instead of a traceback per worker. ``nproc`` has
+    passed :func:`deep.launch.check_batch_split`."""
     open_run_folder(config)
-    device = resolve_device(config.device)
-    if nproc > 1 and config.sync_batchnorm == "on" and device.type != "cuda":
-        raise ValueError("--sync-batchnorm on needs CUDA devices (PyTorch has no CPU SyncBatchNorm)")
+    sync_batchnorm(config, resolve_device(config.device), nproc)
     prepare_data(config, torch.device("cpu"))
 
 
@@ -278,15 +278,13 @@ def run(config: TrainConfig, nproc: int = 1, *, echo: Callable[[str], None] = pr
     """What ``ncgeo deep train`` does; returns the exit status.
 
     ``nproc == 1``: :func:`train` in this process, then ``echo`` the run folder (0). Else:
-    :func:`preflight` once here, then launch ``nproc`` workers by torchrun and wait
+    :func:`_preflight` once here, then launch ``nproc`` workers by torchrun and wait
     (:func:`deep.launch.launch`; their exit status, the workers print their own errors).
     A diverged run raises ``FloatingPointError``; bad input ``ValueError``/``TypeError``.
     """
-    nproc = check_int("nproc", nproc, minimum=1)
+    nproc = check_batch_split(config, nproc)
     if nproc > 1:
-        from .launch import launch
-
-        preflight(config, nproc)
+        _preflight(config, nproc)
         return launch(config, nproc)
     echo(str(train(config)))
     return 0
@@ -335,9 +333,7 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
         log = lambda text: None  # noqa: E731 - rank 0 alone prints
     elif log is None:
         log = (lambda text: print(text, file=sys.stderr, flush=True)) if config.progress else (lambda text: None)
-    if config.batch_size % context.world_size:
-        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {context.world_size} "
-                         "processes (it is the global batch, split equally)")
+    check_batch_split(config, context.world_size)
     out = Path(config.out)
     checkpoint_path = out / "checkpoint.pt"
     state = open_run_folder(config)

@@ -67,14 +67,17 @@ def test_quick_run_writes_consistent_json_and_explicit_options_win(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["batch_size"] == 6 and result["steps"] == 2 and result["width"] == 4  # --quick for the rest
-    assert result["training_flops_per_image"] == 2 * 3 * 2 * result["macs_per_sample"]
+    assert result["image_shape"] == [3, 16, 16] and result["classes"] == 10 and result["n_w"] == 10
+    # the closed form at --quick's sizes; 2 views x (forward + 2 backward) x 2 FLOPs per MAC
+    assert result["macs_per_sample"] == resnet18_macs(4, 16, 3)
+    assert result["training_flops_per_image"] == 12 * resnet18_macs(4, 16, 3)
     for name in ("ncgeo", "reference"):
         assert result[name]["images_per_second"] > 0
         assert result[name]["tflops"] == pytest.approx(
             result[name]["images_per_second"] * result["training_flops_per_image"] / 1e12)
     assert result["ratio"] == pytest.approx(result["ncgeo"]["images_per_second"]
                                             / result["reference"]["images_per_second"])
-    assert result["reference"]["materialised_rows"] == 2 * 6 + result["classes"] * result["n_w"]
+    assert result["reference"]["materialised_rows"] == 112  # 2 views x 6 images + 10 classes x 10 copies
     assert "ratio:" in done.stdout and "images/s" in done.stdout
 
 

@@ -122,7 +122,7 @@ def test_sync_batchnorm_on_is_refused_on_cpu_processes():
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     assert prepare_model(model, DistributedContext(0, 0, 1, None, "cpu"), sync_batchnorm=True) is model
-    with pytest.raises(ValueError, match=r"^--sync-batchnorm on needs CUDA devices"):  # before any DDP wrapping
+    with pytest.raises(ValueError, match=r"^sync_batchnorm=True needs CUDA devices"):  # before any DDP wrapping
         prepare_model(model, DistributedContext(0, 0, 2, "gloo", "cpu"), sync_batchnorm=True)
 
 
@@ -135,7 +135,9 @@ def test_sync_batchnorm_choice():
     assert sync_batchnorm(auto, cuda, 2) and not sync_batchnorm(auto, cpu, 2) and not sync_batchnorm(auto, cuda, 1)
     assert not sync_batchnorm(auto.replace(compile=True), cuda, 4)  # PyTorch issue #107372
     assert sync_batchnorm(auto.replace(compile=True, sync_batchnorm="on"), cuda, 4)
-    assert sync_batchnorm(auto.replace(sync_batchnorm="on"), cpu, 2)  # refused later by prepare_model
+    with pytest.raises(ValueError, match=r"^--sync-batchnorm on needs CUDA devices"):
+        sync_batchnorm(auto.replace(sync_batchnorm="on"), cpu, 2)
+    assert not sync_batchnorm(auto.replace(sync_batchnorm="on"), cpu, 1)  # one process: nothing to synchronise
     assert not sync_batchnorm(auto.replace(sync_batchnorm="off"), cuda, 8)
 
 

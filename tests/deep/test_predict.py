@@ -111,10 +111,7 @@ def _write_npz(path, **arrays):
     ("means.npz", lambda path: path.write_bytes(b"junk")),
 ])
 def test_corrupt_run_files_are_one_line_naming_the_file(tiny_run, tmp_path, name, corrupt):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    run = copy_run(tiny_run, tmp_path)
     corrupt(run / name)
     with pytest.raises(ValueError, match=f"{name} is corrupt"):
         load_run(run)
@@ -202,8 +199,9 @@ def test_a_run_written_before_the_rename_and_without_a_test_set_loads(tiny_run, 
 
 
 @pytest.mark.parametrize("name, edit, message", [
-    ("config.json", lambda c: c.update(tau=None), "tau must be a finite number > 0, got None"),
-    ("config.json", lambda c: c.update(tau=0), "tau must be a finite number > 0, got 0"),
+    ("config.json", lambda c: c.update(tau=None), "tau must be a finite number >= 1e-06, got None"),
+    ("config.json", lambda c: c.update(tau=0), "tau must be a finite number >= 1e-06, got 0"),
+    ("config.json", lambda c: c.update(tau=1e-8), "tau must be a finite number >= 1e-06, got 1e-08"),
     ("config.json", lambda c: c.pop("tau"), "no tau"),
     ("config.json", lambda c: c.update(protos=-1), "protos must be a finite number >= 0, got -1"),
     ("config.json", lambda c: c.update(protos="10"), "protos must be a finite number >= 0, got '10'"),
