@@ -76,7 +76,7 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
     try:
         W = named_prototypes(geometry, k, dim, seed=seed, nonnegative=relu)
     except (ValueError, TypeError) as exc:
-        option = "'--dim'" if str(exc).startswith("d must be") else "'--geometry'"
+        option = "'--dim'" if "d must be" in str(exc) else "'--geometry'"  # e.g. a rank-4 Gram in d = 2
         raise click.BadParameter(str(exc), param_hint=option) from exc
     names = {"etf": "etf", "of": "of (standard basis, non-negative)",
              "random": f"random ({'non-negative, ' if relu else ''}seed {seed})",
@@ -99,11 +99,15 @@ def _check_output(option: str, path: str | None) -> None:
 
 
 def _write_output(option: str, path: str, write) -> None:
-    """Call ``write()`` (an atomic write of ``path``); an OS error becomes one line naming ``option``."""
+    """Call ``write()`` (an atomic write of ``path``); an OS error becomes one line naming ``option``
+    (:func:`ncgeo._io.os_errors_as_value_errors`)."""
+    from ncgeo._io import os_errors_as_value_errors
+
     try:
-        write()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot write {path!r}: {exc.strerror or exc}", param_hint=f"'{option}'") from exc
+        with os_errors_as_value_errors(path):
+            write()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from exc
 
 
 @main.command("solve")
@@ -198,6 +202,8 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
     from ncgeo.ufm.solver import check_memory
 
+    # solve_ufm checks this too, but only after the prototypes are built: --classes 1e6 would
+    # first allocate a dense k x k prototype matrix
     check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
                  dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)

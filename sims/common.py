@@ -45,8 +45,7 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
     or a path to a Gram/vector file read by :func:`ncgeo.geometry.load_prototypes`.
     ``d`` defaults to ``k``. All but ``"hierarchical"`` are :func:`ncgeo.geometry.named_prototypes`.
     """
-    check_geometry_names("geometry", [geometry])
-    d = k if d is None else d
+    d = k if d is None else d  # the names were checked before the sweep (check_geometry_names)
     if geometry == "hierarchical":
         return prototypes_from_gram(hierarchical_gram(k), d)
     return named_prototypes(geometry, k, d, seed=seed)

@@ -14,11 +14,10 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
-
 from ncgeo._io import atomic_write_bytes, jsonable
 
 __all__ = ["write_text_atomic", "write_json_atomic", "write_csv_atomic", "save_figure_atomic",
-           "jsonable", "table_columns"]
+           "table_columns"]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> str:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from ncgeo._io import is_out_of_memory, remove_stale_temporaries
+from ncgeo._io import is_out_of_memory, out_of_memory_message, remove_stale_temporaries
 
 from .io import write_json_atomic
 
@@ -143,9 +143,7 @@ def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
         if not is_out_of_memory(exc):
             raise
         # one line through the CLI (ValueError), naming the point, instead of a worker traceback
-        message = " ".join(str(exc).split())[:200]
-        raise ValueError(f"the sweep point {json.dumps(point, sort_keys=True)} needs more memory than is "
-                         f"free ({type(exc).__name__}: {message}); choose smaller sizes") from None
+        raise ValueError(f"the sweep point {json.dumps(point, sort_keys=True)}: {out_of_memory_message(exc)}") from None
     if not isinstance(result, dict):
         raise TypeError(f"a sweep's compute function must return a dict, got {type(result).__name__}")
     return result, time.perf_counter() - start

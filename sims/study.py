@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .io import jsonable, save_figure_atomic, write_csv_atomic, write_json_atomic
+from ncgeo._io import jsonable
 
-__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "require_values", "finish_study",
-           "parse_float_list"]
+from .io import save_figure_atomic, write_csv_atomic, write_json_atomic
+
+__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "require_values", "finish_study"]
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,7 @@ class Option:
             return None
         try:
             if self.kind == "int":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                return int(value)
+                return _integer(value)
             if self.kind == "float":
                 if isinstance(value, bool):
                     raise ValueError
@@ -163,11 +162,6 @@ def _integer(item: Any) -> int:
     if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
         raise ValueError
     return int(item)
-
-
-def parse_float_list(name: str, value: Any) -> list[float]:
-    """A list of floats from a list or a comma-separated string; errors name ``name``."""
-    return Option(name, "floats", None, None, "").parse(value)
 
 
 def resolve_settings(study: str, specs: Sequence[Option], quick: bool, options: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,7 @@ def bad_files(tmp_path):
     (["--classes", "4", "--dim", "2"], "--dim", "must be >= 3 for a simplex ETF of k=4 points"),
     (["--classes", "4", "--geometry", "of", "--dim", "3"], "--dim", "must be >= 4 for an orthogonal frame"),
     (["--classes", "4", "--geometry", "@gram3"], "--geometry", "holds 3 prototypes, expected k = 4"),
+    (["--classes", "3", "--geometry", "@gram3", "--dim", "2"], "--dim", "d must be >= 3"),
     (["--classes", "3", "--geometry", "@notpsd"], "--geometry", "positive semidefinite"),
     (["--classes", "3", "--geometry", "@malformed"], "--geometry", "numeric matrix"),
     (["--classes", "3", "--geometry", "@missing"], "--geometry", "does not exist"),
@@ -107,7 +108,7 @@ def test_unwritable_output_is_one_line(option, tmp_path):
     suffix = ".png" if option == "--plot" else ""  # --plot also needs a figure format
     targets = [str(blocker / "out") + suffix]  # folder is a file: refused before the solve
     if os.path.isdir("/proc"):
-        targets.append("/proc/ncgeo-review-out" + suffix)  # creating a file there fails (even as root)
+        targets.append("/proc/ncgeo-out" + suffix)  # creating a file there fails (even as root)
     for target in targets:
         result = _run("--classes", "3", "--samples", "2", "--certify", "none", option, target)
         assert result.exit_code == 2, result.output

@@ -86,8 +86,12 @@ def test_option_parsing():
 def test_studies_accept_every_named_geometry_of_ncgeo():
     """sims kept its own list of names and refused `spherical`, which ncgeo.named_prototypes has."""
     from ncgeo.geometry import PROTOTYPE_NAMES
-    from sims.common import check_geometry_names
+    from sims.common import check_geometry_names, prototypes_for
 
     check_geometry_names("option geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
     with pytest.raises(ValueError, match="option geometry must be one of"):
         check_geometry_names("option geometry", ["bogus"])
+    for name in list(PROTOTYPE_NAMES) + ["hierarchical"]:  # and every accepted name builds prototypes
+        W = prototypes_for(name, 6, 6)
+        assert W.shape == (6, 6) and np.allclose(np.linalg.norm(W, axis=0), 1.0), name
+    assert prototypes_for("spherical", 6, 3).shape == (3, 6)  # more classes than d + 1

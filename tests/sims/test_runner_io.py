@@ -67,7 +67,7 @@ def huge(point):
 def test_out_of_memory_is_a_value_error_naming_the_point(tmp_path, workers):
     for kind in ("numpy", "torch"):
         points = [{"x": kind}, {"x": kind, "y": 1}]
-        with pytest.raises(ValueError, match=rf'sweep point .*"x": "{kind}".* needs more memory .*smaller sizes'):
+        with pytest.raises(ValueError, match=rf'sweep point .*"x": "{kind}".* not enough memory .*choose smaller ones'):
             run_sweep("oom", tmp_path, points, huge, workers=workers, progress=False)
     with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised
         run_sweep("oom", tmp_path, [{"x": "other"}], huge, workers=1, progress=False)
