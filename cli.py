@@ -7,6 +7,7 @@ itself. Bad input ends with one line naming the argument and exit status 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -374,6 +375,54 @@ def deep_predict(run, model, solver, write) -> None:
 
     prediction = predict_run(run, model, solver=solver, write=write)
     click.echo(prediction.summary())
+
+
+@deep.command("sweep")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (resumable).")
+@click.option("--quick", "preset", flag_value="quick", default=None,
+              help="1000 steps at lr 3e-3 (about 5 minutes on 2 CPU cores).")
+@click.option("--full", "preset", flag_value="full",
+              help="--quick's training with 2 seeds, signed and nonnegative features, ETF and OF prototypes.")
+@click.option("--protos", default=None, help="n_w of the runs, comma-separated  [default: 0,1,10,100,1000].")
+@click.option("--ce-fixed/--no-ce-fixed", default=True, show_default=True,
+              help="Add the --loss ce-fixed run (the n_w -> infinity limit).")
+@click.option("--seeds", default=None, help="Seeds, comma-separated  [default: 0].")
+@click.option("--feature", "features", default=None, help="signed and/or nonnegative, comma-separated  [default: signed].")
+@click.option("--geometry", "geometries", default=None,
+              help="Prototypes, comma-separated: etf, of, random, spherical or a file  [default: etf].")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "mnist", "fmnist"]), default=None,
+              help="[default: fmnist]")
+@click.option("--data-root", default=None, help="Folder of the dataset files.")
+@click.option("--imbalance", type=click.Choice(["none", "step", "exp"]), default=None, help="[default: step]")
+@click.option("--ratio", type=float, default=None, help="Imbalance ratio R  [default: 10].")
+@click.option("--per-class", type=int, default=None, help="Training images of a majority class  [default: 100].")
+@click.option("--max-test-samples", type=int, default=None, help="Test images  [default: 1000].")
+@click.option("--tau", type=float, default=None, help="Temperature  [default: 0.1].")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet34", "mlp", "cnn"]), default=None, help="[default: mlp]")
+@click.option("--width", type=int, default=None, help="Network width (the --arch default when not given).")
+@click.option("--steps", "--epochs", "epochs", type=int, default=None,
+              help="Epochs, one step each with a full batch  [default: 2000; --quick/--full: 1000].")
+@click.option("--batch-size", default=None, help="Images per batch or 'full' (mini-batches: the per-batch model)  "
+                                                  "[default: full].")
+@click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's; --quick/--full: 3e-3].")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_class, **train) -> None:
+    """Train one run per n_w (and ce-fixed), predict each with its certified UFM, write a table,
+    a figure and a verdict; finished runs are not retrained.
+
+    \b
+    Example:
+      ncgeo deep sweep --quick --out runs/sweep
+    """
+    from deep.sweep import run_sweep, spec_from_options
+
+    spec = spec_from_options(out, preset or "default", protos=protos, seeds=seeds, features=features,
+                             geometries=geometries, ce_fixed=ce_fixed, per_class=per_class, **train)
+    summary = run_sweep(spec, log=lambda text: click.echo(text, err=True))
+    click.echo((Path(out) / "table.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"verdict: {summary['verdict']} ({summary['rule']})")
+    for name in ("table.csv", "table.md", "verdict.json", "sweep.png"):
+        click.echo(f"wrote {Path(out) / name}")
 
 
 # ----------------------------------------------------------------------------- sims

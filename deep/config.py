@@ -24,14 +24,36 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["TrainConfig", "DATASET_CHOICES", "GEOMETRY_NAMES", "MAX_FEATURE_DIM", "MAX_WIDTH", "RESUME_MUTABLE",
+__all__ = ["TrainConfig", "ARCH_DEFAULTS", "FULL_BATCH", "MLP_FULL_BATCH_EPOCHS", "DATASET_CHOICES", "GEOMETRY_NAMES", "MAX_FEATURE_DIM", "MAX_WIDTH", "RESUME_MUTABLE",
            "load_toml", "train_options", "check_resume", "config_nproc", "option_name", "resolve_config"]
 
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "fmnist")
-ARCH_CHOICES = ("resnet18", "resnet34")
+ARCH_CHOICES = ("resnet18", "resnet34", "mlp", "cnn")
+OPTIMIZER_CHOICES = ("sgd", "adam")
+AUGMENT_CHOICES = ("crop-flip", "none")
+#: Value of ``--batch-size`` for full-batch training: every step sees the whole training (sub)set.
+FULL_BATCH = "full"
+#: Defaults that depend on ``--arch`` (fields left ``None``): the ResNets follow THEORY.md section 7;
+#: the small networks are trained full-batch-style with Adam on un-augmented images, the setting in
+#: which a 784-512-512-10 MLP reaches the certified UFM optimum in about 2000 steps (README).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "resnet18": {"width": 64, "depth": None, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+                 "augment": "crop-flip", "schedule": "multistep"},
+    "resnet34": {"width": 64, "depth": None, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+                 "augment": "crop-flip", "schedule": "multistep"},
+    "mlp": {"width": 512, "depth": 3, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "augment": "none",
+            "schedule": "constant"},
+    "cnn": {"width": 32, "depth": 2, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "augment": "none",
+            "schedule": "constant"},
+}
+#: Epochs (full-batch steps) after which the default ``--arch mlp --batch-size full`` run has collapsed
+#: on a few hundred Fashion-MNIST images (measured, README "Deep validation").
+MLP_FULL_BATCH_EPOCHS = 2000
+#: Evaluations of a full-batch run when ``--eval-every`` is not given (one step per epoch).
+FULL_BATCH_EVALUATIONS = 20
 FEATURE_CHOICES = ("signed", "nonnegative", "linear", "mlp")
 IMBALANCE_CHOICES = ("none", "step", "exp")
-SCHEDULE_CHOICES = ("multistep", "cosine")
+SCHEDULE_CHOICES = ("multistep", "cosine", "constant")
 PRECISION_CHOICES = ("fp32", "bf16")
 SYNC_BATCHNORM_CHOICES = ("auto", "on", "off")
 LOSS_CHOICES = ("scl", "ce", "ce-fixed")
@@ -103,16 +125,23 @@ class TrainConfig:
     dataset : {"cifar10", "cifar100", "mnist", "fmnist"}
     data_root : str or None
         Folder holding the dataset files (default: the reader's standard place).
-    arch : {"resnet18", "resnet34"}
+    arch : {"resnet18", "resnet34", "mlp", "cnn"}
+        A CIFAR-stem ResNet, or a small network of :mod:`deep.small_models` (an MLP on the
+        flattened image, a small CNN) that collapses on a CPU.
     width : int
-        Channels of the first ResNet stage (64 is the standard network; at most
-        :data:`MAX_WIDTH` = 1024).
+        Channels of the first ResNet / CNN stage, hidden units of the MLP (default by
+        ``arch``, :data:`ARCH_DEFAULTS`: 64, 512, 32; at most :data:`MAX_WIDTH` = 1024).
+    depth : int or None
+        Linear layers of the MLP (default 3) / convolution stages of the CNN (default 2);
+        None for the ResNets.
     feature : {"signed", "nonnegative", "linear", "mlp"}
         Feature head: L2-normalised penultimate output without (signed) or with the final
         ReLU (non-negative), or a linear / MLP projection to ``feature_dim``.
     feature_dim : int or None
-        Dimension ``d`` of a linear/MLP head (None: the model's default; at most
-        :data:`MAX_FEATURE_DIM` = 65536).
+        Dimension ``d`` of a linear/MLP head, or of the output of ``mlp`` / ``cnn`` (None: the
+        model's default, 128 for a head and the number of classes for the small networks; at
+        most :data:`MAX_FEATURE_DIM` = 65536). The small networks take ``signed`` or
+        ``nonnegative`` features only.
     imbalance, ratio :
         Subsampling of the training set (THEORY.md section 1): ``none``, ``step`` or ``exp``
         with ratio ``R >= 1``.
@@ -121,8 +150,19 @@ class TrainConfig:
     geometry : str
         Prototypes: ``etf``, ``of``, ``random`` or the path of a Gram / vector file.
     epochs, batch_size, lr, momentum, weight_decay :
-        SGD; ``batch_size`` counts images, each contributes ``views = 2`` samples.
-    schedule : {"multistep", "cosine"}
+        ``batch_size`` counts images (each contributes ``views`` samples) or is ``"full"``:
+        every step sees the whole training set, one step per epoch (THEORY.md section 7: the
+        UFM with the set's class counts is then the exact model). ``lr`` and ``weight_decay``
+        default by ``arch`` (:data:`ARCH_DEFAULTS`); ``momentum`` is SGD's.
+    optimizer : {"sgd", "adam"}
+        ``torch.optim.SGD`` (momentum, weight decay) or ``torch.optim.Adam`` (default betas,
+        L2 weight decay); default by ``arch``: SGD for the ResNets, Adam for mlp / cnn.
+    augment : {"crop-flip", "none"}
+        Two augmented views per image (random crop with 4-pixel padding, horizontal flip), or
+        one un-augmented view; default by ``arch``: crop-flip for the ResNets, none for mlp / cnn.
+    schedule : {"multistep", "cosine", "constant"}
+        Default by ``arch``: multistep for the ResNets, constant for mlp / cnn (a decay at
+        50% of the epochs freezes the small networks before their geometry has settled).
     milestones : tuple of int
         Epochs where multistep multiplies the rate by 0.1, after the warm-up (empty: 50% and
         75% of ``epochs``, those after the warm-up).
@@ -134,7 +174,10 @@ class TrainConfig:
         SCL with prototypes, CE with a learnt linear classifier, or CE with the fixed
         prototype classifier on normalised features.
     eval_every : int
-        Evaluate (and append to ``metrics.jsonl``) every this many epochs, and after the last.
+        Evaluate (and append to ``metrics.jsonl``) every this many epochs, and after the last
+        (default 1; with ``batch_size="full"``, ``epochs // 20`` so that a run of one step per
+        epoch is evaluated 20 times). With ``batch_size="full"`` the checkpoint is written at
+        the evaluations only (its Adam state is three copies of the network).
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
     seed : int
@@ -164,7 +207,8 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_root: str | None = None
     arch: str = "resnet18"
-    width: int = 64
+    width: int | None = None
+    depth: int | None = None
     feature: str = "signed"
     feature_dim: int | None = None
     imbalance: str = "none"
@@ -172,16 +216,18 @@ class TrainConfig:
     protos: float = 0.0
     geometry: str = "etf"
     epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
+    batch_size: int | str = 128
+    optimizer: str | None = None
+    lr: float | None = None
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
+    weight_decay: float | None = None
+    augment: str | None = None
+    schedule: str | None = None
     milestones: tuple[int, ...] = field(default_factory=tuple)
     warmup_epochs: float = 0.0
     tau: float = 0.1
     loss: str = "scl"
-    eval_every: int = 1
+    eval_every: int | None = None
     device: str = "auto"
     seed: int = 0
     out: str = "runs/deep"
@@ -202,6 +248,11 @@ class TrainConfig:
 
         put("dataset", _check_choice("dataset", self.dataset, DATASET_CHOICES))
         put("arch", _check_choice("arch", self.arch, ARCH_CHOICES))
+        for name, value in ARCH_DEFAULTS[self.arch].items():  # options left None take the arch's default
+            if getattr(self, name) is None:
+                put(name, value)
+        put("optimizer", _check_choice("optimizer", self.optimizer, OPTIMIZER_CHOICES))
+        put("augment", _check_choice("augment", self.augment, AUGMENT_CHOICES))
         put("feature", _check_choice("feature", self.feature, FEATURE_CHOICES))
         put("imbalance", _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES))
         put("schedule", _check_choice("schedule", self.schedule, SCHEDULE_CHOICES))
@@ -217,12 +268,23 @@ class TrainConfig:
             if not value.strip():
                 raise ValueError(f"{option_name(name)} must not be empty")
         put("width", _check_int("width", self.width, 1, MAX_WIDTH))
+        small = self.arch in ("mlp", "cnn")
+        if self.depth is not None:
+            if not small:
+                raise ValueError(f"--depth applies to --arch mlp and cnn, not {self.arch}")
+            put("depth", _check_int("depth", self.depth, 1, 64))
+        if small and self.feature not in ("signed", "nonnegative"):
+            raise ValueError(f"--feature {self.feature} (a projection head) applies to the ResNets; "
+                             f"--arch {self.arch} takes signed or nonnegative")
         if self.feature_dim is not None:
             put("feature_dim", _check_int("feature_dim", self.feature_dim, 1, MAX_FEATURE_DIM))
         put("ratio", _check_real("ratio", self.ratio, 1.0))
         put("protos", _check_real("protos", self.protos, 0.0))
         put("epochs", _check_int("epochs", self.epochs, 1))
-        put("batch_size", _check_int("batch_size", self.batch_size, 1))
+        if self.batch_size != FULL_BATCH:
+            if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():
+                put("batch_size", int(self.batch_size))  # the command line gives a string
+            put("batch_size", _check_int("batch_size", self.batch_size, 1))
         put("lr", _check_real("lr", self.lr, 0.0, strict=True))
         put("momentum", _check_real("momentum", self.momentum, 0.0))
         put("weight_decay", _check_real("weight_decay", self.weight_decay, 0.0))
@@ -231,6 +293,8 @@ class TrainConfig:
         from ncgeo._validation import MIN_TAU  # here, not at the top: this module must not import torch
 
         put("tau", _check_real("tau", self.tau, MIN_TAU))  # ncgeo's floor: the loss refuses smaller
+        if self.eval_every is None:
+            put("eval_every", max(1, self.epochs // FULL_BATCH_EVALUATIONS) if self.full_batch else 1)
         put("eval_every", _check_int("eval_every", self.eval_every, 1))
         put("seed", _check_int("seed", self.seed, 0))
         for name in ("max_train_samples", "max_test_samples"):
@@ -257,6 +321,16 @@ class TrainConfig:
         if self.geometry not in GEOMETRY_NAMES and not os.path.isfile(self.geometry):
             raise ValueError(f"--geometry must be one of {', '.join(GEOMETRY_NAMES)} or the path of a "
                              f"prototype file, got {self.geometry!r} (no such file)")
+
+    @property
+    def full_batch(self) -> bool:
+        """Whether every step sees the whole training set (``--batch-size full``)."""
+        return self.batch_size == FULL_BATCH
+
+    @property
+    def views(self) -> int:
+        """Samples per image in a batch: 2 augmented views, or 1 un-augmented (``--augment none``)."""
+        return 2 if self.augment == "crop-flip" else 1
 
     @property
     def effective_milestones(self) -> tuple[int, ...]:
@@ -407,25 +481,36 @@ def _option_specs():
     return [
         ("dataset", click.Choice(DATASET_CHOICES), "Image dataset."),
         ("data_root", str, "Folder of the dataset files (default: the reader's standard place)."),
-        ("arch", click.Choice(ARCH_CHOICES), "Network."),
-        ("width", int, f"Channels of the first ResNet stage (64 = standard, at most {MAX_WIDTH})."),
+        ("arch", click.Choice(ARCH_CHOICES), "Network: a CIFAR-stem ResNet, or an MLP / small CNN that collapses "
+         f"on a CPU (mlp with --batch-size full: about {MLP_FULL_BATCH_EPOCHS} epochs, one step each, on a few "
+         "hundred images)."),
+        ("width", int, f"Channels of the first ResNet/CNN stage, hidden units of the MLP (default 64 / 32 / 512; "
+         f"at most {MAX_WIDTH})."),
+        ("depth", int, "Linear layers of the MLP (default 3) or convolution stages of the CNN (default 2)."),
         ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU normalised output, or a linear/MLP projection)."),
-        ("feature_dim", int, f"Dimension of a linear/MLP head (default 128, at most {MAX_FEATURE_DIM})."),
+        ("feature_dim", int, f"Dimension of a linear/MLP head (default 128) or of the mlp/cnn output (default: the "
+         f"number of classes); at most {MAX_FEATURE_DIM}."),
         ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (THEORY.md section 1)."),
         ("ratio", float, "Imbalance ratio R >= 1."),
         ("protos", float, "n_w: copies of every prototype in each batch (0 = plain SCL)."),
         ("geometry", str, "Prototypes: etf, of, random, spherical (minimal-energy code, any k) or a Gram/vector file (.npy/.csv/.txt)."),
-        ("epochs", int, "Training epochs."),
-        ("batch_size", int, "Images per batch (each in 2 augmented views)."),
-        ("lr", float, "Learning rate."),
+        ("epochs", int, "Training epochs (with --batch-size full one step each; --arch mlp needs about "
+         f"{MLP_FULL_BATCH_EPOCHS} to collapse)."),
+        ("batch_size", str, "Images per batch, or 'full': every step sees the whole training set."),
+        ("optimizer", click.Choice(OPTIMIZER_CHOICES), "Optimiser (default: sgd for the ResNets, adam for mlp/cnn)."),
+        ("lr", float, "Learning rate (default: 0.1 for the ResNets, 1e-3 for mlp/cnn)."),
         ("momentum", float, "SGD momentum."),
-        ("weight_decay", float, "SGD weight decay."),
-        ("schedule", click.Choice(SCHEDULE_CHOICES), "Learning-rate schedule."),
+        ("weight_decay", float, "Weight decay (default: 5e-4 for the ResNets, 0 for mlp/cnn)."),
+        ("augment", click.Choice(AUGMENT_CHOICES), "Two augmented views per image (crop-flip) or one plain "
+         "view (none); default: crop-flip for the ResNets, none for mlp/cnn."),
+        ("schedule", click.Choice(SCHEDULE_CHOICES), "Learning-rate schedule (default: multistep for the ResNets, "
+         "constant for mlp/cnn)."),
         ("milestones", str, "Multistep epochs, comma-separated (default: 50% and 75% of the epochs, those after the warm-up)."),
         ("warmup_epochs", float, "Linear warm-up from 0.1 x lr over this many epochs."),
         ("tau", float, "Temperature (logit scale 1/tau for ce-fixed)."),
         ("loss", click.Choice(LOSS_CHOICES), "scl (with prototypes), ce (learnt linear classifier), ce-fixed (prototype classifier)."),
-        ("eval_every", int, "Evaluate every this many epochs (and after the last)."),
+        ("eval_every", int, "Evaluate every this many epochs (and after the last); default 1, with "
+         "--batch-size full epochs/20."),
         ("device", str, "auto, cpu, cuda, cuda:N."),
         ("seed", int, "Seed of the initialisation, shuffling, augmentation and subsampling."),
         ("out", str, "Run folder."),

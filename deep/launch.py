@@ -24,6 +24,10 @@ def check_batch_split(config: TrainConfig, nproc: int) -> int:
     nproc = check_int("nproc", nproc, minimum=1)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if config.full_batch:
+        if nproc > 1:
+            raise ValueError(f"--batch-size full trains in one process, not --nproc {nproc}")
+        return nproc
     if config.batch_size % nproc:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by --nproc {nproc} "
                          "(it is the global batch, split equally over the processes)")

@@ -1,4 +1,5 @@
-"""ResNet-18/34 with the CIFAR stem and the feature options of THEORY.md section 7.
+"""ResNet-18/34 with the CIFAR stem and the feature options of THEORY.md section 7
+(:func:`build_model` also builds the small networks of :mod:`deep.small_models`).
 
 Architecture (He et al. 2016, CIFAR variant used by the SupCon code): a 3x3 stride-1 stem
 convolution with ``width`` channels, BatchNorm and ReLU, no max-pool; four stages of
@@ -45,11 +46,13 @@ from ncgeo._validation import check_choice, check_int
 
 from .config import MAX_FEATURE_DIM, MAX_WIDTH
 
-__all__ = ["ARCHITECTURES", "FEATURES", "MAX_BLOCKS", "MAX_FEATURE_DIM", "MAX_IN_CHANNELS", "MAX_WIDTH",
+__all__ = ["ARCHITECTURES", "ARCH_NAMES", "FEATURES", "MAX_BLOCKS", "MAX_FEATURE_DIM", "MAX_IN_CHANNELS", "MAX_WIDTH",
            "BasicBlock", "ResNet", "build_model", "resnet18", "resnet34"]
 
 FEATURES: tuple[str, ...] = ("signed", "nonnegative", "linear", "mlp")
 ARCHITECTURES: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+#: Every ``--arch``: the ResNets, and the small networks of :mod:`deep.small_models`.
+ARCH_NAMES: tuple[str, ...] = (*ARCHITECTURES, "mlp", "cnn")
 DEFAULT_HEAD_DIM = 128
 #: Most image channels (multispectral images have tens to a few hundred).
 MAX_IN_CHANNELS = 4096
@@ -214,9 +217,27 @@ def resnet34(in_channels: int = 3, width: int = 64,
     return ResNet(ARCHITECTURES["resnet34"], in_channels, width, feature, feature_dim)
 
 
-def build_model(arch: Literal["resnet18", "resnet34"] = "resnet18", in_channels: int = 3,
+def build_model(arch: Literal["resnet18", "resnet34", "mlp", "cnn"] = "resnet18", in_channels: int = 3,
                 width: int = 64, feature: Literal["signed", "nonnegative", "linear", "mlp"] = "signed",
-                feature_dim: int | None = None) -> ResNet:
-    """The :class:`ResNet` named ``arch`` (a key of :data:`ARCHITECTURES`)."""
-    check_choice("arch", arch, tuple(ARCHITECTURES))
-    return ResNet(ARCHITECTURES[arch], in_channels, width, feature, feature_dim)
+                feature_dim: int | None = None, *, depth: int | None = None,
+                image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """The network named ``arch``: a :class:`ResNet` (a key of :data:`ARCHITECTURES`), or a
+    :class:`deep.small_models.MLP` (``"mlp"``, needs ``image_shape``) or
+    :class:`deep.small_models.SmallCNN` (``"cnn"``), which need ``feature_dim`` and take
+    ``depth`` (default 3 layers / 2 stages) and the features ``signed`` or ``nonnegative``."""
+    check_choice("arch", arch, ARCH_NAMES)
+    if arch in ARCHITECTURES:
+        if depth is not None:
+            raise ValueError(f"depth applies to the mlp and cnn architectures, not {arch} (got {depth})")
+        return ResNet(ARCHITECTURES[arch], in_channels, width, feature, feature_dim)
+    from .small_models import MLP, SmallCNN
+
+    if feature_dim is None:
+        raise ValueError(f"feature_dim (the output dimension d) is required for arch {arch!r}")
+    if arch == "mlp":
+        if image_shape is None:
+            raise ValueError("image_shape (C, H, W) is required for arch 'mlp'")
+        if check_int("in_channels", in_channels, minimum=1) != image_shape[0]:
+            raise ValueError(f"in_channels {in_channels} differs from image_shape {tuple(image_shape)}")
+        return MLP(image_shape, feature_dim, width, 3 if depth is None else depth, feature)
+    return SmallCNN(in_channels, feature_dim, width, 2 if depth is None else depth, feature)

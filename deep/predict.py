@@ -381,8 +381,9 @@ def check_predictable(record: RunRecord, model: str | None = None, write: bool =
     if loss == "ce":
         raise ValueError(f"run {record.name!r} was trained with --loss ce (a learnt classifier): no UFM "
                          "prediction applies; predict needs --loss scl or ce-fixed")
-    if model is None:
-        model = "ce-limit" if loss == "ce-fixed" else "batch"
+    if model is None:  # a full-batch run of single views: the training counts are the batch's counts
+        exact = record.run.get("full_batch") is True and record.run.get("views") == 1
+        model = "ce-limit" if loss == "ce-fixed" else ("dataset" if exact else "batch")
     check_choice("model", model, PREDICTION_MODELS)
     if loss == "ce-fixed" and model != "ce-limit":
         raise ValueError(f"run {record.name!r} was trained with --loss ce-fixed; its prediction is "
@@ -402,7 +403,9 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
                 write: bool = True) -> Prediction:
     """Certified UFM prediction for a run (module docstring); written to ``prediction.json`` if ``write``.
 
-    ``model`` defaults to ``"batch"`` for SCL runs and ``"ce-limit"`` for ``ce-fixed`` runs.
+    ``model`` defaults to ``"ce-limit"`` for ``ce-fixed`` runs, ``"dataset"`` for full-batch SCL runs
+    of one view per image (every step is the training set: the model is exact) and ``"batch"``
+    for the other SCL runs.
     """
     record = run if isinstance(run, RunRecord) else load_run(run)
     return predict_record(record, check_predictable(record, model, write), solver=solver, write=write)

@@ -95,9 +95,9 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

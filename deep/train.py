@@ -13,7 +13,12 @@ label of their image, and the loss is
   fixed classifier on the normalised features, logit scale ``1/tau``, mean over the views
   (the ``n_w -> infinity`` limit of ``scl``, THEORY.md section 4).
 
-Optimiser: SGD with momentum and weight decay; the rate follows an optional linear warm-up
+Networks: the ResNets, or an MLP / small CNN (:mod:`deep.small_models`). ``--augment none``
+(the default of mlp and cnn) gives each image as one un-augmented sample instead of two views.
+``--batch-size full``: every step is the whole training set (one step per epoch), the setting
+in which the UFM with the set's class counts is the exact model (THEORY.md section 7).
+
+Optimiser: SGD with momentum and weight decay, or Adam (``--optimizer``); the rate follows an optional linear warm-up
 (``torch.optim.lr_scheduler.LinearLR`` from 0.1 x lr) then ``MultiStepLR`` (x0.1 at the
 milestones) or ``CosineAnnealingLR``, chained with ``SequentialLR`` and stepped every
 iteration. Each epoch draws one permutation of the training set from a CPU generator
@@ -66,7 +71,7 @@ from ncgeo._io import remove_stale_temporaries
 from ncgeo._validation import check_device
 from ncgeo.classes import class_sizes
 
-from .augment import augment_batch
+from .augment import augment_batch, to_float
 from .checkpoint import (
     append_jsonl,
     atomic_save_arrays,
@@ -102,6 +107,7 @@ __all__ = [
     "PADDING",
     "resolve_device",
     "prepare_data",
+    "build_run",
     "sync_batchnorm",
     "train_step",
     "train",
@@ -182,7 +188,7 @@ def prepare_data(config: TrainConfig, device: torch.device,
     if config.max_test_samples is not None and config.max_test_samples < len(test_set):
         per_class = max(1, min(config.max_test_samples // k, int(test_set.class_counts().min())))
         test_set = test_set.subset(imbalanced_indices(test_set.labels, "none", 1.0, config.seed, k, per_class))
-    if len(train_set) < config.batch_size:
+    if not config.full_batch and len(train_set) < config.batch_size:
         raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(train_set)} training images")
     return train_set.to(device), test_set.to(device)
 
@@ -190,19 +196,27 @@ def prepare_data(config: TrainConfig, device: torch.device,
 def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                generator: torch.Generator | None = None, *, channels_last: bool = False,
-               shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+               shard: tuple[int, int] = (0, 1), views: int = VIEWS, augment: bool = True) -> torch.Tensor:
     """One optimisation step on a ``uint8`` batch ``(b, C, H, W)`` with labels ``(b,)``.
 
-    The batch becomes ``VIEWS * b`` augmented samples (view-major, labels repeated; in
-    ``channels_last`` layout when asked); returns the detached mean loss as a device tensor
+    The batch becomes ``views * b`` augmented samples (view-major, labels repeated; in
+    ``channels_last`` layout when asked), or with ``augment=False`` the ``b`` images themselves
+    (normalised; ``views`` must then be 1); returns the detached mean loss as a device tensor
     (no host synchronisation). Under DDP the batch is rank ``shard[0]``'s part of the global
     batch (its augmentation draws are those of the global batch, see
     :func:`deep.augment.random_crop_flip`), and the objective's own parameters (the ``ce``
     classifier) have their gradients averaged over the processes here.
     """
-    views = augment_batch(images, mean, std, VIEWS, PADDING, generator, channels_last=channels_last,
-                          shard=shard)
-    loss = objective(model, views, labels.repeat(VIEWS))
+    if augment:
+        samples = augment_batch(images, mean, std, views, PADDING, generator, channels_last=channels_last,
+                                shard=shard)
+    else:
+        if views != 1:
+            raise ValueError(f"views must be 1 without augmentation, got {views}")
+        samples = to_float(images, mean, std)
+        if channels_last:
+            samples = samples.contiguous(memory_format=torch.channels_last)
+    loss = objective(model, samples, labels.repeat(views))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(objective.parameters())
@@ -237,14 +251,22 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
     training does not draw from: its augmentation has its own generator)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        small = config.arch in ("mlp", "cnn")  # their default d is the number of classes
         model = build_model(config.arch, train_set.images.shape[1], config.width, config.feature,
-                            config.feature_dim)
+                            config.feature_dim or (train_set.num_classes if small else None),
+                            depth=config.depth, image_shape=tuple(train_set.images.shape[1:]) if small else None)
         W = build_prototypes(config.geometry, train_set.num_classes, model.feature_dim, config.seed,
                              nonnegative=config.feature == "nonnegative")
         objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau,
                               autocast_dtype=torch.bfloat16 if config.precision == "bf16" else None,
                               prototypes_as_anchors=config.proto_anchors)
     return model.to(device), objective.to(device), W
+
+
+def build_run(config: TrainConfig, train_set: ImageDataset, device: torch.device):
+    """``(model, objective, W)`` of a run as :func:`train` builds them before training (the
+    initialisation of ``config.seed``); load a checkpoint's ``model`` state to get the trained one."""
+    return _build(config, train_set, device)
 
 
 def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: TrainConfig,
@@ -355,7 +377,8 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
         network = torch.compile(network)
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = build_optimizer(parameters, config)
-    sampler = ShardedBatchSampler(len(train_set), config.batch_size // context.world_size,
+    batch_size = len(train_set) if config.full_batch else config.batch_size  # images per global step
+    sampler = ShardedBatchSampler(len(train_set), batch_size // context.world_size,
                                   world_size=context.world_size, rank=context.rank, seed=config.seed)
     steps = len(sampler)
     scheduler = build_scheduler(optimizer, config, steps)
@@ -371,7 +394,8 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
             "dataset": config.dataset, "num_classes": train_set.num_classes,
             "train_class_counts": train_set.class_counts(), "test_class_counts": test_set.class_counts(),
             "image_shape": list(train_set.images.shape[1:]), "feature_dim": model.feature_dim,
-            "views": VIEWS, "samples_per_batch": VIEWS * config.batch_size, "steps_per_epoch": steps,
+            "views": config.views, "samples_per_batch": config.views * batch_size, "steps_per_epoch": steps,
+            "full_batch": config.full_batch,
             "n_w": config.protos, "tau": config.tau, "loss": config.loss, "geometry": config.geometry,
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
             "processes": context.world_size,
@@ -421,12 +445,13 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
             index = batches[step]
             loss = train_step(network, objective, optimizer, train_set.images[index], train_set.labels[index],
                               train_set.mean, train_set.std, augment, channels_last=channels_last,
-                              shard=(context.rank, context.world_size))
+                              shard=(context.rank, context.world_size), views=config.views,
+                              augment=config.augment == "crop-flip")
             scheduler.step()
             loss_sum += loss
             if progress.enabled and ((step + 1) % config.log_every == 0 or step + 1 == steps):
                 now = time.perf_counter()
-                rate = (step + 1 - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                rate = (step + 1 - last_step) * batch_size / max(now - last_time, 1e-9)
                 progress.line(epoch, step + 1, float(loss), rate, optimizer.param_groups[0]["lr"])
                 last_time, last_step = now, step + 1
         mean_loss = float(mean_over_ranks(loss_sum)) / steps
@@ -436,15 +461,20 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
         seconds = time.perf_counter() - started
         if main_process:
             append_jsonl(out / "timing.jsonl", {"epoch": epoch, "seconds": seconds,
-                                                "images_per_second": steps * config.batch_size / seconds})
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+                                                "images_per_second": steps * batch_size / seconds})
+        evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
+        if evaluated:
             record = _evaluate_and_log(out, model, objective, train_set, test_set, config, epoch,
                                        epoch * steps, optimizer.param_groups[0]["lr"], mean_loss,
                                        write=main_process)
             log(f"epoch {epoch}: loss {mean_loss:.4f}  train Delta(prototypes) "
                 f"{record['train']['delta_prototypes']:.4f}  test NCC acc "
                 f"{(record['test'] or {}).get('ncc_accuracy', float('nan')):.4f}")
-        if main_process:
+        done_now += 1
+        last_of_call = epoch == config.epochs or (stop_after is not None and done_now >= stop_after)
+        # a full-batch epoch is one step: its checkpoint (three copies of the network with Adam) is
+        # written at the evaluations and at the end only; a resume drops the metrics written after it
+        if main_process and (evaluated or last_of_call or not config.full_batch):
             save_checkpoint(checkpoint_path, {
                 "epoch": epoch,
                 "config": config.to_dict(),
@@ -455,7 +485,6 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
                 "shuffle_generator": shuffle.get_state(),
                 "augment_generator": augment.get_state(),
             })
-        done_now += 1
     # every process leaves together, after rank 0 has written the checkpoint: a process that tore
     # its process group down while another still wrote could abort in gloo's threads at exit
     barrier()
