@@ -282,8 +282,11 @@ class TrainConfig:
         put("protos", _check_real("protos", self.protos, 0.0))
         put("epochs", _check_int("epochs", self.epochs, 1))
         if self.batch_size != FULL_BATCH:
-            if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():
-                put("batch_size", int(self.batch_size))  # the command line gives a string
+            if isinstance(self.batch_size, str):  # the command line gives a string
+                if not self.batch_size.strip().isdigit():
+                    raise ValueError(f"--batch-size must be a positive integer or {FULL_BATCH!r}, "
+                                     f"got {self.batch_size!r}")
+                put("batch_size", int(self.batch_size))
             put("batch_size", _check_int("batch_size", self.batch_size, 1))
         put("lr", _check_real("lr", self.lr, 0.0, strict=True))
         put("momentum", _check_real("momentum", self.momentum, 0.0))
