@@ -380,9 +380,9 @@ def deep_predict(run, model, solver, write) -> None:
 @deep.command("sweep")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (resumable).")
 @click.option("--quick", "preset", flag_value="quick", default=None,
-              help="1000 steps at lr 3e-3 (about 5 minutes on 2 CPU cores).")
+              help="n_w = 0, 10, 100, 1000 and ce-fixed (5 runs of about 75 s of one CPU core each).")
 @click.option("--full", "preset", flag_value="full",
-              help="--quick's training with 2 seeds, signed and nonnegative features, ETF and OF prototypes.")
+              help="2 seeds, signed and nonnegative features, ETF and OF prototypes (48 runs).")
 @click.option("--protos", default=None, help="n_w of the runs, comma-separated  [default: 0,1,10,100,1000].")
 @click.option("--ce-fixed/--no-ce-fixed", default=True, show_default=True,
               help="Add the --loss ce-fixed run (the n_w -> infinity limit).")
@@ -401,10 +401,10 @@ def deep_predict(run, model, solver, write) -> None:
 @click.option("--arch", type=click.Choice(["resnet18", "resnet34", "mlp", "cnn"]), default=None, help="[default: mlp]")
 @click.option("--width", type=int, default=None, help="Network width (the --arch default when not given).")
 @click.option("--steps", "--epochs", "epochs", type=int, default=None,
-              help="Epochs, one step each with a full batch  [default: 2000; --quick/--full: 1000].")
+              help="Epochs, one step each with a full batch  [default: 2000].")
 @click.option("--batch-size", default=None, help="Images per batch or 'full' (mini-batches: the per-batch model)  "
                                                   "[default: full].")
-@click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's; --quick/--full: 3e-3].")
+@click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's, 1e-3 for mlp].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
 def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_class, **train) -> None:
     """Train one run per n_w (and ce-fixed), predict each with its certified UFM, write a table,
