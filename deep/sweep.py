@@ -151,7 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: Training options of a sweep that the user does not give: Fashion-MNIST, step imbalance R = 10 with
 #: 100 images in each majority class (5 x 100 + 5 x 10), 1000 test images, an MLP trained full-batch.
-SWEEP_TRAIN_DEFAULTS: dict[str, Any] = {"dataset": "fmnist", "arch": "mlp", "batch_size": "full",
+SWEEP_TRAIN_DEFAULTS: dict[str, Any] = {"dataset": "fmnist", "arch": "mlp", "batch_size": "full", "epochs": 2000,
                                         "imbalance": "step", "ratio": 10.0, "tau": 0.1, "max_test_samples": 1000,
                                         "progress": False}
 DEFAULT_PER_CLASS = 100
