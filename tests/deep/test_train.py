@@ -46,10 +46,19 @@ def test_real_fashion_mnist_loss_decreases_and_metrics_written(tmp_path):
                         "nearest_prototype_accuracy"):
                 assert np.isfinite(metrics[key]), (split, key)
             assert len(metrics["ncc_per_class"]) == 10 and len(metrics["mean_inner_products"]) == 10
-    # with n_w = 100 ETF prototypes the class means move towards the prototype Gram
-    assert lines[-1]["train"]["delta_prototypes"] < lines[0]["train"]["delta_prototypes"]
     facts = json.loads((run / "run.json").read_text())
     assert facts["train_class_counts"] == [19] * 10 and facts["samples_per_batch"] == 64
+    # With n_w = 100 ETF prototypes the class means move towards the prototype Gram. Three epochs of
+    # this width-4 ResNet barely move them (1.4125 -> 1.4121, and the sign of the change varied between
+    # machines), so the claim is tested where it reliably holds: a width-64 MLP trained full-batch on the
+    # same 190 images. Measured 2026-12-06 (under 1 s of CPU each): 60 steps take Delta(M, G_W) from
+    # 1.383 to 0.458 (seed 0) and from 1.399 to 0.482 (seed 1), NC1 from 11 / 22 to 0.15.
+    mlp = train(TrainConfig(dataset="fmnist", arch="mlp", width=64, batch_size="full", epochs=60, eval_every=30,
+                            protos=100, max_train_samples=192, max_test_samples=100, device="cpu", progress=False,
+                            out=str(tmp_path / "mlp"), seed=0))
+    start, end = (line["train"] for line in read_jsonl(mlp / "metrics.jsonl")[::2])
+    assert start["delta_prototypes"] > 1.3 and end["delta_prototypes"] < 0.7
+    assert end["nc1"] < 0.05 * start["nc1"]
 
 
 def test_resume_is_bit_identical(tmp_path):
