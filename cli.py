@@ -406,7 +406,9 @@ def deep_predict(run, model, solver, write) -> None:
                                                   "[default: full].")
 @click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's, 1e-3 for mlp].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
-def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_class, **train) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Runs trained at once, one process and one torch thread each  [default: all CPU cores].")
+def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_class, workers, **train) -> None:
     """Train one run per n_w (and ce-fixed), predict each with its certified UFM, write a table,
     a figure and a verdict; finished runs are not retrained.
 
@@ -418,9 +420,11 @@ def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_c
 
     spec = spec_from_options(out, preset or "default", protos=protos, seeds=seeds, features=features,
                              geometries=geometries, ce_fixed=ce_fixed, per_class=per_class, **train)
-    summary = run_sweep(spec, log=lambda text: click.echo(text, err=True))
+    summary = run_sweep(spec, workers=workers, log=lambda text: click.echo(text, err=True))
     click.echo((Path(out) / "table.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"verdict: {summary['verdict']} ({summary['rule']})")
+    click.echo(f"this call: {summary['seconds']:.0f} s wall, {summary['cpu_seconds']:.0f} s CPU, "
+               f"{summary['workers']} processes")
     for name in ("table.csv", "table.md", "verdict.json", "sweep.png"):
         click.echo(f"wrote {Path(out) / name}")
 

@@ -31,13 +31,16 @@ prediction from the prototypes). Runs with ``n_w < 10`` get the same test as inf
 
 Files in ``OUT``: ``sweep.json`` (the sweep's settings), ``runs/NAME/`` (run folders, each with
 ``prediction.json`` and ``row.json``), ``table.csv``, ``table.md``, ``verdict.json`` and
-``sweep.png``. Everything is written atomically. The sweep is resumable: a run whose
+``sweep.png``. The runs are independent and train in parallel, one single-threaded process
+each (``--workers``, default all CPU cores); every row records its wall and CPU seconds.
+Everything is written atomically. The sweep is resumable: a run whose
 ``row.json`` exists is not retrained, an interrupted run resumes from its checkpoint, and a
 second call with other settings on the same ``OUT`` is refused.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import json
 import math
 import os
@@ -54,7 +57,7 @@ from .checkpoint import atomic_write_json
 from .config import TrainConfig
 
 __all__ = ["SWEEP_NW", "CE_FIXED", "PRESETS", "TABLE_COLUMNS", "SweepSpec", "spec_from_options", "training_cap", "run_name", "sweep_configs",
-           "measure_run", "ufm_excess", "row_verdict", "sweep_verdict", "run_sweep"]
+           "measure_run", "ufm_excess", "weighted_ce_optimum", "row_verdict", "sweep_verdict", "run_sweep"]
 
 #: Default prototype multiplicities.
 SWEEP_NW: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0)
@@ -71,7 +74,7 @@ DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fmnist": 10}
 #: Columns of ``table.csv`` / ``table.md``.
 TABLE_COLUMNS = ("run", "geometry", "feature", "seed", "n_w", "model", "delta_mp_train", "delta_mp_test",
                  "delta_pred_gw", "delta_gw_train", "delta_gw_test", "nc1_train", "nc1_test", "ncc_test",
-                 "excess_means", "excess_samples", "certified", "decides", "passes", "seconds")
+                 "excess_means", "excess_samples", "certified", "decides", "passes", "seconds", "cpu_seconds")
 
 
 def training_cap(dataset: str, per_class: int, imbalance: str, ratio: float) -> int:
@@ -269,6 +272,25 @@ def ufm_excess(embeddings, labels, weights, prototypes, n_w: float | None, tau: 
     return (value_means - optimum) / anchors, excess_samples
 
 
+def weighted_ce_optimum(certificate: Mapping[str, Any], weights) -> float:
+    r"""Lower bound on ``sum_c weights_c CE*_c`` from a CE-limit certificate
+    (:func:`ncgeo.certify.certify_ce_limit` ``.to_dict()``), whose ``lower_bound`` ``L`` bounds the
+    UNWEIGHTED sum ``sum_c CE*_c`` and whose ``values`` ``v_c >= CE*_c`` are attained per class:
+
+    .. math::
+
+        \sum_c w_c CE^*_c \ge \sum_c w_c v_c - \max_c w_c \,\max(0, \textstyle\sum_c v_c - L),
+
+    since every ``v_c - CE*_c >= 0`` and their sum is at most ``sum_c v_c - L``.
+    """
+    values = np.asarray(certificate["values"], dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if values.shape != weights.shape:
+        raise ValueError(f"weights must have one entry per class ({values.shape[0]}), got shape {weights.shape}")
+    slack = max(0.0, float(values.sum()) - float(certificate["lower_bound"]))
+    return float(weights @ values) - float(weights.max()) * slack
+
+
 def _test_delta(record, gram: np.ndarray) -> float | None:
     """``Delta(M_test, G_pred)`` from the test split's ``M^T M`` of the last evaluation."""
     from ncgeo.metrics import gram_distance
@@ -309,7 +331,7 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
     network.load_state_dict(load_checkpoint(Path(folder) / "checkpoint.pt")["model"])
     H = embed(network, train_set.images, train_set.mean, train_set.std, config.eval_batch_size).double()
     certificate = prediction.certificate
-    optimum = certificate.get("lower_bound")
+    optimum = (weighted_ce_optimum(certificate, prediction.weights) if ce else certificate.get("lower_bound"))
     excess_means = excess_samples = None
     if optimum is not None and math.isfinite(optimum):
         excess_means, excess_samples = ufm_excess(H.numpy(), train_set.labels.numpy(), prediction.weights, W,
@@ -456,7 +478,8 @@ def _plot(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -> Non
     plt.close(figure)
 
 
-def _write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def _write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], seconds: float, cpu_seconds: float,
+                   workers: int) -> dict[str, Any]:
     from .report import _csv, _markdown, _write
 
     out = Path(spec.out)
@@ -467,9 +490,11 @@ def _write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], seconds: float) 
     _write(out / "table.csv", _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in table]))
     shown = [{**row, "n_w": row["n_w"] if row["n_w"] == CE_FIXED else f"{float(row['n_w']):g}",
               **{c: None if row[c] is None else f"{row[c]:.2e}" for c in ("excess_means", "excess_samples")},
-              "seconds": None if row["seconds"] is None else f"{row['seconds']:.0f}"} for row in table]
+              **{c: None if row[c] is None else f"{row[c]:.0f}" for c in ("seconds", "cpu_seconds")}}
+             for row in table]
     _write(out / "table.md", _markdown(shown, TABLE_COLUMNS).encode("utf-8"))
-    summary = {**verdict, "seconds": seconds, "settings": spec.to_dict(), "table": table}
+    summary = {**verdict, "seconds": seconds, "cpu_seconds": cpu_seconds, "workers": workers,
+               "settings": spec.to_dict(), "table": table}
     _write(out / "verdict.json", json.dumps(jsonable(summary, strict=True), indent=1).encode("utf-8"))
     _plot(rows, spec, out / "sweep.png")
     return summary
@@ -479,41 +504,81 @@ def _show(value: float | None, form: str = ".4f") -> str:
     return "n/a" if value is None else format(value, form)
 
 
-def run_sweep(spec: SweepSpec, *, datasets=None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) every run of ``spec``, measure it and write the table, figure and verdict.
-
-    Returns the content of ``verdict.json``: ``verdict`` (``PASS``/``FAIL``), ``rule``, ``rows``
-    (each run's outcome), ``table`` and ``seconds`` (training and measuring done by this call).
-    ``datasets`` (train, test) replaces reading the dataset (tests).
-    """
+def _train_and_measure(config: TrainConfig, datasets=None) -> dict[str, Any]:
+    """Train (or resume) one run, measure it and write its ``row.json``; the row gets the run's
+    wall time ``seconds`` and the CPU time ``cpu_seconds`` of the process that did the work."""
     from .predict import load_run
     from .train import train
 
+    wall, cpu = time.perf_counter(), time.process_time()
+    folder = Path(config.out)
+    train(config.replace(resume=(folder / "checkpoint.pt").is_file()), datasets=datasets)
+    if load_run(folder).metrics[-1]["epoch"] != config.epochs:  # pragma: no cover - train ran to the end
+        raise RuntimeError(f"run {folder.name} stopped before epoch {config.epochs}")
+    row = measure_run(folder, config, datasets)
+    row["seconds"], row["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu
+    atomic_write_json(folder / "row.json", jsonable(row, strict=True))
+    return row
+
+
+def _cpu_time() -> float:
+    """CPU seconds of this process and of its waited-for children (finished sweep workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) every run of ``spec``, measure it and write the table, figure and verdict.
+
+    The runs are independent: ``workers`` processes (default ``os.cpu_count()``; each limits
+    torch to one thread, :func:`ncgeo._parallel.process_pool`) train them in parallel; ``1``
+    trains them one after the other in this process (with this process's torch threads).
+    Returns the content of ``verdict.json``: ``verdict`` (``PASS``/``FAIL``), ``rule``, ``rows``
+    (each run's outcome), ``table``, ``seconds`` (wall time of this call), ``cpu_seconds`` (CPU
+    time of this call, its workers included) and ``workers``. ``datasets`` (train, test)
+    replaces reading the dataset (tests).
+    """
+    from ncgeo._parallel import process_pool, resolve_workers
+
     if not isinstance(spec, SweepSpec):
         raise TypeError(f"spec must be a SweepSpec, got {type(spec).__name__}")
+    workers = resolve_workers(workers, "--workers")
     runs = sweep_configs(spec)  # every option checked before anything is written
     _check_folder(spec)
-    started = time.perf_counter()
-    rows = []
-    for index, (name, config) in enumerate(runs, 1):
-        folder = Path(config.out)
-        row_path = folder / "row.json"
+    started, cpu_started = time.perf_counter(), _cpu_time()
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for name, config in runs:
+        row_path = Path(config.out) / "row.json"
         if row_path.is_file():
             with open(row_path, encoding="utf-8") as handle:
-                rows.append(json.load(handle))
-            log(f"[{index}/{len(runs)}] {name}: done before, not retrained")
-            continue
-        run_started = time.perf_counter()
-        resume = (folder / "checkpoint.pt").is_file()
-        log(f"[{index}/{len(runs)}] {name}: {'resuming' if resume else 'training'}")
-        train(config.replace(resume=resume), datasets=datasets)
-        if load_run(folder).metrics[-1]["epoch"] != config.epochs:  # pragma: no cover - train ran to the end
-            raise RuntimeError(f"run {name} stopped before epoch {config.epochs}")
-        row = measure_run(folder, config, datasets)
-        row["seconds"] = time.perf_counter() - run_started
-        atomic_write_json(row_path, jsonable(row, strict=True))
-        rows.append(row)
-        log(f"    Delta(measured, predicted) = {_show(row['delta_mp_train'])}, Delta(measured, G_W) = "
-            f"{_show(row['delta_gw_train'])}, UFM excess of the means {_show(row['excess_means'], '.2e')} per "
-            f"anchor ({row['seconds']:.0f} s)")
-    return _write_outputs(spec, rows, time.perf_counter() - started)
+                rows[name] = json.load(handle)
+        else:
+            todo.append((name, config))
+    workers = min(workers, max(1, len(todo)))
+    log(f"{len(runs)} runs: {len(rows)} done before (not retrained), {len(todo)} to train"
+        + (f" in {workers} processes" if todo else ""))
+
+    def finish(name: str, row: dict[str, Any]) -> None:
+        rows[name] = row
+        log(f"[{len(rows)}/{len(runs)}] {name}: Delta(measured, predicted) = {_show(row['delta_mp_train'])}, "
+            f"Delta(measured, G_W) = {_show(row['delta_gw_train'])}, UFM excess of the means "
+            f"{_show(row['excess_means'], '.2e')} per anchor ({row['seconds']:.0f} s wall, "
+            f"{row['cpu_seconds']:.0f} s CPU)")
+
+    if workers == 1:
+        for name, config in todo:
+            finish(name, _train_and_measure(config, datasets))
+    elif todo:
+        with process_pool(workers) as pool:
+            pending = {pool.submit(_train_and_measure, config, datasets): name for name, config in todo}
+            try:
+                for future in futures.as_completed(pending):
+                    finish(pending[future], future.result())
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    return _write_outputs(spec, [rows[name] for name, _ in runs], time.perf_counter() - started,
+                          _cpu_time() - cpu_started, workers)

@@ -12,9 +12,10 @@ point's canonical JSON. A point whose file exists is read back and never recompu
 so an interrupted sweep resumes where it stopped and a finished sweep is free to
 rerun (e.g. to redraw a figure). Progress goes to stderr.
 
-Worker processes are forked where the platform allows it (no re-import of the caller's
-main module, imports shared with the parent; ``spawn`` elsewhere) and each limits torch
-to one thread, so ``workers`` processes use ``workers`` cores.
+Worker processes come from :func:`ncgeo._parallel.process_pool`: forked where the platform
+allows it (no re-import of the caller's main module, imports shared with the parent;
+``spawn`` elsewhere), each limiting torch to one thread, so ``workers`` processes use
+``workers`` cores.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import concurrent.futures as futures
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ncgeo._io import is_out_of_memory, out_of_memory_message, remove_stale_temporaries
+from ncgeo._parallel import process_pool, resolve_workers
 
 from .io import write_json_atomic
 
@@ -45,17 +46,6 @@ def point_key(point: dict[str, Any]) -> str:
     """Stable file key of a point: the first 16 hex digits of SHA-256 of its canonical JSON."""
     text = json.dumps(point, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def resolve_workers(workers: int | None) -> int:
-    """``workers`` validated (an int ``>= 1``); ``None`` means ``os.cpu_count()``."""
-    if workers is None:
-        return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an integer, got {type(workers).__name__}")
-    if workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers}")
-    return workers
 
 
 class Progress:
@@ -149,18 +139,6 @@ def _timed(compute: Callable[[dict], dict], point: dict) -> tuple[dict, float]:
     return result, time.perf_counter() - start
 
 
-def _init_worker() -> None:
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a pool shutting down must be able to stop its workers
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-
-
 def _read_point(path: str, point: dict) -> dict | None:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -237,10 +215,7 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
         for key, point in todo.items():
             finish(key, *_timed(compute, point))
     elif todo:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with futures.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                                         initializer=_init_worker) as pool:
+        with process_pool(min(workers, len(todo))) as pool:
             pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
             try:
                 for future in futures.as_completed(pending):

@@ -12,7 +12,8 @@ import torch
 from helpers import FASHION_MNIST, synthetic_images
 
 import deep.train
-from deep.sweep import CE_FIXED, SweepSpec, row_verdict, run_sweep, spec_from_options, sweep_verdict, ufm_excess
+from deep.sweep import (CE_FIXED, SweepSpec, row_verdict, run_sweep, spec_from_options, sweep_verdict, ufm_excess,
+                        weighted_ce_optimum)
 from ncgeo.geometry import simplex_etf
 from ncgeo.losses import fixed_classifier_cross_entropy, scl_prototype_loss
 
@@ -70,6 +71,24 @@ def test_ufm_excess_is_the_ncgeo_objective_minus_the_optimum():
     assert ufm_excess(H, labels, counts, W, n_w, tau, optimum, samples=False)[1] is None
 
 
+def test_weighted_ce_optimum_matches_the_closed_form_for_etf_prototypes():
+    """ETF prototypes: every class's CE optimum is h = w_y, CE* = log(1 + (k-1) exp(-(1 + 1/(k-1))/tau))
+    (THEORY.md section 4); the sweep weighs it by the class counts (the certificate's own bound is
+    the unweighted sum, which made the ce-fixed excess wrong by a factor N/k)."""
+    from ncgeo.certify import certify_ce_limit
+
+    k, tau, counts = 4, 0.2, np.array([100.0, 100.0, 10.0, 10.0])
+    certificate = certify_ce_limit(simplex_etf(k, k), tau).to_dict()
+    closed = np.log1p((k - 1) * np.exp(-(1 + 1 / (k - 1)) / tau))
+    assert certificate["lower_bound"] == pytest.approx(k * closed, rel=1e-6)
+    assert weighted_ce_optimum(certificate, counts) == pytest.approx(counts.sum() * closed, rel=1e-6)
+    assert weighted_ce_optimum(certificate, counts) <= counts @ np.asarray(certificate["values"])
+    slack = dict(certificate, lower_bound=certificate["lower_bound"] - 0.01)  # a looser bound costs max(w) x gap
+    assert weighted_ce_optimum(slack, counts) == pytest.approx(weighted_ce_optimum(certificate, counts) - 1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="weights"):
+        weighted_ce_optimum(certificate, counts[:3])
+
+
 def _spec(out, **changes):
     options = dict(protos="0,10", dataset="mnist", imbalance="step", ratio=2.0, max_train_samples=72,
                    max_test_samples=24, epochs=40, lr=3e-3, width=32, device="cpu")
@@ -83,7 +102,8 @@ def _datasets():
 
 def test_sweep_writes_its_files_and_resumes_without_retraining(tmp_path, monkeypatch):
     spec = _spec(tmp_path / "sweep")
-    summary = run_sweep(spec, datasets=_datasets(), log=lambda text: None)
+    summary = run_sweep(spec, workers=2, datasets=_datasets(), log=lambda text: None)  # two worker processes
+    assert summary["workers"] == 2 and summary["cpu_seconds"] > 0
     names = ["etf-signed-s0-nw0", "etf-signed-s0-nw10", "etf-signed-s0-ce-fixed"]
     assert [row["run"] for row in summary["table"]] == names
     for name in ("table.csv", "table.md", "verdict.json", "sweep.png", "sweep.json"):
@@ -97,22 +117,34 @@ def test_sweep_writes_its_files_and_resumes_without_retraining(tmp_path, monkeyp
         assert 0 <= row["delta_mp_train"] < 2 and row["excess_samples"] is not None
         # the certified optimum is a lower bound: the measured embeddings cannot be below it
         assert row["excess_means"] > -1e-6 and row["excess_samples"] > -1e-6
+        assert row["cpu_seconds"] > 0 and row["seconds"] > 0  # measured in the worker that trained the run
     assert summary["table"][0]["delta_pred_gw"] is None  # n_w = 0 has no prototypes to compare with
 
     calls = []
     real_train = deep.train.train
     monkeypatch.setattr(deep.train, "train", lambda config, **kw: calls.append(config) or real_train(config, **kw))
-    again = run_sweep(spec, datasets=_datasets(), log=lambda text: None)
+    again = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)
     assert calls == [] and again["table"] == summary["table"]
     # a run measured but not recorded (row.json lost) is resumed from its final checkpoint, not retrained
     run = tmp_path / "sweep" / "runs" / names[1]
     lines = (run / "metrics.jsonl").read_text()
     (run / "row.json").unlink()
-    third = run_sweep(spec, datasets=_datasets(), log=lambda text: None)
+    third = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)
     assert len(calls) == 1 and calls[0].resume and (run / "metrics.jsonl").read_text() == lines
     assert third["table"][1]["delta_mp_train"] == pytest.approx(summary["table"][1]["delta_mp_train"])
     with pytest.raises(ValueError, match="other settings"):
         run_sweep(_spec(tmp_path / "sweep", epochs=41), datasets=_datasets(), log=lambda text: None)
+
+
+def test_mini_batch_sweep_is_predicted_with_the_expected_per_batch_counts(tmp_path):
+    from deep.predict import load_run
+
+    spec = _spec(tmp_path / "mini", protos="10", ce_fixed=False, batch_size="16", epochs=4)
+    (row,) = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)["table"]
+    assert row["model"] == "batch" and row["excess_samples"] is None and row["excess_means"] > -1e-6
+    prediction = json.loads((tmp_path / "mini" / "runs" / row["run"] / "prediction.json").read_text())
+    counts = np.asarray(load_run(tmp_path / "mini" / "runs" / row["run"]).run["train_class_counts"], dtype=float)
+    assert counts.sum() == 72 and np.allclose(prediction["weights"], 16 * counts / counts.sum())  # one view
 
 
 def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
@@ -124,6 +156,8 @@ def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
         _spec(tmp_path / "a", seeds="1,1")
     with pytest.raises(ValueError, match="--feature"):
         run_sweep(_spec(tmp_path / "a", features="linear"), log=lambda text: None)
+    with pytest.raises(ValueError, match="--workers"):
+        run_sweep(_spec(tmp_path / "a"), workers=0, log=lambda text: None)
     with pytest.raises(ValueError, match="must not set"):
         SweepSpec(str(tmp_path / "a"), train={"protos": 3.0})
     assert not (tmp_path / "a").exists()
