@@ -380,7 +380,7 @@ def deep_predict(run, model, solver, write) -> None:
 @deep.command("sweep")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (resumable).")
 @click.option("--quick", "preset", flag_value="quick", default=None,
-              help="n_w = 0, 10, 100, 1000 and ce-fixed (5 runs of about 75 s of one CPU core each).")
+              help="n_w = 0, 10, 100, 1000 and ce-fixed (5 runs of about 20 s of one CPU core each).")
 @click.option("--full", "preset", flag_value="full",
               help="2 seeds, signed and nonnegative features, ETF and OF prototypes (48 runs).")
 @click.option("--protos", default=None, help="n_w of the runs, comma-separated  [default: 0,1,10,100,1000].")
@@ -397,11 +397,11 @@ def deep_predict(run, model, solver, write) -> None:
 @click.option("--ratio", type=float, default=None, help="Imbalance ratio R  [default: 10].")
 @click.option("--per-class", type=int, default=None, help="Training images of a majority class  [default: 100].")
 @click.option("--max-test-samples", type=int, default=None, help="Test images  [default: 1000].")
-@click.option("--tau", type=float, default=None, help="Temperature  [default: 0.1].")
+@click.option("--tau", type=float, default=None, help="Temperature  [default: 0.2].")
 @click.option("--arch", type=click.Choice(["resnet18", "resnet34", "mlp", "cnn"]), default=None, help="[default: mlp]")
-@click.option("--width", type=int, default=None, help="Network width (the --arch default when not given).")
+@click.option("--width", type=int, default=None, help="Network width  [default: 256 for mlp, else the --arch default].")
 @click.option("--steps", "--epochs", "epochs", type=int, default=None,
-              help="Epochs, one step each with a full batch  [default: 2000].")
+              help="Epochs, one step each with a full batch  [default: 1000].")
 @click.option("--batch-size", default=None, help="Images per batch or 'full' (mini-batches: the per-batch model)  "
                                                   "[default: full].")
 @click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's, 1e-3 for mlp].")
