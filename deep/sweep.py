@@ -153,10 +153,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Training options of a sweep that the user does not give: Fashion-MNIST, step imbalance R = 10 with
 #: 100 images in each majority class (5 x 100 + 5 x 10), 1000 test images, tau = 0.2, an MLP of width
 #: :data:`SWEEP_MLP_WIDTH` trained full-batch for 1000 Adam steps (lr 1e-3, constant). Measured
-#: 2026-12-06 (README "Deep validation"): at tau = 0.1 the same runs stay 0.05-0.2 away from their
-#: predictions after 1000 or 2000 steps (the loss saturates like exp(-1/tau), so the gradients that
-#: pin the class means are tiny); at tau = 0.2 every n_w >= 10 run ends within 0.011 of its
-#: prediction, in about 20 s of one CPU core.
+#: 2026-12-06 (README "Deep validation"): at tau = 0.1 the same 1000-step runs end 0.10 (n_w = 100)
+#: and 0.21 (n_w = 1000) away from their predictions (the loss saturates like exp(-1/tau), so the
+#: gradients that pin the class means are tiny); at tau = 0.2 every n_w >= 10 run ends within 0.011
+#: of its prediction, in about 20 s of one CPU core.
 SWEEP_TRAIN_DEFAULTS: dict[str, Any] = {"dataset": "fmnist", "arch": "mlp", "batch_size": "full", "epochs": 1000,
                                         "imbalance": "step", "ratio": 10.0, "tau": 0.2, "max_test_samples": 1000,
                                         "progress": False}

@@ -195,3 +195,15 @@ def test_full_batch_mlp_reaches_the_certified_prediction_on_fashion_mnist(tmp_pa
 #: steps left 0.089.
 SLOW_EPOCHS = 400
 SLOW_THRESHOLD = 0.02
+
+
+@pytest.mark.parametrize("args, option", [(["--workers", "0"], "--workers"), (["--protos", "0,x"], "--protos"),
+                                          (["--feature", "linear"], "--feature")])
+def test_cli_sweep_bad_option_is_one_line_naming_it(tmp_path, args, option):
+    from click.testing import CliRunner
+
+    from cli import main as cli_main
+
+    result = CliRunner().invoke(cli_main, ["deep", "sweep", "--out", str(tmp_path / "s"), *args])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and option in result.output, result.output
+    assert not (tmp_path / "s").exists()
