@@ -405,6 +405,8 @@ def deep_predict(run, model, solver, write) -> None:
 @click.option("--batch-size", default=None, help="Images per batch or 'full' (mini-batches: the per-batch model)  "
                                                   "[default: full].")
 @click.option("--lr", type=float, default=None, help="Learning rate  [default: the --arch's, 1e-3 for mlp].")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default=None,
+              help="Learning-rate schedule  [default: cosine].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Runs trained at once, one process and one torch thread each  [default: all CPU cores].")

@@ -163,7 +163,8 @@ def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
     assert not (tmp_path / "a").exists()
     spec = spec_from_options(str(tmp_path / "b"), "quick")
     assert spec.train["max_train_samples"] == 550 and spec.n_w == (0, 10, 100, 1000)  # 5 x 100 + 5 x 10
-    assert (spec.train["epochs"], spec.train["tau"], spec.train["width"]) == (1000, 0.2, 256)
+    assert (spec.train["epochs"], spec.train["tau"], spec.train["width"], spec.train["schedule"]) == (1000, 0.2, 256,
+                                                                                                   "cosine")
     assert "width" not in spec_from_options(str(tmp_path / "b"), arch="cnn").train  # the CNN keeps its own
     assert spec_from_options(str(tmp_path / "b"), width=64).train["width"] == 64
     assert spec_from_options(str(tmp_path / "b"), "full").geometries == ("etf", "of")
