@@ -179,6 +179,9 @@ def prepare_data(config: TrainConfig, device: torch.device,
     if config.imbalance != "none" or majority is not None:
         index = imbalanced_indices(train_set.labels, config.imbalance, config.ratio, config.seed, k, majority)
         train_set = train_set.subset(index)
+    if config.max_test_samples is not None and config.max_test_samples < k:
+        raise ValueError(f"--max-test-samples must be at least one per class (k = {k}): the test set stays "
+                         f"balanced, got {config.max_test_samples}")
     if config.max_test_samples is not None and config.max_test_samples < len(test_set):
         per_class = max(1, min(config.max_test_samples // k, int(test_set.class_counts().min())))
         test_set = test_set.subset(imbalanced_indices(test_set.labels, "none", 1.0, config.seed, k, per_class))

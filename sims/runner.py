@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ncgeo._io import is_out_of_memory, out_of_memory_message, remove_stale_temporaries
 
 from .io import write_json_atomic
+from .study import OptionError
 
 #: A ``.tmp-*`` file in a points cache older than this was left by a killed write (a live
 #: one, of another sweep writing the same folder, is milliseconds old).
@@ -211,7 +212,7 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
     try:
         os.makedirs(store, exist_ok=True)
     except OSError as exc:  # a file in the way: one line, not a traceback
-        raise ValueError(f"out_dir {os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
+        raise OptionError("out_dir", f"{os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
     remove_stale_temporaries(store, older_than=STALE_SECONDS)  # left by writes killed by a signal
     keys = [point_key(p) for p in points]
     entries: dict[str, dict] = {}
