@@ -51,8 +51,13 @@ def test_parallel_sweep_matches_and_resumes(tmp_path, capsys):
     points = grid(x=[0, 1, 2, 3, 4, 5])
     outcome = run_sweep("par", tmp_path, points, cube, workers=2, progress=True)
     assert [row["cube"] for row in outcome.rows()] == [x**3 for x in range(6)]
-    assert "par [" in capsys.readouterr().err  # progress bar on stderr
+    err = capsys.readouterr().err.splitlines()  # progress on stderr: the start and the end at least
+    assert err[0].startswith("par:   0% 0/6 [") and err[-1].startswith("par: 100% 6/6 ["), err
     assert run_sweep("par", tmp_path, points, cube, workers=2, progress=False).computed == 0
+    more = grid(x=[0, 1, 2, 3, 4, 5, 6])
+    assert run_sweep("par", tmp_path, more, cube, workers=1, progress=True).computed == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("par (6 cached):  86% 6/7 [") and err[-1].startswith("par (6 cached): 100% 7/7 ["), err
 
 
 def huge(point):
