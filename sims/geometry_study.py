@@ -194,8 +194,8 @@ def plot_geometry(rows: list[dict], settings: dict):
             ax.plot(x, np.maximum(finite([r["delta_prototypes"] for r in sel]), floor), "o-", color=f"C{j}",
                     label=f"R={ratio:g}")
             ax.plot(x, np.maximum(finite([r["delta_ce_limit"] for r in sel]), floor), "x--", color=f"C{j}", lw=0.9)
-        ax.plot([], [], "k-", label=r"to $G_W$ (prototypes)")
-        ax.plot([], [], "k--", label=r"to $G_{CE}$ (CE limit)")
+        ax.plot([], [], "ko-", label=r"o: to $G_W$ (prototypes)")  # the markers and lines of the curves above
+        ax.plot([], [], "kx--", lw=0.9, label=r"x: to $G_{CE}$ (CE limit)")
         style_axis(ax, r"$n_w$ ($n_w = 0$ drawn at 0.3)", r"$\Delta(G_M, \cdot)$ (floor $10^{-6}$)",
                    "prototypes: " + _label(geometry, relu), logx=True, logy=True)
         ax.set_ylim(floor / 2, 3)
