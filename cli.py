@@ -6,9 +6,39 @@ itself. Bad input ends with one line naming the argument and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 
 import click
+
+
+class _RangeInWords:
+    """Mixin for click's ranges: a value that is not a number, not finite or out of range
+    reads ``must be a finite number > 0, got 'abc'`` (click says "not a valid float range")."""
+
+    def convert(self, value, param, ctx):
+        try:
+            converted = super().convert(value, param, ctx)
+        except click.BadParameter:
+            converted = None
+        if converted is None or (isinstance(converted, float) and not math.isfinite(converted)):
+            number = "an integer" if isinstance(self, click.IntRange) else "a finite number"
+            low, high = (None if x is None else f"{x:g}" if isinstance(x, float) else str(x) for x in (self.min, self.max))
+            if low is not None and high is not None:
+                low, high = f"in {'(' if self.min_open else '['}{low}, {high}{')' if self.max_open else ']'}", None
+            low = low if low is None or low.startswith("in ") else f"{'>' if self.min_open else '>='} {low}"
+            high = high if high is None else f"{'<' if self.max_open else '<='} {high}"
+            self.fail(" ".join(["must be", number, *filter(None, (low, high))]) + f", got {value!r}", param, ctx)
+        return converted
+
+
+class _FloatRange(_RangeInWords, click.FloatRange):
+    """click.FloatRange whose errors say what is needed in words (and refuse nan and inf)."""
+
+
+class _IntRange(_RangeInWords, click.IntRange):
+    """click.IntRange whose errors say what is needed in words."""
 
 
 class _CleanErrors(click.Group):
@@ -41,6 +71,9 @@ class _CleanErrors(click.Group):
         exit_on_sigterm()  # a killed run removes its half-written temporary files
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `ncgeo`, `ncgeo deep`, `ncgeo sims`
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
@@ -111,46 +144,47 @@ def _write_output(option: str, path: str, write) -> None:
 
 
 @main.command("solve")
-@click.option("--classes", "classes", type=click.IntRange(min=2, max=1_000_000), required=True, help="Number of classes K (>= 2).")
-@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--classes", "classes", type=_IntRange(min=2, max=1_000_000), required=True, help="Number of classes K (>= 2).")
+@click.option("--samples", type=_IntRange(min=1), default=10, show_default=True,
               help="Samples per (majority) class n.")
 @click.option("--imbalance", type=click.Choice(["none", "step", "exp"]), default="none", show_default=True,
               help="step: first floor(K/2) classes n, rest floor(n/R); exp: n R^(-c/(K-1)).")
-@click.option("--ratio", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+@click.option("--ratio", type=_FloatRange(min=1.0), default=10.0, show_default=True,
               help="Imbalance ratio R >= 1 (ignored with --imbalance none).")
-@click.option("--protos", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--protos", type=_FloatRange(min=0.0), default=0.0, show_default=True,
               help="n_w: copies of each class prototype in every batch (0 = plain SCL).")
 @click.option("--geometry", default="etf", show_default=True, metavar="{etf,of,random,random+,spherical,PATH}",
               help="Prototypes: simplex ETF, orthogonal frame (standard basis), random unit vectors "
                    "(non-negative with --relu or random+), a seeded spherical code, or a .npy/.csv/.txt file "
                    "with a K x K Gram or D x K vectors.")
-@click.option("--dim", type=click.IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
-@click.option("--tau", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+@click.option("--dim", type=_IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
+@click.option("--tau", type=_FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
               help="Temperature (> 0).")
 @click.option("--relu/--no-relu", default=False, show_default=True, help="UFM+: non-negative features.")
 @click.option("--batching", type=click.Choice(["full", "partition", "shuffle", "bind"]), default="full",
               show_default=True, help="Full batch, fixed random partition, reshuffled every epoch, or binding.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None,
-              help="Batch size B >= 2 (required unless --batching full).")
+@click.option("--batch-size", type=_IntRange(min=2), default=None,
+              help="Batch size B >= 2 (required with --batching partition, shuffle or bind; refused with full). "
+                   "B >= N gives one batch of all samples.")
 @click.option("--proto-anchors/--no-proto-anchors", default=False, show_default=True,
               help="Prototype copies are anchors too.")
-@click.option("--restarts", type=click.IntRange(min=1, max=10_000), default=1, show_default=True,
+@click.option("--restarts", type=_IntRange(min=1, max=10_000), default=1, show_default=True,
               help="Starts (the lowest loss is kept); --init auto adds a collapsed start for a full batch.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=_IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--init", type=click.Choice(["auto", "collapsed", "random"]), default="auto", show_default=True,
               help="collapsed: solve the K-direction reduced problem, polish from it; random: random unit "
                    "vectors; auto: for a full batch the collapsed start, then the --restarts random ones.")
-@click.option("--max-iterations", type=click.IntRange(min=0), default=None,
+@click.option("--max-iterations", type=_IntRange(min=0), default=None,
               help="Iteration cap [default: 20000; epochs for shuffle: 200].")
-@click.option("--learning-rate", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+@click.option("--learning-rate", type=_FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
               help="Initial Adam step of --batching shuffle (cosine-decayed over the epochs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
                    "('-': print only the JSON, to stdout).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
-              help="Write H, y, W and the settings to an .npz file.")
+              help="Write H, y, W and the settings to an .npz file (the name must end in .npz).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a heatmap of the class-mean Gram beside the prototype Gram (.png, .pdf or .svg).")
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
@@ -183,6 +217,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     from ncgeo.classes import class_sizes
     from ncgeo.ufm import solve_ufm
 
+    quiet = json_path == "-"
     for option, path in (("--json", json_path), ("--save", save_path), ("--plot", plot_path)):
         _check_output(option, path)
     if plot_path is not None:
@@ -192,14 +227,27 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
             figure_format(plot_path)
         except ValueError as exc:
             raise click.BadParameter(str(exc).replace("path ", "", 1), param_hint="'--plot'") from exc
+    if save_path is not None and save_path != "-" and not save_path.lower().endswith(".npz"):
+        raise click.BadParameter(f"must name an .npz file (a NumPy zip archive), got {save_path!r}",
+                                 param_hint="'--save'")
     if batching != "full" and batch_size is None:
         raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
+    if batching == "full" and batch_size is not None:
+        raise click.BadParameter("applies only to --batching partition, shuffle or bind (the full batch holds "
+                                 "all N samples); add one of them or leave --batch-size out", param_hint="'--batch-size'")
     if proto_anchors and 0 < protos < 1:
         raise click.BadParameter(f"must be 0 or >= 1 with --proto-anchors, got {protos:g}", param_hint="'--protos'")
     try:
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
+    if batching != "full" and sum(sizes) <= 1_000_000 and not quiet:  # larger N: the memory check below refuses B >= N
+        from ncgeo.classes import labels_from_sizes
+        from ncgeo.ufm import make_batches
+
+        if len(make_batches(labels_from_sizes(sizes), batching, batch_size, seed)) == 1:
+            click.echo(f"note: --batch-size {batch_size} with N = {sum(sizes)} samples gives one batch of all "
+                       "samples: the full-batch problem", err=True)
     from ncgeo.ufm.solver import check_memory
 
     # solve_ufm checks this too, but only after the prototypes are built: --classes 1e6 would
@@ -214,7 +262,6 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
             check_method(certify_method, sizes, W, protos, full_batch=batching == "full")
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
-    quiet = json_path == "-"
     result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
                        batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
                        device=device, dtype=dtype, max_iterations=max_iterations, init=init, learning_rate=learning_rate,
@@ -266,9 +313,9 @@ def _certificate_summary(certificate) -> dict:
               show_default=True, help="Certificate (auto: fastest applicable, with fallbacks).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True,
               help="Conic solver of the relaxations (the other one is the fallback).")
-@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--time-limit", type=_FloatRange(min=0.0, min_open=True), default=None,
               help="Seconds per conic-solver attempt.")
-@click.option("--rtol", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=1e-6, show_default=True,
+@click.option("--rtol", type=_FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=1e-6, show_default=True,
               help="Relative gap accepted as certified.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the certificate as JSON ('-': print only the JSON).")
@@ -323,7 +370,7 @@ def deep() -> None:
 
 @deep.command("train")
 @_deep_train_options
-@click.option("--nproc", type=click.IntRange(min=1), default=None,
+@click.option("--nproc", type=_IntRange(min=1), default=None,
               help="Processes (one per GPU); more than 1 launches torchrun with DDP, --batch-size staying global "
                    "[default: the --config file's nproc, else 1].")
 @click.pass_context
@@ -396,13 +443,25 @@ def _sims_default(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+@contextlib.contextmanager
+def _sims_flags():
+    """A :class:`sims.study.OptionError` (``option tau must be ...``) becomes one line naming the
+    flags (``--tau must be ...``)."""
+    from sims.study import OptionError
+
+    try:
+        yield
+    except OptionError as exc:
+        raise click.UsageError(exc.for_flags()) from exc
+
+
 def _sims_command(study) -> click.Command:
     """A click command for one registered study, its flags built from the study's option specs."""
     params = [
         click.Option(["--out"], required=True, type=click.Path(file_okay=False),
                      help="Output folder: NAME.csv, NAME.json, NAME.png/.pdf and NAME.points/ (resume cache)."),
         click.Option(["--quick"], is_flag=True, help="Small sizes (seconds); default: the full sizes."),
-        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
+        click.Option(["--workers"], type=_IntRange(min=1), default=None,
                      help="Processes for the sweep [default: all CPU cores]."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Progress bar on stderr."),
     ]
@@ -416,13 +475,19 @@ def _sims_command(study) -> click.Command:
             listed = " (comma-separated)" if spec.kind in ("floats", "ints", "strs") else ""
             if spec.range_text:
                 listed = (f" (comma-separated, each {spec.range_text})" if listed else f" ({spec.range_text})")
-            params.append(click.Option([flag, spec.name], type=_SIMS_KINDS[spec.kind], default=None,
+            kind = _SIMS_KINDS[spec.kind]
+            if spec.kind in ("int", "float"):  # its range checked by click, in words naming the flag
+                kind = (_IntRange if spec.kind == "int" else _FloatRange)(
+                    min=spec.low, max=spec.high, min_open=spec.low_open, max_open=spec.high_open)
+            params.append(click.Option([flag, spec.name], type=kind, default=None,
                                        help=f"{spec.help}{listed} {shown}"))
 
     def callback(out, quick, workers, progress, **options):
         from sims.registry import run_study
 
-        _sims_print(run_study(study.name, out, quick=quick, workers=workers, progress=progress, **options))
+        with _sims_flags():
+            result = run_study(study.name, out, quick=quick, workers=workers, progress=progress, **options)
+        _sims_print(result)
 
     return click.Command(study.name, callback=callback, params=params,
                          help=f"{study.question}\n\nSee the module sims.{study.run.__module__.split('.')[-1]} "
@@ -449,7 +514,7 @@ class _SimsGroup(_CleanErrors):
 @click.command("all")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for every study.")
 @click.option("--quick", is_flag=True, help="Small sizes: all studies in under a minute on 2 cores.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
+@click.option("--workers", type=_IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def sims_all(out, quick, workers, progress) -> None:
     """Run every study with its default settings and print a table of verdicts.
@@ -459,7 +524,8 @@ def sims_all(out, quick, workers, progress) -> None:
     """
     from sims.registry import run_all, verdict_table
 
-    results = run_all(out, quick=quick, workers=workers, progress=progress)
+    with _sims_flags():
+        results = run_all(out, quick=quick, workers=workers, progress=progress)
     click.echo(verdict_table(results))
     failed = [r.name for r in results if not r.verdict.passed]
     click.echo(f"{len(results) - len(failed)}/{len(results)} studies PASS" +

@@ -203,9 +203,11 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     r"""Read prototypes from ``.npy``, ``.csv`` or ``.txt`` and return ``W`` (``d x k``).
 
     The file holds one matrix, either a Gram ``k x k`` or vectors ``d x k`` (one
-    prototype per column). ``kind="auto"`` (default) treats a square, symmetric matrix
-    with unit diagonal (within ``tol``) as a Gram, and anything else as vectors; pass
-    ``kind="gram"`` or ``kind="vectors"`` to decide explicitly. Grams are factorised with
+    prototype per column). ``kind="auto"`` (default) reads a square matrix that is a Gram
+    of unit vectors (symmetric, unit diagonal within ``tol``, positive semidefinite) as a
+    Gram and any other matrix as vectors; a square matrix that fits neither reading is
+    refused with what each reading needs. Pass ``kind="gram"`` or ``kind="vectors"`` to
+    decide explicitly. Grams are factorised with
     :func:`prototypes_from_gram`; vectors must have unit columns (within ``tol``; they are
     then renormalised exactly) and are padded with zero rows up to ``d``.
     CSV/TXT files are read with comma or whitespace separators.
@@ -242,21 +244,27 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
     if matrix.size == 0:
         raise ValueError(f"prototype file {path!r} is empty")
-    if kind == "auto":
+    norms = np.linalg.norm(matrix, axis=0)
+    worst = int(np.argmax(np.abs(norms - 1.0)))
+    unit_columns = abs(norms[worst] - 1.0) <= tol
+    as_vectors = (f"read as vectors (d x k, one prototype per column), column {worst} has norm {norms[worst]:.6g} "
+                  "(each needs unit norm)")
+    if kind == "auto":  # a square matrix is a Gram when it is one, else vectors when they are unit
         square = matrix.shape[0] == matrix.shape[1]
-        looks_gram = (square and np.allclose(matrix, matrix.T, atol=tol)
-                      and np.allclose(np.diag(matrix), 1.0, atol=tol))
-        kind = "gram" if looks_gram else "vectors"
+        gram_problem = _gram_problem(matrix, tol) if square else "not square"
+        if square and gram_problem is not None and not unit_columns:  # neither reading fits: explain both
+            raise ValueError(f"prototype file {path!r} holds a {matrix.shape[0]} x {matrix.shape[1]} matrix that is "
+                             f"neither a Gram nor vectors of unit prototypes: read as a k x k Gram, {gram_problem} "
+                             f"(a Gram needs a unit diagonal, symmetry and positive semidefiniteness); {as_vectors}")
+        kind = "gram" if gram_problem is None else "vectors"
     if kind == "gram":
         try:
             return prototypes_from_gram(matrix, d, tol=tol)
         except ValueError as exc:
             raise ValueError(f"prototype file {path!r}: {exc}") from exc
-    norms = np.linalg.norm(matrix, axis=0)
-    if np.any(np.abs(norms - 1.0) > tol):
-        worst = int(np.argmax(np.abs(norms - 1.0)))
-        raise ValueError(f"prototype file {path!r}: vectors (d x k, one per column) must have unit norm; "
-                         f"column {worst} has norm {norms[worst]:.6g}")
+    if not unit_columns:
+        gram = "; a Gram would be a square k x k matrix" if matrix.shape[0] != matrix.shape[1] else ""
+        raise ValueError(f"prototype file {path!r}: {as_vectors}{gram}")
     rows = matrix.shape[0]
     if d is None:
         d = rows
@@ -266,6 +274,16 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     W = np.zeros((d, matrix.shape[1]))
     W[:rows] = matrix
     return _unit_columns(W)
+
+
+def _gram_problem(matrix: np.ndarray, tol: float) -> str | None:
+    """What keeps a square ``matrix`` from being a Gram of unit vectors (:func:`check_gram`'s
+    reason, without the name), or ``None`` when it is one."""
+    try:
+        check_gram(matrix, "it", tol=tol)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 2000,

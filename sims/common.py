@@ -14,6 +14,8 @@ from ncgeo.classes import class_sizes
 from ncgeo.geometry import PROTOTYPE_NAMES, etf_gram, named_prototypes, prototypes_from_gram
 from ncgeo.metrics import gram_distance
 
+from .study import OptionError
+
 __all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "check_geometry_names", "gram_factor", "gram_delta",
            "gram_delta_etf", "geometry_fingerprint",
            "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
@@ -52,11 +54,12 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
 
 
 def check_geometry_names(option: str, names) -> None:
-    """Raise ``ValueError`` naming ``option`` unless every name is a built-in geometry
-    (:data:`GEOMETRIES`) or an existing file; called before a sweep starts its workers."""
+    """Raise :class:`sims.study.OptionError` naming the study option ``option`` (e.g.
+    ``"geometry"``) unless every name is a built-in geometry (:data:`GEOMETRIES`) or an
+    existing file; called before a sweep starts its workers."""
     for name in names:
         if name not in GEOMETRIES and not (isinstance(name, str) and os.path.isfile(name)):
-            raise ValueError(f"{option} must be one of {', '.join(GEOMETRIES)} or an existing file, got {name!r}")
+            raise OptionError(option, f"must be one of {', '.join(GEOMETRIES)} or an existing file, got {name!r}")
 
 
 def geometry_fingerprint(geometry: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, 
                      gram_delta_etf, prototypes_for, sizes_from_settings)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
+from .study import Option, OptionError, StudyResult, Verdict, finish_study, require_values, resolve_settings
 
 __all__ = ["OPTIONS", "run_geometry", "plot_geometry", "geometry_point"]
 
@@ -78,15 +78,15 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
     require_values(settings, ratios=1, n_w=1)
-    check_geometry_names("option geometries", settings["geometries"])
-    check_geometry_names("option relu_geometries", settings["relu_geometries"])
+    check_geometry_names("geometries", settings["geometries"])
+    check_geometry_names("relu_geometries", settings["relu_geometries"])
     if settings["gram"]:
-        check_geometry_names("option gram", [settings["gram"]])
+        check_geometry_names("gram", [settings["gram"]])
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]
     if not cases:
-        raise ValueError("options geometries and relu_geometries are both empty: nothing to study")
+        raise OptionError(("geometries", "relu_geometries"), "are both empty: nothing to study")
     n_ws = sorted(set(float(x) for x in settings["n_w"]) | set(float(x) for x in settings["heatmap_n_w"]))
     base = {key: settings[key] for key in ("k", "n", "tau", "seed")}
     points = [{**base, "geometry": g, **geometry_fingerprint(g), "relu": relu, "ratio": float(R), "n_w": n_w}
@@ -194,8 +194,8 @@ def plot_geometry(rows: list[dict], settings: dict):
             ax.plot(x, np.maximum(finite([r["delta_prototypes"] for r in sel]), floor), "o-", color=f"C{j}",
                     label=f"R={ratio:g}")
             ax.plot(x, np.maximum(finite([r["delta_ce_limit"] for r in sel]), floor), "x--", color=f"C{j}", lw=0.9)
-        ax.plot([], [], "k-", label=r"to $G_W$ (prototypes)")
-        ax.plot([], [], "k--", label=r"to $G_{CE}$ (CE limit)")
+        ax.plot([], [], "ko-", label=r"o: to $G_W$ (prototypes)")  # the markers and lines of the curves above
+        ax.plot([], [], "kx--", lw=0.9, label=r"x: to $G_{CE}$ (CE limit)")
         style_axis(ax, r"$n_w$ ($n_w = 0$ drawn at 0.3)", r"$\Delta(G_M, \cdot)$ (floor $10^{-6}$)",
                    "prototypes: " + _label(geometry, relu), logx=True, logy=True)
         ax.set_ylim(floor / 2, 3)

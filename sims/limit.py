@@ -40,7 +40,7 @@ from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, 
                      prototypes_for, sizes_from_settings)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
+from .study import Option, OptionError, StudyResult, Verdict, finish_study, resolve_settings
 
 __all__ = ["OPTIONS", "run_limit", "plot_limit", "limit_point"]
 
@@ -85,14 +85,14 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     """Run the ``limit`` study (module docstring); writes ``out_dir/limit.{csv,json,png,pdf}``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
-    check_geometry_names("option geometry", [settings["geometry"]])
+    check_geometry_names("geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "imbalance", "geometry", "tau", "seed")}
     sizes, W = _setup(base)
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point
     grid_n_w = sorted(set(float(x) for x in settings["n_w"]))
     if sum(x >= settings["fit_min"] for x in grid_n_w) < 2:
-        raise ValueError(f"option n_w must hold at least 2 values >= fit_min = {settings['fit_min']:g} "
-                         f"(the power law of the loss gap is fitted over them), got {grid_n_w}")
+        raise OptionError("n_w", f"must hold at least 2 values >= fit_min = {settings['fit_min']:g} "
+                                 f"(the power law of the loss gap is fitted over them), got {grid_n_w}")
     points = [{**base, "variant": "ce", "n_w": None}]
     points += [{**base, "variant": "samples", "n_w": x} for x in grid_n_w]
     if settings["anchors"]:

@@ -67,7 +67,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
     require_values(settings, taus=1, n_w=2)  # a slope per tau
-    check_geometry_names("option geometry", [settings["geometry"]])
+    check_geometry_names("geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "geometry", "seed")}
     base["imbalance"] = "step"
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point

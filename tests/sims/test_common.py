@@ -88,9 +88,9 @@ def test_studies_accept_every_named_geometry_of_ncgeo():
     from ncgeo.geometry import PROTOTYPE_NAMES
     from sims.common import check_geometry_names, prototypes_for
 
-    check_geometry_names("option geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
+    check_geometry_names("geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
     with pytest.raises(ValueError, match="option geometry must be one of"):
-        check_geometry_names("option geometry", ["bogus"])
+        check_geometry_names("geometry", ["bogus"])
     for name in list(PROTOTYPE_NAMES) + ["hierarchical"]:  # and every accepted name builds prototypes
         W = prototypes_for(name, 6, 6)
         assert W.shape == (6, 6) and np.allclose(np.linalg.norm(W, axis=0), 1.0), name
