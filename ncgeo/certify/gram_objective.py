@@ -56,8 +56,8 @@ _LOG1P_MAX = 50.0
 @dataclass(frozen=True)
 class ObjectiveValue:
     """``excess`` (torch scalar, differentiable), ``floor`` (float, constant) and ``scale``
-    (float: sum over anchors of weight * (|mean positive logit| + |log P|), the size of the
-    terms whose rounding the excess carries; used for floating-point margins)."""
+    (float: sum over anchors of weight * (|mean positive logit| + |log P| + 2 max_j |s_j|), the size of the terms whose rounding the excess and its gradient carry;
+    used for floating-point margins)."""
 
     excess: torch.Tensor
     floor: float
@@ -85,7 +85,8 @@ def _rows_excess(S: torch.Tensor, C: torch.Tensor, positive: torch.Tensor):
     steep = shift + torch.log((frac * torch.exp(shifted)).sum(1).clamp_min(1e-300))
     value = torch.where(small, gentle, steep)
     value = torch.where(has, value, torch.zeros_like(value))
-    scale = torch.where(has, ref.abs() + torch.log(safeP).abs(), torch.zeros_like(ref))
+    spread = 2 * torch.where(C > 0, S.abs(), torch.zeros_like(S)).amax(1)
+    scale = torch.where(has, ref.abs() + torch.log(safeP).abs() + spread, torch.zeros_like(ref)).detach()
     return value, P, has, scale
 
 
@@ -124,7 +125,7 @@ def grouped_excess(X: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, labe
     excess = (weights * value).sum()
     floor = float((weights * torch.where(has, torch.log(torch.where(has, P, torch.ones_like(P))),
                                          torch.zeros_like(P))).sum())
-    total_scale = float((weights * scale).sum())
+    total_scale = float((weights * scale).sum().detach())
     if prototypes_as_anchors and kp and n_w > 0:
         Sp = X[m:, :] / tau  # (k, m + k)
         own = float(n_w) - 1.0
@@ -136,7 +137,7 @@ def grouped_excess(X: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, labe
         excess = excess + n_w * value_p.sum()
         floor += float(n_w * torch.where(has_p, torch.log(torch.where(has_p, P_p, torch.ones_like(P_p))),
                                          torch.zeros_like(P_p)).sum())
-        total_scale += float(n_w * scale_p.sum())
+        total_scale += float(n_w * scale_p.sum().detach())
     return ObjectiveValue(excess, floor, total_scale)
 
 
