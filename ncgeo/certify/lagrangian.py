@@ -49,8 +49,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-__all__ = ["LagrangianBound", "lagrangian_bound", "reduced_bound", "gram_bound", "smallest_eigenvalue", "prototype_range",
-           "floating_point_margin"]
+__all__ = ["LagrangianBound", "lagrangian_bound", "reduced_bound", "gram_bound", "relaxation_lower",
+           "smallest_eigenvalue", "prototype_range", "floating_point_margin"]
 
 #: Largest matrix whose smallest eigenvalue is computed densely when Lanczos fails.
 DENSE_LIMIT = 6000
@@ -244,15 +244,22 @@ def _sign_mask(m: int, kp: int, nonnegative: bool, prototypes_nonnegative: bool)
 
 
 def _problem_parts(problem):
+    """``(class weights, n_w, tau, prototype anchors, nonnegative, G_W or None, sample-prototype signs)``
+    of a :class:`ncgeo.UFMProblem` or of the relaxations' ``ClassProgram``."""
+    if hasattr(problem, "weights"):  # ClassProgram (ncgeo.certify._common)
+        return (problem.weights, problem.n_w, problem.tau, problem.anchors, problem.nonnegative, problem.G_W,
+                problem.proto_nonneg)
     use_p = problem.n_w > 0
     G_W = problem.prototype_gram if use_p else None
     proto_nonneg = bool(use_p and np.all(np.asarray(problem.prototypes) >= 0))
-    return use_p, G_W, proto_nonneg
+    return (np.asarray(problem.class_sizes, dtype=float), problem.n_w, problem.tau,
+            bool(problem.prototypes_as_anchors and use_p), problem.nonnegative, G_W, proto_nonneg)
 
 
 def reduced_bound(problem, R0: np.ndarray, weights=None, labels=None, *, psd_dual: np.ndarray | None = None,
                   zero_tol: float = 1e-7, dense_max: int = 3000) -> LagrangianBound:
-    """The bound for a full-batch ``problem`` (:class:`ncgeo.UFMProblem`) at the scaled grouped matrix
+    """The bound for a full-batch ``problem`` (:class:`ncgeo.UFMProblem` or the relaxations'
+    ``ClassProgram``) at the scaled grouped matrix
     ``R0`` of :func:`ncgeo.certify.gram_objective.reduced_excess`.
 
     ``weights`` and ``labels`` describe the groups (default: one group per class, the reduced
@@ -261,21 +268,18 @@ def reduced_bound(problem, R0: np.ndarray, weights=None, labels=None, *, psd_dua
     """
     from .gram_objective import reduced_excess, reduced_gradient
 
+    sizes, n_w, tau, anchors, nonnegative, G_W, proto_nonneg = _problem_parts(problem)
     if weights is None:
-        weights = np.asarray(problem.class_sizes, dtype=float)
-        labels = np.arange(len(weights))
-    weights = np.asarray(weights, dtype=float)
-    use_p, G_W, proto_nonneg = _problem_parts(problem)
+        weights, labels = sizes, np.arange(len(sizes))
+    weights = np.array(weights, dtype=float)
     m = len(weights)
-    excess, floor, scale, g = reduced_gradient(R0, weights, labels, problem.n_w, problem.tau,
-                                               problem.prototypes_as_anchors)
+    excess, floor, scale, g = reduced_gradient(R0, weights, labels, n_w, tau, anchors)
     hi = weights.copy()
-    lo = np.where(weights > 1, 1.0 if problem.nonnegative else 0.0, weights)
-    mask = _sign_mask(m, R0.shape[0] - m, problem.nonnegative, proto_nonneg)
-    bound = lagrangian_bound(R0, g, excess, floor, scale, m=m, lo=lo, hi=hi, G_W=G_W, sign_mask=mask,
-                             psd_dual=psd_dual, zero_tol=zero_tol, dense_max=dense_max)
-    return replace(bound, objective=lambda Z: reduced_excess(Z, weights, labels, problem.n_w, problem.tau,
-                                                             problem.prototypes_as_anchors).excess)
+    lo = np.where(weights > 1, 1.0 if nonnegative else 0.0, weights)
+    mask = _sign_mask(m, R0.shape[0] - m, nonnegative, proto_nonneg)
+    bound = lagrangian_bound(R0, g, excess, floor, scale, m=m, lo=lo, hi=hi, G_W=G_W if n_w > 0 else None,
+                             sign_mask=mask, psd_dual=psd_dual, zero_tol=zero_tol, dense_max=dense_max)
+    return replace(bound, objective=lambda Z: reduced_excess(Z, weights, labels, n_w, tau, anchors).excess)
 
 
 def gram_bound(problem, G0: np.ndarray, *, psd_dual: np.ndarray | None = None, zero_tol: float = 1e-7,
@@ -286,7 +290,7 @@ def gram_bound(problem, G0: np.ndarray, *, psd_dual: np.ndarray | None = None, z
 
     labels = problem.sample_labels()
     batches = [np.arange(len(labels))] if problem.batches is None else list(problem.batches)
-    use_p, G_W, proto_nonneg = _problem_parts(problem)
+    _, _, _, _, _, G_W, proto_nonneg = _problem_parts(problem)
     m = len(labels)
     excess, floor, scale, g = gram_gradient(G0, labels, batches, problem.n_w, problem.tau,
                                             problem.prototypes_as_anchors)
@@ -296,3 +300,22 @@ def gram_bound(problem, G0: np.ndarray, *, psd_dual: np.ndarray | None = None, z
                              psd_dual=psd_dual, zero_tol=zero_tol, dense_max=dense_max)
     return replace(bound, objective=lambda Z: gram_excess(Z, labels, batches, problem.n_w, problem.tau,
                                                           problem.prototypes_as_anchors).excess)
+
+
+def relaxation_lower(problem, point: np.ndarray, solver_value: float, *, grouped: bool = True,
+                     psd_constraint=None, normaliser: float = 1.0) -> tuple[float | None, dict]:
+    """The lower bound a relaxation reports: the Lagrangian bound at the solver's ``point`` (the
+    reduced ``R`` when ``grouped``, else the sample Gram), with the conic dual of
+    ``psd_constraint`` (a cvxpy ``>> 0`` constraint, its dual on the objective's scale after
+    multiplying by ``normaliser``) as a second set of multipliers. The solver's own value is
+    only a hint, kept in the returned summary as ``solver_value``. Returns ``(lower or None,
+    summary)``; ``summary["failure"]`` says why when None."""
+    psd_dual = None
+    if psd_constraint is not None and psd_constraint.dual_value is not None:
+        psd_dual = np.asarray(psd_constraint.dual_value, dtype=np.float64) * normaliser
+    point = (np.asarray(point, dtype=np.float64) + np.asarray(point, dtype=np.float64).T) / 2
+    if grouped:
+        bound = reduced_bound(problem, point, psd_dual=psd_dual)
+    else:
+        bound = gram_bound(problem, point, psd_dual=psd_dual)
+    return bound.lower, dict(bound.info, solver_value=float(solver_value))
