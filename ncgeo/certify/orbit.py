@@ -26,15 +26,19 @@ import math
 
 import numpy as np
 
-from ._common import class_problem_setup
+from ..problem import UFMProblem
+from ._common import class_program, tolerance_of
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .reduced import COLLAPSE_TOL, finish_relaxation, reduced_objective
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .lagrangian import relaxation_lower
+from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_orbit", "size_groups", "orbit_invariant"]
 
 #: Up to this many classes the orbit optimum is expanded to the ``2k x 2k`` ``R`` and realised.
 EXPAND_MAX = 64
+#: Up to this many classes the rigorous bound is computed at the expanded ``2k x 2k`` ``R`` (dense).
+BOUND_MAX = 1000
 
 
 def size_groups(weights: np.ndarray, tol: float = 1e-12) -> list[np.ndarray]:
@@ -74,29 +78,30 @@ def orbit_invariant(G_W: np.ndarray | None, groups: list[np.ndarray], atol: floa
     return gamma
 
 
-def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
-                nonnegative: bool = False, prototype_gram=None,
-                prototypes_nonnegative: bool | None = None, prototypes_as_anchors: bool = False,
-                dim: int | None = None, solver: str = "CLARABEL",
-                time_limit: float | None = None, fallback: bool = True,
-                rtol: float = DEFAULT_RTOL, verbose: bool = False) -> CertificateResult:
+def solve_orbit(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
+                fallback: bool = True, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                verbose: bool = False) -> CertificateResult:
     r"""Solve the orbit-reduced relaxation (module docstring); same contract as
     :func:`ncgeo.certify.solve_reduced`, whose ``a``, ``b``, ``p`` (expanded to all classes)
-    it returns in ``solution`` together with the per-group values.
+    it returns in ``solution`` together with the per-group values. Each anchor's log-sum-exp
+    is written as ``log(D / P)`` (the floor ``F`` apart, THEORY.md section 5.1).
 
     Raises
     ------
     ValueError
-        If ``G_W`` is not invariant under permutations of equal-size classes (use
+        If the problem is not full batch, has an empty class, or its ``G_W`` is not
+        invariant under permutations of equal-size classes (use
         :func:`ncgeo.certify.solve_reduced` then).
     """
     import cvxpy as cp
 
     timer = Timer()
     check_solver_args(solver, time_limit)  # before the program is built
-    weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
-        class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
-        prototypes_as_anchors, dim)
+    tolerance = tolerance_of(problem, rtol, atol)
+    program = class_program(problem, "orbit")
+    weights, n_w, tau, k, W, G_W, d = (program.weights, program.n_w, program.tau, program.k, program.W,
+                                       program.G_W, program.dim)
+    nonnegative, proto_nonneg, prototypes_as_anchors = program.nonnegative, program.proto_nonneg, program.anchors
     groups = size_groups(weights)
     use_p = n_w > 0
     gamma = orbit_invariant(G_W if use_p else None, groups)
@@ -166,13 +171,16 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
 
     N = float(weights.sum())
     total = 0
+    floor_total = 0.0
     for g in range(m):
         if count[g] <= 0:
             continue
         terms = rows(g)
-        lse = cp.log_sum_exp(cp.hstack([e / tau + lw for e, lw in terms]))
+        floor = math.log(count[g])  # log P: the row is log(D / P) (THEORY.md section 5.1)
+        lse = cp.log_sum_exp(cp.hstack([e / tau + lw - floor for e, lw in terms]))
         positive = (within[g] * a[g] + (n_w * p[g] if use_p else 0)) / (tau * count[g])
         total = total + kg[g] * ng[g] * (lse - positive)
+        floor_total += kg[g] * ng[g] * floor
     if prototypes_as_anchors and use_p:
         own = n_w - 1.0
         for g in range(m):
@@ -187,15 +195,17 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
             consts += [gamma[g, h] / tau + math.log(kg[h] * n_w) for h in range(m) if h != g]
             if own > 0:
                 consts.append(1.0 / tau + math.log(own))
-            lse = cp.log_sum_exp(cp.hstack([e / tau + lw for e, lw in terms] + consts))
+            lse = cp.log_sum_exp(cp.hstack([e / tau + lw - math.log(P) for e, lw in terms]
+                                           + [c - math.log(P) for c in consts]))
             total = total + kg[g] * n_w * (lse - (ng[g] * p[g] + own) / (tau * P))
-    problem = cp.Problem(cp.Minimize(total / N), constraints)
-    used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
+            floor_total += kg[g] * n_w * math.log(P)
+    cvx_problem = cp.Problem(cp.Minimize(total / N), constraints)
+    used, status, failure = solve_problem(cvx_problem, solver, time_limit=time_limit,
                                           fallback=fallback, verbose=verbose)
     if failure is not None:
-        return make_result(None, None, method="orbit", status=status, seconds=timer(), rtol=rtol,
-                           dim=d, failure=f"orbit-reduced SDP failed ({failure})")
-    lower = float(problem.value) * N
+        return make_result(None, None, method="orbit", status=status, seconds=timer(), dim=d,
+                           failure=f"orbit-reduced SDP failed ({failure})", **tolerance)
+    lower = floor_total + float(cvx_problem.value) * N
     group_of = np.empty(k, int)
     for g, I in enumerate(groups):
         group_of[I] = g
@@ -203,23 +213,33 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
     solution = {"groups": [I.tolist() for I in groups], "group_a": av, "group_b": bv, "solver": used}
     if use_p:
         solution.update(group_p=np.asarray(p.value), group_q=np.asarray(q.value))
+    if k > BOUND_MAX:
+        return make_result(None, None, method="orbit", status=status, seconds=timer(), dim=d, solution=solution,
+                           failure=f"not certified: no rigorous bound for k = {k} > {BOUND_MAX} classes (the "
+                                   f"orbit-structured eigenvalue is not implemented; solver value {lower:.10g})",
+                           **tolerance)
+    b_full = bv[np.ix_(group_of, group_of)]
+    s = np.sqrt(weights)
+    top = b_full * np.outer(s, s)
+    np.fill_diagonal(top, 1 + (weights - 1) * av[group_of])
+    R = top
+    if use_p:
+        p_full = solution["group_q"][np.ix_(group_of, group_of)]
+        np.fill_diagonal(p_full, solution["group_p"][group_of])
+        R = np.block([[top, p_full * s[:, None]], [(p_full * s[:, None]).T, G_W]])
+    # the rigorous Lagrangian bound at the solver's point, expanded to 2k x 2k (A2 hook)
+    lower, solution["bound"] = relaxation_lower(problem, R, lower)
+    if lower is None:
+        return make_result(None, None, method="orbit", status=status, seconds=timer(), dim=d, solution=solution,
+                           failure=f"not certified: {solution['bound']['failure']}", **tolerance)
     if k <= EXPAND_MAX:
-        b_full = bv[np.ix_(group_of, group_of)]
-        s = np.sqrt(weights)
-        top = b_full * np.outer(s, s)
-        np.fill_diagonal(top, 1 + (weights - 1) * av[group_of])
-        R = top
-        if use_p:
-            p_full = solution["group_q"][np.ix_(group_of, group_of)]
-            np.fill_diagonal(p_full, solution["group_p"][group_of])
-            R = np.block([[top, p_full * s[:, None]], [(p_full * s[:, None]).T, G_W]])
         objective = reduced_objective(weights, G_W, n_w, tau, prototypes_as_anchors)
-        return finish_relaxation(R, weights, W, G_W, d, nonnegative, objective, method="orbit",
-                                 lower=lower, status=status, seconds=timer, rtol=rtol, solution=solution)
+        return finish_relaxation(R, program, objective, method="orbit", lower=lower, status=status,
+                                 seconds=timer, tolerance=tolerance, solution=solution)
     # large k: evaluate at the group level (snap collapsed groups to a_g = 1)
     collapsed = av >= 1 - COLLAPSE_TOL
     a.value = np.where(collapsed, 1.0, av)
-    upper = float(total.value)
+    upper = floor_total + float(total.value)
     Tn = np.asarray(T.value)
     Tn = (Tn + Tn.T) / 2
     scale = np.concatenate([1.0 / np.sqrt(kg * ng), 1.0 / np.sqrt(kg)])[: Tn.shape[0]]
@@ -244,5 +264,5 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
         failure = f"the collapsed point is infeasible (eigenvalue {worst:.1e})"
     elif not np.all(collapsed):
         failure = "the relaxation optimum is not collapsed (a_g < 1); large-k realisation needs collapse"
-    return make_result(lower, upper, method="orbit", status=status, seconds=timer(), rtol=rtol,
-                       rank=rank, dim=d, realisable=realisable, solution=solution, failure=failure)
+    return make_result(lower, upper, method="orbit", status=status, seconds=timer(), rank=rank, dim=d,
+                       realisable=realisable, solution=solution, failure=failure, **tolerance)

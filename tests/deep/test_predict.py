@@ -63,6 +63,7 @@ def test_many_prototypes_predict_the_prototype_gram(tiny_run):
 
 
 def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
+    from ncgeo import UFMProblem
     from ncgeo.certify import solve_reduced
 
     datasets = (synthetic_images(), synthetic_images(per_class=8, seed=1))
@@ -71,8 +72,8 @@ def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
     assert record.config["proto_anchors"] is True
     prediction = predict_run(run, write=False)
     assert prediction.prototypes_as_anchors and "prototypes as anchors" in prediction.summary()
-    direct = solve_reduced(prediction.weights, record.prototypes, 10.0, 0.1, prototypes_as_anchors=True,
-                           dim=record.prototypes.shape[0])
+    direct = solve_reduced(UFMProblem.from_sizes(prediction.weights, record.prototypes, 10.0, 0.1,
+                                                 prototypes_as_anchors=True))
     assert np.allclose(prediction.gram_predicted, predicted_means_gram(direct.solution["R"], prediction.weights))
     without = predict_run(dataclasses.replace(record, config={**record.config, "proto_anchors": False}), write=False)
     assert not without.prototypes_as_anchors
