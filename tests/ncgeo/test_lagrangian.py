@@ -209,3 +209,22 @@ def test_failing_lanczos_is_a_result(monkeypatch):
     problem = UFMProblem.from_sizes([2] * 4, W, 2.0, 0.5)
     result = dual_certificate(problem, W[:, problem.sample_labels()].T)
     assert not result.certified and "eigenvalue not verified" in result.reason
+
+
+@pytest.mark.parametrize("use_symmetry", [True, False])
+def test_ce_limit_bound_is_rigorous(use_symmetry):
+    """The CE-limit lower bound is the Lagrangian bound: below the CE of random unit means."""
+    from ncgeo.certify import certify_ce_limit
+    from ncgeo.geometry import random_prototypes
+
+    rng = np.random.default_rng(4)
+    for W, tau in ((simplex_etf(5, 5), 0.1), (random_prototypes(6, 4, seed=0), 0.2)):
+        result = certify_ce_limit(W, tau, use_symmetry=use_symmetry)
+        assert result.certified, result.reason
+        assert np.isfinite(result.lower_bound) and result.lower_bound <= result.value
+        k = W.shape[1]
+        for _ in range(50):
+            H = _unit_rows(k, W.shape[0], rng)
+            logits = H @ W / tau
+            ce = (np.log(np.exp(logits).sum(1)) - np.diag(logits)).sum()
+            assert result.lower_bound <= ce
