@@ -185,7 +185,7 @@ def lagrangian_bound(Z0: np.ndarray, g: np.ndarray, point_excess: float, floor: 
     best = None
     for name, (y, Lq) in candidates:
         Lq = (Lq + Lq.T) / 2
-        S = basis.T @ gp @ basis
+        S = _restricted(gp, m, Q)
         S[:m, :m] -= np.diag(y)
         S[m:, m:] -= Lq
         lam, how, failure = smallest_eigenvalue(S, dense_max, dense_limit)
@@ -218,13 +218,23 @@ def floating_point_margin(n: int, scale: float, excess: float, inner: float, mul
                    + 8 * n * (multipliers + eigen))
 
 
+def _restricted(A: np.ndarray, m: int, Q: np.ndarray) -> np.ndarray:
+    """``diag(I_m, Q)^T A diag(I_m, Q)`` without forming the product of the full matrices."""
+    if not Q.shape[1]:
+        return A[:m, :m].copy()
+    top = np.concatenate([A[:m, :m], A[:m, m:] @ Q], axis=1)
+    bottom = np.concatenate([Q.T @ A[m:, :m], Q.T @ A[m:, m:] @ Q], axis=1)
+    return np.concatenate([top, bottom], axis=0)
+
+
 def _stationarity_multipliers(gp: np.ndarray, Z0: np.ndarray, m: int, Q: np.ndarray, s: np.ndarray):
     """``y`` and ``Lambda_Q`` from ``S Z0 = 0`` (least squares on the prototype range)."""
-    GZ = gp @ Z0
     d = np.diag(Z0)[:m]
-    y = np.where(d > 1e-300, np.diag(GZ)[:m] / np.where(d > 1e-300, d, 1.0), np.diag(gp)[:m])
+    diag_gz = np.einsum("ij,ji->i", gp[:m], Z0[:, :m])  # diag(g' Z0) on the sample rows, O(n^2)
+    y = np.where(d > 1e-300, diag_gz / np.where(d > 1e-300, d, 1.0), np.diag(gp)[:m])
     if Q.shape[1]:
-        Lq = (Q.T @ GZ[m:, m:] @ Q) / s[None, :]
+        GZ_PP = gp[m:] @ Z0[:, m:]
+        Lq = (Q.T @ GZ_PP @ Q) / s[None, :]
     else:
         Lq = np.zeros((0, 0))
     return y, Lq
