@@ -41,6 +41,7 @@ class LogSumExpObjective:
     def __init__(self, n: int, normaliser: float):
         self.n = n
         self.normaliser = float(normaliser)
+        self.samples = self.normaliser  # N: the fallback normaliser of :meth:`solve`
         self._rows: dict[int, list] = defaultdict(list)
         self._lin_i: list[np.ndarray] = []
         self._lin_j: list[np.ndarray] = []
@@ -67,12 +68,25 @@ class LogSumExpObjective:
         self._lin_j.append(j)
         self._lin_c.append(np.broadcast_to(coef, i.shape).astype(float).ravel())
 
+    def solve(self, X, constraints: list, solver: str, **options):
+        """Minimise the excess over ``constraints`` (:func:`solve_problem` with ``options``);
+        when the solve fails at the :meth:`scale_to` scale it is repeated divided by ``N``.
+        Returns ``(cvxpy problem, solver used, status, failure)``."""
+        import cvxpy as cp
+
+        while True:
+            problem = cp.Problem(cp.Minimize(self.expression(X)), constraints)
+            used, status, failure = solve_problem(problem, solver, **options)
+            if failure is None or self.normaliser == self.samples:
+                return problem, used, status, failure
+            self.normaliser = self.samples
+
     def scale_to(self, reference: np.ndarray) -> None:
         """Divide by the excess at a feasible ``reference`` matrix instead of ``N``, within
         ``[1e-6 N, N]``: the conic solver then sees an objective of order one however small the
         excess is (at ``n_w = 1e6`` it is ``~1e-5`` per sample: divided by ``N`` the solver's
         absolute tolerances swallow it). Call before :meth:`expression`."""
-        N = self.normaliser
+        N = self.samples
         self.normaliser = float(min(N, max(self.excess(reference), 1e-6 * N)))
 
     def _groups(self):

@@ -120,9 +120,8 @@ def solve_full(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: flo
     G = cp.Variable((N + kp, N + kp), symmetric=True)
     constraints = [G >> 0, cp.diag(G)[:N] == 1]
     constraints += block_and_sign_constraints(G, N, kp, G_W, proto_nonneg, nonnegative)
-    cvx_problem = cp.Problem(cp.Minimize(objective.expression(G)), constraints)
-    used, status, failure = solve_problem(cvx_problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose, psd_size=N + kp)
+    cvx_problem, used, status, failure = objective.solve(G, constraints, solver, time_limit=time_limit,
+                                                         fallback=fallback, verbose=verbose, psd_size=N + kp)
     if failure is not None:
         return make_result(None, None, method="full", status=status, seconds=timer(), dim=d,
                            failure=f"full SDP failed ({failure})", **tolerance)

@@ -258,9 +258,8 @@ def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: 
     if np.any(~many):
         constraints.append(diag[np.flatnonzero(~many)] == weights[~many])
     constraints += block_and_sign_constraints(R, k, kp, program.G_W, program.proto_nonneg, program.nonnegative)
-    cvx_problem = cp.Problem(cp.Minimize(objective.expression(R)), constraints)
-    used, status, failure = solve_problem(cvx_problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose, psd_size=k + kp)
+    cvx_problem, used, status, failure = objective.solve(R, constraints, solver, time_limit=time_limit,
+                                                         fallback=fallback, verbose=verbose, psd_size=k + kp)
     if failure is not None:
         return make_result(None, None, method="reduced", status=status, seconds=timer(),
                            dim=program.dim, failure=f"reduced SDP failed ({failure})", **tolerance)
@@ -324,7 +323,7 @@ def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: flo
         start = clipped
     x0 = torch.as_tensor(start).T.contiguous()
     x0 = x0 / x0.norm(dim=1, keepdim=True)
-    out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.as_tensor(W), n_w, tau,
+    out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.tensor(np.asarray(W, dtype=np.float64)), n_w, tau,
                              nonnegative=nonnegative, prototypes_as_anchors=anchors, grad_tol=1e-12,
                              max_iterations=500)
     return out.x.detach().numpy().T.copy(), float(out.value)
