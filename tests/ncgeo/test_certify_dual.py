@@ -304,7 +304,7 @@ def test_a_false_upper_bound_is_not_certified(given):
 def test_certificate_arguments_are_checked_before_any_work(tmp_path):
     """A truthy string ("false", "no") used to switch UFM+ on; a bad solver was silently replaced,
     and dim / time_limit / upper_bound of the wrong type failed late with generic messages."""
-    from ncgeo.certify import certify_result, solve_orbit
+    from ncgeo.certify import certify_result
     from ncgeo.ufm import load_npz, solve_ufm
 
     W = simplex_etf(3, 3)
