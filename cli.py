@@ -253,6 +253,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         click.echo(result.report())
         if certificate is not None:
             click.echo(certificate.verdict())
+            click.echo(summary["certificate"]["geometry"]["line"])  # the geometry verdict (issue 13)
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
@@ -294,7 +295,9 @@ def _certificate_summary(certificate) -> dict:
     data = certificate.to_dict()
     keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "floor", "excess", "tolerance", "certified",
             "method", "reason", "solver_status", "seconds", "rank", "dim", "attempts")
-    return {key: data[key] for key in keys}
+    from ncgeo.certify.face import geometry_summary
+
+    return {**{key: data[key] for key in keys}, "geometry": geometry_summary(certificate)}
 
 
 @main.command("certify")

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["geometry_certificate", "geometry_verdict", "PINNED", "NOT_PINNED"]
+__all__ = ["geometry_certificate", "geometry_verdict", "geometry_summary", "PINNED", "NOT_PINNED"]
 
 PINNED = "geometry certified (unique optimal Gram)"
 NOT_PINNED = "loss certified, geometry not pinned"
@@ -167,3 +167,18 @@ def geometry_verdict(result) -> str:
     extra = f"; margin {margin:.2e}, leave bound {geometry['leave_bound']:.2e}" if margin not in (None, math.inf) \
         else ""
     return f"{geometry['verdict']}: {detail}{extra}"
+
+
+def geometry_summary(result) -> dict:
+    """JSON-ready geometry verdict of a certificate (``ncgeo solve --json``, the sims tables):
+    ``line`` (:func:`geometry_verdict`), ``pinned`` (True only for a certified loss whose optimal
+    Gram is unique), ``margin``, ``leave_bound``, ``face_dimension`` and ``reason`` (None where not
+    computed or not finite)."""
+    geometry = (result.solution.get("geometry") if hasattr(result, "solution") else None) or {}
+
+    def finite(x):
+        return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+    return {"line": geometry_verdict(result), "pinned": bool(result.certified and geometry.get("pinned", False)),
+            "margin": finite(geometry.get("margin")), "leave_bound": finite(geometry.get("leave_bound")),
+            "face_dimension": geometry.get("face_dimension"), "reason": geometry.get("reason")}
