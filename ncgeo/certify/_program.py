@@ -70,16 +70,22 @@ class LogSumExpObjective:
 
     def solve(self, X, constraints: list, solver: str, **options):
         """Minimise the excess over ``constraints`` (:func:`solve_problem` with ``options``);
-        when the solve fails at the :meth:`scale_to` scale it is repeated divided by ``N``.
+        when the solve fails at the :meth:`scale_to` scale it is repeated divided by ``N`` with the
+        chosen solver only.
         Returns ``(cvxpy problem, solver used, status, failure)``."""
         import cvxpy as cp
 
+        reasons = []
         while True:
             problem = cp.Problem(cp.Minimize(self.expression(X)), constraints)
             used, status, failure = solve_problem(problem, solver, **options)
             if failure is None or self.normaliser == self.samples:
+                if failure is not None and reasons:
+                    failure = f"{reasons[0]}; divided by N: {failure}"
                 return problem, used, status, failure
+            reasons.append(failure)
             self.normaliser = self.samples
+            options = {**options, "fallback": False}  # the retry: the chosen solver only
 
     def scale_to(self, reference: np.ndarray) -> None:
         """Divide by the excess at a feasible ``reference`` matrix instead of ``N``, within
