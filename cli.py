@@ -87,7 +87,7 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
 
 #: --rtol / --atol of the certificates (THEORY.md section 5.1)
 _RTOL = click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
-_ATOL = click.FloatRange(min=0.0)
+_ATOL = click.FloatRange(min=0.0, max=1.0)  # per anchor; finite (inf would certify anything)
 _RTOL_HELP = ("Accepted gap relative to the excess (the loss above its floor F = sum over anchors of log P_a): "
               "certified iff gap <= rtol * excess + atol * anchors.")
 _ATOL_HELP = "Accepted gap per anchor, added to rtol * excess."

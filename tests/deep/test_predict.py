@@ -77,7 +77,9 @@ def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
     assert np.allclose(prediction.gram_predicted, predicted_means_gram(direct.solution["R"], prediction.weights))
     without = predict_run(dataclasses.replace(record, config={**record.config, "proto_anchors": False}), write=False)
     assert not without.prototypes_as_anchors
-    assert np.abs(prediction.gram_predicted - without.gram_predicted).max() > 1e-3  # anchors change the optimum
+    # balanced classes and ETF prototypes: both optima are the ETF collapse (a difference of 1e-3 here came from
+    # the solver's inaccuracy before the relaxations worked on the excess); the objective differs by the anchors
+    assert prediction.certificate["floor"] > without.certificate["floor"]
     with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):
         predict_run(run, "ce-limit")
 
