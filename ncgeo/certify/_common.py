@@ -163,15 +163,17 @@ def log_or_none(x: float) -> float:
 
 
 def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
-                        iterations: int = 5000) -> np.ndarray:
+                        iterations: int = 2000) -> np.ndarray:
     """A UFM+ point ``H`` (N, d) (non-negative unit rows) whose Gram with the prototypes
     ``W`` (d, k) fits a relaxation optimum ``G``: ``H H^T ~ G[:N, :N]`` and ``H W ~ G[:N, N:]``.
 
     A doubly non-negative ``G`` of rank ``<= d`` need not factor as ``H H^T`` with ``H >= 0``
     in ``d`` dimensions (complete positivity), so a UFM+ relaxation's value is an upper bound
-    only once such an ``H`` is found. Projected gradient with backtracking on the squared
-    Frobenius misfit, from the top-``d`` eigenfactor of the sample block (folded to ``|.|``)
-    or, with prototypes, the least-squares solution of ``H W = G[:N, N:]``. The result is
+    only once such an ``H`` is found. The squared Frobenius misfit is minimised from the
+    top-``d`` eigenfactor of the sample block (folded to ``|.|``) or, with prototypes, the
+    least-squares solution of ``H W = G[:N, N:]``, over
+    non-negative unit rows by the project's Riemannian L-BFGS
+    (:func:`ncgeo.ufm.optimiser.riemannian_lbfgs`, at most ``iterations`` steps). The result is
     always feasible; its loss is the upper bound (a poor fit only widens the gap).
     """
     Gss = (G[:N, :N] + G[:N, :N].T) / 2
@@ -190,29 +192,23 @@ def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
         H[dead, 0], norms[dead] = 1.0, 1.0
         return H / norms[:, None]
 
-    def misfit(H):
-        residual = H @ H.T - Gss
-        value, grad = float(np.sum(residual ** 2)), 4 * residual @ H
-        if W is not None:
-            cross = H @ W - Gsp
-            value, grad = value + 2 * float(np.sum(cross ** 2)), grad + 4 * cross @ W.T
-        return value, grad
+    G_t = torch.as_tensor(Gss)
+    P_t = None if W is None else torch.as_tensor(np.asarray(Gsp, dtype=np.float64))
+    W_t = None if W is None else torch.as_tensor(np.asarray(W, dtype=np.float64))
 
-    H = project(start)
-    value, grad = misfit(H)
-    step = 1.0 / max(N, 1)
-    for _ in range(iterations):
-        if value < 1e-24:
-            break
-        candidate = project(H - step * grad)
-        candidate_value, candidate_grad = misfit(candidate)
-        if candidate_value < value:
-            H, value, grad, step = candidate, candidate_value, candidate_grad, step * 1.5
-        else:
-            step *= 0.5
-            if step < 1e-16:
-                break
-    return H
+    def misfit(H: torch.Tensor):
+        H = H.detach().requires_grad_(True)
+        value = ((H @ H.T - G_t) ** 2).sum()
+        if W_t is not None:
+            value = value + 2 * ((H @ W_t - P_t) ** 2).sum()
+        (grad,) = torch.autograd.grad(value, H)
+        return value.detach(), grad
+
+    from ..ufm.optimiser import riemannian_lbfgs
+
+    out = riemannian_lbfgs(misfit, torch.as_tensor(project(start)), nonnegative=True, grad_tol=1e-12,
+                           max_iterations=iterations)
+    return project(out.x.numpy().copy())
 
 
 def tolerance_of(problem, rtol: float, atol: float) -> dict:
