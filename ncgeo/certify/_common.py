@@ -44,7 +44,7 @@ def class_program(problem, method: str) -> ClassProgram:
                          f"{weights.tolist()}")
     use_p = problem.n_w > 0
     W = np.asarray(problem.prototypes, dtype=float) if use_p else None
-    return ClassProgram(weights, problem.n_w, problem.tau, W, None if W is None else W.T @ W, problem.dim,
+    return ClassProgram(weights, problem.n_w, problem.tau, W, None if W is None else problem.prototype_gram, problem.dim,
                         bool(problem.nonnegative and W is not None and np.all(W >= 0)),
                         bool(problem.prototypes_as_anchors and use_p), problem.nonnegative)
 

@@ -61,8 +61,7 @@ def _orbit_applies(problem: UFMProblem) -> bool:
     groups = size_groups(weights)
     if len(groups) == len(weights):
         return False
-    W = problem.prototypes
-    return orbit_invariant(W.T @ W if (problem.n_w > 0) else None, groups) is not None
+    return orbit_invariant(problem.prototype_gram if (problem.n_w > 0) else None, groups) is not None
 
 
 def check_method(method: str, problem: UFMProblem) -> None:
