@@ -194,7 +194,7 @@ def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
 
     G_t = torch.as_tensor(Gss)
     P_t = None if W is None else torch.as_tensor(np.asarray(Gsp, dtype=np.float64))
-    W_t = None if W is None else torch.as_tensor(np.asarray(W, dtype=np.float64))
+    W_t = None if W is None else torch.tensor(np.asarray(W, dtype=np.float64))
 
     def misfit(H: torch.Tensor):
         H = H.detach().requires_grad_(True)
