@@ -117,6 +117,14 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
     return W, W.shape[0], names.get(geometry, f"file {geometry}")
 
 
+#: --rtol / --atol of the certificates (THEORY.md section 5.1)
+_RTOL = _FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
+_ATOL = _FloatRange(min=0.0, max=1.0)  # per anchor; finite (inf would certify anything)
+_RTOL_HELP = ("Accepted gap relative to the excess (the loss above its floor F = sum over anchors of log P_a): "
+              "certified iff gap <= rtol * excess + atol * anchors.")
+_ATOL_HELP = "Accepted gap per anchor, added to rtol * excess."
+
+
 def _check_output(option: str, path: str | None) -> None:
     """Before any work: the folder of an output file must exist and be writable (one line, exit 2)."""
     import os
@@ -190,12 +198,14 @@ def _write_output(option: str, path: str, write) -> None:
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
               default="auto", show_default=True,
               help="Certify global optimality (auto: fastest applicable method, with fallbacks).")
+@click.option("--rtol", type=_RTOL, default=1e-6, show_default=True, help=_RTOL_HELP)
+@click.option("--atol", type=_ATOL, default=1e-12, show_default=True, help=_ATOL_HELP)
 @click.option("--require-certificate", is_flag=True, default=False,
               help="Exit with status 1 when the solution is not certified.")
 @click.pass_context
 def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
           proto_anchors, restarts, seed, device, dtype, init, max_iterations, learning_rate, json_path, save_path,
-          plot_path, certify_method, require_certificate):
+          plot_path, certify_method, rtol, atol, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -256,10 +266,17 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
                  dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
     if certify_method != "none":  # before the solve: what the certificate needs of the set-up
-        from ncgeo.certify import check_method
+        from ncgeo.certify.auto import check_method
+        from ncgeo.problem import UFMProblem
 
+        # the batches are drawn by the solver; the full-batch flag is all check_method needs of them
+        full = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu,
+                                     prototypes_as_anchors=proto_anchors, dim=d)
         try:
-            check_method(certify_method, sizes, W, protos, full_batch=batching == "full")
+            if batching != "full" and certify_method in ("reduced", "orbit"):
+                raise ValueError(f"method {certify_method!r} needs the full batch; use 'auto', 'full' or 'dual' "
+                                 "for other batchings")
+            check_method(certify_method, full)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
     result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
@@ -273,7 +290,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     if certify_method != "none":
         from ncgeo.certify import certify_result
 
-        certificate = certify_result(result, method=certify_method)
+        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)
         summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
     if quiet:
@@ -282,6 +299,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         click.echo(result.report())
         if certificate is not None:
             click.echo(certificate.verdict())
+            click.echo(summary["certificate"]["geometry"]["line"])  # the geometry verdict (issue 13)
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
@@ -299,12 +317,33 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         ctx.exit(1)
 
 
+def certificate_lines(certificate, verbose: bool = False) -> list[str]:
+    """The lines `ncgeo certify` prints under the verdict: bounds, floor and excess, rank, and with
+    ``verbose`` every attempt."""
+    c = certificate
+    lines = [f"lower bound {c.lower_bound:.12g}, upper bound {c.upper_bound:.12g}, gap {c.gap:.2e}",
+             f"floor {c.floor:.12g}, excess {c.excess:.6g}, relative gap (to the excess) {c.relative_gap:.2e}, "
+             f"accepted gap {c.tolerance:.2e}"]
+    if c.rank is not None:
+        lines.append(f"rank {c.rank} (d = {c.dim})" if c.rank <= (c.dim or c.rank) or not c.certified else
+                     f"rank {c.rank} of the relaxation's optimum (d = {c.dim}; the bound is valid whatever it is)")
+    if verbose:
+        for a in c.attempts:
+            bound = "none" if a["lower_bound"] is None or not math.isfinite(a["lower_bound"]) else \
+                f"{a['lower_bound']:.12g}"
+            lines.append(f"  tried {a['method']}: status {a['status']}, lower bound {bound}, "
+                         f"{a['seconds']:.2f} s: {a['reason']}")
+    return lines
+
+
 def _certificate_summary(certificate) -> dict:
     """The ``certificate`` entry of ``--json``."""
     data = certificate.to_dict()
-    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "certified", "method", "reason",
-            "solver_status", "seconds", "rank", "dim")
-    return {key: data[key] for key in keys}
+    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "floor", "excess", "tolerance", "certified",
+            "method", "reason", "solver_status", "seconds", "rank", "dim", "attempts")
+    from ncgeo.certify.face import geometry_summary
+
+    return {**{key: data[key] for key in keys}, "geometry": geometry_summary(certificate)}
 
 
 @main.command("certify")
@@ -315,20 +354,23 @@ def _certificate_summary(certificate) -> dict:
               help="Conic solver of the relaxations (the other one is the fallback).")
 @click.option("--time-limit", type=_FloatRange(min=0.0, min_open=True), default=None,
               help="Seconds per conic-solver attempt.")
-@click.option("--rtol", type=_FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=1e-6, show_default=True,
-              help="Relative gap accepted as certified.")
+@click.option("--rtol", type=_RTOL, default=1e-6, show_default=True, help=_RTOL_HELP)
+@click.option("--atol", type=_ATOL, default=1e-12, show_default=True, help=_ATOL_HELP)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the certificate as JSON ('-': print only the JSON).")
+@click.option("--verbose", is_flag=True, default=False,
+              help="Also print every method tried (method, status, lower bound, seconds, reason).")
 @click.option("--require-certificate", is_flag=True, default=False,
               help="Exit with status 1 when not certified.")
 @click.pass_context
-def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, require_certificate):
+def certify_command(ctx, path, method, solver, time_limit, rtol, atol, json_path, verbose, require_certificate):
     """Certify the global optimality of embeddings saved by `ncgeo solve --save`.
 
     PATH is an .npz with H (N, d), y (N,), W (d, k; (d, 0) without prototypes) and
     `settings` (a JSON string with at least n_w and tau; optional nonnegative,
     prototypes_as_anchors, batching) and, for mini-batches, batch_indices/batch_offsets.
-    Prints one verdict line and the bounds.
+    Prints one verdict line and the bounds. Certified means gap <= rtol * excess + atol * anchors,
+    the excess being the loss above its floor F = sum over anchors of log P_a (THEORY.md section 5.1).
 
     \b
     Examples:
@@ -343,14 +385,15 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, requ
 
     _check_output("--json", json_path)
     solution = load_npz(path)
-    certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol)
+    certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
+                                 atol=atol)
     text = json.dumps(certificate.to_dict(), indent=2)
     if json_path == "-":
         click.echo(text)
     else:
         click.echo(certificate.verdict())
-        click.echo(f"lower bound {certificate.lower_bound:.12g}, upper bound {certificate.upper_bound:.12g}, "
-                   f"relative gap {certificate.relative_gap:.2e}, rank {certificate.rank} (d = {certificate.dim})")
+        for line in certificate_lines(certificate, verbose):
+            click.echo(line)
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")

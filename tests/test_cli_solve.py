@@ -196,3 +196,22 @@ def test_a_certificate_that_cannot_apply_is_refused_before_the_solve(args, expec
     monkeypatch.setattr(ncgeo.ufm, "solve_ufm", lambda *a, **k: pytest.fail("solved before checking --certify"))
     result = CliRunner().invoke(main, ["solve", *args])
     assert result.exit_code == 2 and expected in result.output and "'--certify'" in result.output, result.output
+
+
+@pytest.mark.parametrize("args, pinned", [
+    (["--classes", "4", "--protos", "100", "--samples", "3"], True),
+    # one sample per class, no prototypes, UFM+: no anchor has a positive, the loss is 0 at every point
+    (["--classes", "3", "--samples", "1", "--relu"], False)])
+def test_solve_prints_the_geometry_verdict_beside_the_loss_verdict(tmp_path, args, pinned):
+    json_path = tmp_path / "r.json"
+    result = _run(*args, "--json", str(json_path))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("certified global optimum"))
+    geometry = json.loads(json_path.read_text())["certificate"]["geometry"]
+    assert lines[verdict + 1] == geometry["line"]
+    assert geometry["pinned"] is pinned
+    expected = "geometry certified (unique optimal Gram)" if pinned else "loss certified, geometry not pinned"
+    assert geometry["line"].startswith(expected)
+    if pinned:
+        assert geometry["margin"] > 0 and geometry["leave_bound"] >= 0

@@ -87,9 +87,7 @@ def _naive_loss(H, y, W, n_w, tau, anchors=False):
 
 @pytest.mark.parametrize("n_w, anchors", [
     (0.0, False), (1.5, False), (3.0, True), (1e6, False),
-    pytest.param(1.5, True, marks=pytest.mark.xfail(
-        strict=False, reason="prototype anchors with P_c = m_c + n_w - 1 in (0, 1) (an absent class, 1 < n_w < 2): "
-                             "the loss divides by max(P_c, 1), the loss bug of issue 13 (fixed on its branch)")),
+    (1.5, True),  # P_c = m_c + n_w - 1 in (0, 1) for an absent class: the loss divides by P_c itself
 ])
 def test_loss_formula_and_floor(n_w, anchors):
     in_doc(r"$$F = \sum_{\text{anchors } a} \log P_a \qquad (\text{anchors with } P_a = 0 \text{ add } 0)$$")

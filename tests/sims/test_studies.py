@@ -20,15 +20,15 @@ pytestmark = pytest.mark.slow
 
 SCHEMAS = {
     "limit": {"variant", "n_w", "loss_per_sample", "lower_bound", "ce_value", "loss_gap", "geometry_gap",
-              "delta_prototypes", "min_within_similarity", "certified", "source", "gram_means"},
+              "delta_prototypes", "min_within_similarity", "certified", "source", "geometry_pinned", "gram_means"},
     "geometry": {"geometry", "relu", "ratio", "n_w", "loss_per_sample", "certified", "delta_prototypes",
                  "delta_etf", "delta_of", "delta_ce_limit", "ce_limit_delta_prototypes",
-                 "min_within_similarity", "gram_means"},
+                 "min_within_similarity", "geometry_pinned", "ce_limit_geometry_pinned", "gram_means"},
     "batching": {"scheme", "seed", "delta_of", "delta_etf", "nc1", "loss", "grad_norm", "stopping_reason",
                  "iterations", "gram_means"},
     "temperature": {"tau", "n_w", "loss_per_sample", "ce_value", "loss_gap", "geometry_gap", "delta_prototypes",
-                    "ce_saturated", "certified", "source"},
-    "inverse": {"model", "method", "delta", "certified", "residual", "gram", "W"},
+                    "ce_saturated", "certified", "source", "geometry_pinned"},
+    "inverse": {"model", "method", "delta", "certified", "geometry_pinned", "residual", "gram", "W"},
 }
 
 
