@@ -3,6 +3,9 @@ matrix variable, solving with fallback, failure capture."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -173,6 +176,36 @@ def check_solver_args(solver, time_limit) -> None:
         check_positive("time_limit", time_limit)
 
 
+@contextlib.contextmanager
+def native_output_silenced(enabled: bool = True):
+    """Send the process's file descriptors 1 and 2 to ``/dev/null`` while a native solver runs.
+
+    SCS's C library prints warnings such as ``WARNING - large complementary slackness residual``
+    straight to the standard output, even with ``verbose=False``: that line would corrupt
+    ``ncgeo certify --json -``. The solver's status already says what the warning means."""
+    if not enabled:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no usable descriptors (e.g. a closed stdout): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                   fallback: bool = True, verbose: bool = False,
                   psd_size: int = 0) -> tuple[str, str, str | None]:
@@ -214,8 +247,8 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
             if name not in cp.installed_solvers():
                 reasons.append(f"{attempt}: missing solver")
                 continue
-            with warnings.catch_warnings():  # cvxpy's "may be inaccurate": the status says it
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(), native_output_silenced(not verbose):
+                warnings.simplefilter("ignore", UserWarning)  # cvxpy's "may be inaccurate": the status says it
                 problem.solve(solver=name, verbose=verbose, **options)
             status = str(problem.status)
         except cp.error.SolverError as exc:

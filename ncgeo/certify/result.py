@@ -132,10 +132,12 @@ class CertificateResult:
         return jsonable(out)
 
     def verdict(self) -> str:
-        """One line, e.g. ``certified global optimum: gap 3.0e-09, relative gap 2.1e-08 (reduced SDP, 0.03 s)``."""
+        """One line, e.g. ``certified global optimum: gap 3.0e-09 <= accepted 4.1e-08, relative gap 7.3e-08 of
+        the excess (reduced SDP, 0.03 s)``."""
         label = {"reduced": "reduced SDP", "orbit": "orbit-reduced SDP", "full": "full SDP",
                  "dual": "dual certificate", "closed-form": "closed form"}.get(self.method, self.method)
-        return verdict_line(self.certified, self.gap, self.reason, label, self.seconds, self.relative_gap)
+        return verdict_line(self.certified, self.gap, self.reason, label, self.seconds, self.relative_gap,
+                            self.tolerance)
 
     def attempt(self) -> dict[str, Any]:
         """This result as one entry of an ``attempts`` list."""
@@ -144,11 +146,13 @@ class CertificateResult:
 
 
 def verdict_line(certified: bool, gap: float, reason: str, label: str, seconds: float,
-                 relative_gap: float | None = None) -> str:
-    """The one-line verdict of every certificate result (``label``: what gave the bound)."""
+                 relative_gap: float | None = None, tolerance: float | None = None) -> str:
+    """The one-line verdict of every certificate result (``label``: what gave the bound; ``tolerance``
+    the accepted gap ``rtol * excess + atol * anchors``, ``relative_gap`` the gap over the excess)."""
     if certified:
-        relative = "" if relative_gap is None else f", relative gap {max(relative_gap, 0.0):.1e}"
-        return f"certified global optimum: gap {gap:.1e}{relative} ({label}, {seconds:.2f} s)"
+        accepted = "" if tolerance is None else f" <= accepted {tolerance:.1e}"
+        relative = "" if relative_gap is None else f", relative gap {max(relative_gap, 0.0):.1e} of the excess"
+        return f"certified global optimum: gap {max(gap, 0.0):.1e}{accepted}{relative} ({label}, {seconds:.2f} s)"
     return f"not certified: {reason} ({label}, {seconds:.2f} s)"
 
 
