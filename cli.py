@@ -150,7 +150,14 @@ def _write_output(option: str, path: str, write) -> None:
               help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
                    "('-': print only the JSON, to stdout).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
-              help="Write H, y, W and the settings to an .npz file.")
+              help="Write y, W, the settings and H to an .npz file (collapsed path: the class means M instead "
+                   "of H; `ncgeo certify` and load_npz expand them).")
+@click.option("--save-embeddings", is_flag=True, default=False,
+              help="With --save on the collapsed path: write H (N x d) too.")
+@click.option("--method", type=click.Choice(["auto", "lbfgs", "collapsed"]), default="auto", show_default=True,
+              help="lbfgs: L-BFGS over the N embeddings (a full batch beyond memory is streamed in row blocks); "
+                   "collapsed: solve in the class space (full batch, any N; H is never formed); auto: lbfgs, "
+                   "or collapsed for a full batch whose N x N work does not fit in memory.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a heatmap of the class-mean Gram beside the prototype Gram (.png, .pdf or .svg).")
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
@@ -161,7 +168,7 @@ def _write_output(option: str, path: str, write) -> None:
 @click.pass_context
 def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
           proto_anchors, restarts, seed, device, dtype, init, max_iterations, learning_rate, json_path, save_path,
-          plot_path, certify_method, require_certificate):
+          save_embeddings, method, plot_path, certify_method, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -176,6 +183,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
       ncgeo solve --classes 4 --samples 20 --imbalance step --relu --geometry of --protos 10
       ncgeo solve --classes 4 --samples 4 --relu --batching bind --batch-size 4 --json out.json
       ncgeo solve --classes 10 --protos 100 --geometry gram.npy --save sol.npz --plot gram.png
+      ncgeo solve --classes 1000 --samples 1000 --protos 1000 --imbalance step --ratio 10
     """
     import json
 
@@ -200,33 +208,50 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
+    from ncgeo.problem import UFMProblem
+    from ncgeo.ufm import make_batches
     from ncgeo.ufm.solver import check_memory
 
-    # solve_ufm checks this too, but only after the prototypes are built: --classes 1e6 would
-    # first allocate a dense k x k prototype matrix
-    check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
-                 dtype=dtype, device=device, nonnegative=relu)
+    if method in ("collapsed", "adam") and batching not in ("full", "shuffle"):
+        raise click.BadParameter(f"{method} needs --batching full (got {batching})", param_hint="'--method'")
+    if method == "collapsed" and batching == "shuffle":
+        raise click.BadParameter("collapsed needs --batching full (got shuffle)", param_hint="'--method'")
+    # the class rows first: --classes 1e6 would otherwise allocate a dense k x k prototype matrix
+    # before solve_ufm's own check (which also covers the N samples)
+    check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
     if certify_method != "none":  # before the solve: what the certificate needs of the set-up
         from ncgeo.certify import check_method
 
         try:
-            check_method(certify_method, sizes, W, protos, full_batch=batching == "full")
+            check_method(certify_method, sizes, W, protos, full_batch=batching in ("full", "shuffle"))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
     quiet = json_path == "-"
-    result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
-                       batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
-                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, learning_rate=learning_rate,
-                       progress=not quiet,
+    if batching in ("full", "shuffle"):
+        problem = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
+                                        dim=d)
+    else:
+        from ncgeo.classes import labels_from_sizes
+
+        labels = labels_from_sizes(sizes)
+        problem = UFMProblem.from_labels(labels, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
+                                         dim=d, batches=make_batches(labels, batching, batch_size, seed))
+    options = dict(restarts=restarts, seed=seed, device=device, dtype=dtype, max_iterations=max_iterations,
+                   init=init, learning_rate=learning_rate, progress=not quiet,
+                   certify=certify_method != "none")
+    if batching == "shuffle":
+        method, options["batch_size"] = "adam", batch_size
+    result = solve_ufm(problem, method, options=options,
                        metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
-                                 "ratio": ratio})
+                                 "ratio": ratio, "scheme": batching})
     summary = result.to_dict()
-    certificate = None
-    if certify_method != "none":
+    certificate = result.certificate  # the collapsed path certifies its own candidate
+    if certify_method != "none" and certificate is None and result.class_means is None:
         from ncgeo.certify import certify_result
 
         certificate = certify_result(result, method=certify_method)
+    if certificate is not None:
         summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
     if quiet:
@@ -235,11 +260,13 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         click.echo(result.report())
         if certificate is not None:
             click.echo(certificate.verdict())
+        elif certify_method != "none":
+            click.echo(result.settings.get("certificate_note", "not certified"))
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
     if save_path is not None:
-        _write_output("--save", save_path, lambda: result.save_npz(save_path))
+        _write_output("--save", save_path, lambda: result.save_npz(save_path, embeddings=save_embeddings))
         click.echo(f"wrote {save_path}", err=quiet)
     if plot_path is not None:
         from ncgeo.plotting import plot_gram_comparison
