@@ -186,6 +186,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
       ncgeo solve --classes 1000 --samples 1000 --protos 1000 --imbalance step --ratio 10
     """
     import json
+    import re
 
     from ncgeo._io import atomic_write_bytes
     from ncgeo.classes import class_sizes
@@ -242,9 +243,15 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
                    certify=certify_method != "none")
     if batching == "shuffle":
         method, options["batch_size"] = "adam", batch_size
-    result = solve_ufm(problem, method, options=options,
-                       metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
-                                 "ratio": ratio, "scheme": batching})
+    try:
+        result = solve_ufm(problem, method, options=options,
+                           metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
+                                     "ratio": ratio, "scheme": batching})
+    except (ValueError, TypeError) as exc:  # an option's error names the option, not options['...']
+        named = re.match(r"options\['(\w+)'\] ", str(exc))
+        if named is None:
+            raise
+        raise click.BadParameter(str(exc)[named.end():], param_hint=f"'--{named.group(1).replace('_', '-')}'") from exc
     summary = result.to_dict()
     certificate = result.certificate  # the collapsed path certifies its own candidate
     if certify_method != "none" and certificate is None and result.class_means is None:

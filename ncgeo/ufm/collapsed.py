@@ -202,7 +202,7 @@ def solve_collapsed(problem, *, grad_tol: float = 1e-10, max_iterations: int = 5
                            prototypes_as_anchors=problem.prototypes_as_anchors)
     (grad,) = torch.autograd.grad(value, x)
     residual = stationarity_residual(x.detach(), grad, problem.nonnegative)
-    grad_norm = float(torch.sqrt(((residual ** 2).sum(dim=1) / torch.as_tensor(sizes)).sum()))
+    grad_norm = float(torch.sqrt(((residual ** 2).sum(dim=1) / torch.tensor(np.array(sizes))).sum()))
     means = x.detach().numpy().T.copy()
     loss = float(value.detach())
     certificate, note = (None, "not certified: certification was switched off")

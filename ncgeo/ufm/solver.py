@@ -395,7 +395,7 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
     sizes = [int(s) for s in sizes_f]
     k, d = len(sizes), problem.dim
     resolved, block = _resolve_method(problem, method, o)
-    labels = problem.sample_labels()
+    labels = np.array(problem.sample_labels())  # a writable copy
     N = labels.shape[0]
     W = None if problem.prototypes is None else np.array(problem.prototypes)
     settings = dict(
@@ -405,7 +405,8 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
         prototypes_as_anchors=problem.prototypes_as_anchors, method=resolved, requested_method=method,
         restarts=o["restarts"], seed=o["seed"], device=str(o["device"]), dtype=str(o["dtype"]).replace("torch.", ""),
         grad_tol=o["grad_tol"], max_iterations=o["max_iterations"], init=o["init"], learning_rate=o["learning_rate"],
-        time_limit=o["time_limit"], stream_block=block, **(metadata or {}))
+        time_limit=o["time_limit"], stream_block=block, relaxation=None, certificate_note=None,
+        **(metadata or {}))
     if resolved == "collapsed":
         return _collapsed_result(problem, o, labels, W, settings, start_time)
     batches = make_batches(labels, "full") if problem.full_batch else [np.array(b) for b in problem.batches]
