@@ -124,9 +124,10 @@ class UFMResult:
                                      batching=s["batching"], prototypes_as_anchors=s["prototypes_as_anchors"])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: scalars, class sizes, geometry metrics, settings, closed form."""
+        """JSON-ready summary: scalars, class sizes, geometry metrics, settings, closed form (and the
+        certificate of a collapsed-path solve)."""
         closed = self.closed_form()
-        return {
+        out = {
             "loss": self.loss,
             "class_sizes": list(self.class_sizes),
             "num_samples": self.num_samples,
@@ -141,8 +142,10 @@ class UFMResult:
             "geometry": self.metrics.to_dict(),
             "settings": dict(self.settings),
             "loss_history": list(self.loss_history),
-            "certificate": None if self.certificate is None else self.certificate.to_dict(),
         }
+        if self.certificate is not None:  # the collapsed path's own certificate
+            out["certificate"] = self.certificate.to_dict()
+        return out
 
     def report(self) -> str:
         """Short human-readable report: set-up, loss, closed form, iterations, gradient norm, geometry."""

@@ -27,8 +27,10 @@ import torch
 
 from ..losses import _prototype_anchor_losses
 
-__all__ = ["streamed_loss_and_grad", "block_rows", "available_memory", "BLOCK_ARRAYS"]
+__all__ = ["streamed_loss_and_grad", "block_rows", "available_memory", "BLOCK_ARRAYS", "MAX_BLOCK_BYTES"]
 
+#: Most bytes one block may use (larger blocks make the products no faster).
+MAX_BLOCK_BYTES = 2**30
 #: Arrays of ``b x (N + k)`` numbers one block holds at once (similarities, logits, their
 #: exponentials in the backward pass, the positive mask, the gradient of the logits).
 BLOCK_ARRAYS = 6
@@ -55,13 +57,13 @@ def available_memory(device: torch.device) -> int | None:
 def block_rows(num_samples: int, num_classes: int, dtype: torch.dtype, device: torch.device,
                fraction: float = 0.25) -> int:
     """Anchors per block: ``BLOCK_ARRAYS`` arrays of ``b x (N + k)`` numbers in ``fraction`` of
-    the free memory, at least 1 and at most ``N`` (``N`` when the free memory is unknown: the
-    dense batch)."""
+    the free memory and at most ``MAX_BLOCK_BYTES``; at least 1 and at most ``N`` (``N`` when the
+    free memory is unknown: the dense batch)."""
     free = available_memory(device)
     if free is None:
         return num_samples
     per_row = BLOCK_ARRAYS * (num_samples + num_classes) * (torch.finfo(dtype).bits // 8)
-    return max(1, min(num_samples, int(fraction * free // per_row)))
+    return max(1, min(num_samples, int(min(fraction * free, MAX_BLOCK_BYTES) // per_row)))
 
 
 def _anchor_block(X: torch.Tensor, y: torch.Tensor, start: int, stop: int, W: torch.Tensor | None,

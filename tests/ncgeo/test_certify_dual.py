@@ -250,7 +250,7 @@ def test_float32_solve_is_certified_against_its_float64_loss():
                                  result.batches))
     exact = candidate_loss(H, result.labels, None, 0.0, 0.5, result.batches)
     assert loss32 != exact
-    cert = certify_result(dataclasses.replace(result, H=H, loss=loss32), method="dual")
+    cert = certify_result(dataclasses.replace(result, embeddings=H, loss=loss32), method="dual")
     assert cert.upper_bound == pytest.approx(exact, rel=1e-13) and cert.certified, (cert.upper_bound, exact)
 
 

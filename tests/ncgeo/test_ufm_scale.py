@@ -52,6 +52,8 @@ def test_block_size_follows_the_free_memory(monkeypatch):
     assert streaming.block_rows(1000, 10, torch.float64, torch.device("cpu")) == 10
     monkeypatch.setattr(streaming, "available_memory", lambda device: 1)
     assert streaming.block_rows(1000, 10, torch.float64, torch.device("cpu")) == 1
+    monkeypatch.setattr(streaming, "available_memory", lambda device: 10**15)  # capped at MAX_BLOCK_BYTES
+    assert streaming.block_rows(10**6, 0, torch.float64, torch.device("cpu")) == 2**30 // (6 * 8 * 10**6)
     monkeypatch.setattr(streaming, "available_memory", lambda device: None)
     assert streaming.block_rows(1000, 10, torch.float64, torch.device("cpu")) == 1000
 
