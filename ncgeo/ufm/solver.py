@@ -10,7 +10,6 @@ r"""The UFM solver: minimise the SCL-with-prototypes objective over free unit em
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from ..problem import UFMProblem, check_problem
 from .batching import make_batches, ufm_objective
 from .collapsed import minimise_collapsed, solve_collapsed
 from .optimiser import riemannian_lbfgs, stationarity_residual
+from .progress import _Progress
 from .result import UFMResult
 from .streaming import available_memory, block_rows, streamed_loss_and_grad
 
@@ -117,41 +117,6 @@ def check_memory(num_samples: int, dim: int, num_classes: int, *, batching: str 
         what = f"batch: a solve with a batch of {largest} samples ({largest} x {largest} similarities)"
     raise ValueError(f"{what} needs about {need / 1e9:.3g} GB, more than 90% of the {free / 1e9:.3g} GB free "
                      f"on {device_t}{hint}")
-
-
-class _Progress:
-    """Periodic one-line progress report on stderr once a solve runs longer than ``after`` seconds."""
-
-    def __init__(self, enabled: bool, restarts: int, after: float = 2.0, every: float = 1.0):
-        self.enabled, self.restarts, self.after, self.every = enabled, restarts, after, every
-        self.start = time.perf_counter()
-        self.last = self.start
-        self.shown = False
-        self.restart = 0
-
-    def __call__(self, iteration: int, value: float, grad_norm: float, unit: str = "iteration") -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.start < self.after or now - self.last < self.every:
-            return
-        self.last, self.shown = now, True
-        gradient = "" if grad_norm != grad_norm else f", grad norm {grad_norm:.2e}"  # NaN: not computed
-        sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {unit} {iteration}, "
-                         f"loss {value:.10g}{gradient}, {now - self.start:.0f} s   ")
-        sys.stderr.flush()
-
-    def stage(self, message: str) -> None:
-        """Announce a long step (used before O(N^2 d) work on large problems)."""
-        if self.enabled:
-            self.shown = True
-            sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {message}   ")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _random_rows(rows: int, d: int, nonnegative: bool, generator: torch.Generator, dtype, device) -> torch.Tensor:
