@@ -5,8 +5,9 @@ imports included), timed from its parent, itself a fresh process per point, whos
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is then that solve's peak resident memory (what
 ``/usr/bin/time -v`` reports). The
 grid: step imbalance R = 10 with ``k`` in {100, 1000}, ETF and OF prototypes, ``n_w`` in
-{0, 1000}, ``N`` from 10^3 to 10^6, solved with the default ``--method auto`` (the collapsed
-path once the ``N x N`` work does not fit); beside every point with ``N <= --dense-max`` the
+{0, 1000}, ``N`` from 10^3 to 10^6, solved on the collapsed path (``--method collapsed``, what
+``--method auto`` takes once the ``N x N`` work does not fit); beside every point with
+``N <= --dense-max`` the
 same solve on the ``N x N`` path (``--method lbfgs``), its time and the relative difference of
 the two losses on the excess ``U - F``. The two targets of the issue (run with ``targets``):
 
@@ -111,7 +112,7 @@ def grid(quick: bool, dense_max: int, timeout: float) -> list[dict]:
                     args = ["--classes", str(k), "--samples", str(n), "--imbalance", "step", "--ratio", "10",
                             "--protos", str(n_w), "--geometry", geometry]
                     point = dict(k=k, n=n, ratio=10.0, n_w=n_w, geometry=geometry)
-                    row = {**point, **run_point(args, timeout)}
+                    row = {**point, **run_point(args + ["--method", "collapsed"], timeout)}
                     if row.get("num_samples", N) <= dense_max:
                         dense = {**point, **run_point(args + ["--method", "lbfgs"], timeout)}
                         row["dense_seconds"] = dense.get("seconds")
@@ -154,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["targets", "grid"])
     parser.add_argument("--quick", action="store_true", help="k = 100 and N <= 10^5 only")
-    parser.add_argument("--dense-max", type=int, default=6000, help="largest N also solved on the N x N path")
+    parser.add_argument("--dense-max", type=int, default=11000, help="largest N also solved on the N x N path")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point")
     parser.add_argument("--figure", default=None, help="log-log figure path (grid)")
     parser.add_argument("--json", default=None, help="write the rows as JSON")
