@@ -103,12 +103,13 @@ class UFMProblem:
         n_w = check_nonnegative("n_w", self.n_w)
         if anchors and 0 < n_w < 1:
             raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
-        W = None
+        W = gram = None
         if self.prototypes is not None:
             W = as_float_array("prototypes", self.prototypes, ndim=2)
             if W.shape[1] != k:
                 raise ValueError(f"prototypes must have shape (d, {k}) (one column per class), got {W.shape}")
-            check_gram(W.T @ W, "prototypes' Gram W^T W", tol=UNIT_TOL, psd=False)
+            gram = W.T @ W  # O(k^2 d): computed once, kept for prototype_gram
+            check_gram(gram, "prototypes' Gram W^T W", tol=UNIT_TOL, psd=False)
         elif n_w > 0:
             raise ValueError("prototypes are required when n_w > 0")
         dim = self.dim
@@ -138,6 +139,7 @@ class UFMProblem:
         setattr_(self, "class_sizes", _readonly(weights))
         setattr_(self, "labels", labels)
         setattr_(self, "prototypes", None if W is None else _readonly(W))
+        setattr_(self, "_prototype_gram", None if gram is None else _readonly(gram))  # not a field
         setattr_(self, "n_w", n_w)
         setattr_(self, "tau", check_tau(self.tau))
         setattr_(self, "batches", batches)
@@ -201,7 +203,8 @@ class UFMProblem:
 
     @property
     def prototype_gram(self) -> np.ndarray | None:
-        return None if self.prototypes is None else self.prototypes.T @ self.prototypes
+        """``W^T W`` (read-only, computed once when the problem is built), None without prototypes."""
+        return self._prototype_gram
 
     def sample_labels(self) -> np.ndarray:
         """The labels of the samples (``labels``, or the class-ordered labels of integer sizes)."""

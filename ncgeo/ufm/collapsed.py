@@ -10,7 +10,6 @@ class space, for any ``N``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -51,12 +50,6 @@ def minimise_collapsed(rows: torch.Tensor, class_sizes: Sequence[float], prototy
 
 # ----------------------------------------------------------------------------- the collapsed path
 
-#: Up to this many entries of ``H`` (N x d) the collapsed candidate is expanded and given to the
-#: dual certificate first (134 MB in float64).
-DUAL_FIRST_MAX_ENTRIES = 2**24
-#: Bytes of ``H`` the dual certificate may hold at most, as a fraction of the free memory
-#: (the certificate copies ``H`` about three times while grouping its rows).
-DUAL_MEMORY_FRACTION = 0.1
 #: Without orbit symmetry, the ``2k x 2k`` reduced program is solved only up to this many classes
 #: (its cost grows like k^6: 45 s at k = 50).
 REDUCED_PATH_MAX_K = 20
@@ -82,18 +75,15 @@ def _relaxation(problem, solver_options: dict):
     ``(name, CertificateResult or None)``. Only the public :mod:`ncgeo.certify` entry points."""
     from ..certify import solve_orbit, solve_reduced
 
-    W = problem.prototypes if problem.n_w > 0 else None
-    args = dict(nonnegative=problem.nonnegative, prototypes_as_anchors=problem.prototypes_as_anchors,
-                dim=problem.dim, **solver_options)
     distinct = len(np.unique(problem.class_sizes))
     if distinct == problem.num_classes and problem.num_classes > REDUCED_PATH_MAX_K:
         return "none", None  # one orbit per class: the orbit program is the 2k x 2k one
     try:
-        return "orbit", solve_orbit(problem.class_sizes, W, problem.n_w, problem.tau, **args)
+        return "orbit", solve_orbit(problem, **solver_options)
     except ValueError:  # the prototype Gram is not invariant under permutations of equal-size classes
         pass
     if problem.num_classes <= REDUCED_PATH_MAX_K:
-        return "reduced", solve_reduced(problem.class_sizes, W, problem.n_w, problem.tau, **args)
+        return "reduced", solve_reduced(problem, **solver_options)
     return "none", None
 
 
@@ -121,58 +111,39 @@ def _start_rows(problem, relaxed, generator: torch.Generator) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True)
 
 
-def certify_collapsed(problem, means: np.ndarray, loss: float, relaxed, relaxation: str, rtol: float):
+def certify_collapsed(problem, means: np.ndarray, loss: float, relaxed, relaxation: str, rtol: float,
+                      atol: float):
     """Certify the collapsed candidate ``h_i = m_{y_i}`` (the ONE place that does it).
 
-    Order: the dual certificate (:func:`ncgeo.certify.dual_certificate`) on the expanded ``H``
-    when it is small (``N d <= DUAL_FIRST_MAX_ENTRIES``); else the class-space relaxation's
-    certificate, which applies to this candidate when its loss is not above the collapsed
-    point the relaxation certified (then its gap is at most the relaxation's); else the dual
-    certificate when ``H`` fits ``DUAL_MEMORY_FRACTION`` of the free memory. The public dual
-    certificate takes ``H`` itself, so ``H`` is expanded once here; a grouped entry point
-    (class means + class counts, O(k^3)) would remove that step. Returns
-    ``(CertificateResult or None, note)``.
+    The dual certificate from the class means and counts (:func:`ncgeo.certify.collapsed_certificate`:
+    ``O(k^2 d + k^3)``, the orbit structure for large ``k``; no ``N x d`` ``H``, whatever ``N``).
+    When it does not certify, the class-space relaxation's rigorous lower bound (a bound on the
+    UFM optimum, so on any candidate) is tried against the candidate's loss, unless it lies above
+    that loss (an inaccurate conic solve) or below the dual bound. Returns
+    ``(CertificateResult, note)``.
     """
-    from ..certify import dual_certificate
-    from .streaming import available_memory
+    from ..certify import collapsed_certificate
+    from ..certify.result import contradicts, make_result
 
-    N, d = int(problem.num_samples), problem.dim
-    W = problem.prototypes if problem.n_w > 0 else None
-
-    def dual(note):
-        labels = problem.sample_labels()
-        H = np.ascontiguousarray(means.T[labels])
-        certificate = dual_certificate(H, labels, W, problem.n_w, problem.tau, nonnegative=problem.nonnegative,
-                                       prototypes_as_anchors=problem.prototypes_as_anchors, upper_bound=loss,
-                                       rtol=rtol)
-        return certificate, note
-
-    if N * d <= DUAL_FIRST_MAX_ENTRIES:
-        return dual(f"dual certificate on the expanded H ({N} x {d})")
-    if relaxed is not None and np.isfinite(relaxed.lower_bound):
-        slack = 1e-12 * max(1.0, abs(loss))
-        note = (f"the {relaxation} relaxation's bound (its collapsed point has loss {relaxed.upper_bound:.12g}, "
-                f"this candidate {loss:.12g})")
-        if relaxed.certified and loss <= relaxed.upper_bound + slack:
-            return relaxed, note
-        if relaxed.certified:
-            return dataclasses.replace(relaxed, certified=False, reason=(
-                f"the candidate's loss lies {loss - relaxed.upper_bound:.2e} above the collapsed point "
-                f"the {relaxation} relaxation certified")), note
-    free = available_memory(torch.device("cpu"))
-    need = 8 * N * d
-    if free is not None and need <= DUAL_MEMORY_FRACTION * free:
-        return dual(f"dual certificate on the expanded H ({N} x {d}, {need / 1e9:.2g} GB)")
-    why = "no class-space relaxation applies" if relaxed is None else f"the {relaxation} relaxation: {relaxed.reason}"
-    return None, (f"not certified: {why}, and the dual certificate needs H ({N} x {d}, {need / 1e9:.2g} GB) "
-                  "beyond the memory allowed for it")
+    dual = collapsed_certificate(problem, means, upper_bound=loss, rtol=rtol, atol=atol)
+    note = (f"dual certificate on the k = {problem.num_classes} class means "
+            f"({dual.solution.get('structure', 'dense')} structure)")
+    if dual.certified or relaxed is None or not np.isfinite(relaxed.lower_bound):
+        return dual, note
+    lower = relaxed.lower_bound
+    if contradicts(lower, loss, dual.floor) or (np.isfinite(dual.lower_bound) and lower <= dual.lower_bound):
+        return dual, note
+    result = make_result(lower, loss, floor=dual.floor, anchors=problem.num_anchors(), method=relaxation,
+                         status=relaxed.solver_status, seconds=dual.seconds + relaxed.seconds, dim=problem.dim,
+                         rtol=rtol, atol=atol, solution=dict(relaxed.solution, dual_lower_bound=dual.lower_bound),
+                         attempts=[dual.attempt(), relaxed.attempt()])
+    return result, f"the {relaxation} relaxation's rigorous bound (the dual one is lower: {dual.reason})"
 
 
 def solve_collapsed(problem, *, grad_tol: float = 1e-10, max_iterations: int = 5000, seed: int = 0,
                     certify: bool = True, solver: str = "CLARABEL", rtol: float | None = None,
-                    single_thread: bool = True) -> CollapsedSolution:
-    r"""The full-batch UFM solved in the class space; nothing of size ``N x N`` (or ``N x d``,
-    unless the certificate needs it) is formed.
+                    atol: float | None = None, single_thread: bool = True) -> CollapsedSolution:
+    r"""The full-batch UFM solved in the class space; nothing of size ``N x N`` or ``N x d`` is formed.
 
     1. The orbit program (when the prototype Gram is invariant under permutations of
        equal-size classes) or, for ``k <= REDUCED_PATH_MAX_K``, the reduced ``2k x 2k`` one
@@ -187,12 +158,13 @@ def solve_collapsed(problem, *, grad_tol: float = 1e-10, max_iterations: int = 5
     residual) at ``H = M[:, y]^T``: every sample of class ``c`` carries ``1/n_c`` of the
     collapsed gradient of ``m_c``, so it is ``sqrt(sum_c |r_c|^2 / n_c)``.
     """
-    from ..certify import DEFAULT_RTOL
+    from ..certify import DEFAULT_ATOL, DEFAULT_RTOL
 
     rtol = DEFAULT_RTOL if rtol is None else rtol
+    atol = DEFAULT_ATOL if atol is None else atol
     sizes = problem.class_sizes
     W_t = None if problem.prototypes is None or problem.n_w == 0 else torch.tensor(np.array(problem.prototypes))
-    name, relaxed = _relaxation(problem, {"solver": solver})
+    name, relaxed = _relaxation(problem, {"solver": solver, "rtol": rtol, "atol": atol})
     x0 = _start_rows(problem, relaxed, torch.Generator().manual_seed(seed))
     out = minimise_collapsed(x0, sizes.tolist(), W_t, problem.n_w, problem.tau, nonnegative=problem.nonnegative,
                              prototypes_as_anchors=problem.prototypes_as_anchors, grad_tol=grad_tol,
@@ -207,7 +179,7 @@ def solve_collapsed(problem, *, grad_tol: float = 1e-10, max_iterations: int = 5
     loss = float(value.detach())
     certificate, note = (None, "not certified: certification was switched off")
     if certify:
-        certificate, note = certify_collapsed(problem, means, loss, relaxed, name, rtol)
+        certificate, note = certify_collapsed(problem, means, loss, relaxed, name, rtol, atol)
         if certificate is not None and not certificate.certified:
             note += ("; the collapsed point is stationary but may be a saddle (collapse need not be optimal, "
                      "e.g. under exp imbalance with prototypes): try method 'lbfgs' from random starts")

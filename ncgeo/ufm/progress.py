@@ -1,41 +1,38 @@
-"""The solver's progress line on stderr."""
+"""The solver's progress on stderr: one :class:`ncgeo.progress.Progress` bar per restart."""
 
 from __future__ import annotations
 
-import sys
-import time
+from ..progress import Progress
 
 
 class _Progress:
-    """Periodic one-line progress report on stderr once a solve runs longer than ``after`` seconds."""
+    """The solve's progress on stderr (:class:`ncgeo.progress.Progress`, one bar per restart),
+    shown once a restart runs longer than ``after`` seconds."""
 
-    def __init__(self, enabled: bool, restarts: int, after: float = 2.0, every: float = 1.0):
-        self.enabled, self.restarts, self.after, self.every = enabled, restarts, after, every
-        self.start = time.perf_counter()
-        self.last = self.start
-        self.shown = False
+    def __init__(self, enabled: bool, restarts: int, after: float = 2.0):
+        self.enabled, self.restarts, self.after = enabled, restarts, after
         self.restart = 0
+        self._bar, self._bar_restart = None, None
+
+    def _label(self) -> str:
+        return f"solving, restart {self.restart + 1}/{self.restarts}"
+
+    def _current(self, unit: str) -> Progress:
+        if self._bar_restart != self.restart:  # a new restart: a new bar
+            self.close()
+            self._bar = Progress(self._label(), unit=f"{unit}s", enabled=self.enabled, delay=self.after)
+            self._bar_restart = self.restart
+        return self._bar
 
     def __call__(self, iteration: int, value: float, grad_norm: float, unit: str = "iteration") -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.start < self.after or now - self.last < self.every:
-            return
-        self.last, self.shown = now, True
-        gradient = "" if grad_norm != grad_norm else f", grad norm {grad_norm:.2e}"  # NaN: not computed
-        sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {unit} {iteration}, "
-                         f"loss {value:.10g}{gradient}, {now - self.start:.0f} s   ")
-        sys.stderr.flush()
+        gradient = {} if grad_norm != grad_norm else {"grad_norm": f"{grad_norm:.2e}"}  # NaN: not computed
+        self._current(unit).moveto(iteration, loss=f"{value:.10g}", **gradient)
 
     def stage(self, message: str) -> None:
         """Announce a long step (used before O(N^2 d) work on large problems)."""
-        if self.enabled:
-            self.shown = True
-            sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {message}   ")
-            sys.stderr.flush()
+        self._current("iteration").message(f"{self._label()}: {message}")
 
     def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._bar_restart = None, None

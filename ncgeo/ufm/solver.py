@@ -134,7 +134,7 @@ OPTIONS = {
     "init": "auto", "restarts": 1, "seed": 0, "device": "cpu", "dtype": None, "grad_tol": None,
     "max_iterations": None, "time_limit": None, "learning_rate": 0.1, "batch_size": None,
     "progress": False, "num_threads": None, "stream": "auto", "block": None, "certify": True,
-    "solver": "CLARABEL",
+    "solver": "CLARABEL", "rtol": None, "atol": None,
 }
 
 
@@ -224,6 +224,15 @@ def _check_options(method: str, options) -> dict:
         o["block"] = check_int("options['block']", o["block"], minimum=1)
     o["progress"] = check_bool("options['progress']", o["progress"])
     o["certify"] = check_bool("options['certify']", o["certify"])
+    if o["rtol"] is not None or o["atol"] is not None:
+        from ..certify.result import check_atol, check_rtol
+
+        for key, check in (("rtol", check_rtol), ("atol", check_atol)):
+            if o[key] is not None:
+                try:
+                    o[key] = check(o[key])
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(str(exc).replace(key, f"options['{key}']", 1)) from exc
     o["dtype"] = _resolve_dtype(o["dtype"])
     o["device"] = _resolve_device(o["device"])
     if o["grad_tol"] is None:
@@ -328,8 +337,9 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
     stream : {"auto", True, False}, block : int
         Stream the full-batch loss (``"auto"``: when the dense one does not fit); anchors per
         block (default from the free memory, :func:`ncgeo.ufm.streaming.block_rows`).
-    certify : bool, solver : str
-        Of ``"collapsed"``: certify the candidate, conic solver of its relaxation.
+    certify : bool, solver : str, rtol : float, atol : float
+        Of ``"collapsed"``: certify the candidate, conic solver of its relaxation, accepted gap
+        ``rtol (U - F) + atol A`` (defaults ``ncgeo.certify.DEFAULT_RTOL``, ``DEFAULT_ATOL``).
 
     Parameters
     ----------
@@ -409,7 +419,7 @@ def _collapsed_result(problem: UFMProblem, o: dict, labels: np.ndarray, W, setti
                       start_time: float) -> UFMResult:
     """The collapsed path's :class:`UFMResult` (class means stored, ``H`` expanded on demand)."""
     out = solve_collapsed(problem, grad_tol=min(o["grad_tol"], 1e-10), max_iterations=min(o["max_iterations"], 5000),
-                          seed=o["seed"], certify=o["certify"], solver=o["solver"])
+                          seed=o["seed"], certify=o["certify"], solver=o["solver"], rtol=o["rtol"], atol=o["atol"])
     k = problem.num_classes
     settings.update(starts=["collapsed"], start="collapsed", relaxation=out.relaxation,
                     certificate_note=out.certificate_note, device="cpu", dtype="float64")

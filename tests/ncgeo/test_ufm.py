@@ -289,17 +289,28 @@ def test_prototype_anchors_full_batch_matches_closed_form_from_random_start():
 def test_progress_lines_go_to_stderr(capsys):
     from ncgeo.ufm.solver import _Progress
 
-    reporter = _Progress(True, restarts=2, after=0.0, every=0.0)
+    reporter = _Progress(True, restarts=2, after=0.0)
     reporter.stage("reduced problem")
     reporter(3, 1.5, 2e-3)
+    reporter.restart = 1
+    reporter(7, 1.25, float("nan"), unit="epoch")
     reporter.close()
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "restart 1/2, reduced problem" in captured.err and "iteration 3" in captured.err
-    assert captured.err.endswith("\n")
-    silent = _Progress(False, restarts=1, after=0.0, every=0.0)
+    lines = captured.err.splitlines()
+    assert "solving, restart 1/2: reduced problem" in lines
+    assert any(line.startswith("solving, restart 1/2: 3 iterations") and "loss 1.5, grad norm 2.00e-03" in line
+               for line in lines), lines
+    assert any(line.startswith("solving, restart 2/2: 7 epochs") and line.endswith("loss 1.25]") for line in lines)
+    silent = _Progress(False, restarts=1, after=0.0)
+    silent.stage("reduced problem")
     silent(1, 1.0, 1.0)
     silent.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_solve_shorter_than_the_delay_prints_nothing(capsys):
+    solve_ufm(scheme_problem([3] * 3, simplex_etf(3, 3), 5, 0.2), options=dict(progress=True))
     assert capsys.readouterr().err == ""
 
 
