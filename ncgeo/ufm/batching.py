@@ -149,7 +149,7 @@ def ufm_objective(H: torch.Tensor, labels, W, n_w: float, tau: float, batches: S
         raise ValueError("batches must hold at least one batch")
     total = None
     for index in batches:
-        index_t = torch.as_tensor(np.asarray(index, dtype=np.int64), device=H.device)
+        index_t = torch.as_tensor(np.array(index, dtype=np.int64), device=H.device)
         loss = scl_prototype_loss(H[index_t], y[index_t], W, n_w, tau,
                                   prototypes_as_anchors=prototypes_as_anchors, validate=validate)
         total = loss if total is None else total + loss
