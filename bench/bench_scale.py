@@ -90,6 +90,28 @@ def run_point(args: list[str], timeout: float) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def reference_value(args: list[str]) -> dict:
+    """The loss the solve must reach, computed apart (not timed): the closed form when one is known
+    (balanced ETF / OF), else the orbit relaxation's collapsed point (:func:`ncgeo.certify.solve_orbit`'s
+    upper bound), with the problem's floor ``F`` (the difference is judged on the excess ``U - F``)."""
+    sys.path.insert(0, str(ROOT))
+    from ncgeo import UFMProblem
+    from ncgeo.certify import solve_orbit
+    from ncgeo.classes import class_sizes
+    from ncgeo.closed_form import closed_form_for_setup
+    from ncgeo.geometry import simplex_etf
+
+    value = dict(zip(args[::2], args[1::2]))
+    k, n = int(value["--classes"]), int(value["--samples"])
+    sizes = class_sizes(k, n, value.get("--imbalance", "none"), float(value.get("--ratio", 10)))
+    W, n_w = simplex_etf(k, k), float(value["--protos"])
+    problem = UFMProblem.from_sizes(sizes, W, n_w, 0.1)
+    closed = closed_form_for_setup(sizes, W, n_w, 0.1)
+    if closed is not None:
+        return {"reference": closed[0], "reference_kind": f"closed form ({closed[1]})", "floor": problem.floor()}
+    return {"reference": solve_orbit(problem).upper_bound, "reference_kind": "orbit program", "floor": problem.floor()}
+
+
 def _floor_free_excess_difference(a: dict, b: dict) -> float | None:
     """``|U_a - U_b| / (U_b - F)`` with ``F`` read back from the lower bound's scale: the floor of
     a full batch is ``sum_c n_c log(n_c - 1 + n_w)``."""
@@ -164,7 +186,11 @@ def main() -> None:
         rows = []
         for name, args in TARGETS.items():
             row = {"target": name, **run_point(args, options.timeout)}
-            ok = (row.get("certified") and row["seconds"] <= 60 and row["peak_gb"] <= 4)
+            row.update(reference_value(args))
+            if "loss" in row:
+                row["loss_vs_reference"] = abs(row["loss"] - row["reference"]) / (row["reference"] - row["floor"])
+            ok = (row.get("certified") and row["seconds"] <= 60 and row["peak_gb"] <= 4
+                  and row.get("loss_vs_reference", math.inf) <= 1e-6)
             print(json.dumps({**row, "meets_target": bool(ok)}), flush=True)
             rows.append(row)
     else:
