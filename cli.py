@@ -192,7 +192,14 @@ def _write_output(option: str, path: str, write) -> None:
               help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
                    "('-': print only the JSON, to stdout).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
-              help="Write H, y, W and the settings to an .npz file (the name must end in .npz).")
+              help="Write y, W, the settings and H to an .npz file (the name must end in .npz; collapsed path: "
+                   "the class means M instead of H; `ncgeo certify` and load_npz expand them).")
+@click.option("--save-embeddings", is_flag=True, default=False,
+              help="With --save on the collapsed path: write H (N x d) too.")
+@click.option("--method", type=click.Choice(["auto", "lbfgs", "collapsed"]), default="auto", show_default=True,
+              help="lbfgs: L-BFGS over the N embeddings (a full batch beyond memory is streamed in row blocks); "
+                   "collapsed: solve in the class space (full batch, any N; H is never formed); auto: lbfgs, "
+                   "or collapsed for a full batch whose N x N work does not fit in memory.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a heatmap of the class-mean Gram beside the prototype Gram (.png, .pdf or .svg).")
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
@@ -205,7 +212,7 @@ def _write_output(option: str, path: str, write) -> None:
 @click.pass_context
 def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
           proto_anchors, restarts, seed, device, dtype, init, max_iterations, learning_rate, json_path, save_path,
-          plot_path, certify_method, rtol, atol, require_certificate):
+          save_embeddings, method, plot_path, certify_method, rtol, atol, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -220,8 +227,10 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
       ncgeo solve --classes 4 --samples 20 --imbalance step --relu --geometry of --protos 10
       ncgeo solve --classes 4 --samples 4 --relu --batching bind --batch-size 4 --json out.json
       ncgeo solve --classes 10 --protos 100 --geometry gram.npy --save sol.npz --plot gram.png
+      ncgeo solve --classes 1000 --samples 1000 --protos 1000 --imbalance step --ratio 10
     """
     import json
+    import re
 
     from ncgeo._io import atomic_write_bytes
     from ncgeo.classes import class_sizes
@@ -251,27 +260,30 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
+    from ncgeo.problem import UFMProblem
+    from ncgeo.ufm import make_batches
+
     if batching != "full" and sum(sizes) <= 1_000_000 and not quiet:  # larger N: the memory check below refuses B >= N
         from ncgeo.classes import labels_from_sizes
-        from ncgeo.ufm import make_batches
 
         if len(make_batches(labels_from_sizes(sizes), batching, batch_size, seed)) == 1:
             click.echo(f"note: --batch-size {batch_size} with N = {sum(sizes)} samples gives one batch of all "
                        "samples: the full-batch problem", err=True)
     from ncgeo.ufm.solver import check_memory
 
-    # solve_ufm checks this too, but only after the prototypes are built: --classes 1e6 would
-    # first allocate a dense k x k prototype matrix
-    check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
-                 dtype=dtype, device=device, nonnegative=relu)
+    if method in ("collapsed", "adam") and batching not in ("full", "shuffle"):
+        raise click.BadParameter(f"{method} needs --batching full (got {batching})", param_hint="'--method'")
+    if method == "collapsed" and batching == "shuffle":
+        raise click.BadParameter("collapsed needs --batching full (got shuffle)", param_hint="'--method'")
+    # the class rows first: --classes 1e6 would otherwise allocate a dense k x k prototype matrix
+    # before solve_ufm's own check (which also covers the N samples)
+    check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
+    # the full-batch problem (the problem itself unless batches are drawn below)
+    full = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors, dim=d)
     if certify_method != "none":  # before the solve: what the certificate needs of the set-up
         from ncgeo.certify.auto import check_method
-        from ncgeo.problem import UFMProblem
 
-        # the batches are drawn by the solver; the full-batch flag is all check_method needs of them
-        full = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu,
-                                     prototypes_as_anchors=proto_anchors, dim=d)
         try:
             if batching != "full" and certify_method in ("reduced", "orbit"):
                 raise ValueError(f"method {certify_method!r} needs the full batch; use 'auto', 'full' or 'dual' "
@@ -279,18 +291,39 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
             check_method(certify_method, full)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
-    result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
-                       batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
-                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, learning_rate=learning_rate,
-                       progress=not quiet,
-                       metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
-                                 "ratio": ratio})
+    if batching in ("full", "shuffle"):
+        problem = full
+    else:
+        from ncgeo.classes import labels_from_sizes
+
+        labels = labels_from_sizes(sizes)
+        problem = UFMProblem.from_labels(labels, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
+                                         dim=d, batches=make_batches(labels, batching, batch_size, seed))
+    options = dict(restarts=restarts, seed=seed, device=device, dtype=dtype, max_iterations=max_iterations,
+                   init=init, learning_rate=learning_rate, progress=not quiet,
+                   certify=certify_method == "auto", rtol=rtol, atol=atol)
+    if batching == "shuffle":
+        method, options["batch_size"] = "adam", batch_size
+    try:
+        result = solve_ufm(problem, method, options=options,
+                           metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
+                                     "ratio": ratio, "scheme": batching})
+    except (ValueError, TypeError) as exc:  # an option's error names the option, not options['...']
+        named = re.match(r"options\['(\w+)'\] ", str(exc))
+        if named is None:
+            raise
+        raise click.BadParameter(str(exc)[named.end():], param_hint=f"'--{named.group(1).replace('_', '-')}'") from exc
     summary = result.to_dict()
-    certificate = None
-    if certify_method != "none":
+    certificate = result.certificate  # the collapsed path certifies its own candidate with --certify auto
+    if certify_method == "dual" and result.class_means is not None:  # the dual bound from the class means alone
+        from ncgeo.certify import collapsed_certificate
+
+        certificate = collapsed_certificate(problem, result.class_means, upper_bound=result.loss, rtol=rtol, atol=atol)
+    elif certify_method != "none" and certificate is None:
         from ncgeo.certify import certify_result
 
-        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)
+        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)  # a named method: H expanded
+    if certificate is not None:
         summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
     if quiet:
@@ -300,11 +333,13 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         if certificate is not None:
             click.echo(certificate.verdict())
             click.echo(summary["certificate"]["geometry"]["line"])  # the geometry verdict (issue 13)
+        elif certify_method != "none":
+            click.echo(result.settings.get("certificate_note", "not certified"))
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
     if save_path is not None:
-        _write_output("--save", save_path, lambda: result.save_npz(save_path))
+        _write_output("--save", save_path, lambda: result.save_npz(save_path, embeddings=save_embeddings))
         click.echo(f"wrote {save_path}", err=quiet)
     if plot_path is not None:
         from ncgeo.plotting import plot_gram_comparison

@@ -20,6 +20,7 @@ import argparse
 
 import numpy as np
 
+from ncgeo import UFMProblem
 from ncgeo.certify import certify_ce_limit, certify_result, realise_and_certify
 from ncgeo.classes import class_sizes
 from ncgeo.closed_form import closed_form_loss
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = class_sizes(k, n, "step", 10)
 
     # 1. solve and certify (sum over anchors, float64, Riemannian L-BFGS)
-    result = solve_ufm(sizes, W, n_w=n_w, tau=tau)
+    problem = UFMProblem.from_sizes(sizes, W, n_w, tau)
+    result = solve_ufm(problem)
     cert = certify_result(result)
     print(f"sizes {sizes}, n_w = {n_w:g}, tau = {tau:g}")
     print(f"UFM loss {result.loss:.10g}, NC1 {result.metrics.nc1:.2e}, "
@@ -44,13 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     print(cert.verdict())
 
     # 2. the same optimum from the reduced program, realised and checked with the dual bound
-    H, labels, realised = realise_and_certify(sizes, W, n_w=n_w, tau=tau)
+    H, labels, realised = realise_and_certify(problem)
     print(f"realised optimum: loss {realised.upper_bound:.10g} ({realised.verdict()})")
     if cert.certified and realised.certified:
         assert abs(realised.upper_bound - result.loss) <= 1e-6 * abs(result.loss)
 
     # 3. balanced classes: the optimum is the closed-form ETF collapse
-    balanced = solve_ufm([n] * k, W, n_w=n_w, tau=tau)
+    balanced = solve_ufm(UFMProblem.from_sizes([n] * k, W, n_w, tau))
     exact = closed_form_loss(k, n, n_w, tau, "etf")
     print(f"balanced: loss {balanced.loss:.12g}, closed form {exact:.12g}")
     assert abs(balanced.loss - exact) <= 1e-9 * abs(exact)

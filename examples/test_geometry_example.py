@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ncgeo import UFMProblem
 from ncgeo.geometry import simplex_etf
 from ncgeo.testing import (assert_aligned_with_prototypes, assert_collapsed, assert_gram_close,
                            assert_orthogonal_frame, assert_simplex_etf)
@@ -22,19 +23,19 @@ from ncgeo.ufm import solve_ufm
 
 
 def test_plain_scl_collapses_to_a_simplex_etf():
-    result = solve_ufm([5] * 4, None, n_w=0.0, tau=0.5, dim=4)
+    result = solve_ufm(UFMProblem.from_sizes([5] * 4, None, 0.0, 0.5, dim=4))
     assert_collapsed(result.H, result.labels, atol=1e-5)
     assert_simplex_etf(result.H, result.labels, atol=1e-6)  # centred class means
 
 
 def test_ufm_plus_reaches_an_orthogonal_frame():
-    result = solve_ufm([5] * 4, None, n_w=0.0, tau=0.5, dim=4, nonnegative=True)
+    result = solve_ufm(UFMProblem.from_sizes([5] * 4, None, 0.0, 0.5, dim=4, nonnegative=True))
     assert_orthogonal_frame(result.H, result.labels, atol=1e-6)  # uncentred class means
 
 
 def test_etf_prototypes_pull_the_class_means_onto_themselves():
     W = simplex_etf(4, 4, rotate=True, seed=1)
-    result = solve_ufm([8, 8, 2, 2], W, n_w=100.0, tau=0.1)
+    result = solve_ufm(UFMProblem.from_sizes([8, 8, 2, 2], W, 100.0, 0.1))
     assert_aligned_with_prototypes(result.H, result.labels, W, atol=1e-3)
     means = np.stack([result.H[result.labels == c].mean(axis=0) for c in range(4)], axis=1)
     means /= np.linalg.norm(means, axis=0)

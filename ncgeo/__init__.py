@@ -21,6 +21,7 @@ from .geometry import (
 from .losses import fixed_classifier_cross_entropy, scl_prototype_loss
 from .metrics import geometry_metrics, gram_distance
 from . import closed_form, ufm  # noqa: E402  (after metrics: ufm builds on it)
+from .problem import UFMProblem
 from .ufm import solve_ufm
 from .problem import UFMProblem
 

@@ -193,12 +193,14 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     out.update(geometry_pinned=bool(geometry["pinned"]), geometry_verdict=geometry["line"])
     if polish:
         from ncgeo.metrics import class_means
+        from ncgeo.problem import UFMProblem
         from ncgeo.ufm import solve_ufm
 
         # the collapsed start only: the polish is accepted against the SDP bound, so the extra random
         # starts of init="auto" cost 2.5-4x the study's time and changed no accepted point
-        solved = solve_ufm(sizes, W, n_w, tau, dim=k if W is None else W.shape[0], nonnegative=nonnegative,
-                           prototypes_as_anchors=prototypes_as_anchors, time_limit=time_limit, init="collapsed")
+        problem = UFMProblem.from_sizes(sizes, W, n_w, tau, dim=k if W is None else W.shape[0],
+                                        nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors)
+        solved = solve_ufm(problem, "lbfgs", options=dict(time_limit=time_limit, init="collapsed"))
         loss = solved.loss / N
         lower = out["lower_bound"]
         M, _ = class_means(solved.H, solved.labels, k)

@@ -45,7 +45,8 @@ def test_json_to_stdout_relu_bind():
                   "--batch-size", "2", "--json", "-")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "bind"
+    assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "fixed"
+    assert data["settings"]["scheme"] == "bind"
     assert data["geometry"]["delta_of"] < 1e-6
 
 
@@ -125,8 +126,9 @@ def test_huge_dim_is_refused_before_any_allocation():
 
 
 @pytest.mark.parametrize("args, start", [
-    (["--samples", "100000"], "Error: batch:"),  # a full batch of 300,000: terabytes of similarities
-    (["--seed", str(2**64 - 1)], "Error: seed must be <="),
+    # a batch of 200,000: terabytes of similarities (a full batch takes the collapsed path instead)
+    (["--samples", "100000", "--batching", "partition", "--batch-size", "200000"], "Error: batch:"),
+    (["--seed", str(2**64 - 1)], "Error: Invalid value for '--seed': must be <="),
 ])
 def test_impossible_batch_or_seed_is_one_line(args, start):
     result = _run("--classes", "3", *args)

@@ -9,6 +9,8 @@ apart (``method``, ``solver``, ``time_limit``, ``rtol``, ``atol``):
 * :func:`solve_orbit`: the orbit reduction by groups of equal-size classes (k = 1000 in
   well under a second);
 * :func:`dual_certificate`: the eigenvalue bound from a candidate, no SDP solve;
+  :func:`collapsed_certificate`: the same from a collapsed candidate's class means and the class
+  counts (no ``N x d`` ``H``; the orbit structure for large ``k``);
 * :func:`certify` / :func:`certify_result`: a named method, or the fastest applicable ones in
   turn (``"auto"``); :func:`realise_and_certify`: reduced optimum -> embeddings -> dual check;
 * :func:`certify_closed_form`: the closed-form loss at ETF / OF collapse (balanced, full
@@ -26,7 +28,7 @@ scale of ``UFMResult.loss`` (sum over batches and anchors).
 from .auto import certify, certify_result, realise_and_certify
 from .ce_limit import CELimitResult, certify_ce_limit
 from .closed import certify_closed_form
-from .dual import dual_certificate
+from .dual import collapsed_certificate, dual_certificate
 from .full import solve_full
 from .orbit import solve_orbit
 from .reduced import solve_reduced
@@ -44,6 +46,7 @@ __all__ = [
     "solve_reduced",
     "solve_orbit",
     "dual_certificate",
+    "collapsed_certificate",
     "certify_ce_limit",
     "certify_closed_form",
 ]

@@ -93,7 +93,7 @@ def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
     from ..ufm import ufm_objective
 
     H = torch.as_tensor(np.asarray(H, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    y = torch.as_tensor(np.array(y, dtype=np.int64))  # a writable copy (labels may be read-only)
     if batches is None:
         batches = [np.arange(H.shape[0])]
     return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors, validate=False))

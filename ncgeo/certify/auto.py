@@ -29,7 +29,7 @@ from .._validation import check_bool, check_choice
 from ..problem import UFMProblem, check_problem
 from ._common import problem_candidate, tolerance_of
 from ._program import Timer, check_solver_args
-from .dual import candidate_value, dual_certificate
+from .dual import candidate_value, collapsed_certificate, dual_certificate
 from .full import solve_full
 from .orbit import EXPAND_MAX, orbit_invariant, size_groups, solve_orbit
 from .reduced import solve_reduced
@@ -302,7 +302,7 @@ def realise_and_certify(problem: UFMProblem, *, solver: str = "CLARABEL", time_l
                                     problem.prototypes_as_anchors)
     labels = problem.sample_labels()
     H = means[:, labels].T
-    dual = dual_certificate(problem, H, upper_bound=upper, rtol=rtol, atol=atol)
+    dual = collapsed_certificate(problem, means, upper_bound=upper, rtol=rtol, atol=atol)  # no N x d work
     if uncollapsed and not dual.certified:
         return None, None, relaxed
     solution = dict(relaxed.solution, means=means, dual_lower_bound=dual.lower_bound,

@@ -46,19 +46,27 @@ CURVATURE_MAX_DIRECTIONS = 300
 CURVATURE_MAX_ORDER = 600
 
 
-def _face_map(V: np.ndarray, rows: np.ndarray, m: int) -> np.ndarray:
-    """Matrix of ``Delta -> ((V Delta V^T)_uu for u in rows, upper triangle of the block past m)`` on
-    the basis ``E_ij + E_ji`` (i <= j) of symmetric ``r x r`` matrices."""
-    r = V.shape[1]
-    iu, ju = np.triu_indices(r)
-    n = V.shape[0]
-    pi, pj = np.triu_indices(n - m)
-    out = []
-    for u in rows:
-        out.append(V[u, iu] * V[u, ju] * np.where(iu == ju, 1.0, 2.0))
-    for a, b in zip(pi + m, pj + m):
-        out.append(np.where(iu == ju, V[a, iu] * V[b, ju], V[a, iu] * V[b, ju] + V[a, ju] * V[b, iu]))
-    return np.array(out).reshape(len(out), len(iu))
+def _free_map(P: np.ndarray, Qn: np.ndarray) -> np.ndarray:
+    """The diagonal rows ``v_u^T Delta v_u`` on the symmetric ``Delta`` with ``V_P Delta V_P^T = 0``, in the
+    coordinates ``(X, C)`` of ``Delta = Rb X Nb^T + Nb X^T Rb^T + Nb C Nb^T`` (``C`` symmetric, its upper
+    triangle; ``Rb``, ``Nb`` orthonormal bases of the row space and null space of ``V_P``), given
+    ``P = V_rows Rb`` and ``Qn = V_rows Nb``."""
+    iu, ju = np.triu_indices(Qn.shape[1])
+    X_part = 2 * (P[:, :, None] * Qn[:, None, :]).reshape(P.shape[0], -1)
+    C_part = Qn[:, iu] * Qn[:, ju] * np.where(iu == ju, 1.0, 2.0)
+    return np.concatenate([X_part, C_part], axis=1)
+
+
+def _free_delta(coefficients: np.ndarray, Rb: np.ndarray, Nb: np.ndarray) -> np.ndarray:
+    """The ``Delta`` of coordinates ``coefficients`` (:func:`_free_map`)."""
+    rho, nu = Rb.shape[1], Nb.shape[1]
+    X = coefficients[:rho * nu].reshape(rho, nu)
+    C = np.zeros((nu, nu))
+    iu, ju = np.triu_indices(nu)
+    C[iu, ju] = coefficients[rho * nu:]
+    C = C + C.T - np.diag(np.diag(C))
+    RX = Rb @ X @ Nb.T
+    return RX + RX.T + Nb @ C @ Nb.T
 
 
 def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callable | None = None,
@@ -113,10 +121,16 @@ def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callab
     if r == 0:
         out.update(face_dimension=0, pinned=True, verdict=PINNED, reason="the dual matrix is positive definite")
         return out
-    A = _face_map(V, rows, m)
+    # the prototype block first: V_P Delta V_P^T = 0 (V_P = V[m:], of rank rho) leaves exactly the symmetric
+    # Delta = Rb X Nb^T + Nb X^T Rb^T + Nb C Nb^T (Rb, Nb: bases of the row space and null space of V_P),
+    # so only the diagonal rows act on (X, C): a small map where the prototypes pin most of the face
+    _, sv_p, Vt = np.linalg.svd(V[m:], full_matrices=True) if V.shape[0] > m else (None, np.zeros(0), np.eye(r))
+    rho = int(np.sum(sv_p > 1e-9 * max(1.0, float(sv_p.max(initial=0.0)))))
+    Rb, Nb = Vt[:rho].T, Vt[rho:].T
+    A = _free_map(V[rows] @ Rb, V[rows] @ Nb)
     sv = np.linalg.svd(A, compute_uv=False) if A.size else np.zeros(0)
     rank = int(np.sum(sv > 1e-9 * max(1.0, float(sv.max(initial=0.0)))))
-    dimension = r * (r + 1) // 2 - rank
+    dimension = A.shape[1] - rank
     out["face_dimension"] = dimension
     if dimension == 0:
         out.update(pinned=True, verdict=PINNED, reason="the optimal face is a single point")
@@ -125,13 +139,10 @@ def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callab
     if objective is None or dimension > CURVATURE_MAX_DIRECTIONS or Z0.shape[0] > CURVATURE_MAX_ORDER:
         out["reason"] = (f"the optimal face has dimension {dimension}; the curvature along it was not computed")
         return out
-    kernel = np.linalg.svd(A if A.size else np.zeros((1, r * (r + 1) // 2)), full_matrices=True)[2][rank:]
-    iu, ju = np.triu_indices(r)
+    kernel = np.linalg.svd(A if A.size else np.zeros((1, A.shape[1])), full_matrices=True)[2][rank:]
     directions = []
     for coefficients in kernel:
-        Delta = np.zeros((r, r))
-        Delta[iu, ju] = coefficients
-        Delta = Delta + Delta.T - np.diag(np.diag(Delta))
+        Delta = _free_delta(coefficients, Rb, Nb)
         D = bound.basis @ (V @ Delta @ V.T) @ bound.basis.T
         directions.append(D / max(np.linalg.norm(D), 1e-300))
     Dt = torch.as_tensor(np.array(directions))

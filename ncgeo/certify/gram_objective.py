@@ -156,7 +156,7 @@ def _reduced_to_cosines(R: torch.Tensor, weights: torch.Tensor):
 def reduced_excess(R: torch.Tensor, weights, labels: np.ndarray, n_w: float, tau: float,
                    prototypes_as_anchors: bool = False) -> ObjectiveValue:
     """Full-batch objective of the scaled reduced matrix ``R`` (module docstring)."""
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    w = torch.as_tensor(np.array(weights, dtype=np.float64))
     X, a = _reduced_to_cosines(R, w)
     return grouped_excess(X, a, w, labels, n_w, tau, prototypes_as_anchors)
 

@@ -13,7 +13,8 @@ from ncgeo.certify.reduced import reduced_objective
 from ncgeo.classes import labels_from_sizes
 from ncgeo.closed_form import closed_form_loss
 from ncgeo.geometry import orthogonal_frame, simplex_etf
-from ncgeo.ufm import make_batches, solve_ufm
+from ncgeo.problem import UFMProblem
+from ncgeo.ufm import make_batches, scheme_problem, solve_ufm
 
 REL = 1e-6
 
@@ -162,7 +163,7 @@ def test_objectives_match_the_loss():
     dict(class_sizes=[5, 5, 5, 5], prototypes=simplex_etf(4, 4), n_w=10.0, tau=0.2),
 ])
 def test_solver_output_is_certified_and_matches_reduced(kwargs):
-    result = solve_ufm(**kwargs)
+    result = solve_ufm(UFMProblem.from_sizes(**kwargs))
     k = len(kwargs["class_sizes"])
     problem = P(kwargs["class_sizes"], kwargs.get("prototypes"), kwargs.get("n_w", 0.0), kwargs["tau"],
                 nonnegative=kwargs.get("nonnegative", False), dim=result.H.shape[1])
@@ -190,8 +191,7 @@ def test_solver_output_is_certified_and_matches_reduced(kwargs):
 
 def test_full_sdp_certifies_minibatch_solution():
     sizes = [3, 3, 3]
-    result = solve_ufm(sizes, orthogonal_frame(3), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
-                       batch_size=3, dim=3)
+    result = solve_ufm(scheme_problem(sizes, orthogonal_frame(3), 0.0, 0.5, scheme="bind", batch_size=3, nonnegative=True, dim=3))
     cert = certify_result(result, method="full")
     assert cert.method == "full" and cert.certified, cert.reason
     assert certify_result(result, method="dual").certified
@@ -308,7 +308,7 @@ def test_partition_batches_helper_roundtrip():
                                                             ("of", True, 10.0, False), ("etf", False, 3.0, True)])
 def test_closed_form_certificate(geometry, nonneg, n_w, anchors):
     from ncgeo.certify import certify_closed_form
-    from ncgeo.ufm import solve_ufm
+    from ncgeo.ufm import scheme_problem, solve_ufm
 
     k, n, tau = 4, 5, 0.3
     W = simplex_etf(k, k) if geometry == "etf" else orthogonal_frame(k)
@@ -317,7 +317,7 @@ def test_closed_form_certificate(geometry, nonneg, n_w, anchors):
     assert cert.solution["geometry"] == geometry
     assert cert.upper_bound == pytest.approx(closed_form_loss(k, n, n_w, tau, geometry, prototypes_as_anchors=anchors))
     # the torch solver reaches the same value
-    solved = solve_ufm([n] * k, W, n_w, tau, nonnegative=nonneg, prototypes_as_anchors=anchors)
+    solved = solve_ufm(scheme_problem([n] * k, W, n_w, tau, nonnegative=nonneg, prototypes_as_anchors=anchors))
     assert _rel(solved.loss, cert.upper_bound) <= 1e-8
 
 

@@ -12,7 +12,7 @@ from ncgeo.certify.result import CertificateResult
 from ncgeo.problem import UFMProblem
 from ncgeo.classes import labels_from_sizes
 from ncgeo.geometry import etf_gram, orthogonal_frame, random_prototypes, simplex_etf
-from ncgeo.ufm import make_batches, solve_ufm, ufm_objective
+from ncgeo.ufm import make_batches, scheme_problem, solve_ufm, ufm_objective
 
 
 def _unit_rows(rows, d, seed):
@@ -55,8 +55,8 @@ def test_ufm_plus_needs_nonnegativity_multipliers():
 
 
 def test_minibatch_binding_certified():
-    result = solve_ufm([4, 4, 4, 4], orthogonal_frame(4), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
-                       batch_size=4, dim=4)
+    result = solve_ufm(scheme_problem([4, 4, 4, 4], orthogonal_frame(4), 0.0, 0.5, scheme="bind", batch_size=4,
+                                      nonnegative=True, dim=4))
     problem = UFMProblem.from_labels(result.labels, None, 0.0, 0.5, batches=result.batches, nonnegative=True, dim=4)
     cert = dual_certificate(problem, result.H)
     assert cert.certified, cert.reason
@@ -241,15 +241,14 @@ def test_float32_solve_is_certified_against_its_float64_loss():
     from ncgeo.certify import certify_result
     from ncgeo.certify._common import candidate_loss
 
-    result = solve_ufm([4, 4, 4], orthogonal_frame(3), n_w=0.0, tau=0.5, nonnegative=True, batching="bind",
-                       batch_size=3, dtype="float32")
+    result = solve_ufm(scheme_problem([4, 4, 4], orthogonal_frame(3), 0.0, 0.5, scheme="bind", batch_size=3, nonnegative=True), options=dict(dtype="float32"))
     # exact OF rows need no projection, yet their float32 loss is off by ~1e-7
     H = orthogonal_frame(3)[:, result.labels].T
     loss32 = float(ufm_objective(torch.tensor(H, dtype=torch.float32), result.labels, None, 0.0, 0.5,
                                  result.batches))
     exact = candidate_loss(H, result.labels, None, 0.0, 0.5, result.batches)
     assert loss32 != exact
-    cert = certify_result(dataclasses.replace(result, H=H, loss=loss32), method="dual")
+    cert = certify_result(dataclasses.replace(result, embeddings=H, loss=loss32), method="dual")
     assert cert.upper_bound == pytest.approx(exact, rel=1e-13) and cert.certified, (cert.upper_bound, exact)
 
 
@@ -305,7 +304,7 @@ def test_certificate_arguments_are_checked_before_any_work(tmp_path):
     """A truthy string ("false", "no") used to switch UFM+ on; a bad solver was silently replaced,
     and dim / time_limit / upper_bound of the wrong type failed late with generic messages."""
     from ncgeo.certify import certify_result
-    from ncgeo.ufm import load_npz, solve_ufm
+    from ncgeo.ufm import load_npz, scheme_problem, solve_ufm
 
     W = simplex_etf(3, 3)
     H, y = np.repeat(W.T, 2, 0), np.repeat(np.arange(3), 2)
@@ -324,7 +323,7 @@ def test_certificate_arguments_are_checked_before_any_work(tmp_path):
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
             call()
-    result = solve_ufm([2, 2], None, tau=0.5)
+    result = solve_ufm(scheme_problem([2, 2], None, 0.0, 0.5))
     result.save_npz(tmp_path / "sol.npz")
     with np.load(tmp_path / "sol.npz") as data:
         arrays = {name: data[name] for name in data.files}

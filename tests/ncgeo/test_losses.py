@@ -552,13 +552,13 @@ def test_temperatures_below_the_round_off_floor_are_refused():
     from ncgeo._validation import MIN_TAU
     from ncgeo.certify import certify_ce_limit
     from ncgeo.closed_form import closed_form_loss
-    from ncgeo.ufm import solve_ufm
+    from ncgeo.ufm import scheme_problem, solve_ufm
 
     H64, y, W64 = batch(0, [0, 1, 2], d=3, k=3)
     for call in (lambda t: scl_prototype_loss(H64, y, W64, 10.0, t),
                  lambda t: closed_form_loss(3, 3, 10.0, t, "etf"),
                  lambda t: certify_ce_limit(W64.numpy(), t),
-                 lambda t: solve_ufm([2, 2], None, tau=t)):
+                 lambda t: solve_ufm(scheme_problem([2, 2], None, 0.0, t))):
         with pytest.raises(ValueError, match=r"tau must be >= 1e-06"):
             call(MIN_TAU / 10)
     assert torch.isfinite(scl_prototype_loss(H64, y, W64, 10.0, MIN_TAU))
