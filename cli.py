@@ -6,10 +6,40 @@ itself. Bad input ends with one line naming the argument and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 from pathlib import Path
 
 import click
+
+
+class _RangeInWords:
+    """Mixin for click's ranges: a value that is not a number, not finite or out of range
+    reads ``must be a finite number > 0, got 'abc'`` (click says "not a valid float range")."""
+
+    def convert(self, value, param, ctx):
+        try:
+            converted = super().convert(value, param, ctx)
+        except click.BadParameter:
+            converted = None
+        if converted is None or (isinstance(converted, float) and not math.isfinite(converted)):
+            number = "an integer" if isinstance(self, click.IntRange) else "a finite number"
+            low, high = (None if x is None else f"{x:g}" if isinstance(x, float) else str(x) for x in (self.min, self.max))
+            if low is not None and high is not None:
+                low, high = f"in {'(' if self.min_open else '['}{low}, {high}{')' if self.max_open else ']'}", None
+            low = low if low is None or low.startswith("in ") else f"{'>' if self.min_open else '>='} {low}"
+            high = high if high is None else f"{'<' if self.max_open else '<='} {high}"
+            self.fail(" ".join(["must be", number, *filter(None, (low, high))]) + f", got {value!r}", param, ctx)
+        return converted
+
+
+class _FloatRange(_RangeInWords, click.FloatRange):
+    """click.FloatRange whose errors say what is needed in words (and refuse nan and inf)."""
+
+
+class _IntRange(_RangeInWords, click.IntRange):
+    """click.IntRange whose errors say what is needed in words."""
 
 
 class _CleanErrors(click.Group):
@@ -42,6 +72,9 @@ class _CleanErrors(click.Group):
         exit_on_sigterm()  # a killed run removes its half-written temporary files
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `ncgeo`, `ncgeo deep`, `ncgeo sims`
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
@@ -85,6 +118,14 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
     return W, W.shape[0], names.get(geometry, f"file {geometry}")
 
 
+#: --rtol / --atol of the certificates (THEORY.md section 5.1)
+_RTOL = _FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
+_ATOL = _FloatRange(min=0.0, max=1.0)  # per anchor; finite (inf would certify anything)
+_RTOL_HELP = ("Accepted gap relative to the excess (the loss above its floor F = sum over anchors of log P_a): "
+              "certified iff gap <= rtol * excess + atol * anchors.")
+_ATOL_HELP = "Accepted gap per anchor, added to rtol * excess."
+
+
 def _check_output(option: str, path: str | None) -> None:
     """Before any work: the folder of an output file must exist and be writable (one line, exit 2)."""
     import os
@@ -112,57 +153,67 @@ def _write_output(option: str, path: str, write) -> None:
 
 
 @main.command("solve")
-@click.option("--classes", "classes", type=click.IntRange(min=2, max=1_000_000), required=True, help="Number of classes K (>= 2).")
-@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--classes", "classes", type=_IntRange(min=2, max=1_000_000), required=True, help="Number of classes K (>= 2).")
+@click.option("--samples", type=_IntRange(min=1), default=10, show_default=True,
               help="Samples per (majority) class n.")
 @click.option("--imbalance", type=click.Choice(["none", "step", "exp"]), default="none", show_default=True,
               help="step: first floor(K/2) classes n, rest floor(n/R); exp: n R^(-c/(K-1)).")
-@click.option("--ratio", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+@click.option("--ratio", type=_FloatRange(min=1.0), default=10.0, show_default=True,
               help="Imbalance ratio R >= 1 (ignored with --imbalance none).")
-@click.option("--protos", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--protos", type=_FloatRange(min=0.0), default=0.0, show_default=True,
               help="n_w: copies of each class prototype in every batch (0 = plain SCL).")
 @click.option("--geometry", default="etf", show_default=True, metavar="{etf,of,random,random+,spherical,PATH}",
               help="Prototypes: simplex ETF, orthogonal frame (standard basis), random unit vectors "
                    "(non-negative with --relu or random+), a seeded spherical code, or a .npy/.csv/.txt file "
                    "with a K x K Gram or D x K vectors.")
-@click.option("--dim", type=click.IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
-@click.option("--tau", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+@click.option("--dim", type=_IntRange(min=1), default=None, help="Embedding dimension D [default: K].")
+@click.option("--tau", type=_FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
               help="Temperature (> 0).")
 @click.option("--relu/--no-relu", default=False, show_default=True, help="UFM+: non-negative features.")
 @click.option("--batching", type=click.Choice(["full", "partition", "shuffle", "bind"]), default="full",
               show_default=True, help="Full batch, fixed random partition, reshuffled every epoch, or binding.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None,
-              help="Batch size B >= 2 (required unless --batching full).")
+@click.option("--batch-size", type=_IntRange(min=2), default=None,
+              help="Batch size B >= 2 (required with --batching partition, shuffle or bind; refused with full). "
+                   "B >= N gives one batch of all samples.")
 @click.option("--proto-anchors/--no-proto-anchors", default=False, show_default=True,
               help="Prototype copies are anchors too.")
-@click.option("--restarts", type=click.IntRange(min=1, max=10_000), default=1, show_default=True,
+@click.option("--restarts", type=_IntRange(min=1, max=10_000), default=1, show_default=True,
               help="Starts (the lowest loss is kept); --init auto adds a collapsed start for a full batch.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=_IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--init", type=click.Choice(["auto", "collapsed", "random"]), default="auto", show_default=True,
               help="collapsed: solve the K-direction reduced problem, polish from it; random: random unit "
                    "vectors; auto: for a full batch the collapsed start, then the --restarts random ones.")
-@click.option("--max-iterations", type=click.IntRange(min=0), default=None,
+@click.option("--max-iterations", type=_IntRange(min=0), default=None,
               help="Iteration cap [default: 20000; epochs for shuffle: 200].")
-@click.option("--learning-rate", type=click.FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
+@click.option("--learning-rate", type=_FloatRange(min=0.0, min_open=True), default=0.1, show_default=True,
               help="Initial Adam step of --batching shuffle (cosine-decayed over the epochs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the result (loss, sizes, iterations, grad_norm, seconds, geometry, settings) as JSON "
                    "('-': print only the JSON, to stdout).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
-              help="Write H, y, W and the settings to an .npz file.")
+              help="Write y, W, the settings and H to an .npz file (the name must end in .npz; collapsed path: "
+                   "the class means M instead of H; `ncgeo certify` and load_npz expand them).")
+@click.option("--save-embeddings", is_flag=True, default=False,
+              help="With --save on the collapsed path: write H (N x d) too.")
+@click.option("--method", type=click.Choice(["auto", "lbfgs", "collapsed"]), default="auto", show_default=True,
+              help="lbfgs: L-BFGS over the N embeddings (a full batch beyond memory is streamed in row blocks); "
+                   "collapsed: solve in the class space (full batch, any N; H is never formed); auto: lbfgs, "
+                   "or collapsed for a full batch whose N x N work does not fit in memory.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a heatmap of the class-mean Gram beside the prototype Gram (.png, .pdf or .svg).")
 @click.option("--certify", "certify_method", type=click.Choice(["auto", "reduced", "orbit", "full", "dual", "none"]),
               default="auto", show_default=True,
               help="Certify global optimality (auto: fastest applicable method, with fallbacks).")
+@click.option("--rtol", type=_RTOL, default=1e-6, show_default=True, help=_RTOL_HELP)
+@click.option("--atol", type=_ATOL, default=1e-12, show_default=True, help=_ATOL_HELP)
 @click.option("--require-certificate", is_flag=True, default=False,
               help="Exit with status 1 when the solution is not certified.")
 @click.pass_context
 def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, relu, batching, batch_size,
           proto_anchors, restarts, seed, device, dtype, init, max_iterations, learning_rate, json_path, save_path,
-          plot_path, certify_method, require_certificate):
+          save_embeddings, method, plot_path, certify_method, rtol, atol, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
     Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
@@ -177,13 +228,16 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
       ncgeo solve --classes 4 --samples 20 --imbalance step --relu --geometry of --protos 10
       ncgeo solve --classes 4 --samples 4 --relu --batching bind --batch-size 4 --json out.json
       ncgeo solve --classes 10 --protos 100 --geometry gram.npy --save sol.npz --plot gram.png
+      ncgeo solve --classes 1000 --samples 1000 --protos 1000 --imbalance step --ratio 10
     """
     import json
+    import re
 
     from ncgeo._io import atomic_write_bytes
     from ncgeo.classes import class_sizes
     from ncgeo.ufm import solve_ufm
 
+    quiet = json_path == "-"
     for option, path in (("--json", json_path), ("--save", save_path), ("--plot", plot_path)):
         _check_output(option, path)
     if plot_path is not None:
@@ -193,41 +247,84 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
             figure_format(plot_path)
         except ValueError as exc:
             raise click.BadParameter(str(exc).replace("path ", "", 1), param_hint="'--plot'") from exc
+    if save_path is not None and save_path != "-" and not save_path.lower().endswith(".npz"):
+        raise click.BadParameter(f"must name an .npz file (a NumPy zip archive), got {save_path!r}",
+                                 param_hint="'--save'")
     if batching != "full" and batch_size is None:
         raise click.BadParameter(f"is required with --batching {batching} (an integer >= 2)", param_hint="'--batch-size'")
+    if batching == "full" and batch_size is not None:
+        raise click.BadParameter("applies only to --batching partition, shuffle or bind (the full batch holds "
+                                 "all N samples); add one of them or leave --batch-size out", param_hint="'--batch-size'")
     if proto_anchors and 0 < protos < 1:
         raise click.BadParameter(f"must be 0 or >= 1 with --proto-anchors, got {protos:g}", param_hint="'--protos'")
     try:
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
+    from ncgeo.problem import UFMProblem
+    from ncgeo.ufm import make_batches
+
+    if batching != "full" and sum(sizes) <= 1_000_000 and not quiet:  # larger N: the memory check below refuses B >= N
+        from ncgeo.classes import labels_from_sizes
+
+        if len(make_batches(labels_from_sizes(sizes), batching, batch_size, seed)) == 1:
+            click.echo(f"note: --batch-size {batch_size} with N = {sum(sizes)} samples gives one batch of all "
+                       "samples: the full-batch problem", err=True)
     from ncgeo.ufm.solver import check_memory
 
-    # solve_ufm checks this too, but only after the prototypes are built: --classes 1e6 would
-    # first allocate a dense k x k prototype matrix
-    check_memory(sum(sizes), classes if dim is None else dim, classes, batching=batching, batch_size=batch_size,
-                 dtype=dtype, device=device, nonnegative=relu)
+    if method in ("collapsed", "adam") and batching not in ("full", "shuffle"):
+        raise click.BadParameter(f"{method} needs --batching full (got {batching})", param_hint="'--method'")
+    if method == "collapsed" and batching == "shuffle":
+        raise click.BadParameter("collapsed needs --batching full (got shuffle)", param_hint="'--method'")
+    # the class rows first: --classes 1e6 would otherwise allocate a dense k x k prototype matrix
+    # before solve_ufm's own check (which also covers the N samples)
+    check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
+    # the full-batch problem (the problem itself unless batches are drawn below)
+    full = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors, dim=d)
     if certify_method != "none":  # before the solve: what the certificate needs of the set-up
-        from ncgeo.certify import check_method
+        from ncgeo.certify.auto import check_method
 
         try:
-            check_method(certify_method, sizes, W, protos, full_batch=batching == "full")
+            if batching != "full" and certify_method in ("reduced", "orbit"):
+                raise ValueError(f"method {certify_method!r} needs the full batch; use 'auto', 'full' or 'dual' "
+                                 "for other batchings")
+            check_method(certify_method, full)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
-    quiet = json_path == "-"
-    result = solve_ufm(sizes, W, n_w=protos, tau=tau, dim=d, nonnegative=relu, batching=batching,
-                       batch_size=batch_size, prototypes_as_anchors=proto_anchors, restarts=restarts, seed=seed,
-                       device=device, dtype=dtype, max_iterations=max_iterations, init=init, learning_rate=learning_rate,
-                       progress=not quiet,
-                       metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
-                                 "ratio": ratio})
+    if batching in ("full", "shuffle"):
+        problem = full
+    else:
+        from ncgeo.classes import labels_from_sizes
+
+        labels = labels_from_sizes(sizes)
+        problem = UFMProblem.from_labels(labels, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
+                                         dim=d, batches=make_batches(labels, batching, batch_size, seed))
+    options = dict(restarts=restarts, seed=seed, device=device, dtype=dtype, max_iterations=max_iterations,
+                   init=init, learning_rate=learning_rate, progress=not quiet,
+                   certify=certify_method == "auto", rtol=rtol, atol=atol)
+    if batching == "shuffle":
+        method, options["batch_size"] = "adam", batch_size
+    try:
+        result = solve_ufm(problem, method, options=options,
+                           metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,
+                                     "ratio": ratio, "scheme": batching})
+    except (ValueError, TypeError) as exc:  # an option's error names the option, not options['...']
+        named = re.match(r"options\['(\w+)'\] ", str(exc))
+        if named is None:
+            raise
+        raise click.BadParameter(str(exc)[named.end():], param_hint=f"'--{named.group(1).replace('_', '-')}'") from exc
     summary = result.to_dict()
-    certificate = None
-    if certify_method != "none":
+    certificate = result.certificate  # the collapsed path certifies its own candidate with --certify auto
+    if certify_method == "dual" and result.class_means is not None:  # the dual bound from the class means alone
+        from ncgeo.certify import collapsed_certificate
+
+        certificate = collapsed_certificate(problem, result.class_means, upper_bound=result.loss, rtol=rtol, atol=atol)
+    elif certify_method != "none" and certificate is None:
         from ncgeo.certify import certify_result
 
-        certificate = certify_result(result, method=certify_method)
+        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)  # a named method: H expanded
+    if certificate is not None:
         summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
     if quiet:
@@ -236,11 +333,14 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         click.echo(result.report())
         if certificate is not None:
             click.echo(certificate.verdict())
+            click.echo(summary["certificate"]["geometry"]["line"])  # the geometry verdict (issue 13)
+        elif certify_method != "none":
+            click.echo(result.settings.get("certificate_note", "not certified"))
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
     if save_path is not None:
-        _write_output("--save", save_path, lambda: result.save_npz(save_path))
+        _write_output("--save", save_path, lambda: result.save_npz(save_path, embeddings=save_embeddings))
         click.echo(f"wrote {save_path}", err=quiet)
     if plot_path is not None:
         from ncgeo.plotting import plot_gram_comparison
@@ -253,12 +353,33 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         ctx.exit(1)
 
 
+def certificate_lines(certificate, verbose: bool = False) -> list[str]:
+    """The lines `ncgeo certify` prints under the verdict: bounds, floor and excess, rank, and with
+    ``verbose`` every attempt."""
+    c = certificate
+    lines = [f"lower bound {c.lower_bound:.12g}, upper bound {c.upper_bound:.12g}, gap {c.gap:.2e}",
+             f"floor {c.floor:.12g}, excess {c.excess:.6g}, relative gap (to the excess) {c.relative_gap:.2e}, "
+             f"accepted gap {c.tolerance:.2e}"]
+    if c.rank is not None:
+        lines.append(f"rank {c.rank} (d = {c.dim})" if c.rank <= (c.dim or c.rank) or not c.certified else
+                     f"rank {c.rank} of the relaxation's optimum (d = {c.dim}; the bound is valid whatever it is)")
+    if verbose:
+        for a in c.attempts:
+            bound = "none" if a["lower_bound"] is None or not math.isfinite(a["lower_bound"]) else \
+                f"{a['lower_bound']:.12g}"
+            lines.append(f"  tried {a['method']}: status {a['status']}, lower bound {bound}, "
+                         f"{a['seconds']:.2f} s: {a['reason']}")
+    return lines
+
+
 def _certificate_summary(certificate) -> dict:
     """The ``certificate`` entry of ``--json``."""
     data = certificate.to_dict()
-    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "certified", "method", "reason",
-            "solver_status", "seconds", "rank", "dim")
-    return {key: data[key] for key in keys}
+    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "floor", "excess", "tolerance", "certified",
+            "method", "reason", "solver_status", "seconds", "rank", "dim", "attempts")
+    from ncgeo.certify.face import geometry_summary
+
+    return {**{key: data[key] for key in keys}, "geometry": geometry_summary(certificate)}
 
 
 @main.command("certify")
@@ -267,22 +388,25 @@ def _certificate_summary(certificate) -> dict:
               show_default=True, help="Certificate (auto: fastest applicable, with fallbacks).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True,
               help="Conic solver of the relaxations (the other one is the fallback).")
-@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--time-limit", type=_FloatRange(min=0.0, min_open=True), default=None,
               help="Seconds per conic-solver attempt.")
-@click.option("--rtol", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=1e-6, show_default=True,
-              help="Relative gap accepted as certified.")
+@click.option("--rtol", type=_RTOL, default=1e-6, show_default=True, help=_RTOL_HELP)
+@click.option("--atol", type=_ATOL, default=1e-12, show_default=True, help=_ATOL_HELP)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the certificate as JSON ('-': print only the JSON).")
+@click.option("--verbose", is_flag=True, default=False,
+              help="Also print every method tried (method, status, lower bound, seconds, reason).")
 @click.option("--require-certificate", is_flag=True, default=False,
               help="Exit with status 1 when not certified.")
 @click.pass_context
-def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, require_certificate):
+def certify_command(ctx, path, method, solver, time_limit, rtol, atol, json_path, verbose, require_certificate):
     """Certify the global optimality of embeddings saved by `ncgeo solve --save`.
 
     PATH is an .npz with H (N, d), y (N,), W (d, k; (d, 0) without prototypes) and
     `settings` (a JSON string with at least n_w and tau; optional nonnegative,
     prototypes_as_anchors, batching) and, for mini-batches, batch_indices/batch_offsets.
-    Prints one verdict line and the bounds.
+    Prints one verdict line and the bounds. Certified means gap <= rtol * excess + atol * anchors,
+    the excess being the loss above its floor F = sum over anchors of log P_a (THEORY.md section 5.1).
 
     \b
     Examples:
@@ -297,14 +421,15 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, json_path, requ
 
     _check_output("--json", json_path)
     solution = load_npz(path)
-    certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol)
+    certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
+                                 atol=atol)
     text = json.dumps(certificate.to_dict(), indent=2)
     if json_path == "-":
         click.echo(text)
     else:
         click.echo(certificate.verdict())
-        click.echo(f"lower bound {certificate.lower_bound:.12g}, upper bound {certificate.upper_bound:.12g}, "
-                   f"relative gap {certificate.relative_gap:.2e}, rank {certificate.rank} (d = {certificate.dim})")
+        for line in certificate_lines(certificate, verbose):
+            click.echo(line)
         if json_path is not None:
             _write_output("--json", json_path, lambda: atomic_write_bytes(json_path, (text + "\n").encode()))
             click.echo(f"wrote {json_path}")
@@ -324,7 +449,7 @@ def deep() -> None:
 
 @deep.command("train")
 @_deep_train_options
-@click.option("--nproc", type=click.IntRange(min=1), default=None,
+@click.option("--nproc", type=_IntRange(min=1), default=None,
               help="Processes (one per GPU); more than 1 launches torchrun with DDP, --batch-size staying global "
                    "[default: the --config file's nproc, else 1].")
 @click.pass_context
@@ -451,13 +576,25 @@ def _sims_default(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+@contextlib.contextmanager
+def _sims_flags():
+    """A :class:`sims.study.OptionError` (``option tau must be ...``) becomes one line naming the
+    flags (``--tau must be ...``)."""
+    from sims.study import OptionError
+
+    try:
+        yield
+    except OptionError as exc:
+        raise click.UsageError(exc.for_flags()) from exc
+
+
 def _sims_command(study) -> click.Command:
     """A click command for one registered study, its flags built from the study's option specs."""
     params = [
         click.Option(["--out"], required=True, type=click.Path(file_okay=False),
                      help="Output folder: NAME.csv, NAME.json, NAME.png/.pdf and NAME.points/ (resume cache)."),
         click.Option(["--quick"], is_flag=True, help="Small sizes (seconds); default: the full sizes."),
-        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
+        click.Option(["--workers"], type=_IntRange(min=1), default=None,
                      help="Processes for the sweep [default: all CPU cores]."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Progress bar on stderr."),
     ]
@@ -471,13 +608,19 @@ def _sims_command(study) -> click.Command:
             listed = " (comma-separated)" if spec.kind in ("floats", "ints", "strs") else ""
             if spec.range_text:
                 listed = (f" (comma-separated, each {spec.range_text})" if listed else f" ({spec.range_text})")
-            params.append(click.Option([flag, spec.name], type=_SIMS_KINDS[spec.kind], default=None,
+            kind = _SIMS_KINDS[spec.kind]
+            if spec.kind in ("int", "float"):  # its range checked by click, in words naming the flag
+                kind = (_IntRange if spec.kind == "int" else _FloatRange)(
+                    min=spec.low, max=spec.high, min_open=spec.low_open, max_open=spec.high_open)
+            params.append(click.Option([flag, spec.name], type=kind, default=None,
                                        help=f"{spec.help}{listed} {shown}"))
 
     def callback(out, quick, workers, progress, **options):
         from sims.registry import run_study
 
-        _sims_print(run_study(study.name, out, quick=quick, workers=workers, progress=progress, **options))
+        with _sims_flags():
+            result = run_study(study.name, out, quick=quick, workers=workers, progress=progress, **options)
+        _sims_print(result)
 
     return click.Command(study.name, callback=callback, params=params,
                          help=f"{study.question}\n\nSee the module sims.{study.run.__module__.split('.')[-1]} "
@@ -504,7 +647,7 @@ class _SimsGroup(_CleanErrors):
 @click.command("all")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for every study.")
 @click.option("--quick", is_flag=True, help="Small sizes: all studies in under a minute on 2 cores.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
+@click.option("--workers", type=_IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def sims_all(out, quick, workers, progress) -> None:
     """Run every study with its default settings and print a table of verdicts.
@@ -514,7 +657,8 @@ def sims_all(out, quick, workers, progress) -> None:
     """
     from sims.registry import run_all, verdict_table
 
-    results = run_all(out, quick=quick, workers=workers, progress=progress)
+    with _sims_flags():
+        results = run_all(out, quick=quick, workers=workers, progress=progress)
     click.echo(verdict_table(results))
     failed = [r.name for r in results if not r.verdict.passed]
     click.echo(f"{len(results) - len(failed)}/{len(results)} studies PASS" +

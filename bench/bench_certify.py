@@ -1,7 +1,7 @@
 r"""Timings of the certificates (THEORY.md section 5).
 
 (a) ``reduced``: the ``2k x 2k`` reduced SDP and the orbit-reduced program at
-    ``k = 10, 100, 1000`` (step imbalance 100 vs 10 per class, ETF prototypes,
+    ``k = 10, 100, 1000, 5000`` (step imbalance 100 vs 10 per class, ETF prototypes,
     ``n_w = 1000``, tau 0.1, d = k); the reduced program at ``k = 10`` (Clarabel), at
     ``k = 100`` only with ``--all`` (SCS: Clarabel's KKT system of a 200 x 200 PSD cone
     needs more than 3 GB), never at ``k = 1000``. Ratio: reduced / orbit time.
@@ -33,9 +33,10 @@ import time
 
 import numpy as np
 
+from ncgeo import UFMProblem
 from ncgeo.certify import dual_certificate, realise_and_certify, solve_full, solve_orbit, solve_reduced
 from ncgeo.classes import class_sizes, labels_from_sizes
-from ncgeo.geometry import etf_gram, simplex_etf
+from ncgeo.geometry import simplex_etf
 
 
 def _line(name: str, seconds: float, result=None, extra: str = "") -> None:
@@ -45,19 +46,24 @@ def _line(name: str, seconds: float, result=None, extra: str = "") -> None:
 
 def bench_reduced(args) -> None:
     print("(a) reduced vs orbit-reduced SDP (step imbalance 100/10, ETF prototypes, n_w = 1000, tau = 0.1)")
-    solve_orbit([2, 2, 1], None, 0.0, 0.5, dim=3)  # warm-up: imports and cvxpy's first compilation
-    for k in (10, 100, 1000):
+    solve_orbit(UFMProblem.from_sizes([2, 2, 1], tau=0.5, dim=3))  # warm-up: imports and cvxpy's first compilation
+    for k in (10, 100, 1000, 5000):
         sizes = class_sizes(k, 100, "step", 10)
-        gram = etf_gram(k)
         start = time.perf_counter()
-        orbit = solve_orbit(sizes, None, 1000.0, 0.1, prototype_gram=gram, dim=k)
+        W = simplex_etf(k, k)
+        middle = time.perf_counter()
+        problem = UFMProblem.from_sizes(sizes, W, 1000.0, 0.1)
+        if k >= 1000:  # the set-up's O(k^3) steps (eigh in simplex_etf, W^T W once), apart from the certificate
+            print(f"{'set-up k = ' + str(k) + ': simplex_etf / UFMProblem':<44s} {middle - start:8.3f} s / "
+                  f"{time.perf_counter() - middle:.3f} s")
+        start = time.perf_counter()
+        orbit = solve_orbit(problem)
         t_orbit = time.perf_counter() - start
         _line(f"orbit    k = {k}", t_orbit, orbit)
         if k <= 10 or (k <= 100 and args.all):
             start = time.perf_counter()
             solver = "CLARABEL" if k <= 10 else "SCS"  # Clarabel's KKT system at k = 100 needs > 3 GB
-            reduced = solve_reduced(sizes, None, 1000.0, 0.1, prototype_gram=gram, dim=k, solver=solver,
-                                    time_limit=300)
+            reduced = solve_reduced(problem, solver=solver, time_limit=300)
             t_reduced = time.perf_counter() - start
             _line(f"reduced  k = {k}", t_reduced, reduced,
                   f"  ratio reduced/orbit {t_reduced / t_orbit:.1f}  |value diff| "
@@ -72,17 +78,18 @@ def bench_dual(args) -> None:
     sizes = [1000] * 10
     W = simplex_etf(10, 10)
     start = time.perf_counter()
-    H, y, realised = realise_and_certify(sizes, W, 1000.0, 0.1)
+    problem = UFMProblem.from_sizes(sizes, W, 1000.0, 0.1)
+    H, y, realised = realise_and_certify(problem)
     _line("realise_and_certify N = 10,000 (reduced+dual)", time.perf_counter() - start, realised)
     start = time.perf_counter()
-    cert = dual_certificate(H, y, W, 1000.0, 0.1)
+    cert = dual_certificate(problem, H)
     _line("dual_certificate N = 10,000 (collapsed)", time.perf_counter() - start, cert)
     rng = np.random.default_rng(0)
     small = labels_from_sizes([200] * 10)
     Hs = W[:, small].T + 1e-3 * rng.standard_normal((len(small), 10))
     Hs /= np.linalg.norm(Hs, axis=1, keepdims=True)
     start = time.perf_counter()
-    dense = dual_certificate(Hs, small, W, 1000.0, 0.1, snap_tol=0)
+    dense = dual_certificate(UFMProblem.from_sizes([200] * 10, W, 1000.0, 0.1), Hs, snap_tol=0)
     _line("dual_certificate N = 2,000 (dense, perturbed 1e-3)", time.perf_counter() - start, dense,
           f"  lambda_min {dense.solution['lambda_min']:.1e}")
 
@@ -92,10 +99,10 @@ def bench_full(args) -> None:
     for N in (50,) if args.quick else (50, 100):
         sizes = [N // 5] * 5
         start = time.perf_counter()
-        full = solve_full(labels_from_sizes(sizes), simplex_etf(5, 5), 10.0, 0.5, dim=5)
+        full = solve_full(UFMProblem.from_sizes(sizes, simplex_etf(5, 5), 10.0, 0.5))
         t_full = time.perf_counter() - start
         start = time.perf_counter()
-        reduced = solve_reduced(sizes, simplex_etf(5, 5), 10.0, 0.5)
+        reduced = solve_reduced(UFMProblem.from_sizes(sizes, simplex_etf(5, 5), 10.0, 0.5))
         t_reduced = time.perf_counter() - start
         _line(f"full SDP N = {N}", t_full, full,
               f"  ratio full/reduced {t_full / t_reduced:.0f}  |value diff| "

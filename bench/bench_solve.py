@@ -49,6 +49,7 @@ def bench_cli(repeats: int) -> dict:
 def bench_large(n_w: float, per_class: int, classes: int) -> dict:
     import torch
 
+    from ncgeo import UFMProblem
     from ncgeo.classes import labels_from_sizes
     from ncgeo.geometry import simplex_etf
     from ncgeo.ufm import make_batches, solve_ufm, ufm_objective
@@ -64,7 +65,7 @@ def bench_large(n_w: float, per_class: int, classes: int) -> dict:
     torch.autograd.grad(value, H)
     evaluation = time.perf_counter() - start
     start = time.perf_counter()
-    result = solve_ufm(sizes, W, n_w=n_w, tau=0.1, progress=True)
+    result = solve_ufm(UFMProblem.from_sizes(sizes, W, n_w, 0.1), options=dict(progress=True))
     seconds = time.perf_counter() - start
     closed = result.closed_form()
     print(f"(c) full batch N = {len(labels)}, k = {classes}, n_w = {n_w:g}, tau = 0.1, float64, "

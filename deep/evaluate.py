@@ -40,6 +40,7 @@ from ncgeo.metrics import (
     nearest_prototype_accuracy,
     prototype_alignment,
 )
+from ncgeo.progress import Progress
 from ncgeo.statistics import ClassStatistics
 
 from .augment import to_float
@@ -98,13 +99,15 @@ class SplitMetrics:
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512) -> torch.Tensor:
+def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512,
+          progress: Progress | None = None) -> torch.Tensor:
     """Features ``(N, d)`` (float32, on the images' device) of ``uint8`` images ``(N, C, H, W)``.
 
     The model is put in eval mode for the pass and restored to its previous mode. Under
     ``torch.distributed`` every process embeds its contiguous share of the images
     (:func:`deep.sampler.shard_range`) and the rows are gathered in order, so every
-    process returns the features of all ``N`` images. ``batch_size`` is an integer >= 1.
+    process returns the features of all ``N`` images. ``batch_size`` is an integer >= 1;
+    ``progress`` advances by the images of this process's share, chunk by chunk.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -115,8 +118,11 @@ def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: i
     was_training = model.training
     model.eval()
     try:
-        chunks = [model(to_float(images[start:min(start + batch_size, part.stop)], mean, std)).float()
-                  for start in range(part.start, part.stop, batch_size)]
+        chunks = []
+        for start in range(part.start, part.stop, batch_size):
+            chunks.append(model(to_float(images[start:min(start + batch_size, part.stop)], mean, std)).float())
+            if progress is not None:
+                progress.update(len(chunks[-1]))
     finally:
         model.train(was_training)
     local = torch.cat(chunks) if chunks else torch.empty(0, getattr(model, "feature_dim", 0),
@@ -166,22 +172,27 @@ def evaluate_split(embeddings: torch.Tensor, labels: torch.Tensor, prototypes, n
 
 
 def evaluate_run(model: torch.nn.Module, train_set, test_set, prototypes: torch.Tensor,
-                 batch_size: int = 512) -> tuple[SplitMetrics, SplitMetrics | None]:
+                 batch_size: int = 512, progress: str | None = None) -> tuple[SplitMetrics, SplitMetrics | None]:
     """Evaluate on the training set (its own means) and the test set (training means for NCC).
 
     ``train_set``/``test_set`` are :class:`deep.data.ImageDataset` on the model's device;
-    ``test_set`` may be ``None``. Returns ``(train_metrics, test_metrics)``.
+    ``test_set`` may be ``None``. ``progress``: the description of a progress bar on stderr
+    over the images this process embeds (``None``: no bar). Returns ``(train_metrics,
+    test_metrics)``.
     """
     if not isinstance(train_set, ImageDataset):
         raise TypeError(f"train_set must be an ImageDataset, got {type(train_set).__name__}")
     if test_set is not None and not isinstance(test_set, ImageDataset):
         raise TypeError(f"test_set must be an ImageDataset or None, got {type(test_set).__name__}")
     k = train_set.num_classes
-    H = embed(model, train_set.images, train_set.mean, train_set.std, batch_size)
-    train = evaluate_split(H, train_set.labels, prototypes, k)
-    del H
-    test = None
-    if test_set is not None and len(test_set) > 0:
-        H = embed(model, test_set.images, train_set.mean, train_set.std, batch_size)
-        test = evaluate_split(H, test_set.labels, prototypes, k, reference_means=train.means)
+    splits = [train_set] + ([test_set] if test_set is not None and len(test_set) > 0 else [])
+    share = sum(len(shard_range(len(split), rank(), world_size())) for split in splits)
+    with Progress(progress or "", share, unit="images", enabled=progress is not None) as bar:
+        H = embed(model, train_set.images, train_set.mean, train_set.std, batch_size, bar)
+        train = evaluate_split(H, train_set.labels, prototypes, k)
+        del H
+        test = None
+        if len(splits) > 1:
+            H = embed(model, test_set.images, train_set.mean, train_set.std, batch_size, bar)
+            test = evaluate_split(H, test_set.labels, prototypes, k, reference_means=train.means)
     return train, test

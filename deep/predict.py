@@ -414,6 +414,7 @@ def predict_run(run: str | os.PathLike | RunRecord, model: str | None = None, *,
 def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", write: bool = True) -> Prediction:
     """:func:`predict_run` of a record that :func:`check_predictable` has passed, with the model
     it returned (:func:`deep.report.report` checks every run before the first solve)."""
+    from ncgeo import UFMProblem
     from ncgeo.certify import certify_ce_limit, solve_reduced
 
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
@@ -431,8 +432,9 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
                    if limit.certified else f"not certified: {limit.reason}")
     else:
         weights = expected_batch_counts(counts, record.run["samples_per_batch"]) if model == "batch" else counts
-        result = solve_reduced(weights, W if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
-                               prototypes_as_anchors=anchors and n_w > 0, dim=W.shape[0], solver=solver)
+        problem = UFMProblem.from_sizes(weights, W, n_w, tau, nonnegative=nonnegative,
+                                        prototypes_as_anchors=anchors and n_w > 0, dim=W.shape[0])
+        result = solve_reduced(problem, solver=solver)
         if "R" not in result.solution:
             raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
         gram, certificate, verdict = (predicted_means_gram(np.asarray(result.solution["R"]), weights),

@@ -33,7 +33,7 @@ from ncgeo._io import atomic_write_bytes, os_errors_as_value_errors
 
 from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_record
 
-__all__ = ["ReportResult", "report", "accuracy_rows", "cosines"]
+__all__ = ["ReportResult", "report", "accuracy_rows", "cosines", "run_labels"]
 
 TABLE_COLUMNS = (
     "run", "loss", "n_w", "imbalance", "ratio", "epoch", "train_ncc", "test_ncc", "train_nearest_prototype",
@@ -121,33 +121,63 @@ def _save_figure(figure, path: Path) -> None:
     _write(path, buffer.getvalue())
 
 
+def run_labels(records: Sequence[RunRecord]) -> list[str]:
+    """A legend name per run from what it trained: ``SCL n_w = 100``, ``CE, fixed W`` (ce-fixed)
+    or ``CE, learnt W`` (ce); runs that would share a name get the shortest end of their
+    folder path that tells them apart, e.g. ``SCL n_w = 100 (runs/a)`` and ``... (x/a)``."""
+    names = []
+    for record in records:
+        loss = record.config.get("loss", "scl")
+        names.append({"ce": "CE, learnt W", "ce-fixed": "CE, fixed W"}.get(
+            loss, f"SCL n_w = {float(record.config.get('protos', 0.0)):g}"))
+    labels = list(names)
+    for name in set(names):
+        same = [i for i, other in enumerate(names) if other == name]
+        if len(same) < 2:
+            continue
+        paths = {i: Path(os.path.abspath(records[i].path)).parts for i in same}
+        for i in same:
+            for depth in range(1, len(paths[i]) + 1):
+                tail = paths[i][-depth:]
+                if all(paths[j][-depth:] != tail for j in same if j != i):
+                    break
+            labels[i] = f"{name} ({'/'.join(tail)})"
+    return labels
+
+
 def _curves(records: Sequence[RunRecord], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    panels = (("delta_prototypes", "Delta to prototype Gram"), ("delta_etf", "Delta to ETF (centred)"),
-              ("delta_of", "Delta to OF (uncentred)"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    panels = (("delta_prototypes", "to the prototype Gram G_W"), ("delta_etf", "to the ETF (centred means)"),
+              ("delta_of", "to the OF (uncentred means)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, record in enumerate(records):
+    handles = []
+    for index, (record, label) in enumerate(zip(records, run_labels(records))):
         colour = colours[index % len(colours)]
         epochs = [m["epoch"] for m in record.metrics]
-        for axis, (key, title) in zip(axes[0], panels):
+        handles.append(Line2D([], [], color=colour, marker="o", ms=3, label=label))
+        for axis, (key, _) in zip(axes[0], panels):
             train = [m["train"][key] for m in record.metrics]
-            axis.plot(epochs, [np.nan if v is None else v for v in train], "-o", ms=3, color=colour,
-                      label=f"{record.name} (train)")
+            axis.plot(epochs, [np.nan if v is None else v for v in train], "-o", ms=3, color=colour)
             if all(m.get("test") for m in record.metrics):
                 test = [m["test"][key] for m in record.metrics]
-                axis.plot(epochs, [np.nan if v is None else v for v in test], "--", color=colour,
-                          label=f"{record.name} (test)")
-            axis.set_title(title)
-            axis.set_xlabel("epoch")
-            axis.set_ylim(bottom=0)
-    axes[0][0].set_ylabel("Delta")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
+                axis.plot(epochs, [np.nan if v is None else v for v in test], "--", color=colour)
+    for axis, (_, title) in zip(axes[0], panels):
+        axis.set_title(f"Delta {title}", fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("Delta")
+        axis.set_ylim(bottom=0, top=max(axis.get_ylim()[1], 1e-3))  # after every curve: none is clipped
+    handles += [Line2D([], [], color="grey", ls="-", label="training set"),
+                Line2D([], [], color="grey", ls="--", label="test set")]
+    figure.suptitle("Gram distance Delta of the class means during training", fontsize=11)
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
+                  bbox_to_anchor=(0.5, 0.0))
+    figure.tight_layout(rect=(0, 0.06 + 0.05 * ((len(handles) - 1) // 4), 1, 1))
     _save_figure(figure, path)
     plt.close(figure)
 
@@ -158,25 +188,36 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(records), 3, figsize=(10.5, 3.3 * len(records)), squeeze=False)
+    figure, axes = plt.subplots(len(records), 3, figsize=(10.5, 3.6 * len(records)), squeeze=False)
     image = None
-    for row, (record, prediction) in enumerate(zip(records, predictions)):
-        train = _final(record)["train"]
+    for row, (record, prediction, label) in enumerate(zip(records, predictions, run_labels(records))):
+        final = _final(record)
+        train = final["train"]
         # "gram_means" in runs written before the key was renamed (the same M^T M); nulls (NaN) become NaN
         key = next(key for key in MEAN_PRODUCTS_KEYS if key in train)  # load_run checked that one is there
         measured = cosines(np.asarray(train[key], dtype=np.float64))
-        panels = [(measured, f"{record.name}: learnt (epoch {_final(record)['epoch']})"),
+        predicted = "" if prediction is None or prediction.delta_measured_predicted is None else \
+            f"\nDelta to the learnt = {_format(prediction.delta_measured_predicted)}"
+        panels = [(measured, f"{label}: learnt (epoch {final['epoch']})\n"
+                             f"Delta to G_W = {_format(train.get('delta_prototypes'))}"),
                   (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
                   (None if prediction is None else cosines(prediction.gram_predicted),
-                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model})"))]
+                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model})") + predicted)]
+        k = measured.shape[0]
         for axis, (matrix, title) in zip(axes[row], panels):
             axis.set_title(title, fontsize=9)
-            axis.set_xticks([])
-            axis.set_yticks([])
             if matrix is None:
+                axis.set_xticks([])
+                axis.set_yticks([])
                 axis.text(0.5, 0.5, "no prediction", ha="center", va="center", transform=axis.transAxes)
                 continue
             image = axis.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+            ticks = range(k) if k <= 20 else range(0, k, max(1, k // 10))  # class indices
+            axis.set_xticks(ticks)
+            axis.set_yticks(ticks)
+            axis.tick_params(labelsize=7)
+            axis.set_xlabel("class", fontsize=8)
+            axis.set_ylabel("class", fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine")
     _save_figure(figure, path)

@@ -336,7 +336,7 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
     model = "ce-limit" if ce else ("dataset" if exact else "batch")
     prediction = predict_run(record, model)
     device = torch.device("cpu")
-    train_set, _ = prepare_data(config.replace(max_test_samples=1), device, datasets)
+    train_set, _ = prepare_data(config, device, datasets)
     network, _, W = build_run(config, train_set, device)
     network.load_state_dict(load_checkpoint(Path(folder) / "checkpoint.pt")["model"])
     H = embed(network, train_set.images, train_set.mean, train_set.std, config.eval_batch_size).double()

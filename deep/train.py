@@ -70,6 +70,7 @@ from torch import nn
 from ncgeo._io import remove_stale_temporaries
 from ncgeo._validation import check_device
 from ncgeo.classes import class_sizes
+from ncgeo.progress import Progress
 
 from .augment import augment_batch, to_float
 from .checkpoint import (
@@ -185,6 +186,9 @@ def prepare_data(config: TrainConfig, device: torch.device,
     if config.imbalance != "none" or majority is not None:
         index = imbalanced_indices(train_set.labels, config.imbalance, config.ratio, config.seed, k, majority)
         train_set = train_set.subset(index)
+    if config.max_test_samples is not None and config.max_test_samples < k:
+        raise ValueError(f"--max-test-samples must be at least one per class (k = {k}): the test set stays "
+                         f"balanced, got {config.max_test_samples}")
     if config.max_test_samples is not None and config.max_test_samples < len(test_set):
         per_class = max(1, min(config.max_test_samples // k, int(test_set.class_counts().min())))
         test_set = test_set.subset(imbalanced_indices(test_set.labels, "none", 1.0, config.seed, k, per_class))
@@ -224,19 +228,6 @@ def train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.Op
     return loss.detach()
 
 
-class _Progress:
-    """Periodic one-line progress on stderr: epoch, step, loss, images/s, learning rate."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int, stream=sys.stderr) -> None:
-        self.enabled, self.epochs, self.steps, self.stream = enabled, epochs, steps, stream
-
-    def line(self, epoch: int, step: int, loss: float, images_per_second: float, lr: float) -> None:
-        if self.enabled:
-            self.stream.write(f"epoch {epoch}/{self.epochs} step {step}/{self.steps} loss {loss:.4f} "
-                              f"{images_per_second:.0f} img/s lr {lr:.4g}\n")
-            self.stream.flush()
-
-
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     shuffle = torch.Generator(device="cpu")
     shuffle.manual_seed(seed)
@@ -273,7 +264,8 @@ def _evaluate_and_log(out: Path, model, objective, train_set, test_set, config: 
                       epoch: int, step: int, lr: float, loss: float | None, write: bool = True) -> dict:
     broadcast_buffers(model)  # every process evaluates with rank 0's batch-norm statistics
     train_metrics, test_metrics = evaluate_run(model, train_set, test_set, objective.prototypes,
-                                               config.eval_batch_size)
+                                               config.eval_batch_size,
+                                               progress=f"evaluating epoch {epoch}" if config.progress and write else None)
     record = {"epoch": epoch, "step": step, "lr": lr, "loss": loss, "train": train_metrics.to_dict(),
               "test": None if test_metrics is None else test_metrics.to_dict()}
     if not write:
@@ -333,15 +325,22 @@ def train(config: TrainConfig, *, datasets: tuple[ImageDataset, ImageDataset] | 
         Receives one-line status messages (default: stderr when ``config.progress``).
     """
     locks: list = []
+    status = {"main": True, "epoch": None}  # the last epoch checkpointed, kept up to date by _train
     try:
-        return _train(config, datasets, stop_after, log, locks)
+        return _train(config, datasets, stop_after, log, locks, status)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (ncgeo._io.exit_on_sigterm)
+        if status["main"]:
+            print(f"interrupted after epoch {status['epoch']}; continue with --resume" if status["epoch"] else
+                  "interrupted before the first epoch ended (no checkpoint yet); run the command again",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         for lock in locks:
             if lock is not None:
                 lock.close()
 
 
-def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
+def _train(config: TrainConfig, datasets, stop_after, log, locks: list, status: dict) -> Path:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
@@ -350,7 +349,7 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
     context = init_distributed(device)  # torchrun's processes: one device each (cuda:LOCAL_RANK)
     if context.enabled:
         device = torch.device(context.device)
-    main_process = context.is_main
+    main_process = status["main"] = context.is_main
     if not main_process:
         log = lambda text: None  # noqa: E731 - rank 0 alone prints
     elif log is None:
@@ -384,6 +383,10 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
     scheduler = build_scheduler(optimizer, config, steps)
     shuffle, augment = _generators(config.seed, device)
 
+    log(f"training {config.arch} (width {config.width}, {config.feature} features, d = {model.feature_dim}) on "
+        f"{config.dataset}: {len(train_set)} training images in {train_set.num_classes} classes, {len(test_set)} test "
+        f"images; device {device}{f' x {context.world_size} processes' if context.world_size > 1 else ''}; "
+        f"{steps} steps of {config.batch_size} images per epoch, {config.epochs} epochs; run folder {out}")
     epoch = 0
     if state is None and main_process:
         make_run_folder(out)
@@ -431,12 +434,14 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
             if removed:
                 log(f"removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(removed)}")
         log(f"resuming {out} after epoch {epoch}")
+        status["epoch"] = epoch
 
-    progress = _Progress(config.progress and main_process, config.epochs, steps)
+    show = config.progress and main_process
     done_now = 0
     model.train()
     while epoch < config.epochs and (stop_after is None or done_now < stop_after):
         epoch += 1
+        bar = Progress(f"epoch {epoch}/{config.epochs}", steps, unit="steps", enabled=show)
         started = time.perf_counter()
         batches = sampler.split(torch.randperm(len(train_set), generator=shuffle)).to(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -449,11 +454,14 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
                               augment=config.augment == "crop-flip")
             scheduler.step()
             loss_sum += loss
-            if progress.enabled and ((step + 1) % config.log_every == 0 or step + 1 == steps):
+            if show and ((step + 1) % config.log_every == 0 or step + 1 == steps):  # float(loss) syncs
                 now = time.perf_counter()
                 rate = (step + 1 - last_step) * batch_size / max(now - last_time, 1e-9)
-                progress.line(epoch, step + 1, float(loss), rate, optimizer.param_groups[0]["lr"])
+                bar.update(1, loss=float(loss), speed=f"{rate:.0f} img/s", lr=optimizer.param_groups[0]["lr"])
                 last_time, last_step = now, step + 1
+            else:
+                bar.update(1)
+        bar.close()
         mean_loss = float(mean_over_ranks(loss_sum)) / steps
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"the training loss became {mean_loss} in epoch {epoch}; "
@@ -485,6 +493,7 @@ def _train(config: TrainConfig, datasets, stop_after, log, locks: list) -> Path:
                 "shuffle_generator": shuffle.get_state(),
                 "augment_generator": augment.get_state(),
             })
+            status["epoch"] = epoch  # the last epoch checkpointed (every epoch with mini-batches)
     # every process leaves together, after rank 0 has written the checkpoint: a process that tore
     # its process group down while another still wrote could abort in gloo's threads at exit
     barrier()

@@ -21,7 +21,9 @@ from .geometry import (
 from .losses import fixed_classifier_cross_entropy, scl_prototype_loss
 from .metrics import geometry_metrics, gram_distance
 from . import closed_form, ufm  # noqa: E402  (after metrics: ufm builds on it)
+from .problem import UFMProblem
 from .ufm import solve_ufm
+from .problem import UFMProblem
 
 __version__ = "0.1.0"
 
@@ -46,4 +48,5 @@ __all__ = [
     "closed_form",
     "ufm",
     "solve_ufm",
+    "UFMProblem",
 ]

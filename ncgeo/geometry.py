@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+import math
+
 import numpy as np
 
 from ._validation import as_float_array, check_bool, check_choice, check_int, check_positive
@@ -203,9 +205,11 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     r"""Read prototypes from ``.npy``, ``.csv`` or ``.txt`` and return ``W`` (``d x k``).
 
     The file holds one matrix, either a Gram ``k x k`` or vectors ``d x k`` (one
-    prototype per column). ``kind="auto"`` (default) treats a square, symmetric matrix
-    with unit diagonal (within ``tol``) as a Gram, and anything else as vectors; pass
-    ``kind="gram"`` or ``kind="vectors"`` to decide explicitly. Grams are factorised with
+    prototype per column). ``kind="auto"`` (default) reads a square matrix that is a Gram
+    of unit vectors (symmetric, unit diagonal within ``tol``, positive semidefinite) as a
+    Gram and any other matrix as vectors; a square matrix that fits neither reading is
+    refused with what each reading needs. Pass ``kind="gram"`` or ``kind="vectors"`` to
+    decide explicitly. Grams are factorised with
     :func:`prototypes_from_gram`; vectors must have unit columns (within ``tol``; they are
     then renormalised exactly) and are padded with zero rows up to ``d``.
     CSV/TXT files are read with comma or whitespace separators.
@@ -242,21 +246,27 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     matrix = as_float_array(f"the matrix in {path!r}", matrix, ndim=2)
     if matrix.size == 0:
         raise ValueError(f"prototype file {path!r} is empty")
-    if kind == "auto":
+    norms = np.linalg.norm(matrix, axis=0)
+    worst = int(np.argmax(np.abs(norms - 1.0)))
+    unit_columns = abs(norms[worst] - 1.0) <= tol
+    as_vectors = (f"read as vectors (d x k, one prototype per column), column {worst} has norm {norms[worst]:.6g} "
+                  "(each needs unit norm)")
+    if kind == "auto":  # a square matrix is a Gram when it is one, else vectors when they are unit
         square = matrix.shape[0] == matrix.shape[1]
-        looks_gram = (square and np.allclose(matrix, matrix.T, atol=tol)
-                      and np.allclose(np.diag(matrix), 1.0, atol=tol))
-        kind = "gram" if looks_gram else "vectors"
+        gram_problem = _gram_problem(matrix, tol) if square else "not square"
+        if square and gram_problem is not None and not unit_columns:  # neither reading fits: explain both
+            raise ValueError(f"prototype file {path!r} holds a {matrix.shape[0]} x {matrix.shape[1]} matrix that is "
+                             f"neither a Gram nor vectors of unit prototypes: read as a k x k Gram, {gram_problem} "
+                             f"(a Gram needs a unit diagonal, symmetry and positive semidefiniteness); {as_vectors}")
+        kind = "gram" if gram_problem is None else "vectors"
     if kind == "gram":
         try:
             return prototypes_from_gram(matrix, d, tol=tol)
         except ValueError as exc:
             raise ValueError(f"prototype file {path!r}: {exc}") from exc
-    norms = np.linalg.norm(matrix, axis=0)
-    if np.any(np.abs(norms - 1.0) > tol):
-        worst = int(np.argmax(np.abs(norms - 1.0)))
-        raise ValueError(f"prototype file {path!r}: vectors (d x k, one per column) must have unit norm; "
-                         f"column {worst} has norm {norms[worst]:.6g}")
+    if not unit_columns:
+        gram = "; a Gram would be a square k x k matrix" if matrix.shape[0] != matrix.shape[1] else ""
+        raise ValueError(f"prototype file {path!r}: {as_vectors}{gram}")
     rows = matrix.shape[0]
     if d is None:
         d = rows
@@ -268,13 +278,24 @@ def load_prototypes(path: str | os.PathLike, d: int | None = None,
     return _unit_columns(W)
 
 
+def _gram_problem(matrix: np.ndarray, tol: float) -> str | None:
+    """What keeps a square ``matrix`` from being a Gram of unit vectors (:func:`check_gram`'s
+    reason, without the name), or ``None`` when it is one."""
+    try:
+        check_gram(matrix, "it", tol=tol)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 2000,
                    energy_power: float = 2.0) -> np.ndarray:
     r"""Numerical spherical code: ``k`` well-separated unit vectors in ``R^d``.
 
     Minimises the Riesz ``s``-energy ``sum_{c < c'} ||w_c - w_{c'}||^{-s}`` (``s =
-    energy_power``) over the product of spheres by projected gradient descent with a
-    backtracking step, from a seeded random start. Useful when ``k > d + 1`` (no ETF
+    energy_power``) over the product of spheres with the project's Riemannian L-BFGS
+    (:func:`ncgeo.ufm.optimiser.riemannian_lbfgs`, at most ``iterations`` steps, Riemannian
+    gradient ``<= 1e-12`` times the starting energy), from a seeded random start. Useful when ``k > d + 1`` (no ETF
     exists); for ``k <= d + 1`` it approaches the simplex ETF.
 
     ``energy_power`` must be a finite number in ``(0, 16]`` (:data:`MAX_ENERGY_POWER`):
@@ -289,36 +310,25 @@ def spherical_code(k: int, d: int, *, seed: int | None = 0, iterations: int = 20
     if s > MAX_ENERGY_POWER:
         raise ValueError(f"energy_power must be in (0, {MAX_ENERGY_POWER:g}] (larger Riesz exponents "
                          f"overflow float64), got {s!r}")
-    W = random_prototypes(k, d, seed=seed).T  # rows
+    import torch
 
-    def energy_and_grad(X):
-        diff = X[:, None, :] - X[None, :, :]
-        dist2 = np.sum(diff**2, axis=-1) + np.eye(k)
-        inv = dist2 ** (-s / 2)
-        np.fill_diagonal(inv, 0.0)
-        energy = 0.5 * inv.sum()
-        coef = -s * inv / dist2
-        np.fill_diagonal(coef, 0.0)
-        grad = np.einsum("ij,ijk->ik", coef, diff)
-        return energy, grad
+    from .ufm.optimiser import riemannian_lbfgs  # local: ncgeo.ufm imports this module
 
-    step = 0.1
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
-        energy, grad = energy_and_grad(W)
-        for _ in range(iterations):
-            tangent = grad - np.sum(grad * W, axis=1, keepdims=True) * W
-            if np.linalg.norm(tangent) < 1e-12 * max(1.0, energy):
-                break
-            while True:
-                candidate = W - step * tangent / max(1.0, np.linalg.norm(tangent))
-                candidate /= np.linalg.norm(candidate, axis=1, keepdims=True)
-                new_energy, new_grad = energy_and_grad(candidate)
-                if new_energy <= energy or step < 1e-12:
-                    break
-                step *= 0.5
-            W, energy, grad = candidate, new_energy, new_grad
-            step *= 1.2
-        W = _unit_columns(W.T)
+    off = ~torch.eye(k, dtype=torch.bool)
+
+    def log_energy_and_grad(X: torch.Tensor):
+        # the logarithm of the energy: the same minimiser, scale-free (s = 16 starts near 1e30)
+        X = X.detach().requires_grad_(True)
+        dist2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)[off]
+        log_energy = torch.logsumexp(-(s / 2) * torch.log(dist2), dim=0) - math.log(2.0)
+        (grad,) = torch.autograd.grad(log_energy, X)
+        return log_energy.detach(), grad
+
+    start = torch.as_tensor(random_prototypes(k, d, seed=seed).T.copy())  # rows
+    W = np.full((d, k), np.nan)
+    if math.isfinite(float(log_energy_and_grad(start)[0])):  # coinciding starting points: infinite
+        out = riemannian_lbfgs(log_energy_and_grad, start, grad_tol=1e-12, max_iterations=iterations)
+        W = _unit_columns(out.x.numpy().T)
     if not np.all(np.isfinite(W)):
         raise ValueError(f"spherical_code(k={k}, d={d}, energy_power={s:g}) produced non-finite vectors "
                          f"(the Riesz energy overflowed); use a smaller energy_power or another seed")

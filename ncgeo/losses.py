@@ -208,8 +208,9 @@ def _prototype_anchor_losses(H, y, W, k, n_w, tau):
     member = F.one_hot(y, k).T.to(H.dtype)  # (k, B)
     count = member.sum(dim=1) + own_copies
     positive = (sample_sim * member).sum(dim=1) + own_copies * torch.diagonal(proto_sim)
-    has_positive = count > 0
-    value = torch.logsumexp(logits, dim=1) - positive / count.clamp_min(1.0)
+    has_positive = count > 0  # P = m_c + n_w - 1 may lie in (0, 1): divide by P itself
+    safe_count = torch.where(has_positive, count, torch.ones((), dtype=H.dtype, device=H.device))
+    value = torch.logsumexp(logits, dim=1) - positive / safe_count
     return torch.where(has_positive, value, torch.zeros((), dtype=H.dtype, device=H.device))
 
 

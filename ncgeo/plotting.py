@@ -28,8 +28,9 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
                          title: str | None = None, dpi: int = 120):
     """Heatmaps of the class-mean cosine Gram beside the prototype Gram (both ``k x k``).
 
-    Colour scale fixed to ``[-1, 1]`` (diverging), one panel per matrix, entries written
-    in the cells when ``k <= 12``. Writes the figure to ``path`` atomically when given (PNG,
+    Colour scale fixed to ``[-1, 1]`` (diverging, with a colour bar), one panel per matrix,
+    a tick per class up to ``k = 20``, and the entries written in the cells only when their
+    text fits inside a cell (e.g. ``k = 4``, not ``k = 10``). Writes the figure to ``path`` atomically when given (PNG,
     PDF or SVG by the suffix, :func:`figure_format`) and returns the matplotlib figure.
 
     Parameters
@@ -60,16 +61,34 @@ def plot_gram_comparison(gram_means, gram_prototypes=None, path: str | os.PathLi
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("class")
         axis.set_ylabel("class")
-        if k <= 12:
-            for (i, j), value in np.ndenumerate(matrix):
-                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                          color="white" if abs(value) > 0.6 else "black")
-    figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
+        if k <= 20:  # a tick per class while the labels fit
+            axis.set_xticks(range(k))
+            axis.set_yticks(range(k))
+            axis.tick_params(labelsize=8 if k <= 12 else 6)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="cosine")
     if title:
         figure.suptitle(title, fontsize=10)
+    for axis, (_, matrix) in zip(axes[0], panels):
+        _write_values_if_they_fit(figure, axis, matrix)
     if path is not None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, dpi=dpi)
         atomic_write_bytes(path, buffer.getvalue())
     plt.close(figure)
     return figure
+
+
+def _write_values_if_they_fit(figure, axis, matrix: np.ndarray, fontsize: float = 7.0) -> bool:
+    """Write every entry (2 decimals) in its cell when the widest text fits in a cell with a
+    margin, measured with the figure's renderer; returns whether the values were written."""
+    renderer = figure.canvas.get_renderer()
+    cell = axis.get_window_extent(renderer).width / matrix.shape[1]
+    probe = axis.text(0, 0, "-0.00", fontsize=fontsize)
+    widest = probe.get_window_extent(renderer).width
+    probe.remove()
+    if widest > 0.85 * cell:
+        return False
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
+                  color="white" if abs(value) > 0.6 else "black")
+    return True

@@ -47,15 +47,18 @@ OPTIONS = (
 
 def batching_point(point: dict[str, Any]) -> dict[str, Any]:
     """Solve UFM+ for one scheme and seed; return loss, gradient norm and Deltas."""
-    from ncgeo.ufm import solve_ufm
+    from ncgeo.ufm import scheme_problem, solve_ufm
 
     sizes = sizes_from_settings(point, point["ratio"])
     W = prototypes_for("of", point["k"]) if point["n_w"] > 0 else None
     scheme = point["scheme"]
-    result = solve_ufm(sizes, W, point["n_w"], point["tau"], dim=point["k"], nonnegative=True, batching=scheme,
-                       batch_size=None if scheme == "full" else point["batch_size"], seed=point["seed"],
-                       max_iterations=point["epochs"] if scheme == "shuffle" else None,
-                       time_limit=point["time_limit"])
+    batch_size = None if scheme == "full" else point["batch_size"]
+    problem = scheme_problem(sizes, W, point["n_w"], point["tau"], scheme=scheme, batch_size=batch_size,
+                             seed=point["seed"], dim=point["k"], nonnegative=True)
+    options = dict(seed=point["seed"], time_limit=point["time_limit"])
+    if scheme == "shuffle":
+        options.update(batch_size=batch_size, max_iterations=point["epochs"])
+    result = solve_ufm(problem, "adam" if scheme == "shuffle" else "lbfgs", options=options)
     metrics = result.metrics
     return {"delta_of": float(metrics.delta_of), "delta_etf": float(metrics.delta_etf), "nc1": float(metrics.nc1),
             "loss": float(result.loss), "grad_norm": float(result.grad_norm),

@@ -14,9 +14,11 @@ from ncgeo.classes import class_sizes
 from ncgeo.geometry import PROTOTYPE_NAMES, etf_gram, named_prototypes, prototypes_from_gram
 from ncgeo.metrics import gram_distance
 
+from .study import OptionError
+
 __all__ = ["GEOMETRIES", "hierarchical_gram", "prototypes_for", "check_geometry_names", "gram_factor", "gram_delta",
            "gram_delta_etf", "geometry_fingerprint",
-           "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum"]
+           "sizes_from_settings", "target_gram", "certified_optimum", "ce_limit_optimum", "unpinned_note"]
 
 #: Built-in prototype geometries (anything else is read as a file path).
 GEOMETRIES = PROTOTYPE_NAMES + ("hierarchical",)
@@ -52,11 +54,12 @@ def prototypes_for(geometry: str, k: int, d: int | None = None, seed: int = 0) -
 
 
 def check_geometry_names(option: str, names) -> None:
-    """Raise ``ValueError`` naming ``option`` unless every name is a built-in geometry
-    (:data:`GEOMETRIES`) or an existing file; called before a sweep starts its workers."""
+    """Raise :class:`sims.study.OptionError` naming the study option ``option`` (e.g.
+    ``"geometry"``) unless every name is a built-in geometry (:data:`GEOMETRIES`) or an
+    existing file; called before a sweep starts its workers."""
     for name in names:
         if name not in GEOMETRIES and not (isinstance(name, str) and os.path.isfile(name)):
-            raise ValueError(f"{option} must be one of {', '.join(GEOMETRIES)} or an existing file, got {name!r}")
+            raise OptionError(option, f"must be one of {', '.join(GEOMETRIES)} or an existing file, got {name!r}")
 
 
 def geometry_fingerprint(geometry: str) -> dict[str, str]:
@@ -130,60 +133,84 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
        optimum is the UFM optimum) gives the lower bound and a Gram ``R``.
     2. With ``polish``, :func:`ncgeo.ufm.solve_ufm` (full batch, collapsed start,
        Riemannian gradient ``<= 1e-9``) gives a feasible point; when its loss is within the
-       certificate tolerance of the bound (relative ``1e-6``,
+       certificate tolerance of the bound (``rtol (U - F) + atol A``, THEORY.md section 5.1,
        :data:`ncgeo.certify.result.DEFAULT_RTOL`) its geometry and loss are used
        (``source = "solver"``): a conic solver's Gram is only accurate to about the square
        root of its tolerance where the loss is flat, the solver's to its gradient norm.
        Otherwise (e.g. no within-class collapse) the SDP's ``R`` is used (``source = "sdp"``).
 
     Returns plain values: ``loss`` (loss per sample ``L/N``, ``L`` summed over anchors),
-    ``lower_bound`` (per sample), ``certified``, ``reason``, ``source``,
+    ``lower_bound`` and ``floor`` (per sample; THEORY.md section 5.1), ``relative_gap`` (gap over
+    the excess ``loss - floor``), ``certified``, ``reason``, ``source``,
     ``min_within_similarity`` (``min_c a_c`` of the SDP; 1 at within-class collapse) and
     ``gram``: the uncentred class-mean Gram ``(G_M)_cc' = mu_c . mu_c'`` as nested lists, and,
     when the optimum is realised in the frame of ``W``, ``means`` (``d x k`` class means).
+    ``geometry_pinned`` (bool) and ``geometry_verdict`` (one line) are the geometry verdict of the reduced
+    certificate (:func:`ncgeo.certify.face.geometry_summary`, THEORY.md section 5.1): a Delta of
+    ``gram`` describes *the* optimal geometry only when ``geometry_pinned`` is True.
     """
     from ncgeo.certify.reduced import solve_reduced
-    from ncgeo.certify.result import DEFAULT_RTOL
+    from ncgeo.certify.result import DEFAULT_ATOL, DEFAULT_RTOL
+    from ncgeo.problem import UFMProblem
 
     sizes = [int(s) for s in sizes]
     k = len(sizes)
     N = float(sum(sizes))
     dim = int(N) + k if dim is None else dim
     W = W if n_w > 0 else None  # without prototype copies the loss does not involve W
+    # the prototypes in R^dim (zero rows appended): the same objective, realisable up to rank dim
+    W_dim = None if W is None else np.vstack([W, np.zeros((max(dim - W.shape[0], 0), k))])
+    problem = UFMProblem.from_sizes(sizes, W_dim, n_w, tau, nonnegative=nonnegative,
+                                    prototypes_as_anchors=prototypes_as_anchors, dim=dim)
+    floor, anchors = problem.floor(), problem.num_anchors()
     try:
-        result = solve_reduced(sizes, W, n_w, tau, nonnegative=nonnegative,
-                               prototypes_as_anchors=prototypes_as_anchors, dim=dim)
+        result = solve_reduced(problem)
     except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as exc:
         # a failure of the certificate is a result (not certified), not a crash of the study
         result = f"reduced SDP raised {type(exc).__name__}: {exc}"
+    if isinstance(result, str):
+        geometry = {"pinned": False, "line": f"geometry not examined: {result}"}
+    else:
+        from ncgeo.certify.face import geometry_summary
+
+        geometry = geometry_summary(result)
     if isinstance(result, str) or "R" not in result.solution:
-        out = {"loss": float("nan"), "lower_bound": float("nan"), "certified": False, "source": "none",
+        out = {"loss": float("nan"), "lower_bound": float("nan"), "floor": floor / N, "relative_gap": float("nan"),
+               "certified": False, "source": "none",
                "reason": result if isinstance(result, str) else result.reason,
                "min_within_similarity": float("nan"), "gram": np.full((k, k), np.nan).tolist()}
     else:
         s = np.sqrt(np.asarray(sizes, dtype=float))
         R = np.asarray(result.solution["R"], dtype=float)
         out = {"loss": float(result.upper_bound) / N, "lower_bound": float(result.lower_bound) / N,
+               "floor": floor / N, "relative_gap": float(result.relative_gap),
                "certified": bool(result.certified), "reason": result.reason, "source": "sdp",
                "min_within_similarity": float(np.min(result.solution["a"])),
                "gram": (R[:k, :k] / np.outer(s, s)).tolist()}
-        if W is not None and result.solution.get("means") is not None:
-            out["means"] = np.asarray(result.solution["means"], dtype=float).tolist()
+        means = result.solution.get("means")
+        if W is not None and means is not None and np.abs(means[W.shape[0]:]).max(initial=0.0) <= 1e-9:
+            out["means"] = np.asarray(means[:W.shape[0]], dtype=float).tolist()  # in the frame of W
+    out.update(geometry_pinned=bool(geometry["pinned"]), geometry_verdict=geometry["line"])
     if polish:
         from ncgeo.metrics import class_means
+        from ncgeo.problem import UFMProblem
         from ncgeo.ufm import solve_ufm
 
         # the collapsed start only: the polish is accepted against the SDP bound, so the extra random
         # starts of init="auto" cost 2.5-4x the study's time and changed no accepted point
-        solved = solve_ufm(sizes, W, n_w, tau, dim=k if W is None else W.shape[0], nonnegative=nonnegative,
-                           prototypes_as_anchors=prototypes_as_anchors, time_limit=time_limit, init="collapsed")
+        problem = UFMProblem.from_sizes(sizes, W, n_w, tau, dim=k if W is None else W.shape[0],
+                                        nonnegative=nonnegative, prototypes_as_anchors=prototypes_as_anchors)
+        solved = solve_ufm(problem, "lbfgs", options=dict(time_limit=time_limit, init="collapsed"))
         loss = solved.loss / N
         lower = out["lower_bound"]
         M, _ = class_means(solved.H, solved.labels, k)
-        if loss - lower <= DEFAULT_RTOL * max(abs(loss), 1e-12):
+        # THEORY.md section 5.1: the gap against the excess over the floor, per sample
+        excess = loss - floor / N
+        if (loss - lower) * N <= DEFAULT_RTOL * max(excess * N, 0.0) + DEFAULT_ATOL * anchors:
+            relative = max(loss - lower, 0.0) / excess if excess > 0 else 0.0
             out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(), means=M.tolist(),
-                       reason=f"solver loss within {max(loss - lower, 0.0) / max(abs(loss), 1e-12):.1e} "
-                              "(relative) of the reduced-SDP bound")
+                       relative_gap=relative,
+                       reason=f"solver loss within {relative:.1e} of the excess (relative) of the reduced-SDP bound")
         elif out["source"] == "none":  # no bound: the solver's point, reported as not certified
             out.update(loss=loss, source="solver", gram=(M.T @ M).tolist())
     return out
@@ -200,7 +227,8 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
     solution or from ``w_c``; the polished point replaces the SDP's when its value is
     within ``1e-9`` (absolute, per class) of the certified one. Returns ``ce_value`` =
     ``(1/N) sum_c n_c CE_c`` (per-sample CE optimum for these class sizes), ``certified``,
-    ``reason``, ``source`` and ``gram`` (nested lists).
+    ``reason``, ``source``, ``gram`` (nested lists), ``geometry_pinned`` and ``geometry_verdict``
+    (:func:`ce_geometry_pinned`).
     """
     from ncgeo.certify.ce_limit import certify_ce_limit
 
@@ -213,8 +241,51 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
         if polished is not None and np.all(polished[0] <= values + 1e-9):
             values, gram, source = polished[0], polished[1], "solver"
     sizes = np.asarray(sizes, dtype=float)
+    pinned, line = ce_geometry_pinned(result, W, tau, nonnegative)
     return {"ce_value": float(sizes @ values / sizes.sum()), "certified": bool(result.certified),
-            "reason": result.reason, "source": source, "gram": gram.tolist()}
+            "reason": result.reason, "source": source, "gram": gram.tolist(), "geometry_pinned": pinned,
+            "geometry_verdict": line}
+
+
+#: The CE gradient at a class optimum counts as non-zero above this times ``||W||_2 / tau``.
+CE_GRADIENT_TOL = 1e-6
+
+
+def ce_geometry_pinned(result, W: np.ndarray, tau: float, nonnegative: bool = False) -> tuple[bool, str]:
+    r"""Whether the certified CE-limit optimum is unique: ``(pinned, one line)``.
+
+    Per class ``f(h) = LSE(W^T h / tau) - w_y . h / tau`` is convex and all its minimisers over the
+    convex set ``K`` (the unit ball; ball and orthant for UFM+) share one gradient ``g`` (Mangasarian
+    1988). When ``g != 0`` (``(-g)_+ != 0`` for UFM+) every minimiser also minimises ``g . h`` over
+    ``K``, whose minimiser ``-g / ||g||`` (``(-g)_+ / ||(-g)_+||``) is unique; the sphere's optima are
+    among the ball's (the certificate: equal values), so the class means and ``G_CE`` are unique.
+    ``g = W (softmax(p / tau) - e_y) / tau`` at the program's ``p``; non-zero means above
+    :data:`CE_GRADIENT_TOL` ``||W||_2 / tau`` (a stated numerical decision)."""
+    if not result.certified:
+        return False, "geometry not certified: the CE limit is not certified"
+    W = np.asarray(W, dtype=float)
+    p = np.asarray(result.p, dtype=float) / tau
+    pi = np.exp(p - p.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    g = W @ (pi - np.eye(W.shape[1])).T / tau  # (d, k): the gradient of each class
+    if nonnegative:
+        g = np.maximum(-g, 0.0)
+    smallest = float(np.linalg.norm(g, axis=0).min())
+    threshold = CE_GRADIENT_TOL * float(np.linalg.norm(W, 2)) / tau
+    if smallest > threshold:
+        return True, f"geometry certified (unique CE optimum): smallest class gradient {smallest:.2e}"
+    return False, (f"loss certified, geometry not pinned: a class gradient is {smallest:.1e} <= {threshold:.1e} "
+                   "(the norm constraint may be inactive)")
+
+
+def unpinned_note(rows, what: str = "Delta") -> str:
+    """``""`` when every row's ``geometry_pinned`` is True, else a clause naming how many rows'
+    geometries are not pinned (a verdict relying on their Delta says so)."""
+    rows = list(rows)
+    loose = [r for r in rows if not r.get("geometry_pinned", False)]
+    if not loose:
+        return ""
+    return f" [{what} of a geometry NOT pinned (loss certified, optimal Gram not unique) at {len(loose)}/{len(rows)} points]"
 
 
 def _polish_ce(W: np.ndarray, tau: float):

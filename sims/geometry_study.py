@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, geometry_fingerprint, gram_delta,
-                     gram_delta_etf, prototypes_for, sizes_from_settings)
+                     gram_delta_etf, prototypes_for, sizes_from_settings, unpinned_note)
 from .plotting import finite, gram_heatmap, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, require_values, resolve_settings
+from .study import Option, OptionError, StudyResult, Verdict, finish_study, require_values, resolve_settings
 
 __all__ = ["OPTIONS", "run_geometry", "plot_geometry", "geometry_point"]
 
@@ -78,15 +78,15 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
     require_values(settings, ratios=1, n_w=1)
-    check_geometry_names("option geometries", settings["geometries"])
-    check_geometry_names("option relu_geometries", settings["relu_geometries"])
+    check_geometry_names("geometries", settings["geometries"])
+    check_geometry_names("relu_geometries", settings["relu_geometries"])
     if settings["gram"]:
-        check_geometry_names("option gram", [settings["gram"]])
+        check_geometry_names("gram", [settings["gram"]])
     geometries = [settings["gram"] if (g == "hierarchical" and settings["gram"]) else g
                   for g in settings["geometries"]]
     cases = [(g, False) for g in geometries] + [(g, True) for g in settings["relu_geometries"]]
     if not cases:
-        raise ValueError("options geometries and relu_geometries are both empty: nothing to study")
+        raise OptionError(("geometries", "relu_geometries"), "are both empty: nothing to study")
     n_ws = sorted(set(float(x) for x in settings["n_w"]) | set(float(x) for x in settings["heatmap_n_w"]))
     base = {key: settings[key] for key in ("k", "n", "tau", "seed")}
     points = [{**base, "geometry": g, **geometry_fingerprint(g), "relu": relu, "ratio": float(R), "n_w": n_w}
@@ -94,7 +94,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
     outcome = run_sweep(NAME, out_dir, points, geometry_point, workers=workers, progress=progress)
     k = settings["k"]
     G_of = np.eye(k)
-    limits = {(e["point"]["geometry"], e["point"]["relu"], e["point"]["ratio"]): np.asarray(e["result"]["gram"])
+    limits = {(e["point"]["geometry"], e["point"]["relu"], e["point"]["ratio"]): e["result"]
               for e in outcome.results if e["point"]["n_w"] is None}
     rows = []
     for entry in outcome.results:
@@ -103,13 +103,18 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
             continue
         W = prototypes_for(point["geometry"], k, seed=point["seed"])
         G_M = np.asarray(result["gram"])
-        G_ce = limits[(point["geometry"], point["relu"], point["ratio"])]
+        limit = limits[(point["geometry"], point["relu"], point["ratio"])]
+        G_ce = np.asarray(limit["gram"])
         rows.append({"geometry": point["geometry"], "relu": point["relu"], "ratio": point["ratio"],
                      "n_w": point["n_w"], "loss_per_sample": result["loss"], "certified": result["certified"],
                      "delta_prototypes": gram_delta(G_M, W.T @ W), "delta_etf": gram_delta_etf(G_M),
                      "delta_of": gram_delta(G_M, G_of), "delta_ce_limit": gram_delta(G_M, G_ce),
                      "ce_limit_delta_prototypes": gram_delta(G_ce, W.T @ W),
-                     "min_within_similarity": result["min_within_similarity"], "gram_means": G_M.tolist()})
+                     "min_within_similarity": result["min_within_similarity"],
+                     # is each Delta one of THE optimal geometry (THEORY.md 5.1)? SCL optimum, CE limit
+                     "geometry_pinned": bool(result.get("geometry_pinned", False)),
+                     "ce_limit_geometry_pinned": bool(limit.get("geometry_pinned", False)),
+                     "gram_means": G_M.tolist()})
     settings = {**settings, "cases": [[g, relu] for g, relu in cases]}
     verdict, summary = _verdict(rows, settings)
     summary["sweep"] = outcome.to_dict()
@@ -132,13 +137,14 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         begin = zero[0]["delta_prototypes"] if zero else float("nan")
         summary.update(etf_delta_at_0=begin, etf_delta_at_largest=end)
         checks.append((end < tol and begin > 10 * tol,
-                       f"ETF prototypes, R={R:g}: Delta to G_W (the ETF) {begin:.3f} at n_w=0 -> {end:.1e} at n_w={top:g}"))
+                       f"ETF prototypes, R={R:g}: Delta to G_W (the ETF) {begin:.3f} at n_w=0 -> {end:.1e} at n_w={top:g}"
+                       + unpinned_note(zero + _select(rows, "etf", False, R, top))))
     if _select(rows, "of", False, R, top):
         row = _select(rows, "of", False, R, top)[0]
         summary.update(of_delta_etf=row["delta_etf"], of_delta_of=row["delta_of"])
         checks.append((row["delta_etf"] < tol and row["delta_of"] > 0.3,
                        f"OF prototypes without ReLU, R={R:g}, n_w={top:g}: Delta to ETF (centred) {row['delta_etf']:.1e}, "
-                       f"to OF {row['delta_of']:.2f} (an ETF, not an OF)"))
+                       f"to OF {row['delta_of']:.2f} (an ETF, not an OF)" + unpinned_note([row])))
     # the OF is the unique UFM+ optimum when every anchor has a positive: n_w > 0 or >= 2 samples per
     # class (a lone sample without prototypes only repels, its direction among the others is free)
     smallest = {R: min(sizes_from_settings({"k": settings["k"], "n": settings["n"], "imbalance": "step"}, R))
@@ -150,9 +156,11 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         skipped = len(_select(rows, "of", True)) - len(relu_of)
         checks.append((worst < tol, f"OF prototypes with ReLU: Delta to OF <= {worst:.1e} at every n_w and R"
                                     + (f" ({skipped} points with n_w = 0 and a one-sample class excluded: "
-                                       "no positive pair, the optimum is not unique)" if skipped else "")))
+                                       "no positive pair, the optimum is not unique)" if skipped else "")
+                                    + unpinned_note(relu_of)))
     uncertified = [(r["geometry"], r["relu"], r["ratio"], r["n_w"]) for r in rows if not r["certified"]]
     summary["uncertified_points"] = len(uncertified)
+    summary["unpinned_points"] = sum(not r["geometry_pinned"] for r in rows)
     if not checks:
         return Verdict(False, "FAILED: the options leave none of the ETF/OF checks to run"), summary
     passed = all(ok for ok, _ in checks)
@@ -194,8 +202,8 @@ def plot_geometry(rows: list[dict], settings: dict):
             ax.plot(x, np.maximum(finite([r["delta_prototypes"] for r in sel]), floor), "o-", color=f"C{j}",
                     label=f"R={ratio:g}")
             ax.plot(x, np.maximum(finite([r["delta_ce_limit"] for r in sel]), floor), "x--", color=f"C{j}", lw=0.9)
-        ax.plot([], [], "k-", label=r"to $G_W$ (prototypes)")
-        ax.plot([], [], "k--", label=r"to $G_{CE}$ (CE limit)")
+        ax.plot([], [], "ko-", label=r"o: to $G_W$ (prototypes)")  # the markers and lines of the curves above
+        ax.plot([], [], "kx--", lw=0.9, label=r"x: to $G_{CE}$ (CE limit)")
         style_axis(ax, r"$n_w$ ($n_w = 0$ drawn at 0.3)", r"$\Delta(G_M, \cdot)$ (floor $10^{-6}$)",
                    "prototypes: " + _label(geometry, relu), logx=True, logy=True)
         ax.set_ylim(floor / 2, 3)

@@ -55,7 +55,7 @@ import numpy as np
 
 from ncgeo.geometry import etf_gram, load_prototypes, prototypes_from_gram
 
-from .common import ce_limit_optimum, certified_optimum, gram_delta, sizes_from_settings
+from .common import ce_limit_optimum, certified_optimum, gram_delta, sizes_from_settings, unpinned_note
 from .plotting import figure_grid, gram_heatmap, setup_title
 from .runner import run_sweep
 from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
@@ -177,13 +177,15 @@ def design_prototypes(target: np.ndarray, model: str, tau: float, sizes=None, n_
     return W, residual
 
 
-def _verify(model: str, W: np.ndarray, point: dict, sizes) -> tuple[np.ndarray, bool, np.ndarray | None]:
+def _verify(model: str, W: np.ndarray, point: dict, sizes) -> tuple[np.ndarray, bool, np.ndarray | None, bool]:
+    """``(G, certified, means, geometry pinned)`` of the certified optimum for prototypes ``W``."""
     if model == "ce":
         result = ce_limit_optimum(sizes, W, point["tau"])
     else:
         result = certified_optimum(sizes, W, point["n_w"], point["tau"])
     means = result.get("means")
-    return np.asarray(result["gram"]), bool(result["certified"]), None if means is None else np.asarray(means)
+    return (np.asarray(result["gram"]), bool(result["certified"]), None if means is None else np.asarray(means),
+            bool(result.get("geometry_pinned", False)))
 
 
 def inverse_point(point: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +195,9 @@ def inverse_point(point: dict[str, Any]) -> dict[str, Any]:
     sizes = sizes_from_settings(point, point["ratio"])
     model = point["model"]
     baseline = prototypes_from_gram(target, k)
-    G_base, base_certified, _ = _verify(model, baseline, point, sizes)
+    G_base, base_certified, _, base_pinned = _verify(model, baseline, point, sizes)
     out = {"baseline_delta": gram_delta(G_base, target), "baseline_certified": base_certified,
+           "baseline_geometry_pinned": base_pinned,
            "baseline_gram": G_base.tolist(), "baseline_W": baseline.tolist()}
     rng = np.random.default_rng(point["seed"])
     best = None
@@ -204,10 +207,11 @@ def inverse_point(point: dict[str, Any]) -> dict[str, Any]:
         for cut in range(point["cuts"] + 1):
             W, residual = design_prototypes(target, model, point["tau"], sizes, point["n_w"], start=start,
                                             competitors=competitors)
-            G, certified, means = _verify(model, W, point, sizes)
+            G, certified, means, pinned = _verify(model, W, point, sizes)
             delta = gram_delta(G, target)
             if best is None or delta < best["designed_delta"]:
                 best = {"designed_delta": delta, "designed_certified": certified, "residual": residual,
+                        "designed_geometry_pinned": pinned,
                         "designed_gram": G.tolist(), "designed_W": W.tolist(), "restart": restart, "cuts": cut}
             if delta < 0.1 * point["tolerance"] or means is None:
                 break
@@ -235,6 +239,7 @@ def run_inverse(out_dir, quick: bool = False, workers: int | None = None, progre
             rows.append({"model": "CE limit" if point["model"] == "ce" else f"n_w={point['n_w']:g}",
                          "method": method, "delta": result[f"{method}_delta"],
                          "certified": result[f"{method}_certified"],
+                         "geometry_pinned": bool(result.get(f"{method}_geometry_pinned", False)),
                          "residual": result.get("residual") if method == "designed" else None,
                          "gram": result[f"{method}_gram"], "W": result[f"{method}_W"]})
     settings = {**settings, "target_gram": target.tolist(), "class_sizes": sizes_from_settings(base, base["ratio"])}
@@ -254,7 +259,8 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         beats = base["delta"] < tol or design["delta"] < base["delta"]
         ok = design["delta"] < tol and beats and design["certified"]
         checks.append((ok, f"{model}: designed Delta {design['delta']:.1e} vs baseline factor(G*) "
-                           f"{base['delta']:.1e}{'' if design['certified'] else ' (not certified)'}"))
+                           f"{base['delta']:.1e}{'' if design['certified'] else ' (not certified)'}"
+                           + unpinned_note([design])))
     passed = all(ok for ok, _ in checks)
     text = "; ".join(t for _, t in checks)
     return Verdict(passed, text if passed else f"FAILED (need Delta < {tol:g}, beating the baseline): " + text), summary

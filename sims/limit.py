@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from .common import (ce_limit_optimum, certified_optimum, check_geometry_names, geometry_fingerprint, gram_delta,
-                     prototypes_for, sizes_from_settings)
+                     prototypes_for, sizes_from_settings, unpinned_note)
 from .plotting import SYMBOLS, figure_grid, finite, fit_power_law, setup_title, style_axis
 from .runner import run_sweep
-from .study import Option, StudyResult, Verdict, finish_study, resolve_settings
+from .study import Option, OptionError, StudyResult, Verdict, finish_study, resolve_settings
 
 __all__ = ["OPTIONS", "run_limit", "plot_limit", "limit_point"]
 
@@ -85,14 +85,14 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
     """Run the ``limit`` study (module docstring); writes ``out_dir/limit.{csv,json,png,pdf}``."""
     start = time.perf_counter()
     settings = resolve_settings(NAME, OPTIONS, quick, options)
-    check_geometry_names("option geometry", [settings["geometry"]])
+    check_geometry_names("geometry", [settings["geometry"]])
     base = {key: settings[key] for key in ("k", "n", "ratio", "imbalance", "geometry", "tau", "seed")}
     sizes, W = _setup(base)
     base.update(geometry_fingerprint(base["geometry"]))  # a changed prototype file is a new point
     grid_n_w = sorted(set(float(x) for x in settings["n_w"]))
     if sum(x >= settings["fit_min"] for x in grid_n_w) < 2:
-        raise ValueError(f"option n_w must hold at least 2 values >= fit_min = {settings['fit_min']:g} "
-                         f"(the power law of the loss gap is fitted over them), got {grid_n_w}")
+        raise OptionError("n_w", f"must hold at least 2 values >= fit_min = {settings['fit_min']:g} "
+                                 f"(the power law of the loss gap is fitted over them), got {grid_n_w}")
     points = [{**base, "variant": "ce", "n_w": None}]
     points += [{**base, "variant": "samples", "n_w": x} for x in grid_n_w]
     if settings["anchors"]:
@@ -112,10 +112,14 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
                      "lower_bound": result["lower_bound"], "ce_value": ce["ce_value"], "loss_gap": gap,
                      "geometry_gap": gram_delta(G_M, G_ce), "delta_prototypes": gram_delta(G_M, G_W),
                      "min_within_similarity": result["min_within_similarity"],
-                     "certified": result["certified"], "source": result["source"], "gram_means": G_M.tolist()})
+                     "certified": result["certified"], "source": result["source"],
+                     # geometry_gap is a Delta between two optima: pinned when both are unique (THEORY.md 5.1)
+                     "geometry_pinned": bool(result.get("geometry_pinned", False)
+                                             and ce.get("geometry_pinned", False)),
+                     "gram_means": G_M.tolist()})
     rows.append({"variant": "ce", "n_w": math.inf, "ce_value": ce["ce_value"], "geometry_gap": 0.0,
                  "delta_prototypes": gram_delta(G_ce, G_W), "certified": ce["certified"],
-                 "gram_means": G_ce.tolist()})
+                 "geometry_pinned": bool(ce.get("geometry_pinned", False)), "gram_means": G_ce.tolist()})
     settings = {**settings, "class_sizes": sizes, "dim": int(sum(sizes) + len(sizes))}
     verdict, summary = _verdict(rows, settings)
     summary["sweep"] = outcome.to_dict()
@@ -132,10 +136,12 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
     summary = {"loss_gap_slope": slope, "loss_gap_intercept": intercept, "geometry_gap_slope": geo_slope,
                "largest_n_w": last["n_w"], "geometry_gap_at_largest": last["geometry_gap"],
                "uncertified_points": [r["n_w"] for r in samples if not r["certified"]],
+               "unpinned_points": [r["n_w"] for r in samples if not r["geometry_pinned"]],
                "ce_certified": bool(next(r for r in rows if r["variant"] == "ce")["certified"])}
     checks = [(-1.3 <= slope <= -0.7, f"loss-gap slope {slope:.3f} (theory -1, accepted [-1.3, -0.7])"),
               (last["geometry_gap"] < 1e-3,
-               f"geometry gap {last['geometry_gap']:.2e} at n_w={last['n_w']:g} (< 1e-3 required)"),
+               f"geometry gap {last['geometry_gap']:.2e} at n_w={last['n_w']:g} (< 1e-3 required)"
+               + unpinned_note([last], "geometry gap")),
               (last["certified"] and summary["ce_certified"],
                f"optimum at the largest n_w certified: {last['certified']}, CE limit certified: "
                f"{summary['ce_certified']}; {len(samples) - len(summary['uncertified_points'])}/{len(samples)} "
@@ -146,7 +152,8 @@ def _verdict(rows: list[dict], settings: dict) -> tuple[Verdict, dict]:
         summary["anchors_geometry_gap_at_largest"] = top["geometry_gap"]
         ok = top["geometry_gap"] > 10 * max(last["geometry_gap"], 1e-12)
         checks.append((ok, f"anchors variant gap {top['geometry_gap']:.2e} "
-                           f"{'stays' if ok else 'does NOT stay'} > 10x the samples-only gap"))
+                           f"{'stays' if ok else 'does NOT stay'} > 10x the samples-only gap"
+                           + unpinned_note([top, last], "geometry gap")))
     passed = all(ok for ok, _ in checks)
     failed = [text for ok, text in checks if not ok]
     reason = ("; ".join(text for _, text in checks) if passed else "FAILED: " + "; ".join(failed))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import batching, geometry_study, inverse, limit, temperature
-from .study import Option, StudyResult
+from .study import Option, OptionError, StudyResult
 
 __all__ = ["Study", "STUDIES", "get_study", "run_study", "run_all", "verdict_table"]
 
@@ -67,7 +67,7 @@ def _check_out_dir(out_dir) -> None:
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir (--out) must be a folder path, got {type(out_dir).__name__}")
     if not os.fspath(out_dir).strip():
-        raise ValueError("out_dir (--out) must not be empty (a folder for the study's files)")
+        raise OptionError("out_dir", "must not be empty (a folder for the study's files)")
 
 
 def run_all(out_dir, quick: bool = False, workers: int | None = None, progress: bool = True,

@@ -10,7 +10,7 @@ top-level function ``compute(point) -> dict`` (the result of that point: plain v
 written atomically (temporary file + ``os.replace``), where ``key`` is a hash of the
 point's canonical JSON. A point whose file exists is read back and never recomputed,
 so an interrupted sweep resumes where it stopped and a finished sweep is free to
-rerun (e.g. to redraw a figure). Progress goes to stderr.
+rerun (e.g. to redraw a figure). Progress goes to stderr (:class:`ncgeo.progress.Progress`).
 
 Worker processes come from :func:`ncgeo._parallel.process_pool`: forked where the platform
 allows it (no re-import of the caller's main module, imports shared with the parent;
@@ -23,76 +23,29 @@ from __future__ import annotations
 import concurrent.futures as futures
 import hashlib
 import json
-import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ncgeo._io import is_out_of_memory, out_of_memory_message, remove_stale_temporaries
 from ncgeo._parallel import process_pool, resolve_workers
+from ncgeo.progress import Progress
 
 from .io import write_json_atomic
+from .study import OptionError
 
 #: A ``.tmp-*`` file in a points cache older than this was left by a killed write (a live
 #: one, of another sweep writing the same folder, is milliseconds old).
 STALE_SECONDS = 600.0
 
-__all__ = ["SweepOutcome", "point_key", "run_sweep", "resolve_workers", "grid", "Progress"]
+__all__ = ["SweepOutcome", "point_key", "run_sweep", "resolve_workers", "grid"]
 
 
 def point_key(point: dict[str, Any]) -> str:
     """Stable file key of a point: the first 16 hex digits of SHA-256 of its canonical JSON."""
     text = json.dumps(point, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-class Progress:
-    """A one-line progress bar on stderr: ``name [#####.....] done/total (cached) elapsed ETA``.
-
-    On a terminal the line is redrawn in place; otherwise one line is printed per 10 %.
-    """
-
-    def __init__(self, name: str, total: int, cached: int = 0, stream=None, enabled: bool = True):
-        self.name, self.total, self.cached = name, total, cached
-        self.done = cached
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled and total > 0
-        self.start = time.perf_counter()
-        self._last_decile = -1
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._draw()
-
-    def step(self, count: int = 1) -> None:
-        self.done += count
-        self._draw()
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        fraction = self.done / self.total
-        elapsed = time.perf_counter() - self.start
-        computed = self.done - self.cached
-        remaining = self.total - self.done
-        eta = elapsed / computed * remaining if computed > 0 else math.nan
-        width = 24
-        filled = int(round(width * fraction))
-        bar = "#" * filled + "." * (width - filled)
-        eta_text = "--" if math.isnan(eta) else f"{eta:.0f}s"
-        line = (f"{self.name} [{bar}] {self.done}/{self.total} points ({self.cached} cached) "
-                f"{elapsed:.0f}s elapsed, ETA {eta_text}")
-        if self._tty:
-            end = "\n" if self.done >= self.total else ""
-            self.stream.write("\r" + line + end)
-            self.stream.flush()
-        else:
-            decile = int(10 * fraction)
-            if decile != self._last_decile or self.done >= self.total:
-                if decile != self._last_decile:
-                    self.stream.write(line + "\n")
-                    self.stream.flush()
-                self._last_decile = decile
 
 
 @dataclass(frozen=True)
@@ -189,7 +142,7 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
     try:
         os.makedirs(store, exist_ok=True)
     except OSError as exc:  # a file in the way: one line, not a traceback
-        raise ValueError(f"out_dir {os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
+        raise OptionError("out_dir", f"{os.fspath(out_dir)!r}: cannot create {store!r}: {exc.strerror}") from exc
     remove_stale_temporaries(store, older_than=STALE_SECONDS)  # left by writes killed by a signal
     keys = [point_key(p) for p in points]
     entries: dict[str, dict] = {}
@@ -203,27 +156,29 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
         else:
             entries[key] = entry
     cached = len(entries)
-    bar = Progress(name, len(entries) + len(todo), cached=cached, enabled=progress)
+    bar = Progress(f"{name} ({cached} cached)" if cached else name, len(entries) + len(todo), unit="points",
+                   initial=cached, enabled=progress and bool(todo))
 
     def finish(key: str, result: dict, seconds: float) -> None:
         entry = {"point": todo[key], "result": result, "seconds": seconds}
         write_json_atomic(os.path.join(store, f"{key}.json"), entry)
         entries[key] = json.loads(json.dumps(entry, allow_nan=True))
-        bar.step()
+        bar.update()
 
-    if todo and (workers == 1 or len(todo) == 1):
-        for key, point in todo.items():
-            finish(key, *_timed(compute, point))
-    elif todo:
-        with process_pool(min(workers, len(todo))) as pool:
-            pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
-            try:
-                for future in futures.as_completed(pending):
-                    finish(pending[future], *future.result())
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+    with bar:
+        if todo and (workers == 1 or len(todo) == 1):
+            for key, point in todo.items():
+                finish(key, *_timed(compute, point))
+        elif todo:
+            with process_pool(min(workers, len(todo))) as pool:
+                pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
+                try:
+                    for future in futures.as_completed(pending):
+                        finish(pending[future], *future.result())
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
     return SweepOutcome(results=[entries[key] for key in keys], computed=len(todo), cached=cached,
                         seconds=time.perf_counter() - start)
 

@@ -24,7 +24,31 @@ from ncgeo._io import jsonable
 
 from .io import save_figure_atomic, write_csv_atomic, write_json_atomic
 
-__all__ = ["Verdict", "StudyResult", "Option", "resolve_settings", "require_values", "finish_study"]
+__all__ = ["Verdict", "StudyResult", "Option", "OptionError", "resolve_settings", "require_values", "finish_study"]
+
+
+class OptionError(ValueError):
+    """Bad value of study options ``names``: ``str()`` names them as Python options
+    (``option tau must be ...``), :meth:`for_flags` as command-line flags (``--tau``).
+
+    ``every`` marks a rule broken by one value of a list option (``every value of option n_w
+    must be ...``); ``"out_dir"`` is the output folder (the flag ``--out``).
+    """
+
+    def __init__(self, names: str | Sequence[str], reason: str, every: bool = False) -> None:
+        self.names = (names,) if isinstance(names, str) else tuple(names)
+        self.reason, self.every = reason, every
+        label = "options " + " and ".join(self.names) if len(self.names) > 1 else f"option {self.names[0]}"
+        super().__init__(f"{'every value of ' if every else ''}{label} {reason}")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The command-line flags of :attr:`names` (``n_w`` -> ``--n-w``, ``out_dir`` -> ``--out``)."""
+        return tuple("--out" if name == "out_dir" else "--" + name.replace("_", "-") for name in self.names)
+
+    def for_flags(self) -> str:
+        """The message with the flags instead of the Python names, e.g. ``--tau must be ...``."""
+        return f"{'every value of ' if self.every else ''}{' and '.join(self.flags)} {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -122,8 +146,8 @@ class Option:
         if inside and self.high is not None:
             inside = item < self.high if self.high_open else item <= self.high
         if not inside:
-            subject = f"{'every value of ' if self.kind in ('ints', 'floats') else ''}option {self.name}"
-            raise ValueError(f"{subject} must be {number} {self.range_text}".rstrip() + f", got {item!r}")
+            raise OptionError(self.name, f"must be {number} {self.range_text}".rstrip() + f", got {item!r}",
+                              every=self.kind in ("ints", "floats"))
 
     def _convert(self, value: Any) -> Any:
         if value is None:
@@ -153,7 +177,7 @@ class Option:
                 convert = {"floats": float, "ints": _integer, "strs": str}[self.kind]
                 return [convert(item) for item in items]
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"option {self.name} expects {self.kind}, got {value!r}") from exc
+            raise OptionError(self.name, f"expects {self.kind}, got {value!r}") from exc
         raise ValueError(f"unknown option kind {self.kind!r}")  # pragma: no cover
 
 
@@ -185,8 +209,8 @@ def require_values(settings: dict[str, Any], **minimum_counts: int) -> None:
     a power law needs two)."""
     for name, count in minimum_counts.items():
         if len(set(settings[name])) < count:
-            raise ValueError(f"option {name} must hold at least {count} distinct value{'s' if count > 1 else ''}, "
-                             f"got {settings[name]!r}")
+            raise OptionError(name, f"must hold at least {count} distinct value{'s' if count > 1 else ''}, "
+                                    f"got {settings[name]!r}")
 
 
 def finish_study(name: str, out_dir: str | os.PathLike, rows: list[dict[str, Any]], verdict: Verdict,

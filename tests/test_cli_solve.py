@@ -45,7 +45,8 @@ def test_json_to_stdout_relu_bind():
                   "--batch-size", "2", "--json", "-")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "bind"
+    assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "fixed"
+    assert data["settings"]["scheme"] == "bind"
     assert data["geometry"]["delta_of"] < 1e-6
 
 
@@ -74,9 +75,9 @@ def bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("args, option, expected", [
-    (["--classes", "1"], "--classes", "2<=x<=1000000"),
-    (["--classes", "3", "--protos", "-1"], "--protos", ">=0"),
-    (["--classes", "3", "--tau", "0"], "--tau", ">0"),
+    (["--classes", "1"], "--classes", "must be an integer in [2, 1000000], got '1'"),
+    (["--classes", "3", "--protos", "-1"], "--protos", "must be a finite number >= 0"),
+    (["--classes", "3", "--tau", "0"], "--tau", "must be a finite number > 0, got '0'"),
     (["--classes", "4", "--dim", "2"], "--dim", "must be >= 3 for a simplex ETF of k=4 points"),
     (["--classes", "4", "--geometry", "of", "--dim", "3"], "--dim", "must be >= 4 for an orthogonal frame"),
     (["--classes", "4", "--geometry", "@gram3"], "--geometry", "holds 3 prototypes, expected k = 4"),
@@ -87,9 +88,9 @@ def bad_files(tmp_path):
     (["--classes", "3", "--geometry", "@strings"], "--geometry", "numeric"),
     (["--classes", "3", "--geometry", "@complex"], "--geometry", "real"),
     (["--classes", "3", "--geometry", "@folder"], "--geometry", "is a folder"),
-    (["--classes", "3", "--batching", "partition", "--batch-size", "1"], "--batch-size", ">=2"),
+    (["--classes", "3", "--batching", "partition", "--batch-size", "1"], "--batch-size", "must be an integer >= 2"),
     (["--classes", "3", "--batching", "partition"], "--batch-size", "required"),
-    (["--classes", "3", "--imbalance", "step", "--ratio", "0"], "--ratio", ">=1"),
+    (["--classes", "3", "--imbalance", "step", "--ratio", "0"], "--ratio", "must be a finite number >= 1"),
 ])
 def test_bad_input_is_one_line_naming_the_option(args, option, expected, bad_files):
     args = [bad_files[a[1:]] if a.startswith("@") else a for a in args]
@@ -105,7 +106,7 @@ def test_bad_input_is_one_line_naming_the_option(args, option, expected, bad_fil
 def test_unwritable_output_is_one_line(option, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    suffix = ".png" if option == "--plot" else ""  # --plot also needs a figure format
+    suffix = {"--plot": ".png", "--save": ".npz"}.get(option, "")  # --plot needs a figure format, --save .npz
     targets = [str(blocker / "out") + suffix]  # folder is a file: refused before the solve
     if os.path.isdir("/proc"):
         targets.append("/proc/ncgeo-out" + suffix)  # creating a file there fails (even as root)
@@ -125,8 +126,9 @@ def test_huge_dim_is_refused_before_any_allocation():
 
 
 @pytest.mark.parametrize("args, start", [
-    (["--samples", "100000"], "Error: batch:"),  # a full batch of 300,000: terabytes of similarities
-    (["--seed", str(2**64 - 1)], "Error: seed must be <="),
+    # a batch of 200,000: terabytes of similarities (a full batch takes the collapsed path instead)
+    (["--samples", "100000", "--batching", "partition", "--batch-size", "200000"], "Error: batch:"),
+    (["--seed", str(2**64 - 1)], "Error: Invalid value for '--seed': must be <="),
 ])
 def test_impossible_batch_or_seed_is_one_line(args, start):
     result = _run("--classes", "3", *args)
@@ -151,8 +153,8 @@ def test_plot_with_an_unknown_suffix_is_refused_before_the_solve(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--classes", "100000000000000000000"], "'--classes': 100000000000000000000 is not in the range 2<=x<=1000000"),
-    (["--classes", "3", "--restarts", "100000"], "'--restarts': 100000 is not in the range 1<=x<=10000"),
+    (["--classes", "100000000000000000000"], "'--classes': must be an integer in [2, 1000000], got '100000000000000000000'"),
+    (["--classes", "3", "--restarts", "100000"], "'--restarts': must be an integer in [1, 10000], got '100000'"),
     (["--classes", "3", "--device", "meta"], "device 'meta' holds no values"),
 ])
 def test_sizes_and_devices_that_cannot_work_are_one_line(args, expected):
@@ -196,3 +198,22 @@ def test_a_certificate_that_cannot_apply_is_refused_before_the_solve(args, expec
     monkeypatch.setattr(ncgeo.ufm, "solve_ufm", lambda *a, **k: pytest.fail("solved before checking --certify"))
     result = CliRunner().invoke(main, ["solve", *args])
     assert result.exit_code == 2 and expected in result.output and "'--certify'" in result.output, result.output
+
+
+@pytest.mark.parametrize("args, pinned", [
+    (["--classes", "4", "--protos", "100", "--samples", "3"], True),
+    # one sample per class, no prototypes, UFM+: no anchor has a positive, the loss is 0 at every point
+    (["--classes", "3", "--samples", "1", "--relu"], False)])
+def test_solve_prints_the_geometry_verdict_beside_the_loss_verdict(tmp_path, args, pinned):
+    json_path = tmp_path / "r.json"
+    result = _run(*args, "--json", str(json_path))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("certified global optimum"))
+    geometry = json.loads(json_path.read_text())["certificate"]["geometry"]
+    assert lines[verdict + 1] == geometry["line"]
+    assert geometry["pinned"] is pinned
+    expected = "geometry certified (unique optimal Gram)" if pinned else "loss certified, geometry not pinned"
+    assert geometry["line"].startswith(expected)
+    if pinned:
+        assert geometry["margin"] > 0 and geometry["leave_bound"] >= 0

@@ -59,7 +59,7 @@ def test_distribution_metadata():
     assert len(scripts) == 1 and scripts[0].value == "cli:main"
     requires = {req.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
                 for req in dist.requires or [] if "extra ==" not in req}
-    assert requires == {"numpy", "scipy", "torch", "cvxpy", "matplotlib", "click"}
+    assert requires == {"numpy", "scipy", "torch", "cvxpy", "matplotlib", "click", "tqdm"}
     assert not any("torchvision" in req for req in dist.requires or [])
 
 

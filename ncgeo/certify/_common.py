@@ -3,67 +3,76 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._validation import (as_float_array, as_label_tensor, check_bool, check_int, check_nonnegative,
-                           check_real, check_tau)
+from .._validation import as_float_array, as_label_tensor, check_bool, check_nonnegative, check_real, check_tau
 from ..geometry import check_gram
+from ..problem import UNIT_TOL, check_problem
 
 
-def class_weights(name: str, sizes) -> np.ndarray:
-    """Class sizes as a float array of positive reals (non-integers allowed)."""
-    w = as_float_array(name, sizes, ndim=1)
-    if len(w) < 1 or np.any(w <= 0):
-        raise ValueError(f"{name} must be a non-empty 1-D array of positive class weights, got {w}")
-    return w
+@dataclass(frozen=True)
+class ClassProgram:
+    """What the class-level (reduced and orbit) relaxations need of a full-batch problem."""
+
+    weights: np.ndarray        # (k,) class sizes, all > 0 (real weights allowed)
+    n_w: float
+    tau: float
+    W: np.ndarray | None       # (d, k) prototypes when n_w > 0, else None
+    G_W: np.ndarray | None     # W^T W when n_w > 0
+    dim: int
+    proto_nonneg: bool         # UFM+ with entrywise non-negative prototypes: sample-prototype entries >= 0
+    anchors: bool              # prototypes as anchors (with n_w > 0)
+    nonnegative: bool
+
+    @property
+    def k(self) -> int:
+        return len(self.weights)
 
 
-#: How far prototypes may be from unit length (float32 round-off), as in ``solve_ufm``.
-UNIT_TOL = 1e-6
+def class_program(problem, method: str) -> ClassProgram:
+    """The inputs of the reduced / orbit relaxation of ``problem`` (a :class:`ncgeo.UFMProblem`):
+    ``ValueError`` naming ``problem`` unless it is full batch with samples in every class."""
+    problem = check_problem(problem)
+    if not problem.full_batch:
+        raise ValueError(f"problem must be full batch for method {method!r} (use 'full' or 'dual' for batches)")
+    weights = np.asarray(problem.class_sizes, dtype=float)
+    if np.any(weights <= 0):
+        raise ValueError(f"problem must have samples in every class for method {method!r}, got class sizes "
+                         f"{weights.tolist()}")
+    use_p = problem.n_w > 0
+    W = np.asarray(problem.prototypes, dtype=float) if use_p else None
+    return ClassProgram(weights, problem.n_w, problem.tau, W, None if W is None else problem.prototype_gram, problem.dim,
+                        bool(problem.nonnegative and W is not None and np.all(W >= 0)),
+                        bool(problem.prototypes_as_anchors and use_p), problem.nonnegative)
 
 
-def prototype_setup(k: int, prototypes, prototype_gram, n_w: float, nonnegative: bool,
-                    prototypes_nonnegative: bool | None):
-    """Return ``(W or None, G_W or None, dim or None, sample-prototype nonnegativity)``."""
-    nonnegative = check_bool("nonnegative", nonnegative)
-    W = None
-    G_W = None
-    if prototypes is not None:
-        W = as_float_array("prototypes", prototypes, ndim=2)
-        if W.shape[1] != k:
-            raise ValueError(f"prototypes must have shape (d, {k}), got {W.shape}")
-        G_W = W.T @ W
-    elif prototype_gram is not None:
-        G_W = as_float_array("prototype_gram", prototype_gram, ndim=2)
-        if G_W.shape != (k, k):
-            raise ValueError(f"prototype_gram must have shape ({k}, {k}), got {G_W.shape}")
-    if G_W is not None:
-        G_W = check_gram(G_W, "prototype_gram" if W is None else "prototypes' Gram W^T W", tol=UNIT_TOL,
-                         psd=W is None)[0]
-    if n_w > 0 and G_W is None:
-        raise ValueError("prototypes (or prototype_gram) are required when n_w > 0")
-    if prototypes_nonnegative is None:
-        prototypes_nonnegative = bool(W is not None and np.all(W >= 0))
-    return W, G_W, (W.shape[0] if W is not None else None), bool(nonnegative and prototypes_nonnegative)
+def batch_list(problem) -> list[np.ndarray]:
+    """The batches of ``problem`` as index arrays (one full batch when ``problem.batches`` is None)."""
+    if problem.batches is None:
+        return [np.arange(int(problem.num_samples))]
+    return [np.asarray(b) for b in problem.batches]
 
 
-def class_problem_setup(class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative: bool,
-                        prototypes_nonnegative, prototypes_as_anchors: bool, dim):
-    """Validated inputs of the class-level (reduced and orbit) relaxations:
-    ``(weights, n_w, tau, k, W, G_W, d, proto_nonneg)``, ``d`` overridden by ``dim``."""
-    weights = class_weights("class_sizes", class_sizes)
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    k = len(weights)
-    W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
-                                              prototypes_nonnegative)
-    return weights, n_w, tau, k, W, G_W, (check_dim(dim) if dim is not None else d), proto_nonneg
+def problem_candidate(problem, H, upper_bound=None):
+    """A validated candidate of ``problem``: ``(H, labels, upper_bound)``.
 
-
-def check_dim(dim) -> int | None:
-    """The embedding dimension ``d`` of a certificate: None or an integer >= 1."""
-    return None if dim is None else check_int("dim", dim, minimum=1)
+    ``H`` must be ``(N, d)`` with ``N`` the problem's samples and ``d`` its dimension; it is
+    brought onto the feasible set by :func:`feasible_candidate`, and a given ``upper_bound`` is
+    dropped (``None``) when that moved it (it belonged to the infeasible point).
+    """
+    problem = check_problem(problem)
+    if upper_bound is not None:
+        upper_bound = check_real("upper_bound", upper_bound)
+    labels = problem.sample_labels()
+    H = as_float_array("H", H, ndim=2)
+    if H.shape != (len(labels), problem.dim):
+        raise ValueError(f"H must have shape ({len(labels)}, {problem.dim}) (samples x dim of the problem), "
+                         f"got {H.shape}")
+    H, moved = feasible_candidate(H, problem.nonnegative)
+    return H, np.asarray(labels, dtype=np.int64), (None if moved else upper_bound)
 
 
 def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
@@ -84,7 +93,7 @@ def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
     from ..ufm import ufm_objective
 
     H = torch.as_tensor(np.asarray(H, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    y = torch.as_tensor(np.array(y, dtype=np.int64))  # a writable copy (labels may be read-only)
     if batches is None:
         batches = [np.arange(H.shape[0])]
     return float(ufm_objective(H, y, W, n_w, tau, batches, prototypes_as_anchors, validate=False))
@@ -154,15 +163,17 @@ def log_or_none(x: float) -> float:
 
 
 def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
-                        iterations: int = 5000) -> np.ndarray:
+                        iterations: int = 2000) -> np.ndarray:
     """A UFM+ point ``H`` (N, d) (non-negative unit rows) whose Gram with the prototypes
     ``W`` (d, k) fits a relaxation optimum ``G``: ``H H^T ~ G[:N, :N]`` and ``H W ~ G[:N, N:]``.
 
     A doubly non-negative ``G`` of rank ``<= d`` need not factor as ``H H^T`` with ``H >= 0``
     in ``d`` dimensions (complete positivity), so a UFM+ relaxation's value is an upper bound
-    only once such an ``H`` is found. Projected gradient with backtracking on the squared
-    Frobenius misfit, from the top-``d`` eigenfactor of the sample block (folded to ``|.|``)
-    or, with prototypes, the least-squares solution of ``H W = G[:N, N:]``. The result is
+    only once such an ``H`` is found. The squared Frobenius misfit is minimised from the
+    top-``d`` eigenfactor of the sample block (folded to ``|.|``) or, with prototypes, the
+    least-squares solution of ``H W = G[:N, N:]``, over
+    non-negative unit rows by the project's Riemannian L-BFGS
+    (:func:`ncgeo.ufm.optimiser.riemannian_lbfgs`, at most ``iterations`` steps). The result is
     always feasible; its loss is the upper bound (a poor fit only widens the gap).
     """
     Gss = (G[:N, :N] + G[:N, :N].T) / 2
@@ -181,26 +192,30 @@ def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,
         H[dead, 0], norms[dead] = 1.0, 1.0
         return H / norms[:, None]
 
-    def misfit(H):
-        residual = H @ H.T - Gss
-        value, grad = float(np.sum(residual ** 2)), 4 * residual @ H
-        if W is not None:
-            cross = H @ W - Gsp
-            value, grad = value + 2 * float(np.sum(cross ** 2)), grad + 4 * cross @ W.T
-        return value, grad
+    G_t = torch.as_tensor(Gss)
+    P_t = None if W is None else torch.as_tensor(np.asarray(Gsp, dtype=np.float64))
+    W_t = None if W is None else torch.tensor(np.asarray(W, dtype=np.float64))
 
-    H = project(start)
-    value, grad = misfit(H)
-    step = 1.0 / max(N, 1)
-    for _ in range(iterations):
-        if value < 1e-24:
-            break
-        candidate = project(H - step * grad)
-        candidate_value, candidate_grad = misfit(candidate)
-        if candidate_value < value:
-            H, value, grad, step = candidate, candidate_value, candidate_grad, step * 1.5
-        else:
-            step *= 0.5
-            if step < 1e-16:
-                break
-    return H
+    def misfit(H: torch.Tensor):
+        H = H.detach().requires_grad_(True)
+        value = ((H @ H.T - G_t) ** 2).sum()
+        if W_t is not None:
+            value = value + 2 * ((H @ W_t - P_t) ** 2).sum()
+        (grad,) = torch.autograd.grad(value, H)
+        return value.detach(), grad
+
+    from ..ufm.optimiser import riemannian_lbfgs
+
+    out = riemannian_lbfgs(misfit, torch.as_tensor(project(start)), nonnegative=True, grad_tol=1e-12,
+                           max_iterations=iterations)
+    return project(out.x.numpy().copy())
+
+
+def tolerance_of(problem, rtol: float, atol: float) -> dict:
+    """The verdict's inputs of :func:`~ncgeo.certify.result.make_result` for ``problem``:
+    ``{"floor": F, "anchors": A, "rtol": rtol, "atol": atol}`` (``rtol``, ``atol`` checked)."""
+    from .result import check_atol, check_rtol
+
+    problem = check_problem(problem)
+    return {"floor": problem.floor(), "anchors": problem.num_anchors(), "rtol": check_rtol(rtol),
+            "atol": check_atol(atol)}

@@ -24,10 +24,13 @@ bound is still active.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.special import logsumexp
 
 from .._io import jsonable
 from .._validation import as_float_array, check_tau
@@ -57,11 +60,12 @@ class CELimitResult:
         Optimal class means in the coordinates of the factor of ``G_W`` (of ``W`` for UFM+;
         a factor of ``gram`` in the symmetric case, None there when ``k > 200``).
     solver_status, seconds, certified, reason
-        As in :class:`ncgeo.certify.CertificateResult`; ``certified`` means the program
-        was solved to optimality and the norm bound is active (the relaxation is exact).
+        As in :class:`ncgeo.certify.CertificateResult`; ``certified`` means the
+        unit-norm point's value is within ``CE_RTOL * value + CE_ATOL * k`` of the rigorous bound.
     lower_bound : float
-        The conic program's optimal value (a lower bound, to the solver's accuracy); the
-        upper bound is ``value``, attained by the unit-norm means. ``gap``,
+        The rigorous Lagrangian bound of the Gram relaxation at the solver's point (the conic
+        solver's value is only a hint, ``extra["solver_value"]``); ``-inf`` when none could be
+        computed. The upper bound is ``value``, attained by the unit-norm means. ``gap``,
         ``relative_gap`` and ``upper_bound`` are properties, as in ``CertificateResult``.
     rank, dim : int or None
         Rank of ``G_CE`` and the dimension ``d`` of the prototypes (None with a Gram only).
@@ -215,8 +219,6 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         p = (F.T @ Xv).T
         gram = Xv.T @ Xv
         means = Xv
-    from scipy.special import logsumexp
-
     if symmetric:
         norms = np.full(k, np.sqrt(max(comp, 0.0) * (1 - 1 / k) + ones / k))  # ||h_y||^2 = G_CE[y, y]
     # the norm bound is active at the optimum: rescale the solver's h to unit length (this
@@ -228,10 +230,107 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         means = means * (scale if means.shape[1] == k else 1.0)
     values = logsumexp(p / tau, axis=1) - np.diag(p) / tau
     solver_value = float(problem.value) * (k if symmetric else 1)
-    active = bool(values.sum() <= solver_value + 1e-8 * max(1.0, abs(solver_value)))
-    reason = ("optimal; the unit-norm point attains the optimum (the norm bound is active, the "
-              "relaxation is exact)") if active else \
-        f"rescaling to unit norm raised the value from {solver_value:.10g} to {values.sum():.10g}"
-    return CELimitResult(p, values, float(values.sum()), gram, means, status, timer(), active, reason,
-                         lower_bound=solver_value, rank=matrix_rank(gram),
-                         dim=None if Wm is None else Wm.shape[0], extra={"solver": used, "symmetric": symmetric})
+    if not nonnegative:  # refine the solver's point (accurate to ~1e-7 only) before the bound
+        polished, values = _polish(p, values, G, tau, symmetric)
+        if not np.array_equal(polished, p):  # the means' Gram h_y.h_c = p_y G_W^+ p_c of the refined point
+            p, gram = polished, polished @ np.linalg.pinv(G, rcond=1e-10, hermitian=True) @ polished.T
+    lower, bound_info = _rigorous_lower(p, G, tau, symmetric, nonnegative and bool(np.all(Wm >= 0)))
+    value = float(values.sum())
+    gap = value - lower if lower is not None else math.inf
+    tolerance = CE_RTOL * max(value, 0.0) + CE_ATOL * k
+    certified = bool(lower is not None and gap <= tolerance)
+    if lower is None:
+        reason = f"no rigorous bound: {bound_info['failure']}"
+    elif certified:
+        reason = (f"gap {max(gap, 0.0):.1e} <= {tolerance:.1e}: the unit-norm point attains the rigorous "
+                  "Lagrangian bound of the Gram relaxation")
+    else:
+        reason = f"gap {gap:.1e} > {tolerance:.1e} between the unit-norm point and the rigorous bound"
+    return CELimitResult(p, values, value, gram, means, status, timer(), certified, reason,
+                         lower_bound=-math.inf if lower is None else lower, rank=matrix_rank(gram),
+                         dim=None if Wm is None else Wm.shape[0],
+                         extra={"solver": used, "symmetric": symmetric, "solver_value": solver_value,
+                                "bound": bound_info})
+
+
+def _polish(p: np.ndarray, values: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, iterations: int = 30):
+    """Riemannian Newton on the unit sphere for ``h`` with ``p = F^T h`` (``G = F^T F``), per class
+    (class 0 only when ``symmetric``; the others by swapping classes 0 and y); a row is replaced
+    only when its value decreases."""
+    eig, vec = np.linalg.eigh((G + G.T) / 2)
+    keep = eig > 1e-10 * max(1.0, eig.max())
+    F = (vec[:, keep] * np.sqrt(eig[keep])).T  # (r, k)
+    p, values = p.copy(), values.copy()
+    k = G.shape[0]
+    for y in ([0] if symmetric else range(k)):
+        h = np.linalg.lstsq(F.T, p[y], rcond=None)[0]
+        h = h / np.linalg.norm(h)
+        eye = np.eye(len(h))
+        for _ in range(iterations):
+            # phi(h) = LSE(F^T h / tau) - (F^T h)_y / tau: gradient F (s - e_y) / tau, Hessian
+            # F (diag s - s s^T) F^T / tau^2 with s = softmax(F^T h / tau)
+            q = F.T @ h / tau
+            soft = np.exp(q - logsumexp(q))
+            grad = F @ (soft - (np.arange(k) == y)) / tau
+            hess = (F * soft) @ F.T / tau ** 2 - np.outer(F @ soft, F @ soft) / tau ** 2
+            proj = eye - np.outer(h, h)
+            rgrad = proj @ grad
+            if np.linalg.norm(rgrad) < 1e-15:
+                break
+            rhess = proj @ (hess - float(h @ grad) * eye) @ proj
+            step = -np.linalg.lstsq(rhess + np.outer(h, h), rgrad, rcond=None)[0]
+            h = (h + step) / np.linalg.norm(h + step)
+        row = F.T @ h
+        value = float(logsumexp(row / tau) - row[y] / tau)
+        if value < values[y]:
+            if symmetric:
+                for c in range(k):
+                    swapped = row.copy()
+                    swapped[[0, c]] = swapped[[c, 0]]
+                    p[c], values[c] = swapped, value
+            else:
+                p[y], values[y] = row, value
+    return p, values
+
+
+#: Accepted gap of the CE-limit certificate: ``CE_RTOL * value + CE_ATOL * k`` (the CE values are the
+#: excess over the floor 0 of the limit; THEORY.md 5.1).
+CE_RTOL = 1e-6
+CE_ATOL = 1e-12
+
+
+def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, sign_constrained: bool):
+    r"""Sum over classes of the Lagrangian bound (:mod:`ncgeo.certify.lagrangian`) of the relaxation
+    ``min CE_y(Z_{0P}) s.t. Z = [[1, p^T], [p, G_W]] >= 0`` at the solver's (rescaled) ``p``.
+
+    ``CE_y`` is the one torch objective (:func:`~ncgeo.certify.gram_objective.grouped_excess`) of one
+    sample of class ``y`` with ``n_w = 1`` and no other sample: ``log sum_c e^{(Z_0c - Z_0y)/tau}``. With
+    ``symmetric`` (``G_W`` invariant under all class permutations) the classes' programs are
+    permutations of class 0's and its bound counts ``k`` times. ``sign_constrained``: UFM+ with
+    ``W >= 0`` adds ``Z_0P >= 0``. Returns ``(lower or None, summary)``."""
+    from .gram_objective import grouped_excess
+    from .lagrangian import lagrangian_bound
+
+    k = G.shape[0]
+    total, worst, failure, margin = 0.0, math.inf, None, 0.0
+    mask = None
+    if sign_constrained:
+        mask = np.zeros((k + 1, k + 1), dtype=bool)
+        mask[0, 1:] = mask[1:, 0] = True
+    for y in ([0] if symmetric else range(k)):
+        Z0 = np.block([[np.ones((1, 1)), p[y][None, :]], [p[y][:, None], G]])
+        Zt = torch.tensor(Z0, requires_grad=True)
+        value = grouped_excess(Zt, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                               np.array([y]), 1.0, tau)
+        (grad,) = torch.autograd.grad(value.excess, Zt)
+        g = grad.numpy()
+        bound = lagrangian_bound(Z0, (g + g.T) / 2, float(value.excess.detach()), 0.0, value.scale, m=1,
+                                 lo=np.ones(1), hi=np.ones(1), G_W=G, sign_mask=mask)
+        if bound.lower is None:
+            failure = bound.failure
+            break
+        total += bound.lower * (k if symmetric else 1)
+        worst = min(worst, bound.lambda_min)
+        margin += bound.margin * (k if symmetric else 1)
+    info = {"lambda_min": worst, "margin": margin, "failure": failure, "classes": 1 if symmetric else k}
+    return (None if failure else total), info

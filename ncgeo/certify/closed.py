@@ -19,68 +19,62 @@ global optimum, never just assumes it.
 
 from __future__ import annotations
 
-from .._validation import as_float_array
-from ..classes import check_class_sizes
+import numpy as np
+
 from ..closed_form import closed_form_for_setup
-from ._common import check_dim
-from ._program import Timer
+from ..problem import UFMProblem
+from ._common import tolerance_of
+from ._program import Timer, check_solver_args
 from .orbit import solve_orbit
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["certify_closed_form"]
 
 
-def certify_closed_form(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
-                        nonnegative: bool = False, prototypes_as_anchors: bool = False,
-                        dim: int | None = None, rtol: float = DEFAULT_RTOL) -> CertificateResult:
-    r"""Certify that the ETF / OF collapse of a balanced full-batch set-up is the global optimum.
+def certify_closed_form(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
+                        rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> CertificateResult:
+    r"""Certify that the ETF / OF collapse of a balanced full-batch problem is the global optimum.
 
     Parameters
     ----------
-    class_sizes : (k,) ints
-        Samples per class; a closed form exists only when they are all equal.
-    prototypes : (d, k) array, optional
-        Prototypes ``W``: Gram equal to the simplex-ETF Gram (UFM), or non-negative with
-        Gram ``I`` (UFM+), when ``n_w > 0``.
-    n_w, tau : float
-        Prototype multiplicity and temperature.
-    nonnegative : bool
-        UFM+ (the OF collapse) instead of UFM (the ETF collapse).
-    prototypes_as_anchors : bool
-        Prototype copies are anchors too (the closed form then has the prototype-anchor terms).
-    dim : int, optional
-        Embedding dimension ``d`` (default: rows of ``W``, else ``k``).
-    rtol : float
-        Relative gap accepted as certified.
+    problem : UFMProblem
+        A closed form exists for a full batch with equal class sizes and, when ``n_w > 0``,
+        prototypes with the simplex-ETF Gram (UFM) or non-negative prototypes with Gram ``I``
+        (UFM+, ``problem.nonnegative``); prototype anchors add their terms. ``problem.dim`` is
+        the embedding dimension of the realisability check.
+    solver, time_limit : optional
+        Conic solver of the orbit relaxation and its time limit per attempt.
+    rtol, atol : float
+        Certified when ``gap <= rtol * (U - F) + atol * A`` (:mod:`ncgeo.certify.result`).
 
     Returns
     -------
     CertificateResult
         ``method="closed-form"``; ``upper_bound`` = the closed-form loss, ``lower_bound`` = the
-        orbit-reduced relaxation optimum, ``rank`` = ``k - 1`` (ETF) or ``k`` (OF), and
+        orbit-reduced relaxation's bound, ``rank`` = ``k - 1`` (ETF) or ``k`` (OF), and
         ``solution`` with ``geometry`` and ``closed_form``. Set-ups without a closed form
         give ``certified=False`` with that reason (no exception).
     """
     timer = Timer()
-    sizes = check_class_sizes(class_sizes)
-    k = len(sizes)
-    if prototypes is not None:
-        prototypes = as_float_array("prototypes", prototypes, ndim=2)
-    dim = check_dim(dim)
-    if dim is None:
-        dim = prototypes.shape[0] if prototypes is not None else k
-    known = closed_form_for_setup(sizes, prototypes if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
-                                  prototypes_as_anchors=prototypes_as_anchors)
+    check_solver_args(solver, time_limit)
+    tolerance = tolerance_of(problem, rtol, atol)
+    k, dim, n_w = problem.num_classes, problem.dim, problem.n_w
+    known = None
+    if problem.full_batch and problem.integral and np.all(problem.class_sizes > 0):
+        sizes = [int(s) for s in problem.class_sizes]
+        known = closed_form_for_setup(sizes, problem.prototypes if n_w > 0 else None, n_w, problem.tau,
+                                      nonnegative=problem.nonnegative,
+                                      prototypes_as_anchors=problem.prototypes_as_anchors)
     if known is None:
-        return make_result(None, None, method="closed-form", status="n/a", seconds=timer(), rtol=rtol, dim=dim,
+        return make_result(None, None, method="closed-form", status="n/a", seconds=timer(), dim=dim,
                            failure="no closed form for this set-up (needs a full batch, balanced classes and, "
-                                   "with n_w > 0, ETF prototypes for UFM or non-negative OF prototypes for UFM+)")
+                                   "with n_w > 0, ETF prototypes for UFM or non-negative OF prototypes for UFM+)",
+                           **tolerance)
     value, geometry = known
     rank = k - 1 if geometry == "etf" else k
-    bound = solve_orbit(sizes, prototypes if n_w > 0 else None, n_w, tau, nonnegative=nonnegative,
-                        prototypes_as_anchors=prototypes_as_anchors, dim=dim, rtol=rtol)
+    bound = solve_orbit(problem, solver=solver, time_limit=time_limit, rtol=rtol, atol=atol)
     solution = {"geometry": geometry, "closed_form": value, "relaxation": bound.reason}
     failure = None if bound.lower_bound > float("-inf") else f"no lower bound: {bound.reason}"
     return make_result(bound.lower_bound if failure is None else None, value, method="closed-form",
-                       status=bound.solver_status, seconds=timer(), rtol=rtol, rank=rank, dim=dim,
-                       realisable=rank <= dim, failure=failure, solution=solution)
+                       status=bound.solver_status, seconds=timer(), rank=rank, dim=dim, realisable=rank <= dim,
+                       failure=failure, solution=solution, attempts=[bound.attempt()], **tolerance)

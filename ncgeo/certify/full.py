@@ -23,19 +23,20 @@ import math
 
 import numpy as np
 
-from .._validation import as_float_array, as_label_tensor, check_int
-from ..ufm.batching import check_batches
-from ._common import check_dim, check_loss_args, prototype_setup, realise_nonnegative
+from ..problem import UFMProblem
+from ._common import batch_list, realise_nonnegative, tolerance_of
 from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
                        matrix_rank, solve_problem)
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .lagrangian import relaxation_lower
+from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_full", "full_objective"]
 
 
 def full_objective(labels: np.ndarray, k: int, G_W: np.ndarray | None, n_w: float, tau: float,
                    batches: list[np.ndarray], prototypes_as_anchors: bool = False) -> LogSumExpObjective:
-    """The UFM objective as a :class:`LogSumExpObjective` over the ``(N + k_p)`` Gram."""
+    """The UFM objective as a :class:`LogSumExpObjective` over the ``(N + k_p)`` Gram, each anchor's
+    row written as ``log(D / P)`` (its floor ``log P`` in ``obj.floor``)."""
     N = len(labels)
     kp = k if n_w > 0 else 0
     obj = LogSumExpObjective(N + kp, N)
@@ -52,7 +53,7 @@ def full_objective(labels: np.ndarray, k: int, G_W: np.ndarray | None, n_w: floa
             i = np.repeat(B[rows][:, None], m - 1 + kp, axis=1)
             j = np.concatenate([B[others], np.broadcast_to(N + np.arange(kp), (len(rows), kp))], axis=1)
             off = np.concatenate([np.zeros((len(rows), m - 1)), np.full((len(rows), kp), log_nw)], axis=1)
-            obj.add_rows(np.ones(len(rows)), i, j, 1.0 / tau, off)
+            obj.add_rows(np.ones(len(rows)), i, j, 1.0 / tau, off, floor=np.log(P[rows]))
             ai, aj = np.nonzero(same[rows])
             obj.add_linear(B[rows][ai], B[aj], 1.0 / (tau * P[rows][ai]))
             if kp:
@@ -70,35 +71,23 @@ def full_objective(labels: np.ndarray, k: int, G_W: np.ndarray | None, n_w: floa
                 j = np.concatenate([B, np.zeros(len(protos), int)])
                 coef = np.concatenate([np.full(m, 1.0 / tau), np.zeros(len(protos))])
                 off = np.concatenate([np.zeros(m), G_W[c, protos] / tau + logc])
-                obj.add_rows([n_w], [i], [j], [coef], [off])
+                obj.add_rows([n_w], [i], [j], [coef], [off], floor=[math.log(P_c)])
                 obj.add_linear(np.full(len(members), N + c), members, n_w / (tau * P_c))
                 obj.constant += n_w * own * G_W[c, c] / (tau * P_c)
     return obj
 
 
-def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
-               batches=None, nonnegative: bool = False, prototype_gram=None,
-               prototypes_nonnegative: bool | None = None, prototypes_as_anchors: bool = False,
-               num_classes: int | None = None, dim: int | None = None,
-               solver: str = "CLARABEL", time_limit: float | None = None, fallback: bool = True,
-               rtol: float = DEFAULT_RTOL, verbose: bool = False) -> CertificateResult:
-    r"""Solve the full Gram relaxation (module docstring) for given labels and batches.
+def solve_full(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
+               fallback: bool = True, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+               verbose: bool = False) -> CertificateResult:
+    r"""Solve the full Gram relaxation (module docstring) of a problem with any batching.
 
     Parameters
     ----------
-    labels : (N,) int array
-        Class of every sample.
-    prototypes : (d, k) array, optional
-        Fixed prototypes (or ``prototype_gram``); required when ``n_w > 0``.
-    n_w, tau : float
-        Prototype multiplicity and temperature.
-    batches : list of int arrays, optional
-        The batches of one epoch (indices into ``labels``); default one full batch.
-    nonnegative : bool
-        UFM+ (doubly non-negative relaxation).
-    num_classes, dim : int, optional
-        ``k`` (default: from the prototypes or ``max(labels) + 1``) and ``d``.
-    solver, time_limit, fallback, rtol, verbose
+    problem : UFMProblem
+        Its samples (labels, or class-ordered integer sizes), batches, prototypes, ``n_w``,
+        ``tau``, UFM+ (the doubly non-negative relaxation) and ``dim`` (realisability).
+    solver, time_limit, fallback, rtol, atol, verbose
         As in :func:`ncgeo.certify.solve_reduced`.
 
     Returns
@@ -112,39 +101,30 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
 
     timer = Timer()
     check_solver_args(solver, time_limit)  # before the program is built
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    if labels is None or np.ndim(labels) != 1:
-        raise ValueError(f"labels must be a 1-D array of class indices, got {type(labels).__name__}"
-                         f"{'' if labels is None else f' of {np.ndim(labels)} dimension(s)'}")
-    y = as_label_tensor("labels", labels, len(np.asarray(labels)), None).numpy()
-    N = len(y)
-    if N < 1:
-        raise ValueError("labels must not be empty")
-    if num_classes is not None:
-        k = check_int("num_classes", num_classes, minimum=1)
-    elif prototypes is not None:
-        k = as_float_array("prototypes", prototypes, ndim=2).shape[1]
-    elif prototype_gram is not None:
-        k = as_float_array("prototype_gram", prototype_gram, ndim=2).shape[0]
-    else:
-        k = int(y.max()) + 1
-    if y.max() >= k:
-        raise ValueError(f"labels must lie in [0, {k - 1}]")
-    W, G_W, d, proto_nonneg = prototype_setup(k, prototypes, prototype_gram, n_w, nonnegative,
-                                              prototypes_nonnegative)
-    d = check_dim(dim) if dim is not None else d
-    batches = check_batches(batches, N)
+    tolerance = tolerance_of(problem, rtol, atol)
+    y = problem.sample_labels()
+    N, k, n_w, tau, d = len(y), problem.num_classes, problem.n_w, problem.tau, problem.dim
+    nonnegative = problem.nonnegative
+    W = np.asarray(problem.prototypes, dtype=float) if n_w > 0 else None
+    G_W = None if W is None else W.T @ W
+    proto_nonneg = bool(nonnegative and W is not None and np.all(W >= 0))
+    batches = batch_list(problem)
     kp = k if n_w > 0 else 0
-    objective = full_objective(y, k, G_W, n_w, tau, batches, prototypes_as_anchors)
+    objective = full_objective(y, k, G_W, n_w, tau, batches, problem.prototypes_as_anchors)
+    if not nonnegative:  # the solver sees the excess at order one (a collapse's excess as the scale)
+        from ..geometry import simplex_etf
+
+        means = W if W is not None else (simplex_etf(k, k) if k > 1 else np.ones((1, 1)))
+        Z = np.concatenate([means[:, y], W], axis=1) if kp else means[:, y]
+        objective.scale_to(Z.T @ Z)
     G = cp.Variable((N + kp, N + kp), symmetric=True)
     constraints = [G >> 0, cp.diag(G)[:N] == 1]
     constraints += block_and_sign_constraints(G, N, kp, G_W, proto_nonneg, nonnegative)
-    problem = cp.Problem(cp.Minimize(objective.expression(G)), constraints)
-    used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose, psd_size=N + kp)
+    cvx_problem, used, status, failure = objective.solve(G, constraints, solver, time_limit=time_limit,
+                                                         fallback=fallback, verbose=verbose, psd_size=N + kp)
     if failure is not None:
-        return make_result(None, None, method="full", status=status, seconds=timer(), rtol=rtol,
-                           dim=d, failure=f"full SDP failed ({failure})")
+        return make_result(None, None, method="full", status=status, seconds=timer(), dim=d,
+                           failure=f"full SDP failed ({failure})", **tolerance)
     Gv = np.asarray(G.value)
     eig, vec = np.linalg.eigh((Gv + Gv.T) / 2)
     Gp = (vec * np.maximum(eig, 0)) @ vec.T
@@ -153,17 +133,18 @@ def solve_full(labels, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
     if kp:
         Gp[N:, N:] = G_W
     rank = matrix_rank(Gv)
-    realisable = None if d is None else rank <= d
+    realisable = rank <= d
     solution = {"G": Gv, "solver": used}
     failure = None
     if nonnegative:  # the bound must be the loss of a non-negative point (complete positivity)
-        if kp and W is None:
-            failure = "UFM+ with a prototype Gram only: no prototype vectors to realise the optimum with"
-        else:
-            space = W.shape[0] if kp else (d if d is not None else N)  # the prototypes fix the space
-            H = realise_nonnegative(Gp, N, W if kp else None, space)
-            Gp = np.block([[H @ H.T, H @ W], [W.T @ H.T, G_W]]) if kp else H @ H.T
-            solution["H"], realisable = H, True
-    return make_result(float(problem.value) * objective.normaliser, objective.value(Gp), method="full", status=status,
-                       seconds=timer(), rtol=rtol, rank=rank, dim=d, realisable=realisable,
-                       solution=solution, failure=failure)
+        H = realise_nonnegative(Gp, N, W, d)
+        Gp = np.block([[H @ H.T, H @ W], [W.T @ H.T, G_W]]) if kp else H @ H.T
+        solution["H"], realisable = H, True
+    # the rigorous Lagrangian bound at the solver's point (A2 hook; the solver's value is a hint)
+    lower, solution["bound"] = relaxation_lower(problem, Gv, objective.floor + float(cvx_problem.value) *
+                                                objective.normaliser, grouped=False,
+                                                psd_constraint=constraints[0], normaliser=objective.normaliser)
+    if lower is None:
+        failure = f"not certified: {solution['bound']['failure']}"
+    return make_result(lower, objective.value(Gp), method="full", status=status, seconds=timer(), rank=rank,
+                       dim=d, realisable=realisable, solution=solution, failure=failure, **tolerance)

@@ -26,10 +26,12 @@ import math
 
 import numpy as np
 
-from ._common import class_problem_setup
+from ..problem import UFMProblem
+from ._common import class_program, tolerance_of
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .reduced import COLLAPSE_TOL, finish_relaxation, reduced_objective
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .orbit_bound import expand, orbit_bound, orbit_point
+from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_orbit", "size_groups", "orbit_invariant"]
 
@@ -54,12 +56,15 @@ def size_groups(weights: np.ndarray, tol: float = 1e-12) -> list[np.ndarray]:
 
 def orbit_invariant(G_W: np.ndarray | None, groups: list[np.ndarray], atol: float = 1e-9) -> np.ndarray | None:
     """The ``m x m`` matrix ``gamma`` (off-diagonal cosine per pair of groups) when ``G_W``
-    is invariant under permutations within every group, else ``None``."""
+    is invariant under permutations within every group (diagonal constant on each group too),
+    else ``None``."""
     m = len(groups)
     if G_W is None:
         return np.zeros((m, m))
     gamma = np.zeros((m, m))
     for g, I in enumerate(groups):
+        if np.ptp(np.diag(G_W)[I]) > atol:
+            return None
         for h, J in enumerate(groups):
             block = G_W[np.ix_(I, J)]
             if g == h:
@@ -74,29 +79,30 @@ def orbit_invariant(G_W: np.ndarray | None, groups: list[np.ndarray], atol: floa
     return gamma
 
 
-def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
-                nonnegative: bool = False, prototype_gram=None,
-                prototypes_nonnegative: bool | None = None, prototypes_as_anchors: bool = False,
-                dim: int | None = None, solver: str = "CLARABEL",
-                time_limit: float | None = None, fallback: bool = True,
-                rtol: float = DEFAULT_RTOL, verbose: bool = False) -> CertificateResult:
+def solve_orbit(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
+                fallback: bool = True, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                verbose: bool = False) -> CertificateResult:
     r"""Solve the orbit-reduced relaxation (module docstring); same contract as
     :func:`ncgeo.certify.solve_reduced`, whose ``a``, ``b``, ``p`` (expanded to all classes)
-    it returns in ``solution`` together with the per-group values.
+    it returns in ``solution`` together with the per-group values. Each anchor's log-sum-exp
+    is written as ``log(D / P)`` (the floor ``F`` apart, THEORY.md section 5.1).
 
     Raises
     ------
     ValueError
-        If ``G_W`` is not invariant under permutations of equal-size classes (use
+        If the problem is not full batch, has an empty class, or its ``G_W`` is not
+        invariant under permutations of equal-size classes (use
         :func:`ncgeo.certify.solve_reduced` then).
     """
     import cvxpy as cp
 
     timer = Timer()
     check_solver_args(solver, time_limit)  # before the program is built
-    weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
-        class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
-        prototypes_as_anchors, dim)
+    tolerance = tolerance_of(problem, rtol, atol)
+    program = class_program(problem, "orbit")
+    weights, n_w, tau, k, W, G_W, d = (program.weights, program.n_w, program.tau, program.k, program.W,
+                                       program.G_W, program.dim)
+    nonnegative, proto_nonneg, prototypes_as_anchors = program.nonnegative, program.proto_nonneg, program.anchors
     groups = size_groups(weights)
     use_p = n_w > 0
     gamma = orbit_invariant(G_W if use_p else None, groups)
@@ -106,6 +112,8 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
     m = len(groups)
     kg = np.array([len(I) for I in groups], float)
     ng = np.array([weights[I[0]] for I in groups])
+    # the prototypes' own cosine: 1 up to the accepted round-off (UNIT_TOL), used as it is (W (1 + 1e-7))
+    diag = np.array([G_W[I[0], I[0]] for I in groups]) if use_p else np.ones(m)
     a = cp.Variable(m)
     b = cp.Variable((m, m), symmetric=True)
     p = cp.Variable(m) if use_p else None
@@ -129,7 +137,7 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
                 else:
                     S[g][m + h] = math.sqrt(kg[g] * kg[h] * ng[g]) * q[g, h]
                 S[m + h][g] = S[g][m + h]
-                S[m + g][m + h] = (1 + (kg[g] - 1) * gamma[g, g]) if g == h else \
+                S[m + g][m + h] = (diag[g] + (kg[g] - 1) * gamma[g, g]) if g == h else \
                     math.sqrt(kg[g] * kg[h]) * gamma[g, h]
         T = cp.bmat([[cp.reshape(S[i][j], (1, 1), order="C") for j in range(2 * m)] for i in range(2 * m)])
     else:
@@ -140,7 +148,7 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
             continue
         x = 1 + (ng[g] - 1) * a[g] - ng[g] * b[g, g]
         if use_p:
-            z = 1 - gamma[g, g]
+            z = diag[g] - gamma[g, g]
             y = math.sqrt(ng[g]) * (p[g] - q[g, g])
             constraints.append(cp.square(y) <= z * x if z > 1e-12 else y == 0)
         constraints.append(x >= 0)
@@ -166,13 +174,16 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
 
     N = float(weights.sum())
     total = 0
+    floor_total = 0.0
     for g in range(m):
         if count[g] <= 0:
             continue
         terms = rows(g)
-        lse = cp.log_sum_exp(cp.hstack([e / tau + lw for e, lw in terms]))
+        floor = math.log(count[g])  # log P: the row is log(D / P) (THEORY.md section 5.1)
+        lse = cp.log_sum_exp(cp.hstack([e / tau + lw - floor for e, lw in terms]))
         positive = (within[g] * a[g] + (n_w * p[g] if use_p else 0)) / (tau * count[g])
         total = total + kg[g] * ng[g] * (lse - positive)
+        floor_total += kg[g] * ng[g] * floor
     if prototypes_as_anchors and use_p:
         own = n_w - 1.0
         for g in range(m):
@@ -186,40 +197,51 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
             consts = [gamma[g, g] / tau + math.log((kg[g] - 1) * n_w)] if kg[g] > 1 else []
             consts += [gamma[g, h] / tau + math.log(kg[h] * n_w) for h in range(m) if h != g]
             if own > 0:
-                consts.append(1.0 / tau + math.log(own))
-            lse = cp.log_sum_exp(cp.hstack([e / tau + lw for e, lw in terms] + consts))
-            total = total + kg[g] * n_w * (lse - (ng[g] * p[g] + own) / (tau * P))
-    problem = cp.Problem(cp.Minimize(total / N), constraints)
-    used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
+                consts.append(diag[g] / tau + math.log(own))
+            lse = cp.log_sum_exp(cp.hstack([e / tau + lw - math.log(P) for e, lw in terms]
+                                           + [c - math.log(P) for c in consts]))
+            total = total + kg[g] * n_w * (lse - (ng[g] * p[g] + own * diag[g]) / (tau * P))
+            floor_total += kg[g] * n_w * math.log(P)
+    cvx_problem = cp.Problem(cp.Minimize(total / N), constraints)
+    used, status, failure = solve_problem(cvx_problem, solver, time_limit=time_limit,
                                           fallback=fallback, verbose=verbose)
     if failure is not None:
-        return make_result(None, None, method="orbit", status=status, seconds=timer(), rtol=rtol,
-                           dim=d, failure=f"orbit-reduced SDP failed ({failure})")
-    lower = float(problem.value) * N
-    group_of = np.empty(k, int)
-    for g, I in enumerate(groups):
-        group_of[I] = g
+        return make_result(None, None, method="orbit", status=status, seconds=timer(), dim=d,
+                           failure=f"orbit-reduced SDP failed ({failure})", **tolerance)
+    hint = floor_total + float(cvx_problem.value) * N  # the solver's value: a hint, never reported as a bound
     av, bv = np.asarray(a.value), np.asarray(b.value)
     solution = {"groups": [I.tolist() for I in groups], "group_a": av, "group_b": bv, "solver": used}
+    pv = qv = None
     if use_p:
-        solution.update(group_p=np.asarray(p.value), group_q=np.asarray(q.value))
-    if k <= EXPAND_MAX:
-        b_full = bv[np.ix_(group_of, group_of)]
-        s = np.sqrt(weights)
-        top = b_full * np.outer(s, s)
-        np.fill_diagonal(top, 1 + (weights - 1) * av[group_of])
-        R = top
-        if use_p:
-            p_full = solution["group_q"][np.ix_(group_of, group_of)]
-            np.fill_diagonal(p_full, solution["group_p"][group_of])
-            R = np.block([[top, p_full * s[:, None]], [(p_full * s[:, None]).T, G_W]])
-        objective = reduced_objective(weights, G_W, n_w, tau, prototypes_as_anchors)
-        return finish_relaxation(R, weights, W, G_W, d, nonnegative, objective, method="orbit",
-                                 lower=lower, status=status, seconds=timer, rtol=rtol, solution=solution)
-    # large k: evaluate at the group level (snap collapsed groups to a_g = 1)
+        pv, qv = np.asarray(p.value), np.asarray(q.value)
+        solution.update(group_p=pv, group_q=qv)
+
+    def point_of(a_values):
+        return orbit_point(groups, ng, a_values, bv, pv, qv, diag if use_p else None, gamma if use_p else None)
+
+    def bound_at(point, where):
+        info = orbit_bound(point, n_w, tau, anchors=prototypes_as_anchors, nonnegative=nonnegative,
+                           proto_nonneg=proto_nonneg)
+        return info["lower"], {key: info[key] for key in _BOUND_KEYS} | {"solver_value": hint, "point": where}
+
+    # the rigorous Lagrangian bound at the solver's point, in the orbit structure (orbit_bound.py)
+    point = point_of(av)
+    lower, solution["bound"] = bound_at(point, "solver point")
     collapsed = av >= 1 - COLLAPSE_TOL
+    if not np.all(av == np.where(collapsed, 1.0, av)):  # also at the snapped collapse: the larger bound
+        snapped_lower, snapped_info = bound_at(point_of(np.where(collapsed, 1.0, av)), "snapped collapse")
+        if math.isfinite(snapped_lower) and (not math.isfinite(lower) or snapped_lower > lower):
+            lower, solution["bound"] = snapped_lower, snapped_info
+    if not math.isfinite(lower):
+        return make_result(None, None, method="orbit", status=status, seconds=timer(), dim=d, solution=solution,
+                           failure="not certified: the orbit bound is not finite", **tolerance)
+    if k <= EXPAND_MAX:
+        objective = reduced_objective(weights, G_W, n_w, tau, prototypes_as_anchors)
+        return finish_relaxation(expand(point), program, objective, method="orbit", lower=lower, status=status,
+                                 seconds=timer, tolerance=tolerance, solution=solution)
+    # large k: evaluate at the group level (snap collapsed groups to a_g = 1)
     a.value = np.where(collapsed, 1.0, av)
-    upper = float(total.value)
+    upper = floor_total + float(total.value)
     Tn = np.asarray(T.value)
     Tn = (Tn + Tn.T) / 2
     scale = np.concatenate([1.0 / np.sqrt(kg * ng), 1.0 / np.sqrt(kg)])[: Tn.shape[0]]
@@ -231,8 +253,8 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
             continue
         x = (1 + (ng[g] - 1) * a.value[g] - ng[g] * bv[g, g]) / ng[g]
         if use_p:
-            y = (solution["group_p"][g] - solution["group_q"][g, g]) / 1.0
-            C = np.array([[x, y], [y, 1 - gamma[g, g]]])
+            y = solution["group_p"][g] - solution["group_q"][g, g]
+            C = np.array([[x, y], [y, diag[g] - gamma[g, g]]])
         else:
             C = np.array([[x]])
         worst = min(worst, float(np.linalg.eigvalsh(C).min()))
@@ -244,5 +266,9 @@ def solve_orbit(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1
         failure = f"the collapsed point is infeasible (eigenvalue {worst:.1e})"
     elif not np.all(collapsed):
         failure = "the relaxation optimum is not collapsed (a_g < 1); large-k realisation needs collapse"
-    return make_result(lower, upper, method="orbit", status=status, seconds=timer(), rtol=rtol,
-                       rank=rank, dim=d, realisable=realisable, solution=solution, failure=failure)
+    return make_result(lower, upper, method="orbit", status=status, seconds=timer(), rank=rank, dim=d,
+                       realisable=realisable, solution=solution, failure=failure, **tolerance)
+
+
+_BOUND_KEYS = ("excess_lower", "floor", "point_excess", "lambda_min", "margin", "trace_bound", "eigenvalue",
+               "multipliers", "failure")

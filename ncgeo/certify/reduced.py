@@ -32,17 +32,21 @@ import math
 
 import numpy as np
 
-from ._common import class_problem_setup
+from ..problem import UFMProblem
+from ._common import ClassProgram, class_program, tolerance_of
 from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
                        matrix_rank, solve_problem)
-from .result import DEFAULT_RTOL, CertificateResult, make_result
+from .face import geometry_certificate
+from .lagrangian import reduced_bound, relaxation_lower
+from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 
 __all__ = ["solve_reduced", "reduced_objective", "realise_collapse", "polish_means"]
 
 
 def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, tau: float,
                       prototypes_as_anchors: bool = False) -> LogSumExpObjective:
-    """The reduced objective as a :class:`LogSumExpObjective` over ``R`` (``k + k_p`` square)."""
+    """The reduced objective as a :class:`LogSumExpObjective` over ``R`` (``k + k_p`` square), each
+    anchor's row written as ``log(D / P)`` (its floor ``log P`` in ``obj.floor``)."""
     k = len(weights)
     kp = k if n_w > 0 else 0
     obj = LogSumExpObjective(k + kp, weights.sum())
@@ -70,7 +74,7 @@ def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, t
             off.append(np.full(k, math.log(n_w)))
             obj.add_linear([c], [k + c], weights[c] * n_w / (math.sqrt(weights[c]) * tau * count[c]))
         obj.add_rows([weights[c]], [np.concatenate(i)], [np.concatenate(j)],
-                     [np.concatenate(coef)], [np.concatenate(off)])
+                     [np.concatenate(coef)], [np.concatenate(off)], floor=[math.log(count[c])])
     if prototypes_as_anchors and kp:
         own = n_w - 1.0
         for c in range(k):
@@ -83,7 +87,7 @@ def reduced_objective(weights: np.ndarray, G_W: np.ndarray | None, n_w: float, t
             j = np.concatenate([np.full(k, k + c), np.zeros(len(protos), int)])
             coef = np.concatenate([1.0 / (np.sqrt(weights) * tau), np.zeros(len(protos))])
             off = np.concatenate([logw, G_W[c, protos] / tau + np.array(logc)])
-            obj.add_rows([n_w], [i], [j], [coef], [off])
+            obj.add_rows([n_w], [i], [j], [coef], [off], floor=[math.log(P)])
             obj.add_linear([c], [k + c], n_w * math.sqrt(weights[c]) / (tau * P))
             obj.constant += n_w * own * G_W[c, c] / (tau * P)
     return obj
@@ -142,16 +146,17 @@ def realise_collapse(R: np.ndarray, weights: np.ndarray, W: np.ndarray | None, d
 COLLAPSE_TOL = 0.05
 
 
-def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None, nonnegative: bool,
-                      objective, *, method: str, lower: float, status: str, seconds,
-                      rtol: float, solution: dict, polish: bool = True) -> CertificateResult:
+def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, method: str, lower: float,
+                      status: str, seconds, tolerance: dict, solution: dict, polish: bool = True) -> CertificateResult:
     """Rank, realisation and upper bound of a reduced optimum ``R``; the verdict.
 
     Classes with ``a_c >= 1 - COLLAPSE_TOL`` are snapped to collapse (``a_c = 1``); the collapsed
     configuration is realised (:func:`realise_collapse`) and its exact loss is the upper
     bound, so a wrong snap can only widen the gap, never certify falsely. With ``polish``
-    the realised means are refined by :func:`polish_means` first.
+    the realised means are refined by :func:`polish_means` first. ``tolerance`` holds the
+    ``floor``, ``anchors``, ``rtol`` and ``atol`` of :func:`~ncgeo.certify.result.make_result`.
     """
+    weights, W, G_W, d, nonnegative = program.weights, program.W, program.G_W, program.dim, program.nonnegative
     k = len(weights)
     kp = Rv.shape[0] - k
     a, b, p = _similarities(Rv, weights, kp)
@@ -162,7 +167,7 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
     scale = np.concatenate([1.0 / np.sqrt(weights), np.ones(kp)])
     rank = matrix_rank(Rc * np.outer(scale, scale)) + int(np.sum(np.ceil(weights[~collapsed]) - 1))
     realisable = None if d is None else rank <= d
-    common = dict(method=method, status=status, rtol=rtol, rank=rank, dim=d, solution=solution)
+    common = dict(method=method, status=status, rank=rank, dim=d, solution=solution, **tolerance)
     if not np.all(collapsed):
         # UFM+: the non-collapsed relaxation optimum is realised by no constructed non-negative
         # point (complete positivity unchecked), so its value bounds nothing from above
@@ -181,7 +186,17 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
             means, upper = polished, polished_value
     realised = _collapsed_R(means, weights, protos if protos is not None else W, G_W, kp)
     solution["means"] = means
-    if upper - lower <= rtol * max(abs(upper), 1e-12):
+    # A2 hook: the Lagrangian bound at the realised (polished) point is rigorous too and tight when that
+    # point is optimal (the conic solver's point is accurate to ~1e-6 only); the larger bound is reported
+    realised_bound = reduced_bound(program, realised)
+    if realised_bound.lower is not None and realised_bound.lower > lower:
+        lower = realised_bound.lower
+        solution["bound"] = dict(realised_bound.info, point="realised optimum",
+                                 solver_value=solution.get("bound", {}).get("solver_value"))
+    if realised_bound.lower is not None:
+        solution["geometry"] = geometry_certificate(realised_bound, realised, gap=upper - lower)
+    if upper - lower <= tolerance["rtol"] * max(upper - tolerance["floor"], 0.0) + \
+            tolerance["atol"] * tolerance["anchors"]:
         # the realisation attains the bound: report its rank (extra relaxation rank is numerical)
         rank = matrix_rank(realised * np.outer(scale, scale))
         common["rank"] = rank
@@ -192,40 +207,26 @@ def finish_relaxation(Rv: np.ndarray, weights: np.ndarray, W, G_W, d: int | None
     return make_result(lower, upper, seconds=seconds(), realisable=realisable, **common)
 
 
-def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
-                  nonnegative: bool = False, prototype_gram=None,
-                  prototypes_nonnegative: bool | None = None,
-                  prototypes_as_anchors: bool = False, dim: int | None = None,
-                  solver: str = "CLARABEL", time_limit: float | None = None,
-                  fallback: bool = True, rtol: float = DEFAULT_RTOL,
+def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
+                  fallback: bool = True, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                   verbose: bool = False) -> CertificateResult:
-    r"""Solve the reduced ``2k x 2k`` relaxation of the full-batch UFM (module docstring).
+    r"""Solve the reduced ``2k x 2k`` relaxation of a full-batch UFM (module docstring).
 
     Parameters
     ----------
-    class_sizes : (k,) array
-        Samples per class ``n_c`` (positive reals; non-integers give the formal
-        extension described in the module docstring).
-    prototypes : (d, k) array, optional
-        Fixed prototypes ``W`` (required when ``n_w > 0`` unless ``prototype_gram``).
-    n_w, tau : float
-        Prototype multiplicity (``>= 0``) and temperature (``> 0``).
-    nonnegative : bool
-        UFM+: add ``a, b >= 0`` and, when the prototypes are entrywise non-negative
-        (``prototypes_nonnegative``, inferred from ``W``; False for a Gram only),
-        ``p >= 0``: the doubly non-negative relaxation.
-    prototype_gram : (k, k) array, optional
-        ``G_W`` instead of ``W`` (then the realisation has no fixed frame).
-    prototypes_as_anchors : bool
-        Prototype copies are anchors too (THEORY.md section 2).
-    dim : int, optional
-        Embedding dimension ``d`` (default: rows of ``W``).
+    problem : UFMProblem
+        Full batch, every class with a positive (possibly real) size ``n_c``. UFM+
+        (``problem.nonnegative``) adds ``a, b >= 0`` and, when the prototypes are entrywise
+        non-negative, ``p >= 0``: the doubly non-negative relaxation. The realisability test
+        uses ``problem.dim``.
     solver : {"CLARABEL", "SCS"}
         Conic solver; on failure the other one is tried when ``fallback``.
     time_limit : float, optional
         Seconds per solver attempt.
-    rtol : float
-        Relative gap accepted as certified.
+    rtol, atol : float
+        Certified when ``gap <= rtol * (U - F) + atol * A`` (:mod:`ncgeo.certify.result`).
+    verbose : bool
+        The conic solver's log.
 
     Returns
     -------
@@ -233,37 +234,61 @@ def solve_reduced(class_sizes, prototypes=None, n_w: float = 0.0, tau: float = 0
         ``lower_bound``: the relaxation optimum; ``upper_bound``: the loss of the realised
         collapsed optimum (when ``a_c = 1`` and ``rank R <= d``) or the relaxation value at
         the returned ``R``; ``solution``: ``a`` (k,), ``b`` (k, k), ``p`` (k, k), ``R``,
-        ``weights``, and ``means`` (d, k) when realised.
+        ``weights``, and ``means`` (d, k) when realised. A failed solve is
+        ``certified=False`` with the reason (``method="reduced"``).
     """
     import cvxpy as cp
 
     timer = Timer()
     check_solver_args(solver, time_limit)  # before the program is built
-    weights, n_w, tau, k, W, G_W, d, proto_nonneg = class_problem_setup(
-        class_sizes, prototypes, prototype_gram, n_w, tau, nonnegative, prototypes_nonnegative,
-        prototypes_as_anchors, dim)
-    kp = k if n_w > 0 else 0
-    objective = reduced_objective(weights, G_W, n_w, tau, prototypes_as_anchors)
+    tolerance = tolerance_of(problem, rtol, atol)
+    program = class_program(problem, "reduced")
+    weights, k = program.weights, program.k
+    kp = k if program.n_w > 0 else 0
+    objective = reduced_objective(weights, program.G_W, program.n_w, program.tau, program.anchors)
+    objective.scale_to(reference_R(program))  # the solver sees the excess at order one
     R = cp.Variable((k + kp, k + kp), symmetric=True)
     diag = cp.diag(R)[:k]
     many = weights > 1
     constraints = [R >> 0]
     if np.any(many):
         constraints.append(diag[np.flatnonzero(many)] <= weights[many])
-        if nonnegative:
+        if program.nonnegative:
             constraints.append(diag[np.flatnonzero(many)] >= 1)
     if np.any(~many):
         constraints.append(diag[np.flatnonzero(~many)] == weights[~many])
-    constraints += block_and_sign_constraints(R, k, kp, G_W, proto_nonneg, nonnegative)
-    problem = cp.Problem(cp.Minimize(objective.expression(R)), constraints)
-    used, status, failure = solve_problem(problem, solver, time_limit=time_limit,
-                                          fallback=fallback, verbose=verbose, psd_size=k + kp)
+    constraints += block_and_sign_constraints(R, k, kp, program.G_W, program.proto_nonneg, program.nonnegative)
+    cvx_problem, used, status, failure = objective.solve(R, constraints, solver, time_limit=time_limit,
+                                                         fallback=fallback, verbose=verbose, psd_size=k + kp)
     if failure is not None:
         return make_result(None, None, method="reduced", status=status, seconds=timer(),
-                           rtol=rtol, dim=d, failure=f"reduced SDP failed ({failure})")
-    return finish_relaxation(np.asarray(R.value), weights, W, G_W, d, nonnegative, objective,
-                             method="reduced", lower=float(problem.value) * objective.normaliser,
-                             status=status, seconds=timer, rtol=rtol, solution={"solver": used})
+                           dim=program.dim, failure=f"reduced SDP failed ({failure})", **tolerance)
+    # the rigorous Lagrangian bound at the solver's point (A2 hook; the solver's value is a hint)
+    lower, bound_info = relaxation_lower(problem, np.asarray(R.value),
+                                         objective.floor + float(cvx_problem.value) * objective.normaliser,
+                                         psd_constraint=constraints[0], normaliser=objective.normaliser)
+    if lower is None:
+        return make_result(None, None, method="reduced", status=status, seconds=timer(), dim=program.dim,
+                           failure=f"not certified: {bound_info['failure']}", solution={"bound": bound_info},
+                           **tolerance)
+    return finish_relaxation(np.asarray(R.value), program, objective, method="reduced", lower=lower,
+                             status=status, seconds=timer, tolerance=tolerance,
+                             solution={"solver": used, "bound": bound_info})
+
+
+def reference_means(program: ClassProgram) -> np.ndarray:
+    """Unit class means ``(r, k)`` of a feasible collapse: onto the prototypes, else a simplex ETF."""
+    if program.W is not None:
+        return program.W
+    from ..geometry import simplex_etf
+
+    return simplex_etf(program.k, program.k) if program.k > 1 else np.ones((1, 1))
+
+
+def reference_R(program: ClassProgram) -> np.ndarray:
+    """``R`` of the collapse :func:`reference_means` (a feasible point, scale of the excess)."""
+    kp = program.k if program.W is not None else 0
+    return _collapsed_R(reference_means(program), program.weights, program.W, program.G_W, kp)
 
 
 def _clip_psd(R: np.ndarray) -> np.ndarray:
@@ -298,7 +323,7 @@ def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: flo
         start = clipped
     x0 = torch.as_tensor(start).T.contiguous()
     x0 = x0 / x0.norm(dim=1, keepdim=True)
-    out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.as_tensor(W), n_w, tau,
+    out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.tensor(np.asarray(W, dtype=np.float64)), n_w, tau,
                              nonnegative=nonnegative, prototypes_as_anchors=anchors, grad_tol=1e-12,
                              max_iterations=500)
     return out.x.detach().numpy().T.copy(), float(out.value)

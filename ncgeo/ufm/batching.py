@@ -16,7 +16,7 @@ import torch
 from .._validation import as_label_tensor, check_choice, check_int
 from ..losses import scl_prototype_loss
 
-__all__ = ["make_batches", "ufm_objective", "check_batches", "BATCHING_SCHEMES"]
+__all__ = ["make_batches", "ufm_objective", "check_batches", "scheme_problem", "BATCHING_SCHEMES"]
 
 BATCHING_SCHEMES = ("full", "partition", "shuffle", "bind")
 Scheme = Literal["full", "partition", "shuffle", "bind"]
@@ -149,8 +149,31 @@ def ufm_objective(H: torch.Tensor, labels, W, n_w: float, tau: float, batches: S
         raise ValueError("batches must hold at least one batch")
     total = None
     for index in batches:
-        index_t = torch.as_tensor(np.asarray(index, dtype=np.int64), device=H.device)
+        index_t = torch.as_tensor(np.array(index, dtype=np.int64), device=H.device)
         loss = scl_prototype_loss(H[index_t], y[index_t], W, n_w, tau,
                                   prototypes_as_anchors=prototypes_as_anchors, validate=validate)
         total = loss if total is None else total + loss
     return total
+
+
+def scheme_problem(class_sizes: Sequence[int], prototypes=None, n_w: float = 0.0, tau: float = 0.1, *,
+                   scheme: Scheme = "full", batch_size: int | None = None, seed: int = 0, **flags):
+    """The :class:`ncgeo.UFMProblem` of a batching scheme over class-ordered samples.
+
+    ``"full"`` and ``"shuffle"`` give the full-batch problem (reshuffled batches are a solver
+    setting: ``solve_ufm(problem, "adam", options={"batch_size": b})``); ``"partition"`` and
+    ``"bind"`` fix the batches of :func:`make_batches` with ``batch_size`` and ``seed``.
+    ``flags``: ``nonnegative``, ``prototypes_as_anchors``, ``dim``.
+    """
+    from ..classes import check_class_sizes, labels_from_sizes
+    from ..problem import UFMProblem
+
+    check_choice("batching", scheme, BATCHING_SCHEMES)
+    sizes = check_class_sizes(class_sizes)
+    if scheme in ("full", "shuffle"):
+        if scheme == "shuffle":
+            make_batches(labels_from_sizes(sizes), scheme, batch_size, seed)  # checks batch_size
+        return UFMProblem.from_sizes(sizes, prototypes, n_w, tau, **flags)
+    labels = labels_from_sizes(sizes)
+    return UFMProblem.from_labels(labels, prototypes, n_w, tau, num_classes=len(sizes),
+                                  batches=make_batches(labels, scheme, batch_size, seed), **flags)

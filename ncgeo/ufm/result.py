@@ -2,7 +2,9 @@
 
 An ``.npz`` written by :meth:`UFMResult.save_npz` holds
 
-* ``H`` ``(N, d)`` float64 embeddings, ``y`` ``(N,)`` int64 labels,
+* ``y`` ``(N,)`` int64 labels and either ``H`` ``(N, d)`` float64 embeddings or, in the
+  compact form of a collapsed solution (``h_i = m_{y_i}``), ``M`` ``(d, k)`` float64 class
+  means (``H`` too only when asked: it is ``N x d``),
 * ``W`` ``(d, k)`` float64 prototypes (``(d, 0)`` when the solve had none),
 * ``settings``: the solver settings as a JSON string (class sizes, n_w, tau, batching,
   batch size, seed, ... and any caller metadata such as the prototype geometry),
@@ -27,7 +29,7 @@ import numpy as np
 from .._io import atomic_write
 from ..metrics import GeometryMetrics
 
-__all__ = ["UFMResult", "SavedSolution", "load_npz"]
+__all__ = ["UFMResult", "SavedSolution", "load_npz", "size_runs"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,9 @@ class UFMResult:
 
     Attributes
     ----------
-    H : (N, d) numpy float64
-        Unit-norm embeddings (non-negative for UFM+).
+    embeddings : (N, d) numpy float64 or None
+        Unit-norm embeddings (non-negative for UFM+); ``None`` for a collapsed result, whose
+        embeddings are ``class_means[:, labels].T`` (the property :attr:`H` expands them).
     labels : (N,) numpy int64
     W : (d, k) numpy float64 or None
         Prototypes (``None`` when solved without).
@@ -64,9 +67,13 @@ class UFMResult:
         Final objective of every start, in the order of ``settings["starts"]`` (the best is kept).
     batches : list of numpy arrays or None
         Batches of the objective (``None`` for ``"shuffle"``).
+    class_means : (d, k) numpy float64 or None
+        Unit class means of a collapsed result (the collapsed path), else ``None``.
+    certificate : CertificateResult or None
+        The certificate computed by the solve itself (the collapsed path), else ``None``.
     """
 
-    H: np.ndarray
+    embeddings: np.ndarray | None
     labels: np.ndarray
     W: np.ndarray | None
     class_sizes: list[int]
@@ -80,28 +87,51 @@ class UFMResult:
     settings: dict[str, Any]
     restart_losses: list[float] = field(default_factory=list)
     batches: list[np.ndarray] | None = None
+    class_means: np.ndarray | None = None
+    certificate: Any = None
+
+    def __post_init__(self) -> None:
+        if (self.embeddings is None) == (self.class_means is None):
+            raise ValueError("a UFMResult holds either embeddings (N, d) or class_means (d, k)")
+
+    @property
+    def H(self) -> np.ndarray:
+        """``(N, d)`` embeddings; a collapsed result expands ``class_means[:, labels].T`` at every
+        access (``N x d`` floats: keep the array rather than reading the property twice)."""
+        if self.embeddings is not None:
+            return self.embeddings
+        return np.ascontiguousarray(self.class_means.T[self.labels])
 
     @property
     def num_classes(self) -> int:
         return len(self.class_sizes)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1] if self.embeddings is not None else self.class_means.shape[0])
 
     def closed_form(self) -> tuple[float, str] | None:
         """``(value, geometry)`` of :func:`ncgeo.closed_form.closed_form_for_setup`, or ``None``."""
         from ..closed_form import closed_form_for_setup
 
         s = self.settings
-        W = self.W if self.W is not None else np.eye(self.H.shape[1], self.num_classes)
+        W = self.W if self.W is not None else np.eye(self.dim, self.num_classes)
         return closed_form_for_setup(self.class_sizes, W, s["n_w"], s["tau"], nonnegative=s["nonnegative"],
                                      batching=s["batching"], prototypes_as_anchors=s["prototypes_as_anchors"])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: scalars, class sizes, geometry metrics, settings, closed form."""
+        """JSON-ready summary: scalars, class sizes, geometry metrics, settings, closed form (and the
+        certificate of a collapsed-path solve)."""
         closed = self.closed_form()
-        return {
+        out = {
             "loss": self.loss,
             "class_sizes": list(self.class_sizes),
-            "num_samples": int(self.H.shape[0]),
-            "dim": int(self.H.shape[1]),
+            "num_samples": self.num_samples,
+            "dim": self.dim,
             "iterations": self.iterations,
             "grad_norm": self.grad_norm,
             "seconds": self.seconds,
@@ -113,19 +143,21 @@ class UFMResult:
             "settings": dict(self.settings),
             "loss_history": list(self.loss_history),
         }
+        if self.certificate is not None:  # the collapsed path's own certificate
+            out["certificate"] = self.certificate.to_dict()
+        return out
 
     def report(self) -> str:
         """Short human-readable report: set-up, loss, closed form, iterations, gradient norm, geometry."""
         s = self.settings
-        sizes = self.class_sizes
-        size_text = f"{sizes[0]} x {len(sizes)}" if len(set(sizes)) == 1 else "[" + ", ".join(map(str, sizes)) + "]"
+        size_text = size_runs(self.class_sizes)
         batching = s["batching"] if s["batching"] == "full" else f"{s['batching']} (batch size {s['batch_size']})"
         geometry = s.get("geometry", "given" if self.W is not None else "none")
         m = self.metrics
         stationarity = "KKT residual" if s["nonnegative"] else "Riemannian gradient"
         lines = [
-            f"set-up       k = {self.num_classes} classes, N = {self.H.shape[0]} (sizes {size_text}), "
-            f"d = {self.H.shape[1]}, n_w = {s['n_w']:g}, tau = {s['tau']:g}",
+            f"set-up       k = {self.num_classes} classes, N = {self.num_samples:,} (sizes {size_text}), "
+            f"d = {self.dim}, n_w = {s['n_w']:g}, tau = {s['tau']:g}",
             f"             prototypes {geometry}, {'UFM+ (ReLU, h >= 0)' if s['nonnegative'] else 'UFM (no ReLU)'}, "
             f"batching {batching}, prototypes as anchors: {'yes' if s['prototypes_as_anchors'] else 'no'}",
             f"loss         {self.loss:.12g}  (sum over anchors of all batches)",
@@ -138,6 +170,12 @@ class UFMResult:
         kinds = s.get("starts", [])
         restarts = "" if len(self.restart_losses) <= 1 else (
             f", best of {len(self.restart_losses)} starts" + (f" ({', '.join(kinds)})" if kinds else ""))
+        if self.class_means is not None:
+            lines.append(f"path         collapsed path: N = {self.num_samples:,} never materialised "
+                         f"({s.get('relaxation', 'no')} relaxation, polished on the collapsed loss over k = "
+                         f"{self.num_classes} class means)")
+            if s.get("certificate_note"):
+                lines.append(f"             certificate: {s['certificate_note']}")
         lines += [
             f"iterations   {self.iterations} from a {s.get('start', 'random')} start in {self.seconds:.2f} s ({self.stopping_reason}{restarts})",
             f"grad norm    {self.grad_norm:.2e}  ({stationarity}, Frobenius norm)",
@@ -149,17 +187,23 @@ class UFMResult:
                          f"{m.mean_cosine:+.4f}")
         return "\n".join(lines)
 
-    def save_npz(self, path: str | os.PathLike) -> None:
-        """Write ``H``, ``y``, ``W``, settings and summary to ``path`` atomically (see module doc)."""
-        W = self.W if self.W is not None else np.zeros((self.H.shape[1], 0))
-        arrays = {
-            "H": np.asarray(self.H, dtype=np.float64),
+    def save_npz(self, path: str | os.PathLike, *, embeddings: bool | None = None) -> None:
+        """Write ``y``, ``W``, settings, summary and ``H`` or (collapsed) the class means ``M``
+        to ``path`` atomically (see module doc). ``embeddings``: also write ``H`` for a
+        collapsed result (default: only when the result holds ``H`` itself)."""
+        W = self.W if self.W is not None else np.zeros((self.dim, 0))
+        arrays = {}
+        if self.class_means is not None:
+            arrays["M"] = np.asarray(self.class_means, dtype=np.float64)
+        if self.embeddings is not None or embeddings:
+            arrays["H"] = np.asarray(self.H, dtype=np.float64)
+        arrays.update({
             "y": np.asarray(self.labels, dtype=np.int64),
             "W": np.asarray(W, dtype=np.float64),
             "settings": np.array(json.dumps(self.settings)),
             "summary": np.array(json.dumps(self.to_dict())),
-        }
-        if self.batches is not None:
+        })
+        if self.batches is not None and self.settings.get("batching", "full") != "full":
             arrays["batch_indices"] = np.concatenate(self.batches).astype(np.int64)
             arrays["batch_offsets"] = np.cumsum([0] + [len(b) for b in self.batches]).astype(np.int64)
         atomic_write(path, lambda handle: np.savez(handle, **arrays))
@@ -167,8 +211,9 @@ class UFMResult:
 
 @dataclass(frozen=True)
 class SavedSolution:
-    """Contents of a UFM ``.npz``: ``H`` (N, d), ``labels`` (N,), ``W`` (d, k) or None,
-    ``settings`` and ``summary`` dicts, ``batches`` (list of index arrays) or None."""
+    """Contents of a UFM ``.npz``: ``H`` (N, d; expanded from the class means ``M`` of a compact
+    file), ``labels`` (N,), ``W`` (d, k) or None, ``settings`` and ``summary`` dicts, ``batches``
+    (list of index arrays) or None, ``class_means`` (d, k) of a compact file or None."""
 
     H: np.ndarray
     labels: np.ndarray
@@ -176,10 +221,23 @@ class SavedSolution:
     settings: dict[str, Any]
     summary: dict[str, Any]
     batches: list[np.ndarray] | None
+    class_means: np.ndarray | None = None
+
+
+def size_runs(sizes) -> str:
+    """Class sizes as runs of equal values, e.g. ``"500 x 1000, 500 x 100"`` (``count x size``)."""
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][1] == size:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, size])
+    return ", ".join(f"{count} x {size}" if count > 1 else f"{size}" for count, size in runs)
 
 
 def load_npz(path: str | os.PathLike) -> SavedSolution:
-    """Read a file written by :meth:`UFMResult.save_npz`."""
+    """Read a file written by :meth:`UFMResult.save_npz`; a compact file (class means ``M``
+    and labels, no ``H``) is expanded to ``H = M[:, y]^T``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"solution file {path!r} does not exist")
@@ -192,11 +250,21 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"solution file {path!r} is not an .npz archive (written by ncgeo solve --save)")
     with data:
-        missing = [key for key in ("H", "y", "W", "settings") if key not in data.files]
+        missing = [key for key in ("y", "W", "settings") if key not in data.files]
+        if "H" not in data.files and "M" not in data.files:
+            missing.insert(0, "H (or the class means M)")
         if missing:
             raise ValueError(f"solution file {path!r} lacks {', '.join(missing)} (not written by ncgeo solve --save)")
         try:
-            H, y, W = data["H"], data["y"], data["W"]
+            y, W = data["y"], data["W"]
+            M = data["M"] if "M" in data.files else None
+            if "H" in data.files:
+                H = data["H"]
+            else:
+                if (M.ndim != 2 or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer)
+                        or (len(y) and (y.min() < 0 or y.max() >= M.shape[1]))):
+                    raise ValueError(f"class means M {M.shape} and labels y {y.shape} do not match")
+                H = np.ascontiguousarray(M.T[y])
             settings = json.loads(str(data["settings"]))
             summary = json.loads(str(data["summary"])) if "summary" in data.files else {}
             batches = None
@@ -214,4 +282,4 @@ def load_npz(path: str | os.PathLike) -> SavedSolution:
     if H.ndim != 2 or y.shape != (H.shape[0],) or W.ndim != 2 or W.shape[0] != H.shape[1]:
         raise ValueError(f"solution file {path!r} has inconsistent shapes H {H.shape}, y {y.shape}, W {W.shape}")
     return SavedSolution(H=H, labels=y, W=None if W.shape[1] == 0 else W, settings=settings,
-                         summary=summary, batches=batches)
+                         summary=summary, batches=batches, class_means=M)

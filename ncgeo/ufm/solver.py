@@ -10,30 +10,23 @@ r"""The UFM solver: minimise the SCL-with-prototypes objective over free unit em
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .._validation import (
-    as_float_array,
-    check_bool,
-    check_choice,
-    check_device,
-    check_int,
-    check_nonnegative,
-    check_positive, check_tau)
-from ..classes import check_class_sizes, labels_from_sizes
+from .._validation import check_bool, check_choice, check_device, check_int, check_positive
 from ..metrics import geometry_metrics
-from .batching import BATCHING_SCHEMES, make_batches, ufm_objective
-from .collapsed import minimise_collapsed
+from ..problem import UFMProblem, check_problem
+from .batching import make_batches, ufm_objective
+from .collapsed import minimise_collapsed, solve_collapsed
 from .optimiser import riemannian_lbfgs, stationarity_residual
+from .progress import _Progress
 from .result import UFMResult
+from .streaming import available_memory, block_rows, streamed_loss_and_grad
 
-__all__ = ["solve_ufm", "check_memory"]
+__all__ = ["solve_ufm", "check_memory", "dense_fits", "METHODS", "OPTIONS"]
 
 INIT_CHOICES = ("auto", "collapsed", "random")
 AUTO_RANDOM_START_MAX_SAMPLES = 2000  # init="auto": add a random start up to this N
@@ -69,44 +62,47 @@ BATCH_ARRAYS = 5
 
 
 def _available_memory(device: torch.device) -> int | None:
-    """Bytes free for a solve on ``device`` (``MemAvailable`` on Linux), ``None`` if unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import os
+    """Bytes free for a solve on ``device`` (:func:`ncgeo.ufm.streaming.available_memory`)."""
+    return available_memory(device)
 
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+
+def _memory_need(num_samples: int, dim: int, num_classes: int, largest: int, size: int) -> tuple[int, int]:
+    """``(embedding bytes, similarity bytes)`` of a solve (see :func:`check_memory`)."""
+    embeddings = SOLVE_ARRAYS * num_samples * dim * size + 8 * (4 * dim * num_classes + 4 * dim * dim)
+    return embeddings, BATCH_ARRAYS * largest * largest * size
+
+
+def dense_fits(num_samples: int, dim: int, num_classes: int, *, dtype="float64", device="cpu") -> bool:
+    """Whether a dense full-batch solve (``N x N`` similarities) fits in 90% of the free memory
+    (``True`` when the free memory is unknown)."""
+    size = torch.finfo(_resolve_dtype(dtype)).bits // 8
+    free = _available_memory(_resolve_device(device))
+    return free is None or sum(_memory_need(num_samples, dim, num_classes, num_samples, size)) <= 0.9 * free
 
 
 def check_memory(num_samples: int, dim: int, num_classes: int, *, batching: str = "full",
-                 batch_size: int | None = None, dtype="float64", device="cpu", nonnegative: bool = False) -> None:
+                 batch_size: int | None = None, dtype="float64", device="cpu", nonnegative: bool = False,
+                 stream: bool = False) -> None:
     """Raise ``ValueError`` when a solve cannot fit in the free memory.
 
     The estimate is ``SOLVE_ARRAYS`` arrays of ``N x d`` numbers (embeddings, gradients,
     L-BFGS history), ``BATCH_ARRAYS`` arrays of ``B x B`` numbers for the largest batch
-    ``B`` (similarities, masks, log-sum-exp and their gradients), ``4 d k`` float64 for the
-    prototypes and ``4 d^2`` for the within-class covariance of the metrics, against 90% of
-    the memory available on ``device`` now; without a reading nothing is checked. The
-    error starts with ``dim:`` or ``batch:`` after the larger part. Called by
-    :func:`solve_ufm` before any allocation (and by the CLI before the prototypes are
-    built), so an absurd ``dim`` or full batch is one error, not an out-of-memory kill.
+    ``B`` (similarities, masks, log-sum-exp and their gradients; none with ``stream``, whose
+    blocks are sized from the memory left), ``4 d k`` float64 for the prototypes and ``4 d^2``
+    for the within-class covariance of the metrics, against 90% of the memory available on
+    ``device`` now; without a reading nothing is checked. The error starts with ``dim:`` or
+    ``batch:`` after the larger part. Called by :func:`solve_ufm` before any allocation (and
+    by the CLI, with the ``k`` class rows, before the prototypes are built), so an absurd
+    ``dim`` or full batch is one error, not an out-of-memory kill.
     """
     dtype_t, device_t = _resolve_dtype(dtype), _resolve_device(device)
     size = torch.finfo(dtype_t).bits // 8
     largest = num_samples
     if batching != "full" and batch_size is not None:
         largest = min(num_samples, batch_size + (num_classes if batching == "bind" else 0))
-    embeddings = SOLVE_ARRAYS * num_samples * dim * size + 8 * (4 * dim * num_classes + 4 * dim * dim)
-    similarities = BATCH_ARRAYS * largest * largest * size
+    embeddings, similarities = _memory_need(num_samples, dim, num_classes, largest, size)
+    if stream:
+        similarities = 0
     need = embeddings + similarities
     free = _available_memory(device_t)
     if free is None or need <= 0.9 * free:
@@ -116,62 +112,11 @@ def check_memory(num_samples: int, dim: int, num_classes: int, *, batching: str 
                                        "same optimum as d = N + k")
         what = f"dim: a solve of N = {num_samples} samples in d = {dim} dimensions"
     else:
-        hint = "; use smaller batches (batching partition or bind) or fewer samples"
+        hint = ("; use smaller batches (batching partition or bind), fewer samples, or (full batch) the "
+                "collapsed path or the streamed loss")
         what = f"batch: a solve with a batch of {largest} samples ({largest} x {largest} similarities)"
     raise ValueError(f"{what} needs about {need / 1e9:.3g} GB, more than 90% of the {free / 1e9:.3g} GB free "
                      f"on {device_t}{hint}")
-
-
-def _resolve_prototypes(prototypes, k: int, dim: int | None, n_w: float) -> tuple[np.ndarray | None, int]:
-    if prototypes is None:
-        if n_w > 0:
-            raise ValueError("prototypes are required when n_w > 0")
-        return None, (k if dim is None else check_int("dim", dim, minimum=1))
-    W = as_float_array("prototypes", prototypes, ndim=2)
-    if W.shape[1] != k:
-        raise ValueError(f"prototypes must have k = {k} columns (one per class), got shape {W.shape}")
-    norms = np.linalg.norm(W, axis=0)
-    if np.any(np.abs(norms - 1.0) > 1e-6):
-        raise ValueError(f"prototypes must have unit columns; column {int(np.argmax(np.abs(norms - 1)))} "
-                         f"has norm {norms[int(np.argmax(np.abs(norms - 1)))]:.6g}")
-    if dim is not None and check_int("dim", dim, minimum=1) != W.shape[0]:
-        raise ValueError(f"dim must equal the number of rows of prototypes ({W.shape[0]}), got {dim}")
-    return W / norms, W.shape[0]
-
-
-class _Progress:
-    """Periodic one-line progress report on stderr once a solve runs longer than ``after`` seconds."""
-
-    def __init__(self, enabled: bool, restarts: int, after: float = 2.0, every: float = 1.0):
-        self.enabled, self.restarts, self.after, self.every = enabled, restarts, after, every
-        self.start = time.perf_counter()
-        self.last = self.start
-        self.shown = False
-        self.restart = 0
-
-    def __call__(self, iteration: int, value: float, grad_norm: float, unit: str = "iteration") -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.start < self.after or now - self.last < self.every:
-            return
-        self.last, self.shown = now, True
-        gradient = "" if grad_norm != grad_norm else f", grad norm {grad_norm:.2e}"  # NaN: not computed
-        sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {unit} {iteration}, "
-                         f"loss {value:.10g}{gradient}, {now - self.start:.0f} s   ")
-        sys.stderr.flush()
-
-    def stage(self, message: str) -> None:
-        """Announce a long step (used before O(N^2 d) work on large problems)."""
-        if self.enabled:
-            self.shown = True
-            sys.stderr.write(f"\rsolving: restart {self.restart + 1}/{self.restarts}, {message}   ")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _random_rows(rows: int, d: int, nonnegative: bool, generator: torch.Generator, dtype, device) -> torch.Tensor:
@@ -181,9 +126,21 @@ def _random_rows(rows: int, d: int, nonnegative: bool, generator: torch.Generato
     return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
 
 
+#: Solver methods of :func:`solve_ufm`.
+METHODS = ("auto", "lbfgs", "collapsed", "adam")
+
+#: Solver options of :func:`solve_ufm` and their defaults (``None``: chosen by the method).
+OPTIONS = {
+    "init": "auto", "restarts": 1, "seed": 0, "device": "cpu", "dtype": None, "grad_tol": None,
+    "max_iterations": None, "time_limit": None, "learning_rate": 0.1, "batch_size": None,
+    "progress": False, "num_threads": None, "stream": "auto", "block": None, "certify": True,
+    "solver": "CLARABEL", "rtol": None, "atol": None,
+}
+
+
 @dataclass(frozen=True)
 class _Problem:
-    """A validated UFM instance, as the private helpers below need it."""
+    """A validated UFM instance and solver settings, as the private helpers below need them."""
 
     sizes: list[int]
     labels: np.ndarray
@@ -196,21 +153,29 @@ class _Problem:
     dim: int
     dtype: torch.dtype
     device: torch.device
-    batching: str
+    method: str
     batch_size: int | None
-    batches: list[np.ndarray] | None
+    batches: list[np.ndarray]
     seed: int
     grad_tol: float
     max_iterations: int
     learning_rate: float
     time_limit: float | None
+    block: int | None  # anchors per block of the streamed full-batch loss, None: dense
 
     @property
     def num_samples(self) -> int:
         return int(self.labels.shape[0])
 
     def objective(self, batches):
-        """``x -> (ufm_objective, Euclidean gradient)`` over ``batches``."""
+        """``x -> (ufm_objective, Euclidean gradient)`` over ``batches`` (streamed when ``block`` is set
+        and the batch is full)."""
+        if self.block is not None and len(batches) == 1 and len(batches[0]) == self.num_samples:
+            def streamed(x):
+                return streamed_loss_and_grad(x, self.y, self.W, self.n_w, self.tau,
+                                              prototypes_as_anchors=self.anchors, block=self.block)
+            return streamed
+
         def evaluate(x):
             x = x.detach().requires_grad_(True)
             value = ufm_objective(x, self.y, self.W, self.n_w, self.tau, batches, self.anchors, validate=False)
@@ -229,193 +194,252 @@ def _collapsed_start(problem: _Problem, generator: torch.Generator) -> torch.Ten
                               single_thread=True).x
 
 
-def solve_ufm(
-    class_sizes: Sequence[int],
-    prototypes=None,
-    n_w: float = 0.0,
-    tau: float = 0.1,
-    dim: int | None = None,
-    nonnegative: bool = False,
-    batching: str = "full",
-    batch_size: int | None = None,
-    prototypes_as_anchors: bool = False,
-    restarts: int = 1,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-    grad_tol: float | None = None,
-    max_iterations: int | None = None,
-    init: str = "auto",
-    learning_rate: float = 0.1,
-    time_limit: float | None = None,
-    progress: bool = False,
-    metadata: dict | None = None,
-    num_threads: int | None = None,
-) -> UFMResult:
-    r"""Minimise the UFM (or UFM+) objective of THEORY.md section 3.
+def _check_options(method: str, options) -> dict:
+    """``OPTIONS`` updated by ``options`` (``TypeError``/``ValueError`` naming the key)."""
+    check_choice("method", method, METHODS)
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"options has unknown keys {', '.join(map(repr, unknown))} (known: {', '.join(OPTIONS)})")
+    o = {**OPTIONS, **options}
+    check_choice("options['init']", o["init"], INIT_CHOICES)
+    o["restarts"] = check_int("options['restarts']", o["restarts"], minimum=1, maximum=MAX_RESTARTS)
+    o["seed"] = check_int("options['seed']", o["seed"], minimum=0)
+    if o["seed"] > 2**63 - 1 - 2 * o["restarts"]:  # start r draws from seed + r (a signed 64-bit torch seed)
+        raise ValueError(f"options['seed'] must be <= {2**63 - 1 - 2 * o['restarts']} (seed + restart is a 64-bit "
+                         f"seed), got {o['seed']}")
+    o["learning_rate"] = check_positive("options['learning_rate']", o["learning_rate"])
+    if o["time_limit"] is not None:
+        o["time_limit"] = check_positive("options['time_limit']", o["time_limit"])
+    if o["batch_size"] is not None:
+        o["batch_size"] = check_int("options['batch_size']", o["batch_size"], minimum=2)
+    if method == "adam" and o["batch_size"] is None:
+        raise ValueError("options['batch_size'] is required by method 'adam' (reshuffled batches of that size)")
+    if o["stream"] not in ("auto", True, False):
+        raise ValueError(f"options['stream'] must be 'auto', True or False, got {o['stream']!r}")
+    if o["block"] is not None:
+        o["block"] = check_int("options['block']", o["block"], minimum=1)
+    o["progress"] = check_bool("options['progress']", o["progress"])
+    o["certify"] = check_bool("options['certify']", o["certify"])
+    if o["rtol"] is not None or o["atol"] is not None:
+        from ..certify.result import check_atol, check_rtol
 
-    Samples ``0..N-1`` are ordered by class (``labels = [0]*n_0 + [1]*n_1 + ...``). The
-    objective is :func:`ncgeo.ufm.ufm_objective` over the batches of
-    :func:`ncgeo.ufm.make_batches`.
+        for key, check in (("rtol", check_rtol), ("atol", check_atol)):
+            if o[key] is not None:
+                try:
+                    o[key] = check(o[key])
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(str(exc).replace(key, f"options['{key}']", 1)) from exc
+    o["dtype"] = _resolve_dtype(o["dtype"])
+    o["device"] = _resolve_device(o["device"])
+    if o["grad_tol"] is None:
+        o["grad_tol"] = 1e-9 if o["dtype"] == torch.float64 else 1e-4
+    o["grad_tol"] = check_positive("options['grad_tol']", o["grad_tol"])
+    if o["max_iterations"] is None:
+        o["max_iterations"] = 200 if method == "adam" else 20_000
+    o["max_iterations"] = check_int("options['max_iterations']", o["max_iterations"], minimum=0)
+    return o
 
-    * ``"full"``, ``"partition"``, ``"bind"``: the batches are fixed, the objective is
-      deterministic and is minimised by Riemannian L-BFGS on the product of spheres
-      (:func:`ncgeo.ufm.optimiser.riemannian_lbfgs`; for UFM+ projected steps on the
-      non-negative part of the sphere, which never produce an all-zero row) until the
-      Riemannian gradient norm (UFM+: KKT residual norm) is ``<= grad_tol``.
-    * ``"shuffle"``: ``max_iterations`` epochs of Adam (Riemannian gradient, rows
-      re-projected after every step, cosine-decayed ``learning_rate``) over freshly
-      shuffled batches; ``loss`` and ``grad_norm`` are then those of the full-batch
-      objective (one batch holding every sample) at the final point.
 
-    Starts (``init``): ``"random"`` draws uniform rows on the (non-negative) sphere;
-    ``"collapsed"`` first minimises the reduced problem over ``k`` class directions
-    (:func:`ncgeo.closed_form.collapsed_loss`, cost independent of ``N``) and starts
-    from every sample at its class direction. That point is stationary for the full
-    batch (the objective is symmetric under permutations within a class), so the
-    full-batch polish needs a handful of ``O(N^2 d)`` evaluations even at ``N = 10^4``.
-    It can be a saddle when collapse is not optimal (e.g. some imbalanced set-ups with
-    prototypes, where a random start ends slightly lower), so ``"auto"`` (default) runs,
-    for the full batch, the collapsed start followed by ``restarts`` random starts when
-    ``N <= 2000`` (``restarts - 1`` above, where each evaluation is expensive); for
-    other batchings ``restarts`` random starts. ``"collapsed"`` / ``"random"`` use that
-    kind for all ``restarts`` starts. Start ``r`` draws from
-    ``torch.Generator().manual_seed(seed + r)``; the lowest loss is kept (ties within
-    round-off keep the earlier start), and
-    ``settings["starts"]`` / ``settings["start"]`` record the kinds and the winner.
-    Global optimality is the job of the certificates (:mod:`ncgeo.certify`).
+def _resolve_method(problem: UFMProblem, method: str, o: dict) -> tuple[str, int | None]:
+    """``(method, block)``: ``auto`` becomes ``lbfgs`` when the dense work fits (or the batch is not
+    full), else ``collapsed``; the streamed block size when the full batch is streamed."""
+    N, d, k = int(problem.num_samples), problem.dim, problem.num_classes
+    full = problem.full_batch
+    if method in ("collapsed", "adam") and not full:
+        raise ValueError(f"method {method!r} needs a full-batch problem (problem.batches None)")
+    if method == "auto":
+        method = "lbfgs" if (not full or dense_fits(N, d, k, dtype=o["dtype"], device=o["device"])) else "collapsed"
+    if method == "collapsed":
+        check_memory(k, d, k, dtype=torch.float64, device="cpu")
+        return method, None
+    if method == "adam":
+        check_memory(N, d, k, batching="partition", batch_size=o["batch_size"], dtype=o["dtype"],
+                     device=o["device"], nonnegative=problem.nonnegative)
+        return method, None
+    stream = o["stream"]
+    if stream == "auto":
+        stream = full and not dense_fits(N, d, k, dtype=o["dtype"], device=o["device"])
+    if stream and not full:
+        raise ValueError("options['stream'] applies to the full batch only")
+    if not stream:
+        largest = max(len(b) for b in problem.batches) if not full else N
+        check_memory(N, d, k, batching="full" if full else "partition", batch_size=None if full else largest,
+                     dtype=o["dtype"], device=o["device"], nonnegative=problem.nonnegative)
+        return method, None
+    check_memory(N, d, k, dtype=o["dtype"], device=o["device"], nonnegative=problem.nonnegative, stream=True)
+    return method, o["block"] or block_rows(N, k, o["dtype"], o["device"])
+
+
+def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None = None,
+              metadata: dict | None = None) -> UFMResult:
+    r"""Minimise the UFM (or UFM+) objective of ``problem`` (THEORY.md section 3).
+
+    The problem (class sizes or labels, prototypes, ``n_w``, ``tau``, batches, non-negativity,
+    prototype anchors, ``d``) is a :class:`ncgeo.UFMProblem`; how to solve it is ``method`` plus
+    ``options`` (torchdiffeq's convention). Samples are those of ``problem.sample_labels()``
+    (ordered by class unless labels are given); the objective is
+    :func:`ncgeo.ufm.ufm_objective` over ``problem.batches`` (one full batch when ``None``).
+
+    Methods
+    -------
+    ``"lbfgs"``
+        Riemannian L-BFGS on the product of spheres (:func:`ncgeo.ufm.riemannian_lbfgs`; UFM+:
+        projected steps on the non-negative part, which never produce an all-zero row) until
+        the Riemannian gradient norm (UFM+: KKT residual norm) is ``<= grad_tol``. A full batch
+        whose ``N x N`` similarities do not fit in memory is streamed in row blocks
+        (:mod:`ncgeo.ufm.streaming`, same values to round-off, ``O(N d + b N)`` memory).
+    ``"collapsed"`` (full batch)
+        The class-space path :func:`ncgeo.ufm.collapsed.solve_collapsed`: orbit (or reduced)
+        program, its collapsed optimum polished on the collapsed loss, certified; nothing of
+        size ``N x N`` is formed and ``H`` is not stored (``UFMResult.class_means``), so
+        ``N = 10^6`` costs what ``N = k`` does. ``result.certificate`` holds the certificate.
+    ``"adam"`` (full-batch problem)
+        Reshuffled mini-batches of ``options["batch_size"]``: ``max_iterations`` epochs of Adam
+        (Riemannian gradient, rows re-projected after every step, cosine-decayed
+        ``learning_rate``); ``loss`` and ``grad_norm`` are those of the full-batch objective.
+    ``"auto"`` (default)
+        ``"lbfgs"``, or ``"collapsed"`` for a full batch whose dense solve does not fit in memory.
+
+    Starts of ``"lbfgs"``/``"adam"`` (``init``): ``"random"`` draws uniform rows on the
+    (non-negative) sphere; ``"collapsed"`` first minimises the collapsed loss over ``k`` class
+    directions and starts from every sample at its class direction (stationary for the full
+    batch, so the polish needs few ``O(N^2 d)`` evaluations; it can be a saddle). ``"auto"``
+    runs, for the full batch with L-BFGS, the collapsed start followed by ``restarts`` random
+    starts when ``N <= 2000`` (``restarts - 1`` above); otherwise ``restarts`` random starts.
+    Start ``r`` draws from ``torch.Generator().manual_seed(seed + r)``; the lowest loss is kept
+    (ties within round-off keep the earlier start). Global optimality is the job of the
+    certificates (:mod:`ncgeo.certify`).
+
+    Options (``OPTIONS`` holds the defaults)
+    ----------------------------------------
+    init, restarts, seed
+        Starts (above).
+    device, dtype
+        Torch device and ``float32``/``float64`` (default float64) of ``"lbfgs"``/``"adam"``;
+        the collapsed path runs in float64 on the CPU (its work is ``k x k``).
+    grad_tol : float
+        Stopping tolerance (default ``1e-9`` in float64, ``1e-4`` in float32).
+    max_iterations : int
+        Iteration cap (default 20000), epochs of ``"adam"`` (default 200).
+    time_limit : float
+        Seconds per start after which the optimiser stops.
+    learning_rate : float, batch_size : int
+        Of ``"adam"``.
+    progress : bool
+        A progress line on stderr once a solve runs longer than 2 s.
+    num_threads : int
+        CPU threads of torch during the solve (restored afterwards); default 1 when the largest
+        batch has at most 1024 samples, else torch's setting.
+    stream : {"auto", True, False}, block : int
+        Stream the full-batch loss (``"auto"``: when the dense one does not fit); anchors per
+        block (default from the free memory, :func:`ncgeo.ufm.streaming.block_rows`).
+    certify : bool, solver : str, rtol : float, atol : float
+        Of ``"collapsed"``: certify the candidate, conic solver of its relaxation, accepted gap
+        ``rtol (U - F) + atol A`` (defaults ``ncgeo.certify.DEFAULT_RTOL``, ``DEFAULT_ATOL``).
 
     Parameters
     ----------
-    class_sizes : sequence of int
-        ``n_c >= 1`` per class, ``k >= 2`` classes.
-    prototypes : (d, k) array, optional
-        Unit prototypes ``W``; required when ``n_w > 0``, also used for the metrics.
-    n_w : float
-        Copies of each prototype in every batch (``>= 0``).
-    tau : float
-        Temperature ``> 0``.
-    dim : int, optional
-        Embedding dimension ``d``; defaults to the rows of ``prototypes``, else ``k``.
-    nonnegative : bool
-        UFM+ (``h_i >= 0``, a final ReLU).
-    batching : {"full", "partition", "shuffle", "bind"}
-    batch_size : int, optional
-        Required unless ``batching="full"``.
-    prototypes_as_anchors : bool
-        Prototype copies are anchors too (:func:`ncgeo.losses.scl_prototype_loss`).
-    restarts : int
-        Number of starts (``>= 1``; see ``init`` for the extra collapsed start of ``"auto"``).
-    seed : int
-        Seed of the starts and of the batches.
-    device, dtype
-        Torch device and ``float32``/``float64`` (default float64 on every device).
-    grad_tol : float, optional
-        Stopping tolerance (default ``1e-9`` in float64, ``1e-4`` in float32).
-    max_iterations : int, optional
-        Iteration cap (default 20000), or number of epochs for ``"shuffle"`` (default 200).
-    init : {"auto", "collapsed", "random"}
-    learning_rate : float
-        Initial Adam step size for ``"shuffle"`` (cosine-decayed to 0 over the epochs).
-    time_limit : float, optional
-        Seconds per restart after which the optimiser stops.
-    progress : bool
-        Print a progress line on stderr when the solve takes longer than 2 s.
+    problem : UFMProblem
+        Integer class sizes ``>= 1``, ``k >= 2`` classes.
+    method : {"auto", "lbfgs", "collapsed", "adam"}
+    options : dict, optional
     metadata : dict, optional
         Extra entries for ``settings`` (e.g. the name of the prototype geometry).
-    num_threads : int, optional
-        CPU threads of torch during the solve (restored afterwards). Default: 1 when the
-        largest batch has at most 1024 samples (small kernels gain nothing from threads and
-        lose much to them on a busy machine), else torch's setting.
 
     Returns
     -------
     UFMResult
     """
     start_time = time.perf_counter()
-    sizes = check_class_sizes(class_sizes, min_classes=2)
-    k = len(sizes)
-    n_w = check_nonnegative("n_w", n_w)
-    tau = check_tau(tau)
-    check_choice("batching", batching, BATCHING_SCHEMES)
-    check_choice("init", init, INIT_CHOICES)
-    restarts = check_int("restarts", restarts, minimum=1, maximum=MAX_RESTARTS)
-    seed = check_int("seed", seed, minimum=0)
-    if seed > 2**63 - 1 - 2 * restarts:  # start r draws from seed + r (a signed 64-bit torch seed)
-        raise ValueError(f"seed must be <= {2**63 - 1 - 2 * restarts} (seed + restart is a 64-bit seed), got {seed}")
-    learning_rate = check_positive("learning_rate", learning_rate)
-    nonnegative = check_bool("nonnegative", nonnegative)
-    prototypes_as_anchors = check_bool("prototypes_as_anchors", prototypes_as_anchors)
-    if time_limit is not None:
-        time_limit = check_positive("time_limit", time_limit)
+    problem = check_problem(problem)
+    o = _check_options(method, options)
     if metadata is not None:  # checked now, not after minutes of solving
         if not isinstance(metadata, dict) or not all(isinstance(key, str) for key in metadata):
             raise TypeError(f"metadata must be a dict with string keys, got {type(metadata).__name__}")
         clashes = sorted(set(metadata) & set(SETTINGS_KEYS))
         if clashes:
             raise ValueError(f"metadata must not redefine the solve's own settings: {', '.join(clashes)}")
-    if batch_size is not None:
-        batch_size = check_int("batch_size", batch_size, minimum=2)
-    if prototypes_as_anchors and 0 < n_w < 1:
-        raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
-    dtype_t = _resolve_dtype(dtype)
-    device_t = _resolve_device(device)
-    grad_tol = (1e-9 if dtype_t == torch.float64 else 1e-4) if grad_tol is None else check_positive("grad_tol", grad_tol)
-    shuffle = batching == "shuffle"
-    if max_iterations is None:
-        max_iterations = 200 if shuffle else 20_000
-    max_iterations = check_int("max_iterations", max_iterations, minimum=0)
-    W, d = _resolve_prototypes(prototypes, k, dim, n_w)
-    check_memory(sum(sizes), d, k, batching=batching, batch_size=batch_size, dtype=dtype_t, device=device_t,
-                 nonnegative=nonnegative)
-    labels = labels_from_sizes(sizes)
+    sizes_f = problem.class_sizes
+    if problem.num_classes < 2 or not problem.integral or np.any(sizes_f < 1):
+        raise ValueError(f"problem.class_sizes must be integers >= 1 for k >= 2 classes (samples to solve for), "
+                         f"got {sizes_f.tolist()[:10]}")
+    sizes = [int(s) for s in sizes_f]
+    k, d = len(sizes), problem.dim
+    resolved, block = _resolve_method(problem, method, o)
+    labels = np.array(problem.sample_labels())  # a writable copy
     N = labels.shape[0]
-    batches = None if shuffle else make_batches(labels, batching, batch_size, seed)
-    if shuffle:
-        make_batches(labels, batching, batch_size, seed)  # validates batch_size
-    y_t = torch.as_tensor(labels, device=device_t)
-    W_t = None if W is None else torch.as_tensor(W, dtype=dtype_t, device=device_t)
-    starts = _start_kinds(init, batching, restarts, N)
-
-    largest = min(N, batch_size) if shuffle else max(len(b) for b in batches)
+    W = None if problem.prototypes is None else np.array(problem.prototypes)
+    settings = dict(
+        class_sizes=sizes, n_w=problem.n_w, tau=problem.tau, dim=d, nonnegative=problem.nonnegative,
+        batching="shuffle" if resolved == "adam" else ("full" if problem.full_batch else "fixed"),
+        batch_size=o["batch_size"] if resolved == "adam" else None,
+        prototypes_as_anchors=problem.prototypes_as_anchors, method=resolved, requested_method=method,
+        restarts=o["restarts"], seed=o["seed"], device=str(o["device"]), dtype=str(o["dtype"]).replace("torch.", ""),
+        grad_tol=o["grad_tol"], max_iterations=o["max_iterations"], init=o["init"], learning_rate=o["learning_rate"],
+        time_limit=o["time_limit"], stream_block=block, relaxation=None, certificate_note=None,
+        **(metadata or {}))
+    if resolved == "collapsed":
+        return _collapsed_result(problem, o, labels, W, settings, start_time)
+    batches = make_batches(labels, "full") if problem.full_batch else [np.array(b) for b in problem.batches]
+    starts = _start_kinds(o["init"], "shuffle" if resolved == "adam" else ("full" if problem.full_batch else "fixed"),
+                          o["restarts"], N)
+    largest = min(N, o["batch_size"]) if resolved == "adam" else (
+        min(N, block) if block is not None else max(len(b) for b in batches))
     previous_threads = torch.get_num_threads()
+    num_threads = o["num_threads"]
     if num_threads is None:
         num_threads = 1 if largest <= 1024 else previous_threads
-    torch.set_num_threads(check_int("num_threads", num_threads, minimum=1))
+    torch.set_num_threads(check_int("options['num_threads']", num_threads, minimum=1))
     try:
-        problem = _Problem(
-            sizes=sizes, labels=labels, y=y_t, W=W_t, n_w=n_w, tau=tau, anchors=prototypes_as_anchors,
-            nonnegative=nonnegative, dim=d, dtype=dtype_t, device=device_t, batching=batching,
-            batch_size=batch_size, batches=batches, seed=seed, grad_tol=grad_tol, max_iterations=max_iterations,
-            learning_rate=learning_rate, time_limit=time_limit)
-        best, restart_losses = _run_restarts(problem, starts, _Progress(progress, len(starts)))
+        inner = _Problem(
+            sizes=sizes, labels=labels, y=torch.as_tensor(labels, device=o["device"]),
+            W=None if W is None else torch.as_tensor(W, dtype=o["dtype"], device=o["device"]), n_w=problem.n_w,
+            tau=problem.tau, anchors=problem.prototypes_as_anchors, nonnegative=problem.nonnegative, dim=d,
+            dtype=o["dtype"], device=o["device"], method=resolved, batch_size=o["batch_size"], batches=batches,
+            seed=o["seed"], grad_tol=o["grad_tol"], max_iterations=o["max_iterations"],
+            learning_rate=o["learning_rate"], time_limit=o["time_limit"], block=block)
+        best, restart_losses = _run_restarts(inner, starts, _Progress(o["progress"], len(starts)))
     finally:
         torch.set_num_threads(previous_threads)
     H = best["x"].detach().to(dtype=torch.float64, device="cpu").numpy()
-    settings = dict(
-        class_sizes=sizes, n_w=n_w, tau=tau, dim=d, nonnegative=nonnegative, batching=batching,
-        batch_size=batch_size, prototypes_as_anchors=prototypes_as_anchors, restarts=restarts, seed=seed,
-        device=str(device_t), dtype=str(dtype_t).replace("torch.", ""), grad_tol=grad_tol,
-        max_iterations=max_iterations, init=init,
-        starts=starts, start=best["start"], learning_rate=learning_rate, time_limit=time_limit,
-        **(metadata or {}),
-    )
+    settings.update(starts=starts, start=best["start"])
     return UFMResult(
-        H=H, labels=labels, W=W, class_sizes=sizes, loss=best["value"], loss_history=best["history"],
+        embeddings=H, labels=labels, W=W, class_sizes=sizes, loss=best["value"], loss_history=best["history"],
         iterations=best["iterations"], seconds=time.perf_counter() - start_time, stopping_reason=best["reason"],
         grad_norm=best["grad_norm"], metrics=geometry_metrics(H, labels, W, num_classes=k), settings=settings,
-        restart_losses=restart_losses, batches=batches,
+        restart_losses=restart_losses, batches=None if resolved == "adam" else batches,
     )
+
+
+def _collapsed_result(problem: UFMProblem, o: dict, labels: np.ndarray, W, settings: dict,
+                      start_time: float) -> UFMResult:
+    """The collapsed path's :class:`UFMResult` (class means stored, ``H`` expanded on demand)."""
+    out = solve_collapsed(problem, grad_tol=min(o["grad_tol"], 1e-10), max_iterations=min(o["max_iterations"], 5000),
+                          seed=o["seed"], certify=o["certify"], solver=o["solver"], rtol=o["rtol"], atol=o["atol"])
+    k = problem.num_classes
+    settings.update(starts=["collapsed"], start="collapsed", relaxation=out.relaxation,
+                    certificate_note=out.certificate_note, device="cpu", dtype="float64")
+    metrics = geometry_metrics(out.means.T, np.arange(k), W, num_classes=k)  # one row per class: H collapsed
+    return UFMResult(
+        embeddings=None, class_means=out.means, labels=labels, W=W, class_sizes=[int(s) for s in problem.class_sizes],
+        loss=out.loss, loss_history=out.history, iterations=out.iterations,
+        seconds=time.perf_counter() - start_time, stopping_reason=out.reason, grad_norm=out.grad_norm,
+        metrics=metrics, settings=settings, restart_losses=[out.loss], batches=[np.arange(len(labels))],
+        certificate=out.certificate)
 
 
 #: The keys of ``UFMResult.settings`` that the solve itself writes (``metadata`` adds others).
 SETTINGS_KEYS = ("class_sizes", "n_w", "tau", "dim", "nonnegative", "batching", "batch_size",
-                 "prototypes_as_anchors", "restarts", "seed", "device", "dtype", "grad_tol", "max_iterations",
-                 "init", "starts", "start", "learning_rate", "time_limit")
+                 "prototypes_as_anchors", "method", "requested_method", "restarts", "seed", "device", "dtype",
+                 "grad_tol", "max_iterations", "init", "starts", "start", "learning_rate", "time_limit",
+                 "stream_block", "relaxation", "certificate_note")
 
 #: More starts than this are a typo, not a search (each is a full solve).
 MAX_RESTARTS = 10_000
-
 
 def _start_kinds(init: str, batching: str, restarts: int, num_samples: int) -> list[str]:
     """Kind of every start: ``"collapsed"`` or ``"random"`` (see :func:`solve_ufm`, ``init``)."""
@@ -443,7 +467,7 @@ def _run_restarts(problem: _Problem, starts: list[str], reporter: _Progress):
             x0 = _collapsed_start(p, generator)[p.y]
         else:
             x0 = _random_rows(p.num_samples, p.dim, p.nonnegative, generator, p.dtype, p.device)
-        if p.batching == "shuffle":
+        if p.method == "adam":
             run = _adam_epochs(p, x0, reporter)
             value, grad = p.objective(make_batches(p.labels, "full"))(run["x"])
             run.update(value=float(value), grad_norm=float(stationarity_residual(run["x"], grad, p.nonnegative).norm()))

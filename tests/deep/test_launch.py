@@ -10,24 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ["--dataset", "mnist", "--device", "cpu", "--width", "2", "--batch-size", "16", "--epochs", "1",
            "--protos", "10", "--eval-batch-size", "32", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist(tmp_path_factory) -> Path:
-    """Four IDX files in the MNIST format: 10 classes, 6 training and 3 test images each, 12x12."""
-    root = tmp_path_factory.mktemp("tiny_mnist")
-    rng = np.random.default_rng(0)
-    for prefix, per_class in (("train", 6), ("t10k", 3)):
-        labels = np.repeat(np.arange(10), per_class)
-        images = rng.integers(0, 256, size=(labels.size, 12, 12))
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 def records(path: Path) -> list[dict]:

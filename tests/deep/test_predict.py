@@ -63,6 +63,7 @@ def test_many_prototypes_predict_the_prototype_gram(tiny_run):
 
 
 def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
+    from ncgeo import UFMProblem
     from ncgeo.certify import solve_reduced
 
     datasets = (synthetic_images(), synthetic_images(per_class=8, seed=1))
@@ -71,12 +72,14 @@ def test_a_run_with_prototype_anchors_is_predicted_with_them(tmp_path):
     assert record.config["proto_anchors"] is True
     prediction = predict_run(run, write=False)
     assert prediction.prototypes_as_anchors and "prototypes as anchors" in prediction.summary()
-    direct = solve_reduced(prediction.weights, record.prototypes, 10.0, 0.1, prototypes_as_anchors=True,
-                           dim=record.prototypes.shape[0])
+    direct = solve_reduced(UFMProblem.from_sizes(prediction.weights, record.prototypes, 10.0, 0.1,
+                                                 prototypes_as_anchors=True))
     assert np.allclose(prediction.gram_predicted, predicted_means_gram(direct.solution["R"], prediction.weights))
     without = predict_run(dataclasses.replace(record, config={**record.config, "proto_anchors": False}), write=False)
     assert not without.prototypes_as_anchors
-    assert np.abs(prediction.gram_predicted - without.gram_predicted).max() > 1e-3  # anchors change the optimum
+    # balanced classes and ETF prototypes: both optima are the ETF collapse (a difference of 1e-3 here came from
+    # the solver's inaccuracy before the relaxations worked on the excess); the objective differs by the anchors
+    assert prediction.certificate["floor"] > without.certificate["floor"]
     with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):
         predict_run(run, "ce-limit")
 

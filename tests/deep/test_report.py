@@ -140,3 +140,45 @@ def test_report_arguments(tiny_run, monkeypatch, tmp_path):
     (anchored / "config.json").write_text(json.dumps({**config, "proto_anchors": True}))
     with pytest.raises(ValueError, match="--proto-anchors: its n_w -> infinity limit is not cross-entropy"):
         report([tiny_run, anchored], tmp_path / "out", model="ce-limit")
+
+
+def test_figures_name_runs_by_what_they_trained_and_show_every_curve(tiny_run, tmp_path, monkeypatch):
+    """Two copies of one run, runs/a and x/a: one legend naming them apart, a y-label on every panel,
+    an overall title, y-limits holding every curve; Gram panels with class ticks and the Deltas."""
+    import deep.report
+
+    first, second = copy_run(tiny_run, tmp_path / "runs", "a"), copy_run(tiny_run, tmp_path / "x", "a")
+    figures = {}
+    monkeypatch.setattr(deep.report, "_save_figure", lambda figure, path: figures.__setitem__(path.name, figure))
+    report([first, second], tmp_path / "report")
+    name = "SCL n_w = 10"
+    assert deep.report.run_labels([load_run(first), load_run(second)]) == [f"{name} (runs/a)", f"{name} (x/a)"]
+    curves = figures["delta_curves.png"]
+    assert curves._suptitle.get_text() == "Gram distance Delta of the class means during training"
+    assert [text.get_text() for text in curves.legends[0].get_texts()] == [
+        f"{name} (runs/a)", f"{name} (x/a)", "training set", "test set"]
+    metrics = load_run(first).metrics
+    for axis, key in zip(curves.axes, ("delta_prototypes", "delta_etf", "delta_of")):
+        assert axis.get_ylabel() == "Delta" and not axis.get_legend()
+        values = [m[split][key] for m in metrics for split in ("train", "test")]
+        low, high = axis.get_ylim()
+        assert low == 0 and high >= max(values)
+    grams = figures["grams.png"]
+    heatmaps = [axis for axis in grams.axes if axis.get_label() != "<colorbar>"]
+    last = metrics[-1]["train"]["delta_prototypes"]
+    assert heatmaps[0].get_title() == f"{name} (runs/a): learnt (epoch 2)\nDelta to G_W = {last:.4f}"
+    prediction = json.loads((first / "prediction.json").read_text())
+    assert heatmaps[2].get_title().endswith(f"Delta to the learnt = {prediction['delta_measured_predicted']:.4f}")
+    for axis in heatmaps:
+        assert list(axis.get_xticks()) == [0, 1, 2, 3] and axis.get_xlabel() == "class"
+
+
+def test_runs_with_different_settings_need_no_folder_names(tiny_run, tmp_path):
+    from deep.predict import load_run as load
+    from deep.report import run_labels
+
+    record = load(tiny_run)
+    variants = [record, type(record)(**{**record.__dict__, "config": {**record.config, "protos": 1000.0}}),
+                type(record)(**{**record.__dict__, "config": {**record.config, "loss": "ce-fixed"}}),
+                type(record)(**{**record.__dict__, "config": {**record.config, "loss": "ce"}})]
+    assert run_labels(variants) == ["SCL n_w = 10", "SCL n_w = 1000", "CE, fixed W", "CE, learnt W"]

@@ -124,3 +124,40 @@ def test_inapplicable_certificate_is_refused_before_the_solve(args, monkeypatch)
 def test_certify_rtol_outside_the_open_unit_interval_is_refused(tmp_path, rtol):
     out = CliRunner().invoke(main, ["certify", str(tmp_path / "any.npz"), "--rtol", rtol])
     assert out.exit_code == 2 and "--rtol" in out.output and "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("command", ["certify", "solve"])
+@pytest.mark.parametrize("atol", ["-1e-12", "inf", "abc"])
+def test_atol_must_be_finite_and_nonnegative(tmp_path, command, atol):
+    args = [str(tmp_path / "any.npz")] if command == "certify" else ["--classes", "3"]
+    out = CliRunner().invoke(main, [command, *args, "--atol", atol])
+    assert out.exit_code == 2 and "--atol" in out.output and "Traceback" not in out.output, out.output
+
+
+def test_certificate_json_has_floor_excess_and_attempts(tmp_path):
+    _, path = _solve(tmp_path, "--protos", "1000")
+    out = CliRunner().invoke(main, ["certify", str(path), "--json", "-"])
+    data = json.loads(out.output)
+    assert data["certified"] is True
+    # THEORY.md section 5.1: the floor is sum over anchors of log P_a, 4 anchors per class of P = 3 + 1000
+    assert data["floor"] == pytest.approx(12 * np.log(1003.0), rel=1e-12)
+    assert data["excess"] == pytest.approx(data["upper_bound"] - data["floor"], rel=1e-9)
+    assert data["relative_gap"] == pytest.approx(data["gap"] / data["excess"], rel=1e-9, abs=1e-15)
+    assert data["tolerance"] == pytest.approx(1e-6 * data["excess"] + 1e-12 * 12, rel=1e-9)
+    assert [a["method"] for a in data["attempts"]] == [data["method"]]
+    # the reason prints the relative gap of the JSON (issue 15 item 6)
+    assert f"relative gap {max(data['relative_gap'], 0.0):.1e}" in data["reason"]
+    # --rtol and --atol decide: an accepted gap below the measured one refuses
+    tight = CliRunner().invoke(main, ["certify", str(path), "--json", "-", "--rtol", "1e-15", "--atol", "0"])
+    assert json.loads(tight.output)["certified"] is (data["gap"] <= 0)
+
+
+def test_verbose_lists_every_attempt_and_a_certified_relaxation_rank_is_no_failure(tmp_path):
+    _, path = _solve(tmp_path, "--protos", "5")
+    out = CliRunner().invoke(main, ["certify", str(path), "--method", "full", "--verbose"])
+    assert out.exit_code == 0 and out.output.startswith("certified global optimum"), out.output
+    assert "  tried full: status optimal" in out.output
+    assert "floor" in out.output and "excess" in out.output
+    rank_line = next(line for line in out.output.splitlines() if line.startswith("rank"))
+    rank, dim = (int(x) for x in rank_line.replace("(d = ", " ").replace(")", " ").split()[1:3])
+    assert rank <= dim, rank_line  # the candidate's rank; the relaxation's is in the solution

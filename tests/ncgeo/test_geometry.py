@@ -225,7 +225,7 @@ def test_load_square_vectors_need_explicit_kind(tmp_path):
 def test_load_gram_read_as_vectors_fails_on_norms(tmp_path):
     path = tmp_path / "g.npy"
     np.save(path, etf_gram(3))
-    with pytest.raises(ValueError, match=r"unit norm; column 0 has norm"):
+    with pytest.raises(ValueError, match=r"read as vectors \(d x k, one prototype per column\), column 0 has norm 1.22474 \(each needs unit norm\)"):
         load_prototypes(path, kind="vectors")
 
 

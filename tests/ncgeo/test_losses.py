@@ -552,13 +552,13 @@ def test_temperatures_below_the_round_off_floor_are_refused():
     from ncgeo._validation import MIN_TAU
     from ncgeo.certify import certify_ce_limit
     from ncgeo.closed_form import closed_form_loss
-    from ncgeo.ufm import solve_ufm
+    from ncgeo.ufm import scheme_problem, solve_ufm
 
     H64, y, W64 = batch(0, [0, 1, 2], d=3, k=3)
     for call in (lambda t: scl_prototype_loss(H64, y, W64, 10.0, t),
                  lambda t: closed_form_loss(3, 3, 10.0, t, "etf"),
                  lambda t: certify_ce_limit(W64.numpy(), t),
-                 lambda t: solve_ufm([2, 2], None, tau=t)):
+                 lambda t: solve_ufm(scheme_problem([2, 2], None, 0.0, t))):
         with pytest.raises(ValueError, match=r"tau must be >= 1e-06"):
             call(MIN_TAU / 10)
     assert torch.isfinite(scl_prototype_loss(H64, y, W64, 10.0, MIN_TAU))
@@ -571,3 +571,43 @@ def test_materialised_reference_checks_its_multiplicity_and_dimension():
             materialise_prototypes(H64, y, W64, bad)
     with pytest.raises(ValueError, match=r"prototypes must have shape \(d, k\) with d = 3"):
         materialise_prototypes(H64, y, torch.ones(4, 3, dtype=torch.float64), 2)
+
+
+def naive_real_multiplicity(H, y, W, n_w: float, tau: float) -> float:
+    """A loop over anchors for REAL ``n_w`` (THEORY.md section 2), prototypes as anchors: each
+    sample anchor has ``P = #same - 1 + n_w``; each of the ``n_w`` copies of ``w_c`` has
+    ``P = m_c + n_w - 1`` (``m_c`` samples of class c and ``n_w - 1`` other copies); an anchor
+    with ``P = 0`` contributes 0, every other divides its positive sum by ``P`` itself."""
+    H, W = np.asarray(H, float), np.asarray(W, float)
+    k = W.shape[1]
+    total = []
+    for i, h in enumerate(H):
+        same = [j for j in range(len(H)) if j != i and y[j] == y[i]]
+        P = len(same) + n_w
+        D = math.fsum([math.exp(h @ H[j] / tau) for j in range(len(H)) if j != i]
+                      + [n_w * math.exp(h @ W[:, c] / tau) for c in range(k)])
+        positive = math.fsum([h @ H[j] / tau for j in same] + [n_w * (h @ W[:, y[i]]) / tau])
+        total.append(math.log(D) - positive / P if P > 0 else 0.0)
+    for c in range(k):
+        w = W[:, c]
+        members = [j for j in range(len(H)) if y[j] == c]
+        P = len(members) + n_w - 1.0
+        if P <= 0:
+            continue
+        D = math.fsum([math.exp(w @ h / tau) for h in H] + [(n_w - 1.0) * math.exp(w @ w / tau)]
+                      + [n_w * math.exp(w @ W[:, c2] / tau) for c2 in range(k) if c2 != c])
+        positive = math.fsum([w @ H[j] / tau for j in members] + [(n_w - 1.0) * (w @ w) / tau])
+        total.append(n_w * (math.log(D) - positive / P))
+    return math.fsum(total)
+
+
+@pytest.mark.parametrize("n_w", [1.0, 1.1, 1.5, 1.93])
+@pytest.mark.parametrize("labels", [[0, 0, 1], [0, 2, 2, 2], [1]])
+def test_prototype_anchors_of_absent_classes_with_real_multiplicity(labels, n_w):
+    """Issue 13: with 1 < n_w < 2 the copies of an absent class have P = n_w - 1 in (0, 1);
+    the loss divided by max(P, 1) (11.460 instead of 8.460 in one case)."""
+    k = 3
+    H, y, W = batch(31, labels, d=3, k=k)
+    fast = float(scl_prototype_loss(H, y, W, n_w=n_w, tau=0.5, prototypes_as_anchors=True))
+    expected = naive_real_multiplicity(H.numpy(), labels, W.numpy(), n_w, 0.5)
+    assert fast == pytest.approx(expected, rel=1e-12, abs=1e-12)

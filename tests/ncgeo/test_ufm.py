@@ -16,6 +16,7 @@ from ncgeo.ufm import (
     load_npz,
     make_batches,
     riemannian_lbfgs,
+    scheme_problem,
     solve_ufm,
     stationarity_residual,
     ufm_objective,
@@ -180,7 +181,7 @@ def _projected_grad_norm(result, batches=None, nonnegative=False):
 @pytest.mark.parametrize("init", ["random", "collapsed"])
 def test_full_batch_reaches_gradient_tolerance_and_closed_form(init):
     W = simplex_etf(5, 5)
-    result = solve_ufm([6] * 5, W, n_w=20, tau=0.2, init=init)
+    result = solve_ufm(scheme_problem([6] * 5, W, 20, 0.2), options=dict(init=init))
     assert result.stopping_reason == "gradient norm below tolerance"
     value, grad_norm = _projected_grad_norm(result)
     assert grad_norm <= 1e-9 and result.grad_norm <= 1e-9
@@ -192,8 +193,7 @@ def test_full_batch_reaches_gradient_tolerance_and_closed_form(init):
 
 
 def test_ufm_plus_rows_nonnegative_unit_and_kkt():
-    result = solve_ufm([5, 4, 3], random_prototypes(3, 4, seed=0, nonnegative=True), n_w=2, tau=0.3,
-                       nonnegative=True, init="random", restarts=2, seed=3)
+    result = solve_ufm(scheme_problem([5, 4, 3], random_prototypes(3, 4, seed=0, nonnegative=True), 2, 0.3, nonnegative=True), options=dict(init="random", restarts=2, seed=3))
     assert np.all(result.H >= 0)
     assert np.allclose(np.linalg.norm(result.H, axis=1), 1.0)
     _, kkt = _projected_grad_norm(result, nonnegative=True)
@@ -204,7 +204,7 @@ def test_ufm_plus_rows_nonnegative_unit_and_kkt():
 
 @pytest.mark.parametrize("batching", ["partition", "bind"])
 def test_fixed_batches_minimise_the_deterministic_sum(batching):
-    result = solve_ufm([4, 4, 4], None, tau=0.5, batching=batching, batch_size=3, seed=2)
+    result = solve_ufm(scheme_problem([4, 4, 4], None, 0.0, 0.5, scheme=batching, batch_size=3, seed=2), options=dict(seed=2))
     batches = make_batches(result.labels, batching, 3, seed=2)
     assert all(np.array_equal(a, b) for a, b in zip(batches, result.batches))
     value, grad_norm = _projected_grad_norm(result, batches)
@@ -213,8 +213,7 @@ def test_fixed_batches_minimise_the_deterministic_sum(batching):
 
 
 def test_shuffle_reports_full_batch_objective():
-    result = solve_ufm([4, 4], None, tau=0.5, batching="shuffle", batch_size=4, max_iterations=15,
-                       learning_rate=0.05)
+    result = solve_ufm(scheme_problem([4, 4], None, 0.0, 0.5), "adam", options=dict(max_iterations=15, learning_rate=0.05, batch_size=4))
     value, grad_norm = _projected_grad_norm(result)
     assert result.iterations == 15 and len(result.loss_history) == 15
     assert result.loss == pytest.approx(value, rel=1e-12)
@@ -223,37 +222,36 @@ def test_shuffle_reports_full_batch_objective():
 
 
 def test_float32_solve_stops_and_reports():
-    result = solve_ufm([5, 5, 5], simplex_etf(3, 3), n_w=5, tau=0.2, dtype="float32", init="random")
+    result = solve_ufm(scheme_problem([5, 5, 5], simplex_etf(3, 3), 5, 0.2), options=dict(dtype="float32", init="random"))
     assert result.settings["dtype"] == "float32" and result.grad_norm <= 1e-3
     assert result.H.dtype == np.float64
     # the keys that metadata may not overwrite are exactly the ones the solve writes
     from ncgeo.ufm.solver import SETTINGS_KEYS
 
     assert set(result.settings) == set(SETTINGS_KEYS)
-    tagged = solve_ufm([2, 2], None, n_w=0, tau=0.5, metadata={"note": "x"})
+    tagged = solve_ufm(scheme_problem([2, 2], None, 0, 0.5), metadata={"note": "x"})
     assert set(tagged.settings) == set(SETTINGS_KEYS) | {"note"}
 
 
 def test_solve_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        solve_ufm([5])
+    with pytest.raises(ValueError, match="problem.class_sizes must be integers >= 1 for k >= 2 classes"):
+        solve_ufm(scheme_problem([5], None))
     with pytest.raises(ValueError, match="prototypes are required"):
-        solve_ufm([5, 5], n_w=1)
-    with pytest.raises(ValueError, match="k = 2 columns"):
-        solve_ufm([5, 5], simplex_etf(3, 3), n_w=1)
+        solve_ufm(scheme_problem([5, 5], None, 1))
+    with pytest.raises(ValueError, match=r"shape \(d, 2\)"):
+        solve_ufm(scheme_problem([5, 5], simplex_etf(3, 3), 1))
     with pytest.raises(ValueError, match="dim must equal"):
-        solve_ufm([5, 5], simplex_etf(2, 2), n_w=1, dim=3)
-    with pytest.raises(ValueError, match="unit columns"):
-        solve_ufm([5, 5], 2 * simplex_etf(2, 2), n_w=1)
-    with pytest.raises(ValueError, match="batch_size is required"):
-        solve_ufm([5, 5], batching="bind")
+        solve_ufm(scheme_problem([5, 5], simplex_etf(2, 2), 1, dim=3))
+    with pytest.raises(ValueError, match="unit diagonal"):
+        solve_ufm(scheme_problem([5, 5], 2 * simplex_etf(2, 2), 1))
+    with pytest.raises(ValueError, match="batch_size is required"):  # before any solve
+        solve_ufm(scheme_problem([5, 5], None, scheme="bind"))
     with pytest.raises(ValueError, match="class_sizes\\[1\\]"):
-        solve_ufm([5, 0])
+        solve_ufm(scheme_problem([5, 0], None))
 
 
 def test_save_and_load_npz_round_trip(tmp_path):
-    result = solve_ufm([3, 3, 3], orthogonal_frame(3), n_w=2, tau=0.3, batching="partition", batch_size=4,
-                       metadata={"geometry": "of"})
+    result = solve_ufm(scheme_problem([3, 3, 3], orthogonal_frame(3), 2, 0.3, scheme="partition", batch_size=4), metadata={"geometry": "of"})
     path = tmp_path / "sol.npz"
     result.save_npz(path)
     assert os.listdir(tmp_path) == ["sol.npz"]
@@ -263,7 +261,7 @@ def test_save_and_load_npz_round_trip(tmp_path):
     assert saved.settings == result.settings and saved.settings["geometry"] == "of"
     assert saved.summary["loss"] == result.loss
     assert all(np.array_equal(a, b) for a, b in zip(saved.batches, result.batches))
-    without = solve_ufm([2, 2], None, tau=0.5)
+    without = solve_ufm(scheme_problem([2, 2], None, 0.0, 0.5))
     without.save_npz(tmp_path / "none.npz")
     assert load_npz(tmp_path / "none.npz").W is None
 
@@ -272,7 +270,7 @@ def test_load_npz_rejects_missing_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_npz(tmp_path / "missing.npz")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match="lacks H, y, W, settings"):
+    with pytest.raises(ValueError, match=r"lacks H \(or the class means M\), y, W, settings"):
         load_npz(tmp_path / "other.npz")
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(ValueError, match=r"'.*text.npz' is not an .npz archive \(written by ncgeo solve --save\)$"):
@@ -283,7 +281,7 @@ def test_load_npz_rejects_missing_and_foreign_files(tmp_path):
 
 
 def test_prototype_anchors_full_batch_matches_closed_form_from_random_start():
-    result = solve_ufm([3] * 3, simplex_etf(3, 3), n_w=5, tau=0.2, prototypes_as_anchors=True, init="random")
+    result = solve_ufm(scheme_problem([3] * 3, simplex_etf(3, 3), 5, 0.2, prototypes_as_anchors=True), options=dict(init="random"))
     assert result.grad_norm <= 1e-9
     assert result.loss == pytest.approx(closed_form_loss(3, 3, 5, 0.2, "etf", prototypes_as_anchors=True), rel=1e-10)
 
@@ -291,17 +289,28 @@ def test_prototype_anchors_full_batch_matches_closed_form_from_random_start():
 def test_progress_lines_go_to_stderr(capsys):
     from ncgeo.ufm.solver import _Progress
 
-    reporter = _Progress(True, restarts=2, after=0.0, every=0.0)
+    reporter = _Progress(True, restarts=2, after=0.0)
     reporter.stage("reduced problem")
     reporter(3, 1.5, 2e-3)
+    reporter.restart = 1
+    reporter(7, 1.25, float("nan"), unit="epoch")
     reporter.close()
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "restart 1/2, reduced problem" in captured.err and "iteration 3" in captured.err
-    assert captured.err.endswith("\n")
-    silent = _Progress(False, restarts=1, after=0.0, every=0.0)
+    lines = captured.err.splitlines()
+    assert "solving, restart 1/2: reduced problem" in lines
+    assert any(line.startswith("solving, restart 1/2: 3 iterations") and "loss 1.5, grad norm 2.00e-03" in line
+               for line in lines), lines
+    assert any(line.startswith("solving, restart 2/2: 7 epochs") and line.endswith("loss 1.25]") for line in lines)
+    silent = _Progress(False, restarts=1, after=0.0)
+    silent.stage("reduced problem")
     silent(1, 1.0, 1.0)
     silent.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_solve_shorter_than_the_delay_prints_nothing(capsys):
+    solve_ufm(scheme_problem([3] * 3, simplex_etf(3, 3), 5, 0.2), options=dict(progress=True))
     assert capsys.readouterr().err == ""
 
 
@@ -313,7 +322,7 @@ def test_auto_init_adds_a_collapsed_start_for_the_full_batch():
     assert _start_kinds("auto", "full", 1, AUTO_RANDOM_START_MAX_SAMPLES + 1) == ["collapsed"]
     assert _start_kinds("auto", "bind", 2, 100) == ["random", "random"]
     assert _start_kinds("collapsed", "full", 2, 100) == ["collapsed", "collapsed"]
-    result = solve_ufm([4, 4, 4], simplex_etf(3, 3), n_w=10, tau=0.2)
+    result = solve_ufm(scheme_problem([4, 4, 4], simplex_etf(3, 3), 10, 0.2))
     assert result.settings["starts"] == ["collapsed", "random"] and len(result.restart_losses) == 2
     # the two starts reach the same optimum; a tie within round-off keeps the collapsed one
     assert result.restart_losses[1] == pytest.approx(result.restart_losses[0], rel=1e-12)
@@ -325,14 +334,15 @@ def test_solve_refuses_a_dimension_that_cannot_fit_in_memory():
 
     check_memory(30, 3, 3)  # small: fine
     with pytest.raises(ValueError, match=r"^dim: .* GB"):
-        solve_ufm([10, 10, 10], dim=10**9)
+        solve_ufm(scheme_problem([10, 10, 10], None, dim=10**9))
+    big = scheme_problem([100_000] * 3, None)  # one batch of 300,000 samples
     with pytest.raises(ValueError, match=r"^batch: .* GB"):
-        solve_ufm([100_000] * 3)  # one batch of 300,000 samples
+        solve_ufm(big, "lbfgs", options=dict(stream=False))
     check_memory(300_000, 3, 3, batching="partition", batch_size=100)  # small batches fit
 
 
 def test_load_npz_refuses_inconsistent_batch_offsets(tmp_path):
-    result = solve_ufm([4, 4], None, tau=0.5, batching="partition", batch_size=4, seed=0)
+    result = solve_ufm(scheme_problem([4, 4], None, 0.0, 0.5, scheme="partition", batch_size=4, seed=0), options=dict(seed=0))
     result.save_npz(tmp_path / "good.npz")
     assert len(load_npz(tmp_path / "good.npz").batches) == 2
     with np.load(tmp_path / "good.npz") as data:
@@ -360,17 +370,27 @@ def test_ufm_objective_checks_its_batches_and_shapes():
 def test_solve_arguments_are_checked_before_the_solve():
     """metadata clashing with the settings and a string time_limit failed only after the solve;
     a truthy string made nonnegative='no' a UFM+ solve."""
+    problem = scheme_problem([2, 2], None, 0.0, 0.5)
     cases = [
-        (dict(nonnegative="no"), TypeError, "nonnegative must be True or False"),
         (dict(metadata={"n_w": 3}), ValueError, "must not redefine the solve's own settings: n_w"),
         (dict(metadata="abc"), TypeError, "metadata must be a dict"),
-        (dict(time_limit="5"), TypeError, "time_limit must be a real number"),
-        (dict(time_limit=-1), ValueError, "time_limit must be > 0"),
-        (dict(batching="partition", batch_size="4"), TypeError, "batch_size must be an integer"),
+        (dict(options={"time_limit": "5"}), TypeError, "time_limit'\\] must be a real number"),
+        (dict(options={"time_limit": -1}), ValueError, "time_limit'\\] must be > 0"),
+        (dict(options={"batch_size": "4"}), TypeError, "batch_size'\\] must be an integer"),
+        (dict(options={"tolerance": 1e-3}), ValueError, "options has unknown keys 'tolerance'"),
+        (dict(options=[("seed", 1)]), TypeError, "options must be a dict"),
+        (dict(method="newton"), ValueError, "method must be one of"),
+        (dict(method="adam"), ValueError, "batch_size'\\] is required by method 'adam'"),
     ]
-    for options, kind, message in cases:
+    for kwargs, kind, message in cases:
         with pytest.raises(kind, match=message):
-            solve_ufm([2, 2], None, tau=0.5, **options)
+            solve_ufm(problem, **kwargs)
+    with pytest.raises(TypeError, match="problem must be an ncgeo.UFMProblem"):
+        solve_ufm([2, 2])
+    with pytest.raises(TypeError, match="nonnegative must be True or False"):
+        scheme_problem([2, 2], None, 0.0, 0.5, nonnegative="no")
+    with pytest.raises(ValueError, match="needs a full-batch problem"):
+        solve_ufm(scheme_problem([2, 2], None, 0.0, 0.5, scheme="partition", batch_size=2), "collapsed")
     with pytest.raises(TypeError, match="rotate must be True or False"):
         simplex_etf(3, rotate="no")
-    assert solve_ufm([2, 2], None, tau=0.5, metadata={"note": "mine"}).settings["note"] == "mine"
+    assert solve_ufm(problem, metadata={"note": "mine"}).settings["note"] == "mine"

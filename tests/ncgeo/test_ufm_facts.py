@@ -14,11 +14,11 @@ from ncgeo.testing import (
     assert_orthogonal_frame,
     assert_simplex_etf,
 )
-from ncgeo.ufm import solve_ufm
+from ncgeo.ufm import scheme_problem, solve_ufm
 
 
 def test_fact1_balanced_plain_scl_collapses_to_simplex_etf():
-    result = solve_ufm([6] * 4, None, n_w=0, tau=0.1, dim=3, init="random", seed=1)
+    result = solve_ufm(scheme_problem([6] * 4, None, 0, 0.1, dim=3), options=dict(init="random", seed=1))
     assert result.grad_norm <= 1e-9
     assert_collapsed(result.H, result.labels, atol=1e-6)
     assert_simplex_etf(result.H, result.labels, atol=1e-6)
@@ -27,14 +27,14 @@ def test_fact1_balanced_plain_scl_collapses_to_simplex_etf():
 
 def test_fact2_ufm_plus_step_imbalance_collapses_to_orthogonal_frame():
     sizes = class_sizes(4, 20, "step", 10)  # [20, 20, 2, 2]
-    result = solve_ufm(sizes, None, n_w=0, tau=0.1, nonnegative=True, init="random", seed=0)
+    result = solve_ufm(scheme_problem(sizes, None, 0, 0.1, nonnegative=True), options=dict(init="random", seed=0))
     assert result.grad_norm <= 1e-9
     assert_collapsed(result.H, result.labels, atol=1e-6)
     assert_orthogonal_frame(result.H, result.labels, atol=1e-6)
 
 
 def test_fact3_plain_scl_under_imbalance_is_not_an_etf():
-    result = solve_ufm([10, 10, 2, 2], None, n_w=0, tau=0.5, init="random", seed=0)
+    result = solve_ufm(scheme_problem([10, 10, 2, 2], None, 0, 0.5), options=dict(init="random", seed=0))
     assert result.grad_norm <= 1e-9
     assert_collapsed(result.H, result.labels, atol=1e-6)
     with pytest.raises(AssertionError, match="not a simplex ETF"):
@@ -47,13 +47,11 @@ def test_fact3_plain_scl_under_imbalance_is_not_an_etf():
 
 def test_fact4_binding_reaches_the_orthogonal_frame_random_batches_do_not():
     sizes, batch = [4] * 4, 4
-    bound = solve_ufm(sizes, None, tau=0.1, nonnegative=True, batching="bind", batch_size=batch, seed=0,
-                      init="random")
+    bound = solve_ufm(scheme_problem(sizes, None, 0.0, 0.1, scheme="bind", batch_size=batch, seed=0, nonnegative=True), options=dict(seed=0, init="random"))
     assert bound.grad_norm <= 1e-9
     assert_collapsed(bound.H, bound.labels, atol=1e-6)
     assert_orthogonal_frame(bound.H, bound.labels, atol=1e-6)
-    loose = solve_ufm(sizes, None, tau=0.1, nonnegative=True, batching="partition", batch_size=batch, seed=0,
-                      init="random")
+    loose = solve_ufm(scheme_problem(sizes, None, 0.0, 0.1, scheme="partition", batch_size=batch, seed=0, nonnegative=True), options=dict(seed=0, init="random"))
     assert loose.grad_norm <= 1e-9  # a stationary point of the random-batch objective ...
     assert loose.metrics.delta_of > 0.1  # ... that is not the OF
     with pytest.raises(AssertionError):
@@ -66,7 +64,7 @@ def test_fact5_prototypes_engineer_the_geometry_under_imbalance():
     deltas = []
     for n_w in (0, 1, 10, 100, 1000):
         # default start (full batch: the reduced k-direction problem, then the full polish)
-        result = solve_ufm(sizes, W, n_w=n_w, tau=0.05, seed=0)
+        result = solve_ufm(scheme_problem(sizes, W, n_w, 0.05), options=dict(seed=0))
         assert result.grad_norm <= 1e-9
         deltas.append(result.metrics.delta_prototypes)
     assert all(later < earlier for earlier, later in zip(deltas, deltas[1:])), deltas
@@ -74,5 +72,5 @@ def test_fact5_prototypes_engineer_the_geometry_under_imbalance():
     assert_aligned_with_prototypes(result.H, result.labels, W, atol=1e-3)
     # a random start ends at a point at least as high: the landscape is exponentially flat
     # (e^{-(1 + 1/3)/tau}) along the singleton classes, so it may stop there with a tiny gradient
-    random_start = solve_ufm(sizes, W, n_w=1000, tau=0.05, init="random", seed=0)
+    random_start = solve_ufm(scheme_problem(sizes, W, 1000, 0.05), options=dict(init="random", seed=0))
     assert random_start.loss >= result.loss - 1e-12 * abs(result.loss)

@@ -88,10 +88,42 @@ def test_studies_accept_every_named_geometry_of_ncgeo():
     from ncgeo.geometry import PROTOTYPE_NAMES
     from sims.common import check_geometry_names, prototypes_for
 
-    check_geometry_names("option geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
+    check_geometry_names("geometry", list(PROTOTYPE_NAMES) + ["hierarchical"])
     with pytest.raises(ValueError, match="option geometry must be one of"):
-        check_geometry_names("option geometry", ["bogus"])
+        check_geometry_names("geometry", ["bogus"])
     for name in list(PROTOTYPE_NAMES) + ["hierarchical"]:  # and every accepted name builds prototypes
         W = prototypes_for(name, 6, 6)
         assert W.shape == (6, 6) and np.allclose(np.linalg.norm(W, axis=0), 1.0), name
     assert prototypes_for("spherical", 6, 3).shape == (3, 6)  # more classes than d + 1
+
+
+def test_certified_optima_carry_their_geometry_verdict():
+    """Issue 13 item 5: a Delta of a certified optimum says whether that optimum's Gram is unique."""
+    k = 4
+    scl = certified_optimum([5] * k, simplex_etf(k, k), 10.0, 0.5)
+    assert scl["certified"] and scl["geometry_pinned"] is True
+    assert scl["geometry_verdict"].startswith("geometry certified (unique optimal Gram)")
+    ce = ce_limit_optimum([3, 3, 1, 1], orthogonal_frame(k), 0.5)
+    assert ce["certified"] and ce["geometry_pinned"] is True
+    # identical prototypes: the CE loss is log k at every h (gradient 0): certified, not pinned
+    same = np.tile(np.eye(k)[:, :1], (1, k))
+    flat = ce_limit_optimum([2] * k, same, 0.5, polish=False)
+    assert flat["certified"] and flat["ce_value"] == pytest.approx(math.log(k), rel=1e-9)
+    assert flat["geometry_pinned"] is False and "not pinned" in flat["geometry_verdict"]
+
+
+def test_a_delta_verdict_on_an_unpinned_geometry_says_so():
+    from sims.common import unpinned_note
+    from sims.geometry_study import _verdict
+
+    assert unpinned_note([{"geometry_pinned": True}] * 2) == ""
+    assert "NOT pinned" in unpinned_note([{"geometry_pinned": True}, {"geometry_pinned": False}])
+    row = {"geometry": "etf", "relu": False, "ratio": 1.0, "certified": True, "delta_etf": 0.0, "delta_of": 0.5}
+    settings = {"tolerance": 1e-2, "ratios": [1.0], "k": 4, "n": 5}
+    rows = [dict(row, n_w=0.0, delta_prototypes=0.5, geometry_pinned=True),
+            dict(row, n_w=100.0, delta_prototypes=1e-4, geometry_pinned=True)]
+    verdict, _ = _verdict(rows, settings)
+    assert verdict.passed and "NOT pinned" not in verdict.reason
+    rows[1]["geometry_pinned"] = False
+    verdict, summary = _verdict(rows, settings)
+    assert verdict.passed and "NOT pinned" in verdict.reason and summary["unpinned_points"] == 1

@@ -51,8 +51,13 @@ def test_parallel_sweep_matches_and_resumes(tmp_path, capsys):
     points = grid(x=[0, 1, 2, 3, 4, 5])
     outcome = run_sweep("par", tmp_path, points, cube, workers=2, progress=True)
     assert [row["cube"] for row in outcome.rows()] == [x**3 for x in range(6)]
-    assert "par [" in capsys.readouterr().err  # progress bar on stderr
+    err = capsys.readouterr().err.splitlines()  # progress on stderr: the start and the end at least
+    assert err[0].startswith("par:   0% 0/6 [") and err[-1].startswith("par: 100% 6/6 ["), err
     assert run_sweep("par", tmp_path, points, cube, workers=2, progress=False).computed == 0
+    more = grid(x=[0, 1, 2, 3, 4, 5, 6])
+    assert run_sweep("par", tmp_path, more, cube, workers=1, progress=True).computed == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("par (6 cached):  86% 6/7 [") and err[-1].startswith("par (6 cached): 100% 7/7 ["), err
 
 
 def huge(point):
@@ -238,7 +243,7 @@ def test_cli_out_of_range_option_is_one_line_with_status_2(tmp_path):
 
     result = CliRunner().invoke(main, ["sims", "limit", "--out", str(tmp_path), "--quick", "--k", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip() == "Error: option k must be an integer in [2, 10000], got 1"
+    assert result.output.strip() == "Error: Invalid value for '--k': must be an integer in [2, 10000], got '1'"
     helped = CliRunner().invoke(main, ["sims", "limit", "--help"])
     text = " ".join(helped.output.split()).replace("comma- separated", "comma-separated")  # help wraps at '-'
     assert "number of classes k (in [2, 10000]) [quick: 4; full: 10]" in text
@@ -289,12 +294,12 @@ def test_an_empty_output_folder_is_refused(tmp_path, monkeypatch):
     from sims.registry import run_all, run_study
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"out_dir \(--out\) must not be empty"):
+    with pytest.raises(ValueError, match=r"option out_dir must not be empty"):
         run_study("limit", "", quick=True)
     with pytest.raises(TypeError, match="names must be a list of study names, got the string 'limit'"):
         run_all(tmp_path, quick=True, names="limit")
     result = CliRunner().invoke(main, ["sims", "limit", "--out", "", "--quick"])
-    assert result.exit_code == 2 and "must not be empty" in result.output
+    assert result.exit_code == 2 and result.output.strip() == "Error: --out must not be empty (a folder for the study's files)"
     assert os.listdir(tmp_path) == []
 
 

@@ -20,15 +20,15 @@ pytestmark = pytest.mark.slow
 
 SCHEMAS = {
     "limit": {"variant", "n_w", "loss_per_sample", "lower_bound", "ce_value", "loss_gap", "geometry_gap",
-              "delta_prototypes", "min_within_similarity", "certified", "source", "gram_means"},
+              "delta_prototypes", "min_within_similarity", "certified", "source", "geometry_pinned", "gram_means"},
     "geometry": {"geometry", "relu", "ratio", "n_w", "loss_per_sample", "certified", "delta_prototypes",
                  "delta_etf", "delta_of", "delta_ce_limit", "ce_limit_delta_prototypes",
-                 "min_within_similarity", "gram_means"},
+                 "min_within_similarity", "geometry_pinned", "ce_limit_geometry_pinned", "gram_means"},
     "batching": {"scheme", "seed", "delta_of", "delta_etf", "nc1", "loss", "grad_norm", "stopping_reason",
                  "iterations", "gram_means"},
     "temperature": {"tau", "n_w", "loss_per_sample", "ce_value", "loss_gap", "geometry_gap", "delta_prototypes",
-                    "ce_saturated", "certified", "source"},
-    "inverse": {"model", "method", "delta", "certified", "residual", "gram", "W"},
+                    "ce_saturated", "certified", "source", "geometry_pinned"},
+    "inverse": {"model", "method", "delta", "certified", "geometry_pinned", "residual", "gram", "W"},
 }
 
 
@@ -92,8 +92,23 @@ def test_single_study_command_with_options_and_bad_input(quick_run, tmp_path):
                                   "--no-progress"])
     assert result.exit_code == 0 and "inverse: PASS" in result.output, result.output
     bad = runner.invoke(main, ["sims", "limit", "--out", str(tmp_path), "--quick", "--n-w", "1,x"])
-    assert bad.exit_code == 2 and "n_w" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and bad.output == "Error: --n-w expects floats, got '1,x'\n"
     unknown = runner.invoke(main, ["sims", "nosuch", "--out", str(tmp_path)])
     assert unknown.exit_code == 2
     helped = runner.invoke(main, ["sims", "--help"])
     assert helped.exit_code == 0 and "full sizes" in helped.output
+
+
+def test_geometry_figure_names_its_markers_in_the_legend(quick_run):
+    """Each panel's legend shows the o (to G_W, solid) and x (to G_CE, dashed) markers of its curves."""
+    from sims.geometry_study import plot_geometry
+
+    data = json.loads((quick_run[0] / "geometry.json").read_text())
+    figure = plot_geometry(data["rows"], data["settings"])
+    panels = [axis for axis in figure.axes if axis.get_legend() is not None]
+    assert panels
+    for axis in panels:
+        entries = dict(zip([t.get_text() for t in axis.get_legend().get_texts()], axis.get_legend().get_lines()))
+        solid, dashed = entries["o: to $G_W$ (prototypes)"], entries["x: to $G_{CE}$ (CE limit)"]
+        assert (solid.get_marker(), solid.get_linestyle()) == ("o", "-")
+        assert (dashed.get_marker(), dashed.get_linestyle()) == ("x", "--")
