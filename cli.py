@@ -118,7 +118,7 @@ def _solve_prototypes(geometry: str, k: int, dim: int | None, relu: bool, seed: 
     return W, W.shape[0], names.get(geometry, f"file {geometry}")
 
 
-#: --rtol / --atol of the certificates (THEORY.md section 5.1)
+#: --rtol / --atol of the certificates (docs/theory.md section 5.1)
 _RTOL = _FloatRange(min=0.0, max=1.0, min_open=True, max_open=True)
 _ATOL = _FloatRange(min=0.0, max=1.0)  # per anchor; finite (inf would certify anything)
 _RTOL_HELP = ("Accepted gap relative to the excess (the loss above its floor F = sum over anchors of log P_a): "
@@ -216,7 +216,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
           save_embeddings, method, plot_path, certify_method, rtol, atol, require_certificate):
     """Solve the unconstrained-features model of SCL with prototypes and report its geometry.
 
-    Minimises the sum over batches of the batch loss (THEORY.md section 2) over unit
+    Minimises the sum over batches of the batch loss (docs/theory.md section 2) over unit
     embeddings (non-negative with --relu) to a gradient norm of 1e-9 (float64, full
     batch), then prints the loss, the closed-form value when one is known, and the
     geometry: NC1 and the Gram distances Delta to the prototypes, the ETF and the OF.
@@ -406,7 +406,7 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, atol, json_path
     `settings` (a JSON string with at least n_w and tau; optional nonnegative,
     prototypes_as_anchors, batching) and, for mini-batches, batch_indices/batch_offsets.
     Prints one verdict line and the bounds. Certified means gap <= rtol * excess + atol * anchors,
-    the excess being the loss above its floor F = sum over anchors of log P_a (THEORY.md section 5.1).
+    the excess being the loss above its floor F = sum over anchors of log P_a (docs/theory.md section 5.1).
 
     \b
     Examples:
@@ -489,7 +489,7 @@ def deep_report(runs, out, predict, model) -> None:
 @deep.command("predict")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
-              help="Reduced UFM with expected per-batch counts 2*b*n_c/N (THEORY.md section 7; default for "
+              help="Reduced UFM with expected per-batch counts 2*b*n_c/N (docs/theory.md section 7; default for "
                    "SCL runs) or the counts n_c, or the CE limit with fixed classifier W (default for ce-fixed runs).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
 @click.option("--write/--no-write", default=True, show_default=True,

@@ -1,4 +1,4 @@
-r"""Timings of the certificates (THEORY.md section 5).
+r"""Timings of the certificates (docs/theory.md section 5).
 
 (a) ``reduced``: the ``2k x 2k`` reduced SDP and the orbit-reduced program at
     ``k = 10, 100, 1000, 5000`` (step imbalance 100 vs 10 per class, ETF prototypes,

@@ -1,7 +1,7 @@
 r"""Loss + gradient of SCL with prototypes: log-weight ``n_w`` against materialised copies.
 
 Same embeddings, labels and prototypes; both compute the sum over the sample anchors of
-THEORY.md section 2 and its gradient with respect to the embeddings:
+docs/theory.md section 2 and its gradient with respect to the embeddings:
 
 (a) :func:`ncgeo.losses.scl_prototype_loss`: the ``n_w`` copies enter as the log-weight
     ``log(n_w)`` of ``k`` logits, cost ``O(B (B + k) d)``;

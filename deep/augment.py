@@ -1,4 +1,4 @@
-"""Batched data augmentation on tensors, on the data's own device (THEORY.md section 7).
+"""Batched data augmentation on tensors, on the data's own device (docs/theory.md section 7).
 
 Random crop with zero padding and random horizontal flip, as in the SupCon training code,
 but for a whole batch at once: the crop and flip of every image are one gather from the

@@ -5,7 +5,7 @@ are the command-line option names (``batch-size = 128``; ``batch_size`` is accep
 or from both, the explicit options winning. Every check raises ``ValueError`` or
 ``TypeError`` naming the command-line option, so the CLI prints one line.
 
-Defaults follow THEORY.md section 7: ResNet-18, SGD lr 0.1, momentum 0.9, weight decay
+Defaults follow docs/theory.md section 7: ResNet-18, SGD lr 0.1, momentum 0.9, weight decay
 5e-4, multistep schedule (x0.1 at 50% and 75% of the epochs unless ``milestones`` is
 given), tau 0.1, batch 128 images (each seen in two augmented views, so 256 samples per
 contrastive batch), ETF prototypes with multiplicity ``protos`` (``n_w``; 0 is plain SCL).
@@ -33,7 +33,7 @@ OPTIMIZER_CHOICES = ("sgd", "adam")
 AUGMENT_CHOICES = ("crop-flip", "none")
 #: Value of ``--batch-size`` for full-batch training: every step sees the whole training (sub)set.
 FULL_BATCH = "full"
-#: Defaults that depend on ``--arch`` (fields left ``None``): the ResNets follow THEORY.md section 7;
+#: Defaults that depend on ``--arch`` (fields left ``None``): the ResNets follow docs/theory.md section 7;
 #: the small networks are trained full-batch-style with Adam on un-augmented images, the setting in
 #: which a 784-512-512-10 MLP reaches the certified UFM optimum in about 2000 steps (README).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -143,7 +143,7 @@ class TrainConfig:
         most :data:`MAX_FEATURE_DIM` = 65536). The small networks take ``signed`` or
         ``nonnegative`` features only.
     imbalance, ratio :
-        Subsampling of the training set (THEORY.md section 1): ``none``, ``step`` or ``exp``
+        Subsampling of the training set (docs/theory.md section 1): ``none``, ``step`` or ``exp``
         with ratio ``R >= 1``.
     protos : float
         ``n_w``, copies of every prototype in each batch (real ``>= 0``; 0 = plain SCL).
@@ -151,7 +151,7 @@ class TrainConfig:
         Prototypes: ``etf``, ``of``, ``random`` or the path of a Gram / vector file.
     epochs, batch_size, lr, momentum, weight_decay :
         ``batch_size`` counts images (each contributes ``views`` samples) or is ``"full"``:
-        every step sees the whole training set, one step per epoch (THEORY.md section 7: the
+        every step sees the whole training set, one step per epoch (docs/theory.md section 7: the
         UFM with the set's class counts is then the exact model). ``lr`` and ``weight_decay``
         default by ``arch`` (:data:`ARCH_DEFAULTS`); ``momentum`` is SGD's.
     optimizer : {"sgd", "adam"}
@@ -195,7 +195,7 @@ class TrainConfig:
     compile : bool
         Wrap the network in ``torch.compile``.
     proto_anchors : bool
-        The prototype copies are anchors too (THEORY.md section 2's flag; ``scl`` only).
+        The prototype copies are anchors too (docs/theory.md section 2's flag; ``scl`` only).
     sync_batchnorm : {"auto", "on", "off"}
         With several processes, batch-norm statistics of the global batch
         (``torch.nn.SyncBatchNorm``, CUDA only) or of each process's shard; ``auto``: on
@@ -493,7 +493,7 @@ def _option_specs():
         ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU normalised output, or a linear/MLP projection)."),
         ("feature_dim", int, f"Dimension of a linear/MLP head (default 128) or of the mlp/cnn output (default: the "
          f"number of classes); at most {MAX_FEATURE_DIM}."),
-        ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (THEORY.md section 1)."),
+        ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (docs/theory.md section 1)."),
         ("ratio", float, "Imbalance ratio R >= 1."),
         ("protos", float, "n_w: copies of every prototype in each batch (0 = plain SCL)."),
         ("geometry", str, "Prototypes: etf, of, random, spherical (minimal-energy code, any k) or a Gram/vector file (.npy/.csv/.txt)."),

@@ -1,5 +1,5 @@
 """Image datasets without torchvision: CIFAR-10/100 pickles, MNIST/Fashion-MNIST IDX files,
-and class imbalance by subsampling (THEORY.md sections 1 and 7).
+and class imbalance by subsampling (docs/theory.md sections 1 and 7).
 
 Everything is returned as an :class:`ImageDataset`: ``uint8`` images ``(N, C, H, W)`` and
 ``int64`` labels ``(N,)`` as torch tensors, plus the per-channel normalisation statistics of
@@ -436,7 +436,7 @@ def load_dataset(name: str, root: str | Path | None = None, train: bool = True) 
 def imbalanced_indices(labels: Any, imbalance: Literal["none", "step", "exp"] = "none",
                        ratio: float = 1.0, seed: int = 0, num_classes: int | None = None,
                        n: int | None = None) -> np.ndarray:
-    r"""Indices of a class-imbalanced subsample (THEORY.md section 1).
+    r"""Indices of a class-imbalanced subsample (docs/theory.md section 1).
 
     Class ``c`` keeps ``ncgeo.classes.class_sizes(k, n, imbalance, ratio)[c]`` of its samples,
     drawn without replacement with ``numpy.random.default_rng(seed)``; ``n`` (the majority

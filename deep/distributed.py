@@ -235,7 +235,7 @@ def distributed_scl_prototype_loss(
     r"""This rank's share of the global-batch SCL-with-prototypes loss, scaled for DDP.
 
     The global batch ``B`` is gathered (:func:`gather_embeddings`); the per-anchor losses
-    ``l_i`` of :func:`ncgeo.losses.scl_prototype_loss` (THEORY.md section 2, each anchor
+    ``l_i`` of :func:`ncgeo.losses.scl_prototype_loss` (docs/theory.md section 2, each anchor
     contrasted with the whole global batch and the ``n_w`` copies of every prototype)
     are computed and this rank's rows ``A_r`` kept. The returned value is
 

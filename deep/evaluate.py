@@ -1,4 +1,4 @@
-r"""Evaluation of a feature network: the THEORY.md section 6 metrics on a train and a test set.
+r"""Evaluation of a feature network: the docs/theory.md section 6 metrics on a train and a test set.
 
 The network embeds the un-augmented images in chunks of ``batch_size`` (eval mode, no
 gradient, on the images' device); the embeddings ``H`` (``N x d``, float32) stay on that

@@ -1,4 +1,4 @@
-"""ResNet-18/34 with the CIFAR stem and the feature options of THEORY.md section 7
+"""ResNet-18/34 with the CIFAR stem and the feature options of docs/theory.md section 7
 (:func:`build_model` also builds the small networks of :mod:`deep.small_models`).
 
 Architecture (He et al. 2016, CIFAR variant used by the SupCon code): a 3x3 stride-1 stem

@@ -4,7 +4,7 @@
   model's feature dimension;
 * :class:`Objective`: ``scl`` (SCL with ``n_w`` implicit prototype copies, mean over the
   anchors), ``ce`` (learnt linear classifier) or ``ce-fixed`` (the prototypes as fixed
-  classifier), optionally under bf16 autocast (THEORY.md sections 2, 4 and 7).
+  classifier), optionally under bf16 autocast (docs/theory.md sections 2, 4 and 7).
 """
 
 from __future__ import annotations

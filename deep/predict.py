@@ -1,4 +1,4 @@
-r"""The UFM prediction for a deep run, and how far the learnt geometry is from it (THEORY.md section 7).
+r"""The UFM prediction for a deep run, and how far the learnt geometry is from it (docs/theory.md section 7).
 
 Prototypes compete with the batch, not with the dataset. The default model (``"batch"``)
 is therefore the full-batch reduced relaxation of :func:`ncgeo.certify.reduced.solve_reduced`
@@ -12,7 +12,7 @@ with the **expected per-batch class counts** as real weights,
 the run's ``n_w``, ``tau`` and prototypes ``W`` (UFM+ when the features are non-negative).
 ``model="dataset"`` uses the training-set counts ``n_c`` themselves instead, and
 ``model="ce-limit"`` the ``n_w -> infinity`` limit: cross-entropy with the fixed classifier
-``W`` (:func:`ncgeo.certify.certify_ce_limit`, THEORY.md section 4), which is also the
+``W`` (:func:`ncgeo.certify.certify_ce_limit`, docs/theory.md section 4), which is also the
 prediction (and the default) for runs trained with ``--loss ce-fixed``.
 
 The predicted class-mean Gram comes from the optimal ``R`` of the reduced program:
@@ -393,7 +393,7 @@ def check_predictable(record: RunRecord, model: str | None = None, write: bool =
         raise ValueError(f"run {record.name!r} has classes without training samples: {counts.astype(int).tolist()}")
     if record.config.get("proto_anchors", False) and model == "ce-limit":
         raise ValueError(f"run {record.name!r} was trained with --proto-anchors: its n_w -> infinity limit is not "
-                         "cross-entropy (an extra term survives, THEORY.md section 4); use --model batch or dataset")
+                         "cross-entropy (an extra term survives, docs/theory.md section 4); use --model batch or dataset")
     if write:
         check_prediction_writable(record.path)
     return model

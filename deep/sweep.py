@@ -5,7 +5,7 @@ For every combination of prototype geometry, feature sign and seed the sweep tra
 ``n_w`` (default 0, 1, 10, 100, 1000) and one with ``--loss ce-fixed`` (the ``n_w -> infinity``
 limit), each in ``OUT/runs/NAME`` (:func:`deep.train.train`). Each finished run is predicted by
 :func:`deep.predict.predict_run`: the reduced UFM with the training-set class counts for full-batch
-runs (``model="dataset"``, the exact model, THEORY.md section 7), the expected per-batch counts for
+runs (``model="dataset"``, the exact model, docs/theory.md section 7), the expected per-batch counts for
 mini-batch runs (``"batch"``), the CE-limit program for ``ce-fixed``. Per run it reports
 
 * ``Delta(measured, predicted)`` on the training set (and with the test-set class means),

@@ -1,6 +1,6 @@
 r"""Training engine: SCL with prototypes (or a CE baseline) on a ResNet, geometry logged per epoch.
 
-One step (THEORY.md sections 2 and 7): a batch of ``b`` images is augmented on its device
+One step (docs/theory.md sections 2 and 7): a batch of ``b`` images is augmented on its device
 into ``views = 2`` crops-and-flips each; the ``2 b`` views are samples of the batch with the
 label of their image, and the loss is
 
@@ -11,12 +11,12 @@ label of their image, and the loss is
   penultimate features ``z`` (the standard baseline), mean over the views;
 * ``ce-fixed``: :func:`ncgeo.losses.fixed_classifier_cross_entropy` with the prototypes as
   fixed classifier on the normalised features, logit scale ``1/tau``, mean over the views
-  (the ``n_w -> infinity`` limit of ``scl``, THEORY.md section 4).
+  (the ``n_w -> infinity`` limit of ``scl``, docs/theory.md section 4).
 
 Networks: the ResNets, or an MLP / small CNN (:mod:`deep.small_models`). ``--augment none``
 (the default of mlp and cnn) gives each image as one un-augmented sample instead of two views.
 ``--batch-size full``: every step is the whole training set (one step per epoch), the setting
-in which the UFM with the set's class counts is the exact model (THEORY.md section 7).
+in which the UFM with the set's class counts is the exact model (docs/theory.md section 7).
 
 Optimiser: SGD with momentum and weight decay, or Adam (``--optimizer``); the rate follows an optional linear warm-up
 (``torch.optim.lr_scheduler.LinearLR`` from 0.1 x lr) then ``MultiStepLR`` (x0.1 at the

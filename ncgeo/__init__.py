@@ -23,7 +23,6 @@ from .metrics import geometry_metrics, gram_distance
 from . import closed_form, ufm  # noqa: E402  (after metrics: ufm builds on it)
 from .problem import UFMProblem
 from .ufm import solve_ufm
-from .problem import UFMProblem
 
 __version__ = "0.1.0"
 

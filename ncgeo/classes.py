@@ -1,4 +1,4 @@
-"""Class sizes: balanced, step and exponential (long-tail) imbalance (THEORY.md section 1)."""
+"""Class sizes: balanced, step and exponential (long-tail) imbalance (docs/theory.md section 1)."""
 
 from __future__ import annotations
 

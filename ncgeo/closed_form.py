@@ -1,13 +1,13 @@
 r"""The loss of class-collapsed configurations, and its closed forms at ETF / OF collapse.
 
 Full batch, every sample of class ``c`` equal to one unit vector ``m_c`` (within-class
-collapse): the loss of THEORY.md section 2 then depends only on the ``k`` class
+collapse): the loss of docs/theory.md section 2 then depends only on the ``k`` class
 directions ``M = [m_0 .. m_{k-1}]`` (``d x k``) and on the class sizes, which enter as
 additive log-weights. :func:`collapsed_loss` evaluates it in ``O(k^2 d)`` for any ``N``;
-:func:`closed_form_loss` is its value at the two symmetric collapses of THEORY.md
+:func:`closed_form_loss` is its value at the two symmetric collapses of docs/theory.md
 section 5 (balanced classes, means forming a simplex ETF or an orthogonal frame, aligned
 with the prototypes); :func:`closed_form_for_setup` says when a set-up's optimum is
-known to be such a collapse (THEORY.md section 3, facts 1, 2 and 5 and section 4).
+known to be such a collapse (docs/theory.md section 3, facts 1, 2 and 5 and section 4).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def closed_form_loss(num_classes: int, n: int, n_w: float, tau: float,
 
     Balanced classes of ``n`` samples, ``k = num_classes``, class means equal to the
     prototypes, which form a simplex ETF (cosine ``g = -1/(k-1)``) or an orthogonal frame
-    (``g = 0``). Every sample anchor has (THEORY.md section 5)
+    (``g = 0``). Every sample anchor has (docs/theory.md section 5)
 
     .. math::
 
@@ -174,7 +174,7 @@ def closed_form_for_setup(class_sizes: Sequence[int], prototypes, n_w: float, ta
 
     Cases (full batch, balanced classes, ``d = prototypes.shape[0]``):
 
-    * ``n_w = 0``, no ReLU, ``d >= k - 1``: simplex ETF (THEORY.md section 3, fact 1);
+    * ``n_w = 0``, no ReLU, ``d >= k - 1``: simplex ETF (docs/theory.md section 3, fact 1);
     * ``n_w = 0``, UFM+ (``nonnegative``), ``d >= k``: orthogonal frame (fact 2);
     * ``n_w > 0``, no ReLU, prototype Gram = ETF Gram: ETF aligned with the prototypes;
     * ``n_w > 0``, UFM+, non-negative prototypes with Gram = identity: OF aligned with them.

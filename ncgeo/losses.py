@@ -79,7 +79,7 @@ def scl_prototype_loss(
     r"""Supervised-contrastive loss of one batch with ``n_w`` copies of every prototype.
 
     For a batch ``B`` with ``n_w`` copies of each prototype ``w_c``, the loss of the
-    sample anchor ``i`` is (THEORY.md section 2)
+    sample anchor ``i`` is (docs/theory.md section 2)
 
     .. math::
 
@@ -231,7 +231,7 @@ def fixed_classifier_cross_entropy(
         \mathrm{CE}_i = -\log \frac{e^{h_i \cdot w_{y_i} / \tau}}{\sum_c e^{h_i \cdot w_c / \tau}}
 
     This is the ``n_w -> infinity`` limit of :func:`scl_prototype_loss` minus
-    ``log(n_w)`` per sample anchor (THEORY.md section 4), for unit-norm ``h_i``.
+    ``log(n_w)`` per sample anchor (docs/theory.md section 4), for unit-norm ``h_i``.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-r"""Neural-collapse metrics and Gram distances (THEORY.md section 6).
+r"""Neural-collapse metrics and Gram distances (docs/theory.md section 6).
 
 Inputs are embeddings ``H`` of shape ``(N, d)`` (numpy or torch, any float dtype, any
 device), integer labels ``y`` of shape ``(N,)`` and, where needed, prototypes ``W`` of
@@ -374,7 +374,7 @@ def nan_if_undefined(metric, *args):
 
 
 def geometry_metrics(embeddings, labels, prototypes=None, num_classes: int | None = None) -> GeometryMetrics:
-    """All the metrics of THEORY.md section 6 for one set of embeddings (one pass + NCC pass).
+    """All the metrics of docs/theory.md section 6 for one set of embeddings (one pass + NCC pass).
 
     ``embeddings`` ``(N, d)`` and ``labels`` ``(N,)``; with ``prototypes`` ``(d, k)`` the
     number of classes is ``k`` and the prototype metrics are filled in (else ``None``).

@@ -1,11 +1,11 @@
-r"""The problem object: one frozen description of a UFM / UFM+ instance (THEORY.md sections 2, 3, 5.1).
+r"""The problem object: one frozen description of a UFM / UFM+ instance (docs/theory.md sections 2, 3, 5.1).
 
 A :class:`UFMProblem` holds what defines the objective -- class sizes (or labels), prototypes,
 ``n_w``, ``tau``, the batches, non-negativity and whether prototypes are anchors -- once, so that
 the solver, the certificates, the closed forms and the CLI take the same object, while solver
 settings (method, tolerances, devices) are passed apart.
 
-It also knows the objective's **floor** (THEORY.md section 5.1): every anchor ``a`` has loss
+It also knows the objective's **floor** (docs/theory.md section 5.1): every anchor ``a`` has loss
 ``l_a >= log P_a`` whatever ``H`` is (``D_a`` contains the ``P_a`` positive terms, and by Jensen the
 log of their sum is at least ``log P_a`` plus their mean logit), so
 
@@ -55,7 +55,7 @@ def _class_weights(class_sizes) -> np.ndarray:
 class UFMProblem:
     r"""A UFM (or UFM+) instance: minimise the SCL-with-prototypes objective over unit embeddings.
 
-    The objective is the sum over batches ``B`` and anchors ``a`` of the loss of THEORY.md section 2
+    The objective is the sum over batches ``B`` and anchors ``a`` of the loss of docs/theory.md section 2
     (:func:`ncgeo.ufm.ufm_objective`); samples are ordered by class unless ``labels`` are given.
 
     Build it with :meth:`from_sizes` (full batch, real-valued class weights allowed, e.g. expected
@@ -232,7 +232,7 @@ class UFMProblem:
         return total
 
     def floor(self) -> float:
-        r"""The floor ``F = sum over anchors of log P_a`` (THEORY.md section 5.1).
+        r"""The floor ``F = sum over anchors of log P_a`` (docs/theory.md section 5.1).
 
         A sample anchor of class ``c`` in a batch holding ``m_c`` samples of ``c`` has
         ``P = (m_c - 1)_+ + n_w`` positives; a prototype anchor (one of ``n_w`` copies of ``w_c``)

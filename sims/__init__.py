@@ -1,5 +1,5 @@
 """sims: studies of SCL with prototypes built on ncgeo. Each study writes a table, a figure and a
-verdict checked against THEORY.md.
+verdict checked against docs/theory.md.
 
 Studies (one module each, ``run_NAME(out_dir, quick=False, workers=None, **options) ->
 StudyResult`` and ``plot_NAME(rows, settings) -> Figure``): :mod:`sims.limit` (the

@@ -7,7 +7,7 @@ epochs), and batch binding (one fixed sample of each class added to every batch)
 ``seeds`` seeds each (the seed draws the batches and the start). The measured quantity
 is ``Delta(M, I)``, the Gram distance of the **uncentred** class means to the OF.
 
-Theory (THEORY.md section 3, fact 4; Kini et al. 2023, Cor. 2.1): the OF is the unique
+Theory (docs/theory.md section 3, fact 4; Kini et al. 2023, Cor. 2.1): the OF is the unique
 minimiser when every batch contains every class and the batches connect all samples;
 batch binding guarantees it, random small batches need not. Verdict: full batch and
 binding reach the OF (``Delta < tolerance``) in every seed. How often the partition and

@@ -102,7 +102,7 @@ def gram_delta(gram: np.ndarray, target: np.ndarray) -> float:
 
 
 def gram_delta_etf(gram: np.ndarray) -> float:
-    r"""``Delta`` of the **centred** class means to the simplex-ETF Gram (THEORY.md section 6).
+    r"""``Delta`` of the **centred** class means to the simplex-ETF Gram (docs/theory.md section 6).
 
     :func:`ncgeo.metrics.delta_to_etf` on a factor of ``G`` (each class mean as its one sample),
     so the name ``delta_etf`` has one formula across ncgeo, sims and deep; NaN when ``G`` has
@@ -117,7 +117,7 @@ def gram_delta_etf(gram: np.ndarray) -> float:
 
 
 def sizes_from_settings(settings: dict[str, Any], ratio: float | None = None) -> list[int]:
-    """Class sizes from ``k``, ``n``, ``imbalance`` and ``ratio`` settings (THEORY.md section 1)."""
+    """Class sizes from ``k``, ``n``, ``imbalance`` and ``ratio`` settings (docs/theory.md section 1)."""
     R = settings.get("ratio", 1.0) if ratio is None else ratio
     imbalance = settings.get("imbalance", "step") if R > 1 else "none"
     return class_sizes(settings["k"], settings["n"], imbalance, R)
@@ -133,20 +133,20 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
        optimum is the UFM optimum) gives the lower bound and a Gram ``R``.
     2. With ``polish``, :func:`ncgeo.ufm.solve_ufm` (full batch, collapsed start,
        Riemannian gradient ``<= 1e-9``) gives a feasible point; when its loss is within the
-       certificate tolerance of the bound (``rtol (U - F) + atol A``, THEORY.md section 5.1,
+       certificate tolerance of the bound (``rtol (U - F) + atol A``, docs/theory.md section 5.1,
        :data:`ncgeo.certify.result.DEFAULT_RTOL`) its geometry and loss are used
        (``source = "solver"``): a conic solver's Gram is only accurate to about the square
        root of its tolerance where the loss is flat, the solver's to its gradient norm.
        Otherwise (e.g. no within-class collapse) the SDP's ``R`` is used (``source = "sdp"``).
 
     Returns plain values: ``loss`` (loss per sample ``L/N``, ``L`` summed over anchors),
-    ``lower_bound`` and ``floor`` (per sample; THEORY.md section 5.1), ``relative_gap`` (gap over
+    ``lower_bound`` and ``floor`` (per sample; docs/theory.md section 5.1), ``relative_gap`` (gap over
     the excess ``loss - floor``), ``certified``, ``reason``, ``source``,
     ``min_within_similarity`` (``min_c a_c`` of the SDP; 1 at within-class collapse) and
     ``gram``: the uncentred class-mean Gram ``(G_M)_cc' = mu_c . mu_c'`` as nested lists, and,
     when the optimum is realised in the frame of ``W``, ``means`` (``d x k`` class means).
     ``geometry_pinned`` (bool) and ``geometry_verdict`` (one line) are the geometry verdict of the reduced
-    certificate (:func:`ncgeo.certify.face.geometry_summary`, THEORY.md section 5.1): a Delta of
+    certificate (:func:`ncgeo.certify.face.geometry_summary`, docs/theory.md section 5.1): a Delta of
     ``gram`` describes *the* optimal geometry only when ``geometry_pinned`` is True.
     """
     from ncgeo.certify.reduced import solve_reduced
@@ -204,7 +204,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
         loss = solved.loss / N
         lower = out["lower_bound"]
         M, _ = class_means(solved.H, solved.labels, k)
-        # THEORY.md section 5.1: the gap against the excess over the floor, per sample
+        # docs/theory.md section 5.1: the gap against the excess over the floor, per sample
         excess = loss - floor / N
         if (loss - lower) * N <= DEFAULT_RTOL * max(excess * N, 0.0) + DEFAULT_ATOL * anchors:
             relative = max(loss - lower, 0.0) / excess if excess > 0 else 0.0
@@ -218,7 +218,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
 
 def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = False,
                      polish: bool = True) -> dict[str, Any]:
-    r"""Certified optimum of cross-entropy with the fixed classifier ``W`` (THEORY.md section 4).
+    r"""Certified optimum of cross-entropy with the fixed classifier ``W`` (docs/theory.md section 4).
 
     :func:`ncgeo.certify.ce_limit.certify_ce_limit` (per-class ``(k+1) x (k+1)`` SDP) gives the
     per-class optima ``CE_c`` and the learnt Gram ``G_CE``. With ``polish`` (and without

@@ -8,9 +8,9 @@ full-batch optimum with the reduced SDP (:func:`sims.common.certified_optimum`) 
 the distances of its uncentred class-mean Gram ``G_M`` to the prototype Gram ``G_W``, to
 the OF (identity) and to the CE-limit Gram ``G_CE``
 (:func:`sims.common.ce_limit_optimum`), and of the centred means to the simplex-ETF Gram
-(``delta_etf``, the THEORY.md section 6 convention, :func:`sims.common.gram_delta_etf`).
+(``delta_etf``, the docs/theory.md section 6 convention, :func:`sims.common.gram_delta_etf`).
 
-Verdict (THEORY.md sections 3-4), at the largest ratio and the largest ``n_w``:
+Verdict (docs/theory.md sections 3-4), at the largest ratio and the largest ``n_w``:
 
 * ETF prototypes pull the imbalanced geometry to the ETF: ``Delta(G_M, G_W)`` is
   ``< tolerance`` while at ``n_w = 0`` (plain SCL) it is ``> 10 x tolerance``;
@@ -111,7 +111,7 @@ def run_geometry(out_dir, quick: bool = False, workers: int | None = None, progr
                      "delta_of": gram_delta(G_M, G_of), "delta_ce_limit": gram_delta(G_M, G_ce),
                      "ce_limit_delta_prototypes": gram_delta(G_ce, W.T @ W),
                      "min_within_similarity": result["min_within_similarity"],
-                     # is each Delta one of THE optimal geometry (THEORY.md 5.1)? SCL optimum, CE limit
+                     # is each Delta one of THE optimal geometry (docs/theory.md 5.1)? SCL optimum, CE limit
                      "geometry_pinned": bool(result.get("geometry_pinned", False)),
                      "ce_limit_geometry_pinned": bool(limit.get("geometry_pinned", False)),
                      "gram_means": G_M.tolist()})

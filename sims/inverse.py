@@ -1,7 +1,7 @@
 r"""Study ``inverse``: design prototypes ``W`` whose optimal geometry is a given target ``G*``.
 
 Forward map: prototypes ``W`` -> the learnt class-mean Gram, either in the CE limit
-(``n_w -> inf``, THEORY.md section 4: per class ``h_c = argmin_{||h||=1} CE(h; W)``) or at a
+(``n_w -> inf``, docs/theory.md section 4: per class ``h_c = argmin_{||h||=1} CE(h; W)``) or at a
 finite ``n_w`` (full-batch SCL + prototypes). The learnt Gram is not ``G_W`` in general,
 so the naive design ``W = factor(G*)`` (:func:`ncgeo.geometry.prototypes_from_gram`) misses
 the target; this study solves the inverse problem.

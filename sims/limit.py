@@ -1,6 +1,6 @@
 r"""Study ``limit``: SCL with ``n_w`` prototypes becomes cross-entropy with a fixed classifier.
 
-THEORY.md section 4: with only samples as anchors, ``l_i - log n_w -> CE_i`` as ``n_w -> inf``
+docs/theory.md section 4: with only samples as anchors, ``l_i - log n_w -> CE_i`` as ``n_w -> inf``
 (cross-entropy with the fixed classifier ``W``, logit scale ``1/tau``, normalised
 features), the sample-sample terms vanishing at rate ``O(1/n_w)``. For every ``n_w`` of a
 log grid the study computes
@@ -11,13 +11,13 @@ log grid the study computes
   value per sample ``L/N`` and its class-mean Gram ``G_M`` (uncentred,
   ``(G_M)_cc' = mu_c . mu_c'``);
 * the certified optimum of CE with the fixed classifier (the per-class ``(k+1) x (k+1)``
-  program of THEORY.md section 4, solved in an exact second-order-cone form by
+  program of docs/theory.md section 4, solved in an exact second-order-cone form by
   :func:`ncgeo.certify.ce_limit.certify_ce_limit`): the value
   ``CE* = (1/N) sum_c n_c CE_c`` and the learnt Gram ``G_CE``;
 * the loss gap ``(L/N - log n_w) - CE*`` and the geometry gap ``Delta(G_M, G_CE)``.
 
 The prototypes-as-anchors variant (same reduced SDP with the anchor terms) is solved on
-the same grid; there an ``h``-dependent term of order one survives (THEORY.md section 4)
+the same grid; there an ``h``-dependent term of order one survives (docs/theory.md section 4)
 and its geometry gap stays bounded away from zero.
 
 Verdict: the slope of ``log |loss gap|`` against ``log n_w`` fitted over
@@ -113,7 +113,7 @@ def run_limit(out_dir, quick: bool = False, workers: int | None = None, progress
                      "geometry_gap": gram_delta(G_M, G_ce), "delta_prototypes": gram_delta(G_M, G_W),
                      "min_within_similarity": result["min_within_similarity"],
                      "certified": result["certified"], "source": result["source"],
-                     # geometry_gap is a Delta between two optima: pinned when both are unique (THEORY.md 5.1)
+                     # geometry_gap is a Delta between two optima: pinned when both are unique (docs/theory.md 5.1)
                      "geometry_pinned": bool(result.get("geometry_pinned", False)
                                              and ce.get("geometry_pinned", False)),
                      "gram_means": G_M.tolist()})

@@ -6,7 +6,7 @@ For ``tau`` on a log grid in ``[0.02, 2]`` and a few ``n_w``, the same quantitie
 certified CE-limit optimum (:func:`sims.common.ce_limit_optimum`), the loss gap
 ``(L/N - log n_w) - CE*`` and the geometry gap ``Delta(G_M, G_CE)``.
 
-Theory (THEORY.md section 4): the sample-sample terms vanish at rate ``O(1/n_w)`` at every
+Theory (docs/theory.md section 4): the sample-sample terms vanish at rate ``O(1/n_w)`` at every
 temperature, so the loss gap falls like ``1/n_w`` for every ``tau``; the geometry follows
 only once those terms are small against the curvature of the CE objective, which is of
 order ``exp(-margin/tau)`` -- the ``n_w`` needed grows exponentially as ``tau`` decreases.
@@ -90,7 +90,7 @@ def run_temperature(out_dir, quick: bool = False, workers: int | None = None, pr
                      "geometry_gap": gram_delta(G_M, np.asarray(limit["gram"])),
                      "delta_prototypes": gram_delta(G_M, W.T @ W), "ce_saturated": limit["ce_value"] < 1e-12,
                      "certified": bool(result["certified"] and limit["certified"]), "source": result["source"],
-                     # geometry_gap is a Delta between two optima: pinned when both are unique (THEORY.md 5.1)
+                     # geometry_gap is a Delta between two optima: pinned when both are unique (docs/theory.md 5.1)
                      "geometry_pinned": bool(result.get("geometry_pinned", False)
                                              and limit.get("geometry_pinned", False))})
     settings = {**settings, "class_sizes": sizes_from_settings(base, base["ratio"])}

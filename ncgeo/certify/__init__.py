@@ -1,4 +1,4 @@
-r"""Certificates of global optimality for the UFM / UFM+ of SCL with prototypes (THEORY.md section 5).
+r"""Certificates of global optimality for the UFM / UFM+ of SCL with prototypes (docs/theory.md section 5).
 
 Every function takes a :class:`ncgeo.UFMProblem` (the objective, held once) and solver settings
 apart (``method``, ``solver``, ``time_limit``, ``rtol``, ``atol``):
@@ -15,9 +15,9 @@ apart (``method``, ``solver``, ``time_limit``, ``rtol``, ``atol``):
   turn (``"auto"``); :func:`realise_and_certify`: reduced optimum -> embeddings -> dual check;
 * :func:`certify_closed_form`: the closed-form loss at ETF / OF collapse (balanced, full
   batch) checked against the orbit relaxation's lower bound;
-* :func:`certify_ce_limit`: the many-prototype (CE) limit program of THEORY.md section 4.
+* :func:`certify_ce_limit`: the many-prototype (CE) limit program of docs/theory.md section 4.
 
-What certified means (THEORY.md section 5.1): with ``F`` the problem's floor (sum over anchors of
+What certified means (docs/theory.md section 5.1): with ``F`` the problem's floor (sum over anchors of
 ``log P_a``, :meth:`ncgeo.UFMProblem.floor`) and ``A`` its number of anchors, a candidate of loss
 ``U`` with lower bound ``L`` is certified iff ``U - L <= rtol (U - F) + atol A`` (``rtol = 1e-6``,
 ``atol = 1e-12``). Every certificate returns a frozen :class:`CertificateResult`; solver failures

@@ -26,7 +26,7 @@ NUMERICAL_ERRORS = (ArithmeticError, np.linalg.LinAlgError)
 
 class LogSumExpObjective:
     r"""Objective ``sum_r w_r LSE_r(X) - <L, X> - c`` over a symmetric ``n x n`` matrix ``X``,
-    held on the excess over its floor (THEORY.md section 5.1).
+    held on the excess over its floor (docs/theory.md section 5.1).
 
     Each row ``r`` is a log-sum-exp of entries ``coef * X[i, j] + offset`` (counts enter
     as additive log-weights in ``offset``); rows of equal width are stacked into one

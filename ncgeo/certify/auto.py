@@ -133,7 +133,7 @@ def certify(problem: UFMProblem, H, *, method: str = "auto", upper_bound: float 
     relaxation (:func:`~ncgeo.certify.solve_orbit`, :func:`~ncgeo.certify.solve_reduced`,
     :func:`~ncgeo.certify.solve_full`) or from :func:`~ncgeo.certify.dual_certificate`.
     The candidate is certified when ``U - L <= rtol (U - F) + atol A`` (``F`` the problem's
-    floor, ``A`` its number of anchors; THEORY.md section 5.1).
+    floor, ``A`` its number of anchors; docs/theory.md section 5.1).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-r"""The many-prototype (cross-entropy) limit as a convex program (THEORY.md section 4).
+r"""The many-prototype (cross-entropy) limit as a convex program (docs/theory.md section 4).
 
 As ``n_w -> infinity`` (only samples as anchors) the per-sample loss minus ``log n_w`` tends
 to the cross-entropy with the fixed classifier ``W``, no bias and logit scale ``1/tau``. With
@@ -294,7 +294,7 @@ def _polish(p: np.ndarray, values: np.ndarray, G: np.ndarray, tau: float, symmet
 
 
 #: Accepted gap of the CE-limit certificate: ``CE_RTOL * value + CE_ATOL * k`` (the CE values are the
-#: excess over the floor 0 of the limit; THEORY.md 5.1).
+#: excess over the floor 0 of the limit; docs/theory.md 5.1).
 CE_RTOL = 1e-6
 CE_ATOL = 1e-12
 

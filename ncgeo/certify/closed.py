@@ -1,4 +1,4 @@
-r"""Closed-form certificates at ETF / OF collapse (THEORY.md section 5, "Closed forms").
+r"""Closed-form certificates at ETF / OF collapse (docs/theory.md section 5, "Closed forms").
 
 For a full batch with balanced classes (``n`` per class) the optimum of the set-ups listed in
 :func:`ncgeo.closed_form.closed_form_for_setup` is a symmetric collapse whose loss has a

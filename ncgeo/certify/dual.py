@@ -1,4 +1,4 @@
-r"""Dual (Burer-Monteiro style) certificate from a candidate solution (THEORY.md sections 5c, 5.1).
+r"""Dual (Burer-Monteiro style) certificate from a candidate solution (docs/theory.md sections 5c, 5.1).
 
 At a candidate ``H`` the Gram of ``[H, W]`` is the point ``Z0`` of the rigorous Lagrangian bound
 of :mod:`ncgeo.certify.lagrangian`; the objective and its gradient come from the one torch
@@ -113,7 +113,7 @@ def dual_certificate(problem, H, *, upper_bound: float | None = None, rtol: floa
     upper_bound : float, optional
         The candidate's objective if already known (e.g. ``UFMResult.loss``); computed otherwise.
     rtol, atol : float
-        Accepted gap ``rtol * excess + atol * anchors`` (THEORY.md 5.1).
+        Accepted gap ``rtol * excess + atol * anchors`` (docs/theory.md 5.1).
     snap_tol : float
         Classes whose rows all lie within this max-abs distance of their normalised mean are
         grouped at that mean for the bound (0 disables).
@@ -213,7 +213,7 @@ def collapsed_certificate(problem, means, *, upper_bound: float | None = None, r
     upper_bound : float, optional
         The candidate's objective if known (e.g. the collapsed loss); else computed from ``R0``.
     rtol, atol : float
-        Accepted gap ``rtol * excess + atol * anchors`` (THEORY.md 5.1).
+        Accepted gap ``rtol * excess + atol * anchors`` (docs/theory.md 5.1).
     structure : {"auto", "dense", "orbit"}
         ``"orbit"`` needs every class non-empty, fewer size groups than classes and a prototype Gram
         invariant under permutations of equal-size classes (``ValueError`` otherwise); ``"auto"``

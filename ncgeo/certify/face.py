@@ -1,4 +1,4 @@
-r"""Certify the geometry, not only the loss (THEORY.md section 5.1, issue 13 item 5).
+r"""Certify the geometry, not only the loss (docs/theory.md section 5.1, issue 13 item 5).
 
 From the dual matrix ``S`` of a rigorous Lagrangian bound ``L`` (:mod:`ncgeo.certify.lagrangian`),
 every feasible ``Z`` satisfies

@@ -1,4 +1,4 @@
-r"""The full convex relaxation over the ``(N + k) x (N + k)`` Gram of ``[H, W]`` (THEORY.md section 5a).
+r"""The full convex relaxation over the ``(N + k) x (N + k)`` Gram of ``[H, W]`` (docs/theory.md section 5a).
 
 For any batching (a list of index batches) the UFM loss depends on ``H`` only through
 ``G = [H, W]^T [H, W]`` and is convex in ``G``. The relaxation
@@ -10,7 +10,7 @@ For any batching (a list of index batches) the UFM loss depends on ``H`` only th
 
 (``G_SP >= 0`` only when the prototypes are entrywise non-negative) lower-bounds the UFM
 (UFM+) optimum and equals it when ``rank G* <= d`` (and, for UFM+, ``G*`` is completely
-positive). ``l_i`` is the loss of THEORY.md section 2 written with log-weights, e.g.
+positive). ``l_i`` is the loss of docs/theory.md section 2 written with log-weights, e.g.
 ``log D_i = LSE_{j in B, j != i}(G_ij / tau) (+) LSE_c(G_{i,N+c}/tau + log n_w)``. Prototype
 anchors (each weighted ``n_w``) are supported. The conic solver sees the objective divided
 by ``N``; the reported values are undivided (the scale of ``UFMResult.loss``). Meant for
@@ -26,7 +26,7 @@ import numpy as np
 from ..problem import UFMProblem
 from ._common import batch_list, realise_nonnegative, tolerance_of
 from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
-                       matrix_rank, solve_problem)
+                       matrix_rank)
 from .lagrangian import relaxation_lower
 from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result
 

@@ -9,8 +9,8 @@ Grouped form. The samples are given as ``m`` groups; group ``u`` has weight (num
 samples) ``w_u > 0`` (a real number for the reduced program), label ``y_u``, and its members
 have cosine ``a_u`` with each other. With ``X`` the ``(m + k_p)``-square cosine Gram of one
 representative per group and the ``k_p`` prototypes (``k_p = k`` when ``n_w > 0``, else 0),
-the loss of an anchor of group ``u`` (THEORY.md section 2) is written on the excess over its
-floor ``log P_u`` (THEORY.md section 5.1):
+the loss of an anchor of group ``u`` (docs/theory.md section 2) is written on the excess over its
+floor ``log P_u`` (docs/theory.md section 5.1):
 
 .. math::
 
@@ -30,7 +30,7 @@ contribute 0. The objective is ``floor + excess`` with ``floor = sum_anchors wei
 
 Two parametrisations feed this form:
 
-* :func:`reduced_excess`: the scaled reduced matrix ``R`` of THEORY.md section 5b (``R_uv =
+* :func:`reduced_excess`: the scaled reduced matrix ``R`` of docs/theory.md section 5b (``R_uv =
   sqrt(w_u w_v) X_uv``, ``R_uu = 1 + (w_u - 1) a_u``, ``R_{u,P} = sqrt(w_u) X_{u,P}``,
   ``R_PP = G_W``): classes of the reduced program, or groups of identical rows of a
   candidate (``a_u = 1``); any ``N`` costs ``O((m + k)^2)``.

@@ -1,4 +1,4 @@
-r"""The rigorous Lagrangian lower bound of every certificate (THEORY.md sections 5c and 5.1).
+r"""The rigorous Lagrangian lower bound of every certificate (docs/theory.md sections 5c and 5.1).
 
 The relaxations and the dual certificate all have the form
 
@@ -7,7 +7,7 @@ The relaxations and the dual certificate all have the form
     \min_Z f(Z) \quad\text{s.t.}\quad Z \succeq 0,\; lo_u \le Z_{uu} \le hi_u \;(u < m),\;
     Z_{PP} = G_W,\; Z_{ij} \ge 0 \;((i, j) \in \mathcal{N}),
 
-with ``Z`` the sample Gram (``lo = hi = 1``), the reduced ``R`` of THEORY.md 5b
+with ``Z`` the sample Gram (``lo = hi = 1``), the reduced ``R`` of docs/theory.md 5b
 (``hi_u = w_u``: ``a_u <= 1``; ``lo_u = 0``, or ``1`` for UFM+, ``lo = hi = w_u`` when
 ``w_u <= 1``) or the grouped Gram of a candidate's distinct rows. For convex ``f``, any
 point ``Z0`` with gradient ``g`` (:mod:`ncgeo.certify.gram_objective`), any ``y`` (``m``),
@@ -273,7 +273,7 @@ def reduced_bound(problem, R0: np.ndarray, weights=None, labels=None, *, psd_dua
     ``R0`` of :func:`ncgeo.certify.gram_objective.reduced_excess`.
 
     ``weights`` and ``labels`` describe the groups (default: one group per class, the reduced
-    program of THEORY.md 5b). Constraints: ``R_uu <= w_u`` (``a_u <= 1``) and ``R_uu >= 0`` (``>= 1``
+    program of docs/theory.md 5b). Constraints: ``R_uu <= w_u`` (``a_u <= 1``) and ``R_uu >= 0`` (``>= 1``
     for UFM+: ``a_u >= 0``), ``R_uu = w_u`` when ``w_u <= 1``; ``T = sum_u w_u + tr G_W``.
     """
     from .gram_objective import reduced_excess, reduced_gradient

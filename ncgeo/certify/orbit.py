@@ -1,4 +1,4 @@
-r"""Orbit reduction of the full-batch relaxation by groups of equal-size classes (THEORY.md section 5 b+).
+r"""Orbit reduction of the full-batch relaxation by groups of equal-size classes (docs/theory.md section 5 b+).
 
 When ``G_W`` is invariant under permutations of classes of the same size (ETF and OF are
 invariant under all permutations), classes of one size group ``g`` (``k_g`` classes of
@@ -85,7 +85,7 @@ def solve_orbit(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: fl
     r"""Solve the orbit-reduced relaxation (module docstring); same contract as
     :func:`ncgeo.certify.solve_reduced`, whose ``a``, ``b``, ``p`` (expanded to all classes)
     it returns in ``solution`` together with the per-group values. Each anchor's log-sum-exp
-    is written as ``log(D / P)`` (the floor ``F`` apart, THEORY.md section 5.1).
+    is written as ``log(D / P)`` (the floor ``F`` apart, docs/theory.md section 5.1).
 
     Raises
     ------
@@ -100,8 +100,8 @@ def solve_orbit(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: fl
     check_solver_args(solver, time_limit)  # before the program is built
     tolerance = tolerance_of(problem, rtol, atol)
     program = class_program(problem, "orbit")
-    weights, n_w, tau, k, W, G_W, d = (program.weights, program.n_w, program.tau, program.k, program.W,
-                                       program.G_W, program.dim)
+    weights, n_w, tau, k, G_W, d = (program.weights, program.n_w, program.tau, program.k, program.G_W,
+                                    program.dim)
     nonnegative, proto_nonneg, prototypes_as_anchors = program.nonnegative, program.proto_nonneg, program.anchors
     groups = size_groups(weights)
     use_p = n_w > 0
@@ -179,7 +179,7 @@ def solve_orbit(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: fl
         if count[g] <= 0:
             continue
         terms = rows(g)
-        floor = math.log(count[g])  # log P: the row is log(D / P) (THEORY.md section 5.1)
+        floor = math.log(count[g])  # log P: the row is log(D / P) (docs/theory.md section 5.1)
         lse = cp.log_sum_exp(cp.hstack([e / tau + lw - floor for e, lw in terms]))
         positive = (within[g] * a[g] + (n_w * p[g] if use_p else 0)) / (tau * count[g])
         total = total + kg[g] * ng[g] * (lse - positive)

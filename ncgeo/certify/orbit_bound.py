@@ -1,4 +1,4 @@
-r"""The rigorous Lagrangian bound of the orbit relaxation in the orbit structure (THEORY.md 5 b+, c, 5.1).
+r"""The rigorous Lagrangian bound of the orbit relaxation in the orbit structure (docs/theory.md 5 b+, c, 5.1).
 
 An **orbit-symmetric** matrix on the ``2k`` rows (class means then prototypes; ``k`` rows when
 ``n_w = 0``) of the reduced ``R`` is invariant under permutations of the classes inside each size

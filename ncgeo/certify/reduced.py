@@ -1,4 +1,4 @@
-r"""The symmetry-reduced ``2k x 2k`` relaxation for full-batch problems (THEORY.md section 5b).
+r"""The symmetry-reduced ``2k x 2k`` relaxation for full-batch problems (docs/theory.md section 5b).
 
 Full batch, any class sizes (real-valued weights allowed), any ``n_w``, UFM or UFM+.
 Within a class the relaxation is invariant under permutations of the samples, so a
@@ -35,7 +35,7 @@ import numpy as np
 from ..problem import UFMProblem
 from ._common import ClassProgram, class_program, tolerance_of
 from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
-                       matrix_rank, solve_problem)
+                       matrix_rank)
 from .face import geometry_certificate
 from .lagrangian import reduced_bound, relaxation_lower
 from .result import DEFAULT_ATOL, DEFAULT_RTOL, CertificateResult, make_result

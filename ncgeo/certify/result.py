@@ -1,6 +1,6 @@
 """The result of every certificate: a frozen dataclass with bounds, gap and verdict.
 
-What "certified" means (THEORY.md section 5.1): every anchor's loss is at least ``log P_a``
+What "certified" means (docs/theory.md section 5.1): every anchor's loss is at least ``log P_a``
 whatever the geometry, so ``F = sum over anchors of log P_a`` (:meth:`ncgeo.problem.UFMProblem.floor`)
 is a floor of the objective, and a gap is judged against the **excess** ``U - F``, never against
 ``U``:
@@ -55,7 +55,7 @@ def check_atol(atol: float) -> float:
 
 @dataclass(frozen=True)
 class CertificateResult:
-    r"""Outcome of a global-optimality certificate (THEORY.md sections 5 and 5.1).
+    r"""Outcome of a global-optimality certificate (docs/theory.md sections 5 and 5.1).
 
     All objective values are on the scale of :func:`ncgeo.ufm.ufm_objective` (and of
     ``UFMResult.loss``): the loss summed over batches and over anchors.

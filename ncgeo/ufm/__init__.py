@@ -1,4 +1,4 @@
-"""Unconstrained-features model (UFM, UFM+) of SCL with prototypes (THEORY.md section 3).
+"""Unconstrained-features model (UFM, UFM+) of SCL with prototypes (docs/theory.md section 3).
 
 * :func:`make_batches`, :func:`ufm_objective`: batching schemes and the objective they define;
 * :func:`solve_ufm`: a :class:`ncgeo.UFMProblem` solved by Riemannian L-BFGS (streamed in row

@@ -1,4 +1,4 @@
-r"""Batching schemes of the UFM and the objective they define (THEORY.md sections 2-3).
+r"""Batching schemes of the UFM and the objective they define (docs/theory.md sections 2-3).
 
 A batching is a list of index arrays into the ``N`` samples. The UFM objective of a
 batching ``{B_1, .., B_m}`` is the sum over batches of the batch loss, each batch loss
@@ -119,7 +119,7 @@ def ufm_objective(H: torch.Tensor, labels, W, n_w: float, tau: float, batches: S
         F(H) = \sum_{B \in \text{batches}} \sum_{i \in B} \ell_i(H_B; W, n_w, \tau)
                \;[ + n_w \sum_c \ell_c(H_B) \text{ with prototypes as anchors}]
 
-    with ``l_i`` of THEORY.md section 2 computed by
+    with ``l_i`` of docs/theory.md section 2 computed by
     :func:`ncgeo.losses.scl_prototype_loss` on ``H[B]`` (every batch gets its own
     ``n_w`` copies of each prototype). Differentiable with respect to ``H``.
 

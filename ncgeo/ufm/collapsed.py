@@ -1,4 +1,4 @@
-"""The collapsed problem: the UFM (THEORY.md section 3) restricted to within-class collapse,
+"""The collapsed problem: the UFM (docs/theory.md section 3) restricted to within-class collapse,
 ``h_i = m_{y_i}``, i.e. :func:`ncgeo.closed_form.collapsed_loss` minimised over the k unit
 class directions, by Riemannian L-BFGS on the product of (non-negative) spheres.
 

@@ -47,7 +47,7 @@ class UFMResult:
     class_sizes : list of int
     loss : float
         Objective at ``H``: sum over batches of the batch loss, summed over anchors
-        (THEORY.md section 2). For ``batching="shuffle"`` the full-batch objective.
+        (docs/theory.md section 2). For ``batching="shuffle"`` the full-batch objective.
     loss_history : list of float
         Objective after every iteration (per epoch for ``"shuffle"``: the sum of that
         epoch's batch losses) of the best restart.

@@ -5,7 +5,7 @@ r"""The UFM solver: minimise the SCL-with-prototypes objective over free unit em
     \min_{H} \; \sum_{B \in \mathcal{B}} \sum_{i \in B} \ell_i(H_B; W, n_w, \tau)
     \quad \text{s.t. } \|h_i\| = 1 \;(\text{and } h_i \ge 0 \text{ for UFM+})
 
-(THEORY.md section 3), with the batches ``B`` of :func:`ncgeo.ufm.make_batches`.
+(docs/theory.md section 3), with the batches ``B`` of :func:`ncgeo.ufm.make_batches`.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def _resolve_method(problem: UFMProblem, method: str, o: dict) -> tuple[str, int
 
 def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None = None,
               metadata: dict | None = None) -> UFMResult:
-    r"""Minimise the UFM (or UFM+) objective of ``problem`` (THEORY.md section 3).
+    r"""Minimise the UFM (or UFM+) objective of ``problem`` (docs/theory.md section 3).
 
     The problem (class sizes or labels, prototypes, ``n_w``, ``tau``, batches, non-negativity,
     prototype anchors, ``d``) is a :class:`ncgeo.UFMProblem`; how to solve it is ``method`` plus

@@ -1,7 +1,7 @@
 r"""The full-batch UFM objective and its gradient in row blocks, for ``N x N`` beyond memory.
 
 :func:`streamed_loss_and_grad` computes exactly what :func:`ncgeo.losses.scl_prototype_loss`
-computes on the whole batch (sum over anchors, THEORY.md section 2),
+computes on the whole batch (sum over anchors, docs/theory.md section 2),
 
 .. math::
 

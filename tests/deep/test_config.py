@@ -1,4 +1,4 @@
-"""TrainConfig: THEORY.md section 7 defaults, checks naming the option, TOML files, resume rules, CLI errors."""
+"""TrainConfig: docs/theory.md section 7 defaults, checks naming the option, TOML files, resume rules, CLI errors."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def test_prediction_of_the_tiny_run(tiny_run):
 
 
 def test_many_prototypes_predict_the_prototype_gram(tiny_run):
-    # THEORY.md section 3, fact 5: with n_w -> infinity the learnt geometry is the prototypes'
+    # docs/theory.md section 3, fact 5: with n_w -> infinity the learnt geometry is the prototypes'
     record = load_run(tiny_run)
     deltas = [predict_run(dataclasses.replace(record, config={**record.config, "protos": n_w}),
                           write=False).delta_predicted_prototypes for n_w in (1.0, 1e6)]
@@ -93,7 +93,7 @@ def test_ce_baselines(tmp_path):
     with pytest.raises(ValueError, match="ce-limit"):
         predict_run(fixed, "batch")
     prediction = predict_run(fixed)
-    # ETF prototypes without non-negativity: the CE-limit optimum is h_y = w_y (THEORY.md section 4)
+    # ETF prototypes without non-negativity: the CE-limit optimum is h_y = w_y (docs/theory.md section 4)
     assert prediction.model == "ce-limit" and prediction.delta_predicted_prototypes < 1e-4
     assert np.allclose(prediction.gram_predicted, load_run(fixed).prototypes.T @ load_run(fixed).prototypes,
                        atol=1e-4)

@@ -24,7 +24,7 @@ def _row(n_w, measured, to_gw, predicted_gw, run="r"):
 
 
 @pytest.mark.parametrize("row, decides, passes", [
-    (_row(100.0, 0.026, 0.065, 0.061), True, True),           # the reference run of THEORY.md section 7
+    (_row(100.0, 0.026, 0.065, 0.061), True, True),           # the reference run of docs/theory.md section 7
     (_row(10.0, 0.06, 0.2, 0.1), True, False),                # above the tolerance 0.05
     (_row(10.0, 0.04, 0.03, 0.1), True, False),               # nearer G_W than the prediction
     (_row(1000.0, 0.04, 0.03, 0.01), True, True),             # prediction within 0.02 of G_W: tolerance only
@@ -73,7 +73,7 @@ def test_ufm_excess_is_the_ncgeo_objective_minus_the_optimum():
 
 def test_weighted_ce_optimum_matches_the_closed_form_for_etf_prototypes():
     """ETF prototypes: every class's CE optimum is h = w_y, CE* = log(1 + (k-1) exp(-(1 + 1/(k-1))/tau))
-    (THEORY.md section 4); the sweep weighs it by the class counts (the certificate's own bound is
+    (docs/theory.md section 4); the sweep weighs it by the class counts (the certificate's own bound is
     the unweighted sum, which made the ce-fixed excess wrong by a factor N/k)."""
     from ncgeo.certify import certify_ce_limit
 

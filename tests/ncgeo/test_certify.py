@@ -13,7 +13,6 @@ from ncgeo.certify.reduced import reduced_objective
 from ncgeo.classes import labels_from_sizes
 from ncgeo.closed_form import closed_form_loss
 from ncgeo.geometry import orthogonal_frame, simplex_etf
-from ncgeo.problem import UFMProblem
 from ncgeo.ufm import make_batches, scheme_problem, solve_ufm
 
 REL = 1e-6
@@ -43,7 +42,7 @@ def P(sizes, W=None, n_w=0.0, tau=0.1, **kwargs):
 
 
 def _rel_excess(a, b, floor):
-    """Relative difference on the excess over the floor (THEORY.md section 5.1)."""
+    """Relative difference on the excess over the floor (docs/theory.md section 5.1)."""
     return abs(a - b) / abs(b - floor)
 
 
@@ -141,7 +140,7 @@ def test_objectives_match_the_loss():
             objective = full_objective(y, 3, W.T @ W, n_w, 0.3, bl, anchors)
             loss = candidate_loss(H, y, W if n_w else None, n_w, 0.3, bl, anchors)
             assert objective.value(Gk) == pytest.approx(loss, rel=1e-12)
-            # the rows hold the excess over the floor, which is the problem's floor (THEORY.md 5.1)
+            # the rows hold the excess over the floor, which is the problem's floor (docs/theory.md 5.1)
             floor = UFMProblem.from_labels(y, W, n_w, 0.3, batches=b, prototypes_as_anchors=anchors).floor()
             assert objective.floor == pytest.approx(floor, rel=1e-13, abs=1e-13)
             assert objective.excess(Gk) == pytest.approx(loss - floor, rel=1e-9)
@@ -198,7 +197,6 @@ def test_full_sdp_certifies_minibatch_solution():
 
 
 def test_random_point_not_certified():
-    y = labels_from_sizes([5, 5, 5])
     H = np.random.default_rng(1).standard_normal((15, 3))
     H /= np.linalg.norm(H, axis=1, keepdims=True)
     for method in ("auto", "reduced", "dual", "full"):

@@ -1,7 +1,7 @@
 """Certificates against near-optimal wrong candidates and failing methods (issue 13).
 
 The first release certified the optimum rotated by 20 degrees at n_w = 1e6: the gap was judged
-against the whole loss, of which ``N log n_w`` is a floor that no geometry changes (THEORY.md
+against the whole loss, of which ``N log n_w`` is a floor that no geometry changes (docs/theory.md
 section 5.1). These tests hold every method to the excess-based verdict.
 """
 

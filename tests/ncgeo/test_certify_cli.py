@@ -139,7 +139,7 @@ def test_certificate_json_has_floor_excess_and_attempts(tmp_path):
     out = CliRunner().invoke(main, ["certify", str(path), "--json", "-"])
     data = json.loads(out.output)
     assert data["certified"] is True
-    # THEORY.md section 5.1: the floor is sum over anchors of log P_a, 4 anchors per class of P = 3 + 1000
+    # docs/theory.md section 5.1: the floor is sum over anchors of log P_a, 4 anchors per class of P = 3 + 1000
     assert data["floor"] == pytest.approx(12 * np.log(1003.0), rel=1e-12)
     assert data["excess"] == pytest.approx(data["upper_bound"] - data["floor"], rel=1e-9)
     assert data["relative_gap"] == pytest.approx(data["gap"] / data["excess"], rel=1e-9, abs=1e-15)

@@ -85,14 +85,14 @@ def test_ce_limit_etf_and_of():
     assert of_plus.certified and np.allclose(of_plus.gram, np.eye(k), atol=1e-4)
     general = certify_ce_limit(orthogonal_frame(k), tau, use_symmetry=False)
     assert general.value == pytest.approx(of.value, rel=1e-6)
-    # THEORY.md section 4: h_y = sqrt((k-1)/k) w_y - sum_{c != y} w_c / sqrt(k(k-1)), so with
+    # docs/theory.md section 4: h_y = sqrt((k-1)/k) w_y - sum_{c != y} w_c / sqrt(k(k-1)), so with
     # W = I the optimal p = W^T h_y has sqrt((k-1)/k) on the diagonal and -1/sqrt(k(k-1)) off it
     formula = np.full((k, k), -1 / np.sqrt(k * (k - 1))) + np.eye(k) * (np.sqrt((k - 1) / k) + 1 / np.sqrt(k * (k - 1)))
     assert np.abs(of.p - formula).max() < 1e-9 and np.abs(general.p - formula).max() < 1e-4
     # CE values: h = w_y for ETF prototypes
     expected = np.log(np.exp(1 / tau) + (k - 1) * np.exp(-1 / ((k - 1) * tau))) - 1 / tau
     assert etf.values == pytest.approx(np.full(k, expected), rel=1e-6)
-    # like every certificate: bounds, gap, rank vs d, a verdict (THEORY.md section 5)
+    # like every certificate: bounds, gap, rank vs d, a verdict (docs/theory.md section 5)
     for result, rank in ((etf, k - 1), (of, k - 1), (of_plus, k), (general, k - 1)):
         assert result.upper_bound == result.value and abs(result.relative_gap) < 1e-6
         assert abs(result.lower_bound - result.value) < 1e-6 and (result.rank, result.dim) == (rank, k)

@@ -16,7 +16,7 @@ def test_balanced():
 
 
 @pytest.mark.parametrize("k,n,ratio,expected", [
-    (4, 10, 5.0, [10, 10, 2, 2]),  # the THEORY.md example n = [10, 10, 2, 2]
+    (4, 10, 5.0, [10, 10, 2, 2]),  # the docs/theory.md example n = [10, 10, 2, 2]
     (5, 100, 10.0, [100, 100, 10, 10, 10]),  # floor(k/2) = 2 majority classes
     (10, 100, 10.0, [100] * 5 + [10] * 5),
     (3, 7, 2.0, [7, 3, 3]),  # floor(7/2)

@@ -25,7 +25,7 @@ def _unit_rows(rows, d, rng, nonnegative=False):
 
 
 def _naive_loss(H, y, W, n_w, tau, batches, anchors):
-    """Independent float64 loop over anchors of THEORY.md section 2 (P = 0 anchors give 0)."""
+    """Independent float64 loop over anchors of docs/theory.md section 2 (P = 0 anchors give 0)."""
     total = 0.0
     k = W.shape[1]
     for B in batches:

@@ -1,4 +1,4 @@
-"""Tests of ncgeo.losses: the SCL-with-prototypes loss (THEORY.md sections 2, 4, 5)."""
+"""Tests of ncgeo.losses: the SCL-with-prototypes loss (docs/theory.md sections 2, 4, 5)."""
 
 from __future__ import annotations
 
@@ -141,11 +141,11 @@ def test_reduction_none_is_per_sample_anchor():
 
 
 # --------------------------------------------------------------------------------------
-# closed forms at collapse (THEORY.md section 5)
+# closed forms at collapse (docs/theory.md section 5)
 # --------------------------------------------------------------------------------------
 
 def etf_sample_anchor(n, k, n_w, tau):
-    """THEORY.md section 5: sample anchor at collapse onto ETF prototypes (full batch)."""
+    """docs/theory.md section 5: sample anchor at collapse onto ETF prototypes (full batch)."""
     cross = math.exp(-1.0 / ((k - 1) * tau))
     return math.log((n - 1) * math.exp(1 / tau) + n * (k - 1) * cross
                     + n_w * (math.exp(1 / tau) + (k - 1) * cross)) - 1 / tau
@@ -279,7 +279,7 @@ def test_finite_at_extreme_temperature_and_multiplicity(dtype, prototypes_as_anc
 
 @pytest.mark.parametrize("dtype, n_w", [(torch.float32, 1e-35), (torch.float32, 1e-60), (torch.float64, 1e-305)])
 def test_tiny_real_multiplicity_follows_the_formula(dtype, n_w):
-    """n_w may be any real > 0 (THEORY.md section 1). An anchor whose only positives are the
+    """n_w may be any real > 0 (docs/theory.md section 1). An anchor whose only positives are the
     copies has P_i = n_w and positive term h_i.w_{y_i}/tau exactly; the loss used to clamp P_i
     at 1e-30 / 1e-300 (float32: 5.708 instead of 9.111) and to drop the anchor once
     0 + n_w rounded to 0 in the dtype."""
@@ -574,7 +574,7 @@ def test_materialised_reference_checks_its_multiplicity_and_dimension():
 
 
 def naive_real_multiplicity(H, y, W, n_w: float, tau: float) -> float:
-    """A loop over anchors for REAL ``n_w`` (THEORY.md section 2), prototypes as anchors: each
+    """A loop over anchors for REAL ``n_w`` (docs/theory.md section 2), prototypes as anchors: each
     sample anchor has ``P = #same - 1 + n_w``; each of the ``n_w`` copies of ``w_c`` has
     ``P = m_c + n_w - 1`` (``m_c`` samples of class c and ``n_w - 1`` other copies); an anchor
     with ``P = 0`` contributes 0, every other divides its positive sum by ``P`` itself."""

@@ -1,4 +1,4 @@
-"""UFMProblem: validation, derived quantities and the floor F = sum of log P_a (THEORY.md section 5.1)."""
+"""UFMProblem: validation, derived quantities and the floor F = sum of log P_a (docs/theory.md section 5.1)."""
 
 import numpy as np
 import pytest

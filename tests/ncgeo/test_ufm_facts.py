@@ -1,4 +1,4 @@
-"""THEORY.md section 3, facts 1-5, reproduced by the UFM solver from random starts."""
+"""docs/theory.md section 3, facts 1-5, reproduced by the UFM solver from random starts."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def test_certified_optimum_matches_the_etf_closed_form():
 
 
 def test_ce_limit_of_orthogonal_prototypes_is_an_etf():
-    """THEORY.md section 4: OF prototypes without ReLU give ETF class means in the CE limit."""
+    """docs/theory.md section 4: OF prototypes without ReLU give ETF class means in the CE limit."""
     k, tau = 4, 0.5
     result = ce_limit_optimum([3, 3, 1, 1], orthogonal_frame(k), tau)
     assert result["certified"]
@@ -43,7 +43,7 @@ def test_gram_delta_conventions():
 
 
 def test_delta_etf_uses_the_centred_means_as_in_ncgeo_and_deep(tmp_path):
-    """THEORY.md section 6: Delta to the ETF is of the centred means (one name, one formula)."""
+    """docs/theory.md section 6: Delta to the ETF is of the centred means (one name, one formula)."""
     from ncgeo.metrics import delta_to_etf
     from sims.geometry_study import run_geometry
 
