@@ -159,29 +159,8 @@ def scl_prototype_loss(
     batch = H.shape[0]
     use_protos = n_w > 0
 
-    eye = torch.eye(batch, dtype=torch.bool, device=H.device)
-    same = (y[:, None] == y[None, :]) & ~eye
-    sim = (H @ H.T) / tau
-    logits = sim.masked_fill(eye, float("-inf"))
-    positive_count = same.sum(dim=1).to(H.dtype)
-    positive_sum = (sim * same).sum(dim=1)
-    if use_protos:
-        proto_sim = (H @ W) / tau  # (B, k)
-        logits = torch.cat([logits, proto_sim + math.log(n_w)], dim=1)
-        own = proto_sim.gather(1, y[:, None]).squeeze(1)
-        # (positive_sum + n_w own) / (positive_count + n_w), written so that an anchor whose only
-        # positives are the copies gets exactly ``own``, however small n_w (P_i = n_w > 0 even when
-        # positive_count + n_w rounds to 0 in the dtype)
-        denominator = (positive_count + n_w).clamp_min(torch.finfo(H.dtype).tiny)
-        positive_term = own + (positive_sum - positive_count * own) / denominator
-        has_positive = torch.ones(batch, dtype=torch.bool, device=H.device)
-    else:
-        positive_term = positive_sum / positive_count.clamp_min(1.0)
-        has_positive = positive_count > 0
-    # rows without positives contribute 0; keep their log-sum-exp finite for autograd
-    logits = torch.where(has_positive[:, None], logits, torch.zeros((), dtype=H.dtype, device=H.device))
-    per_anchor = torch.where(has_positive, torch.logsumexp(logits, dim=1) - positive_term,
-                             torch.zeros((), dtype=H.dtype, device=H.device))
+    per_anchor = sample_anchor_losses(H, H, y, y, torch.eye(batch, dtype=torch.bool, device=H.device),
+                                      W if use_protos else None, n_w, tau)
     if reduction == "none":
         return per_anchor * loss_scale
 
@@ -191,6 +170,41 @@ def scl_prototype_loss(
         total = total + n_w * _prototype_anchor_losses(H, y, W, k, n_w, tau).sum()
         anchors += k * n_w
     return _reduce(total, max(anchors, 1.0), reduction) * loss_scale
+
+
+def sample_anchor_losses(rows: torch.Tensor, batch: torch.Tensor, row_labels: torch.Tensor,
+                         batch_labels: torch.Tensor, self_mask: torch.Tensor, W: torch.Tensor | None,
+                         n_w: float, tau: float) -> torch.Tensor:
+    r"""Losses ``l_i`` (docs/theory.md section 2) of the anchors ``rows`` (b, d) against the batch
+    ``batch`` (B, d) plus ``n_w`` copies of every prototype, shape ``(b,)``.
+
+    ``self_mask`` (b, B) marks each anchor's own column (excluded from ``D_i`` and the positives);
+    ``W`` is None when ``n_w = 0``. The whole batch's loss takes ``rows = batch`` and the identity
+    mask; a row block (the streamed loss of :mod:`ncgeo.ufm.streaming`) takes a slice. Anchors without
+    positives contribute 0 (and a finite log-sum-exp, for autograd).
+    """
+    dtype, device = batch.dtype, batch.device
+    same = (row_labels[:, None] == batch_labels[None, :]) & ~self_mask
+    sim = (rows @ batch.T) / tau
+    logits = sim.masked_fill(self_mask, float("-inf"))
+    positive_count = same.sum(dim=1).to(dtype)
+    positive_sum = (sim * same).sum(dim=1)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    if W is not None and n_w > 0:
+        proto_sim = (rows @ W) / tau  # (b, k)
+        logits = torch.cat([logits, proto_sim + math.log(n_w)], dim=1)
+        own = proto_sim.gather(1, row_labels[:, None]).squeeze(1)
+        # (positive_sum + n_w own) / (positive_count + n_w), written so that an anchor whose only
+        # positives are the copies gets exactly ``own``, however small n_w (P_i = n_w > 0 even when
+        # positive_count + n_w rounds to 0 in the dtype)
+        denominator = (positive_count + n_w).clamp_min(torch.finfo(dtype).tiny)
+        positive_term = own + (positive_sum - positive_count * own) / denominator
+        has_positive = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
+    else:
+        positive_term = positive_sum / positive_count.clamp_min(1.0)
+        has_positive = positive_count > 0
+    logits = torch.where(has_positive[:, None], logits, zero)
+    return torch.where(has_positive, torch.logsumexp(logits, dim=1) - positive_term, zero)
 
 
 def _prototype_anchor_losses(H, y, W, k, n_w, tau):

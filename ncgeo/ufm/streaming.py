@@ -20,12 +20,11 @@ the dense loss's own helper. :func:`block_rows` chooses ``b`` from the free memo
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
-from ..losses import _prototype_anchor_losses
+from ..losses import _prototype_anchor_losses, sample_anchor_losses
 
 __all__ = ["streamed_loss_and_grad", "block_rows", "available_memory", "BLOCK_ARRAYS", "MAX_BLOCK_BYTES"]
 
@@ -70,30 +69,11 @@ def _anchor_block(X: torch.Tensor, y: torch.Tensor, start: int, stop: int, W: to
                   n_w: float, tau: float) -> torch.Tensor:
     """Sum of the sample-anchor losses of rows ``start:stop`` against the whole batch ``X``
     (the formula and the numerics of :func:`ncgeo.losses.scl_prototype_loss`)."""
-    rows = X[start:stop]
-    yb = y[start:stop]
-    b = rows.shape[0]
+    b = stop - start
     columns = torch.arange(start, stop, device=X.device)
     self_mask = torch.zeros(b, X.shape[0], dtype=torch.bool, device=X.device)
     self_mask[torch.arange(b, device=X.device), columns] = True
-    same = (yb[:, None] == y[None, :]) & ~self_mask
-    sim = (rows @ X.T) / tau
-    logits = sim.masked_fill(self_mask, float("-inf"))
-    positive_count = same.sum(dim=1).to(X.dtype)
-    positive_sum = (sim * same).sum(dim=1)
-    zero = torch.zeros((), dtype=X.dtype, device=X.device)
-    if n_w > 0:
-        proto_sim = (rows @ W) / tau
-        logits = torch.cat([logits, proto_sim + math.log(n_w)], dim=1)
-        own = proto_sim.gather(1, yb[:, None]).squeeze(1)
-        denominator = (positive_count + n_w).clamp_min(torch.finfo(X.dtype).tiny)
-        positive_term = own + (positive_sum - positive_count * own) / denominator
-        has_positive = torch.ones(b, dtype=torch.bool, device=X.device)
-    else:
-        positive_term = positive_sum / positive_count.clamp_min(1.0)
-        has_positive = positive_count > 0
-    logits = torch.where(has_positive[:, None], logits, zero)
-    per_anchor = torch.where(has_positive, torch.logsumexp(logits, dim=1) - positive_term, zero)
+    per_anchor = sample_anchor_losses(X[start:stop], X, y[start:stop], y, self_mask, W, n_w, tau)
     return per_anchor.sum()
 
 
