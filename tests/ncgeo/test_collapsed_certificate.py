@@ -11,7 +11,8 @@ import torch
 
 from ncgeo import UFMProblem
 from ncgeo.certify import collapsed_certificate, dual_certificate
-from ncgeo.geometry import orthogonal_frame, simplex_etf
+from ncgeo.geometry import simplex_etf
+from problem_setups import problem_from_setup
 from ncgeo.ufm.collapsed import minimise_collapsed
 
 SETUPS = {  # sizes, prototypes, n_w, tau, nonnegative, prototypes as anchors
@@ -27,15 +28,7 @@ SETUPS = {  # sizes, prototypes, n_w, tau, nonnegative, prototypes as anchors
 
 
 def make_problem(name):
-    sizes, protos, n_w, tau, nonnegative, anchors = SETUPS[name]
-    k = len(sizes)
-    if protos is None:
-        return UFMProblem.from_sizes(sizes, tau=tau, dim=k, nonnegative=nonnegative)
-    if protos == "random":
-        W = np.linalg.qr(np.random.default_rng(1).normal(size=(k, k)))[0]
-    else:
-        W = simplex_etf(k, k) if protos == "etf" else orthogonal_frame(k, k)
-    return UFMProblem.from_sizes(sizes, W, n_w, tau, nonnegative=nonnegative, prototypes_as_anchors=anchors)
+    return problem_from_setup(*SETUPS[name])
 
 
 def collapsed_optimum(problem):

@@ -14,7 +14,8 @@ from ncgeo.certify.gram_objective import reduced_excess, reduced_gradient
 from ncgeo.certify.lagrangian import reduced_bound
 from ncgeo.certify.orbit import orbit_invariant, size_groups
 from ncgeo.certify.orbit_bound import expand, orbit_bound, orbit_excess, orbit_point
-from ncgeo.geometry import orthogonal_frame, simplex_etf
+from ncgeo.geometry import simplex_etf
+from problem_setups import problem_from_setup
 
 STEP = [6, 6, 6, 2, 2, 2, 2]
 SETUPS = {  # (sizes, prototypes, n_w, tau, nonnegative, prototypes as anchors)
@@ -31,12 +32,7 @@ SETUPS = {  # (sizes, prototypes, n_w, tau, nonnegative, prototypes as anchors)
 
 
 def make_problem(name):
-    sizes, protos, n_w, tau, nonneg, anchors = SETUPS[name]
-    k = len(sizes)
-    if protos is None:
-        return UFMProblem.from_sizes(sizes, tau=tau, dim=k, nonnegative=nonneg)
-    W = simplex_etf(k, k) if protos == "etf" else orthogonal_frame(k, k)
-    return UFMProblem.from_sizes(sizes, W, n_w, tau, nonnegative=nonneg, prototypes_as_anchors=anchors)
+    return problem_from_setup(*SETUPS[name])
 
 
 def group_setup(problem):
