@@ -98,7 +98,7 @@ def reference_value(args: list[str]) -> dict:
     from ncgeo import UFMProblem
     from ncgeo.certify import solve_orbit
     from ncgeo.classes import class_sizes
-    from ncgeo.closed_form import closed_form_for_setup
+    from ncgeo.closed_form import closed_form_for_problem
     from ncgeo.geometry import simplex_etf
 
     value = dict(zip(args[::2], args[1::2]))
@@ -106,7 +106,7 @@ def reference_value(args: list[str]) -> dict:
     sizes = class_sizes(k, n, value.get("--imbalance", "none"), float(value.get("--ratio", 10)))
     W, n_w = simplex_etf(k, k), float(value["--protos"])
     problem = UFMProblem.from_sizes(sizes, W, n_w, 0.1)
-    closed = closed_form_for_setup(sizes, W, n_w, 0.1)
+    closed = closed_form_for_problem(problem)
     if closed is not None:
         return {"reference": closed[0], "reference_kind": f"closed form ({closed[1]})", "floor": problem.floor()}
     return {"reference": solve_orbit(problem).upper_bound, "reference_kind": "orbit program", "floor": problem.floor()}

@@ -23,7 +23,7 @@ from ._validation import (as_float_array, as_float_tensor, check_choice, check_i
 from .classes import check_class_sizes
 from .geometry import etf_gram
 
-__all__ = ["collapsed_loss", "closed_form_loss", "closed_form_for_setup"]
+__all__ = ["collapsed_loss", "closed_form_loss", "closed_form_for_setup", "closed_form_for_problem"]
 
 
 def collapsed_loss(means, class_sizes: Sequence[float], prototypes=None, n_w: float = 0.0,
@@ -209,3 +209,20 @@ def closed_form_for_setup(class_sizes: Sequence[int], prototypes, n_w: float, ta
             geometry = "etf"
     value = closed_form_loss(k, sizes[0], n_w, tau, geometry, prototypes_as_anchors=prototypes_as_anchors)
     return value, geometry
+
+
+def closed_form_for_problem(problem) -> tuple[float, str] | None:
+    """:func:`closed_form_for_setup` of a :class:`ncgeo.UFMProblem`: ``(value, geometry)`` when its
+    optimum is a known symmetric collapse (full batch, balanced integer classes, the cases above),
+    else ``None``. Without prototypes (``n_w = 0``) the dimension is not checked here: the collapse's
+    rank (``k - 1`` for the ETF, ``k`` for the OF) is compared with ``d`` by the certificate."""
+    from .problem import UFMProblem
+
+    if not isinstance(problem, UFMProblem):
+        raise TypeError(f"problem must be an ncgeo.UFMProblem, got {type(problem).__name__}")
+    if not (problem.full_batch and problem.integral and np.all(problem.class_sizes > 0)):
+        return None
+    sizes = [int(s) for s in problem.class_sizes]
+    W = problem.prototypes if problem.n_w > 0 else None
+    return closed_form_for_setup(sizes, W, problem.n_w, problem.tau, nonnegative=problem.nonnegative,
+                                 prototypes_as_anchors=problem.prototypes_as_anchors)

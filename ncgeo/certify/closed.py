@@ -1,7 +1,7 @@
 r"""Closed-form certificates at ETF / OF collapse (docs/theory.md section 5, "Closed forms").
 
 For a full batch with balanced classes (``n`` per class) the optimum of the set-ups listed in
-:func:`ncgeo.closed_form.closed_form_for_setup` is a symmetric collapse whose loss has a
+:func:`ncgeo.closed_form.closed_form_for_problem` is a symmetric collapse whose loss has a
 closed form; with ETF prototypes and every anchor at the ETF
 
 .. math::
@@ -19,9 +19,8 @@ global optimum, never just assumes it.
 
 from __future__ import annotations
 
-import numpy as np
 
-from ..closed_form import closed_form_for_setup
+from ..closed_form import closed_form_for_problem
 from ..problem import UFMProblem
 from ._common import tolerance_of
 from ._program import Timer, check_solver_args
@@ -58,13 +57,8 @@ def certify_closed_form(problem: UFMProblem, *, solver: str = "CLARABEL", time_l
     timer = Timer()
     check_solver_args(solver, time_limit)
     tolerance = tolerance_of(problem, rtol, atol)
-    k, dim, n_w = problem.num_classes, problem.dim, problem.n_w
-    known = None
-    if problem.full_batch and problem.integral and np.all(problem.class_sizes > 0):
-        sizes = [int(s) for s in problem.class_sizes]
-        known = closed_form_for_setup(sizes, problem.prototypes if n_w > 0 else None, n_w, problem.tau,
-                                      nonnegative=problem.nonnegative,
-                                      prototypes_as_anchors=problem.prototypes_as_anchors)
+    k, dim = problem.num_classes, problem.dim
+    known = closed_form_for_problem(problem)
     if known is None:
         return make_result(None, None, method="closed-form", status="n/a", seconds=timer(), dim=dim,
                            failure="no closed form for this set-up (needs a full batch, balanced classes and, "

@@ -78,3 +78,22 @@ def test_frozen_readonly_and_full_batch_normalised():
     q = p.replace(tau=0.5)
     assert q.tau == 0.5 and p.tau == 0.1
     assert "UFMProblem(k=2" in repr(q)
+
+
+def test_closed_form_for_problem_matches_the_setup_function():
+    from ncgeo.closed_form import closed_form_for_problem, closed_form_for_setup
+    from ncgeo.geometry import orthogonal_frame
+
+    W = simplex_etf(4, 4)
+    p = UFMProblem.from_sizes([5] * 4, W, 100.0, 0.2)
+    assert closed_form_for_problem(p) == closed_form_for_setup([5] * 4, W, 100.0, 0.2)
+    assert closed_form_for_problem(p)[1] == "etf"
+    plus = UFMProblem.from_sizes([3] * 4, orthogonal_frame(4, 4), 2.0, 0.5, nonnegative=True)
+    assert closed_form_for_problem(plus)[1] == "of"
+    assert closed_form_for_problem(UFMProblem.from_sizes([5, 5, 5, 2], W, 100.0, 0.2)) is None
+    assert closed_form_for_problem(UFMProblem.from_sizes([5.5] * 4, W, 100.0, 0.2)) is None
+    labels = np.repeat(np.arange(4), 2)
+    assert closed_form_for_problem(UFMProblem.from_labels(labels, W, 1.0, batches=[np.arange(4), np.arange(4, 8)])) is None
+    assert closed_form_for_problem(UFMProblem.from_sizes([5] * 4, tau=0.2)) == closed_form_for_setup([5] * 4, None, 0.0, 0.2)
+    with pytest.raises(TypeError, match="problem must be"):
+        closed_form_for_problem([5] * 4)
