@@ -512,7 +512,7 @@ def deep_predict(run, model, solver, write) -> None:
 @click.option("--ce-fixed/--no-ce-fixed", default=True, show_default=True,
               help="Add the --loss ce-fixed run (the n_w -> infinity limit).")
 @click.option("--seeds", default=None, help="Seeds, comma-separated  [default: 0].")
-@click.option("--feature", "features", default=None, help="signed and/or nonnegative, comma-separated  [default: signed].")
+@click.option("--feature", "features", default=None, help="signed, nonnegative (final ReLU) and/or abs (|z|, non-negative without dead units), comma-separated  [default: signed].")
 @click.option("--geometry", "geometries", default=None,
               help="Prototypes, comma-separated: etf, of, random, spherical or a file  [default: etf].")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "mnist", "fmnist"]), default=None,

@@ -51,7 +51,9 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 MLP_FULL_BATCH_EPOCHS = 2000
 #: Evaluations of a full-batch run when ``--eval-every`` is not given (one step per epoch).
 FULL_BATCH_EVALUATIONS = 20
-FEATURE_CHOICES = ("signed", "nonnegative", "linear", "mlp")
+FEATURE_CHOICES = ("signed", "nonnegative", "abs", "linear", "mlp")
+#: Feature heads whose features are >= 0 (predicted by the UFM+): the final ReLU, or ``|z|`` of the small networks.
+NONNEGATIVE_FEATURES = ("nonnegative", "abs")
 IMBALANCE_CHOICES = ("none", "step", "exp")
 SCHEDULE_CHOICES = ("multistep", "cosine", "constant")
 PRECISION_CHOICES = ("fp32", "bf16")
@@ -134,9 +136,10 @@ class TrainConfig:
     depth : int or None
         Linear layers of the MLP (default 3) / convolution stages of the CNN (default 2);
         None for the ResNets.
-    feature : {"signed", "nonnegative", "linear", "mlp"}
+    feature : {"signed", "nonnegative", "abs", "linear", "mlp"}
         Feature head: L2-normalised penultimate output without (signed) or with the final
-        ReLU (non-negative), or a linear / MLP projection to ``feature_dim``.
+        ReLU (non-negative), ``|z|`` normalised (``abs``, non-negative, small networks only),
+        or a linear / MLP projection to ``feature_dim``.
     feature_dim : int or None
         Dimension ``d`` of a linear/MLP head, or of the output of ``mlp`` / ``cnn`` (None: the
         model's default, 128 for a head and the number of classes for the small networks; at
@@ -273,9 +276,11 @@ class TrainConfig:
             if not small:
                 raise ValueError(f"--depth applies to --arch mlp and cnn, not {self.arch}")
             put("depth", _check_int("depth", self.depth, 1, 64))
-        if small and self.feature not in ("signed", "nonnegative"):
+        if small and self.feature not in ("signed", "nonnegative", "abs"):
             raise ValueError(f"--feature {self.feature} (a projection head) applies to the ResNets; "
-                             f"--arch {self.arch} takes signed or nonnegative")
+                             f"--arch {self.arch} takes signed, nonnegative or abs")
+        if not small and self.feature == "abs":
+            raise ValueError(f"--feature abs applies to --arch mlp and cnn, not {self.arch}")
         if self.feature_dim is not None:
             put("feature_dim", _check_int("feature_dim", self.feature_dim, 1, MAX_FEATURE_DIM))
         put("ratio", _check_real("ratio", self.ratio, 1.0))
@@ -490,7 +495,7 @@ def _option_specs():
         ("width", int, f"Channels of the first ResNet/CNN stage, hidden units of the MLP (default 64 / 32 / 512; "
          f"at most {MAX_WIDTH})."),
         ("depth", int, "Linear layers of the MLP (default 3) or convolution stages of the CNN (default 2)."),
-        ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU normalised output, or a linear/MLP projection)."),
+        ("feature", click.Choice(FEATURE_CHOICES), "Feature head (signed / post-ReLU / |z| (mlp, cnn) normalised output, or a linear/MLP projection)."),
         ("feature_dim", int, f"Dimension of a linear/MLP head (default 128) or of the mlp/cnn output (default: the "
          f"number of classes); at most {MAX_FEATURE_DIM}."),
         ("imbalance", click.Choice(IMBALANCE_CHOICES), "Subsample the training set (docs/theory.md section 1)."),

@@ -44,7 +44,7 @@ from ncgeo._validation import MIN_TAU, as_float_array, check_choice, check_posit
 from ncgeo.metrics import gram_distance
 
 from .checkpoint import atomic_write_json, read_jsonl_numbered
-from .config import FEATURE_CHOICES, LOSS_CHOICES
+from .config import FEATURE_CHOICES, LOSS_CHOICES, NONNEGATIVE_FEATURES
 
 __all__ = ["MEAN_PRODUCTS_KEYS", "PREDICTION_MODELS", "Prediction", "RunRecord", "check_predictable",
            "check_prediction_writable", "load_run", "expected_batch_counts", "predict_record", "predict_run",
@@ -419,7 +419,7 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
 
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
-    nonnegative = record.config.get("feature") == "nonnegative"
+    nonnegative = record.config.get("feature") in NONNEGATIVE_FEATURES
     anchors = bool(record.config.get("proto_anchors", False))
     W = record.prototypes
     if model == "ce-limit":

@@ -82,7 +82,7 @@ from .checkpoint import (
     rewrite_jsonl,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import NONNEGATIVE_FEATURES, TrainConfig
 from .data import ImageDataset, imbalanced_indices, load_dataset
 from .distributed import (
     average_gradients,
@@ -247,7 +247,7 @@ def _build(config: TrainConfig, train_set: ImageDataset, device: torch.device):
                             config.feature_dim or (train_set.num_classes if small else None),
                             depth=config.depth, image_shape=tuple(train_set.images.shape[1:]) if small else None)
         W = build_prototypes(config.geometry, train_set.num_classes, model.feature_dim, config.seed,
-                             nonnegative=config.feature == "nonnegative")
+                             nonnegative=config.feature in NONNEGATIVE_FEATURES)
         objective = Objective(config.loss, torch.as_tensor(W, dtype=torch.float32), config.protos, config.tau,
                               autocast_dtype=torch.bfloat16 if config.precision == "bf16" else None,
                               prototypes_as_anchors=config.proto_anchors)

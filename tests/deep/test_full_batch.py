@@ -40,6 +40,9 @@ def test_defaults_follow_the_architecture():
         TrainConfig(depth=3)
     with pytest.raises(ValueError, match="--feature"):
         TrainConfig(arch="mlp", feature="mlp")
+    assert TrainConfig(arch="cnn", feature="abs").feature == "abs"  # |z|: small networks only
+    with pytest.raises(ValueError, match="--feature abs"):
+        TrainConfig(feature="abs")
     with pytest.raises(ValueError, match="--batch-size"):
         TrainConfig(batch_size="half")
     with pytest.raises(ValueError, match="--nproc"):

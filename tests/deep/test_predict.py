@@ -210,7 +210,7 @@ def test_a_run_written_before_the_rename_and_without_a_test_set_loads(tiny_run, 
     ("config.json", lambda c: c.update(protos="10"), "protos must be a finite number >= 0, got '10'"),
     ("config.json", lambda c: c.update(loss="bogus"), "loss must be one of scl, ce, ce-fixed, got 'bogus'"),
     ("config.json", lambda c: c.update(loss=["scl"]), "loss must be one of scl, ce, ce-fixed, got ['scl']"),
-    ("config.json", lambda c: c.update(feature=1), "feature must be one of signed, nonnegative, linear, mlp"),
+    ("config.json", lambda c: c.update(feature=1), "feature must be one of signed, nonnegative, abs, linear, mlp"),
     ("config.json", lambda c: c.update(proto_anchors="yes"), "proto_anchors must be true or false"),
     ("run.json", lambda r: r.update(train_class_counts=[24, 24, 12]),
      "train_class_counts must be a list of 4 integers >= 0, one per prototype column, got [24, 24, 12]"),
@@ -297,3 +297,22 @@ def test_a_failed_write_of_the_prediction_is_one_value_error_naming_the_file(tin
     with pytest.raises(ValueError, match=re.escape(f"cannot write '{run}/prediction.json': Permission denied")):
         predict_run(run)
     _one_line_exit_2(["deep", "predict", str(run)], "cannot write", "prediction.json")
+
+
+def test_abs_features_are_predicted_by_the_ufm_plus_like_the_relu(tiny_run, monkeypatch):
+    import ncgeo.certify
+
+    record, solved = load_run(tiny_run), {}
+
+    class Solved(Exception):
+        pass
+
+    def solve_reduced(problem, **options):
+        solved[problem_feature] = problem.nonnegative
+        raise Solved
+
+    monkeypatch.setattr(ncgeo.certify, "solve_reduced", solve_reduced)
+    for problem_feature in ("abs", "nonnegative", "signed"):
+        with pytest.raises(Solved):
+            predict_run(dataclasses.replace(record, config={**record.config, "feature": problem_feature}), write=False)
+    assert solved == {"abs": True, "nonnegative": True, "signed": False}

@@ -54,3 +54,24 @@ def test_bad_arguments_name_themselves():
         build_model("resnet18", 1, 2, depth=3)
     assert isinstance(build_model("cnn", 1, 4, "signed", 5), SmallCNN)
     assert build_model("mlp", 1, 4, "signed", 5, depth=2, image_shape=(1, 4, 4)).depth == 2
+
+
+@pytest.mark.parametrize("network", [lambda f: MLP((1, 4, 4), 3, 8, 2, f), lambda f: SmallCNN(1, 3, 4, 1, f)])
+def test_abs_features_are_nonnegative_and_keep_a_gradient_where_the_relu_is_dead(network):
+    grads = {}
+    for feature in ("abs", "nonnegative"):
+        torch.manual_seed(2)
+        model = network(feature)
+        x = torch.randn(6, 1, 4, 4)
+        last = model.layers[-1] if isinstance(model, MLP) else model.output
+        with torch.no_grad():
+            last.bias[0] -= model.raw(x)[:, 0].max() + 0.5  # unit 0 negative on every image: a dead ReLU unit
+        z = model.raw(x)
+        h = model(x)
+        assert (z[:, 0] < 0).all() and (h >= 0).all()
+        if feature == "abs":
+            torch.testing.assert_close(h, z.abs() / z.abs().norm(dim=1, keepdim=True))
+            torch.testing.assert_close(model(x, normalize=False), z.abs())
+        h[:, 0].sum().backward()
+        grads[feature] = float(last.bias.grad[0])
+    assert grads["nonnegative"] == 0.0 and grads["abs"] < -1e-3  # |z| pulls the dead unit back
