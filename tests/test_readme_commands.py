@@ -35,6 +35,8 @@ SKIPS = [
     (lambda a: a[:1] == ["deep"] and _value(a, "--dataset") in ("cifar10", "cifar100", "mnist"),
      "needs a dataset download (CIFAR-10/100 or MNIST are not on this machine)"),
     (lambda a: "--nproc" in a, "multi-process launch"),
+    (lambda a: a[:2] == ["sims", "all"] and "--help" not in a,
+     "the same `ncgeo sims all --quick` runs in tests/sims/test_studies.py (its quick_run fixture)"),
     (lambda a: a[:2] in (["deep", "train"], ["deep", "sweep"]) and "--help" not in a,
      "trains networks for minutes; tests/deep runs the same code on tiny data"),
     (lambda a: a[:2] in (["deep", "predict"], ["deep", "report"]) and "--help" not in a,
