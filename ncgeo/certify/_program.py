@@ -249,7 +249,9 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                 continue
             with warnings.catch_warnings(), native_output_silenced(not verbose):
                 warnings.simplefilter("ignore", UserWarning)  # cvxpy's "may be inaccurate": the status says it
-                problem.solve(solver=name, verbose=verbose, **options)
+                # no warm start: cvxpy would reuse the previous attempt's cached Clarabel solver and
+                # merge the new options into its settings, so "CLARABEL-default" kept the tight ones
+                problem.solve(solver=name, verbose=verbose, warm_start=False, **options)
             status = str(problem.status)
         except cp.error.SolverError as exc:
             elapsed = time.perf_counter() - start
