@@ -494,12 +494,17 @@ def deep_report(runs, out, predict, model) -> None:
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Write RUN/prediction.json (--no-write: only print, e.g. for a read-only run folder).")
-def deep_predict(run, model, solver, write) -> None:
+@click.option("--require-certificate", is_flag=True, default=False,
+              help="Exit with status 1 when the prediction is not certified (e.g. UFM+ with ETF prototypes).")
+@click.pass_context
+def deep_predict(ctx, run, model, solver, write, require_certificate) -> None:
     """Certified UFM prediction for RUN's class proportions, batch, n_w, tau and prototypes."""
     from deep.predict import predict_run
 
     prediction = predict_run(run, model, solver=solver, write=write)
     click.echo(prediction.summary())
+    if require_certificate and not prediction.certified:
+        ctx.exit(1)
 
 
 @deep.command("sweep")

@@ -349,6 +349,11 @@ class Prediction:
             "epoch": self.epoch, "verdict": self.verdict, "certificate": self.certificate,
         }
 
+    @property
+    def certified(self) -> bool:
+        """Whether the solve that gave :attr:`gram_predicted` was certified (``certificate["certified"]``)."""
+        return bool(self.certificate.get("certified", False))
+
     def summary(self) -> str:
         """A few lines for the terminal."""
         def show(value):

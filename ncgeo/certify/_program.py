@@ -222,12 +222,12 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
 
     check_solver_args(solver, time_limit)
     order = [solver] + ([s for s in SOLVERS if s != solver] if fallback else [])
-    if "CLARABEL" in order:  # tight tolerances first, then Clarabel's defaults
-        order.insert(order.index("CLARABEL") + 1, "CLARABEL-default")
+    if "CLARABEL" in order:  # tight tolerances first (twice), then Clarabel's defaults
+        order[order.index("CLARABEL") + 1:order.index("CLARABEL") + 1] = ["CLARABEL-again", "CLARABEL-default"]
     reasons = []
     for attempt in order:
         name = attempt.split("-")[0]
-        if attempt == "CLARABEL-default" and reasons and "skipped" in reasons[-1]:
+        if attempt in ("CLARABEL-again", "CLARABEL-default") and reasons and "skipped" in reasons[-1]:
             continue
         if name == "CLARABEL" and psd_size > CLARABEL_MAX_PSD:
             gigabytes = (psd_size * (psd_size + 1) / 2) ** 2 * 8 / 1e9
@@ -249,7 +249,11 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                 continue
             with warnings.catch_warnings(), native_output_silenced(not verbose):
                 warnings.simplefilter("ignore", UserWarning)  # cvxpy's "may be inaccurate": the status says it
-                problem.solve(solver=name, verbose=verbose, **options)
+                # "CLARABEL-again" re-solves on cvxpy's cached Clarabel solver (measured: it often ends
+                # "optimal" where the first attempt was "optimal_inaccurate"); every other attempt is cold,
+                # since a warm start merges the new options into the cached solver's settings (a
+                # "CLARABEL-default" attempt then kept the tight tolerances and failed like the first)
+                problem.solve(solver=name, verbose=verbose, warm_start=attempt == "CLARABEL-again", **options)
             status = str(problem.status)
         except cp.error.SolverError as exc:
             elapsed = time.perf_counter() - start

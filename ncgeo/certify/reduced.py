@@ -172,7 +172,7 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         # UFM+: the non-collapsed relaxation optimum is realised by no constructed non-negative
         # point (complete positivity unchecked), so its value bounds nothing from above
         failure = ("UFM+ relaxation optimum not collapsed: no non-negative realisation is constructed "
-                   "(complete positivity unchecked)") if nonnegative else None
+                   "(complete positivity unchecked)" + _signed_prototypes_note(program)) if nonnegative else None
         return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable,
                            failure=failure, **common)
     means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
@@ -203,8 +203,19 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         realisable = None if d is None else rank <= d
     if nonnegative and means.min() < -1e-6:
         return make_result(lower, upper, seconds=seconds(), realisable=realisable,
-                           failure="the realised optimum is not entrywise non-negative", **common)
+                           failure="the realised optimum is not entrywise non-negative" + _signed_prototypes_note(program),
+                           **common)
     return make_result(lower, upper, seconds=seconds(), realisable=realisable, **common)
+
+
+def _signed_prototypes_note(program: ClassProgram) -> str:
+    """Why a UFM+ relaxation with prototypes that have negative entries (e.g. a simplex ETF) is
+    generally not tight: ``h >= 0`` is a constraint in the prototypes' coordinates, which the Gram of
+    ``[H, W]`` does not see (only ``h.h' >= 0`` is imposed; ``h.w`` is unconstrained)."""
+    if program.W is None or program.proto_nonneg:
+        return ""
+    return ("; the prototypes have negative entries: the Gram relaxation imposes h.h' >= 0 but not h >= 0 in "
+            "their coordinates, so its optimum need not be attained by non-negative features")
 
 
 def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
