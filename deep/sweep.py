@@ -27,7 +27,8 @@ mini-batch runs (``"batch"``), the CE-limit program for ``ce-fixed``. Per run it
 Verdict (:func:`sweep_verdict`): every run with ``n_w >= 10`` (``ce-fixed`` included) must have
 ``Delta(measured, predicted) <= 0.05`` on the training set, and, where ``Delta(predicted, G_W) >
 0.02``, ``Delta(measured, predicted) < Delta(measured, G_W)`` (the measurement tells the
-prediction from the prototypes). Runs with ``n_w < 10`` get the same test as information only.
+prediction from the prototypes), and the prediction must be a certified optimum (a Delta to an
+uncertified point confirms nothing). Runs with ``n_w < 10`` get the same test as information only.
 
 Files in ``OUT``: ``sweep.json`` (the sweep's settings), ``runs/NAME/`` (run folders, each with
 ``prediction.json`` and ``row.json``), ``table.csv``, ``table.md``, ``verdict.json`` and
@@ -371,6 +372,8 @@ def row_verdict(row: Mapping[str, Any]) -> tuple[bool, bool, str]:
     measured, to_gw, predicted_gw = row["delta_mp_train"], row["delta_gw_train"], row["delta_pred_gw"]
     if measured is None or not math.isfinite(measured):
         return decides, False, "no Delta(measured, predicted)"
+    if not row.get("certified", True):  # a Delta to an uncertified optimum confirms no theory
+        return decides, False, "the prediction is not a certified optimum (see its prediction.json)"
     if measured > VERDICT_TOLERANCE:
         return decides, False, f"Delta(measured, predicted) {measured:.4f} > {VERDICT_TOLERANCE}"
     if predicted_gw is not None and predicted_gw > DISTINCT_FROM_PROTOTYPES:

@@ -31,6 +31,7 @@ def _row(n_w, measured, to_gw, predicted_gw, run="r"):
     (_row(CE_FIXED, 0.01, 0.01, 0.0), True, True),
     (_row(0.0, 0.52, 1.3, None), False, False),               # n_w = 0: information only
     (_row(1.0, None, 0.3, 0.2), False, False),
+    ({**_row(100.0, 0.026, 0.065, 0.061), "certified": False}, True, False),  # an uncertified prediction
 ])
 def test_row_verdict(row, decides, passes):
     assert row_verdict(row)[:2] == (decides, passes)
