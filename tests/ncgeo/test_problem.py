@@ -30,8 +30,6 @@ def _naive_floor(labels, batches, k, n_w, anchors):
 @pytest.mark.parametrize("anchors", [False, True])
 @pytest.mark.parametrize("scheme", ["full", "partition"])
 def test_floor_equals_naive_count_and_bounds_the_loss(n_w, anchors, scheme):
-    if anchors and 0 < n_w < 1:
-        pytest.skip("not allowed")
     sizes = [5, 3, 1, 2]
     labels = np.repeat(np.arange(4), sizes)
     batches = make_batches(labels, scheme, batch_size=4, seed=1) if scheme != "full" else None
