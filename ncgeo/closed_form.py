@@ -216,10 +216,9 @@ def closed_form_for_problem(problem) -> tuple[float, str] | None:
     optimum is a known symmetric collapse (full batch, balanced integer classes, the cases above),
     else ``None``. Without prototypes (``n_w = 0``) the dimension is not checked here: the collapse's
     rank (``k - 1`` for the ETF, ``k`` for the OF) is compared with ``d`` by the certificate."""
-    from .problem import UFMProblem
+    from .problem import check_problem
 
-    if not isinstance(problem, UFMProblem):
-        raise TypeError(f"problem must be an ncgeo.UFMProblem, got {type(problem).__name__}")
+    problem = check_problem(problem)
     if not (problem.full_batch and problem.integral and np.all(problem.class_sizes > 0)):
         return None
     sizes = [int(s) for s in problem.class_sizes]
