@@ -69,7 +69,7 @@ def run_solve(args: list[str], timeout: float) -> dict:
             record.update(loss=summary["loss"], num_samples=summary["num_samples"],
                           method=summary["settings"].get("method"), certified=certificate.get("certified"),
                           certificate_method=certificate.get("method"), lower_bound=certificate.get("lower_bound"),
-                          closed_form=closed.get("value"))
+                          floor=certificate.get("floor"), closed_form=closed.get("value"))
         return record
 
 
@@ -112,15 +112,12 @@ def reference_value(args: list[str]) -> dict:
     return {"reference": solve_orbit(problem).upper_bound, "reference_kind": "orbit program", "floor": problem.floor()}
 
 
-def _floor_free_excess_difference(a: dict, b: dict) -> float | None:
-    """``|U_a - U_b| / (U_b - F)`` with ``F`` read back from the lower bound's scale: the floor of
-    a full batch is ``sum_c n_c log(n_c - 1 + n_w)``."""
-    if "loss" not in a or "loss" not in b:
+def _excess_difference(a: dict, b: dict) -> float | None:
+    """``|U_a - U_b| / (U_b - F)``, with the floor ``F`` of ``a``'s certificate
+    (:meth:`ncgeo.UFMProblem.floor`); ``None`` when a loss or that floor is missing."""
+    if "loss" not in a or "loss" not in b or a.get("floor") is None:
         return None
-    k, n, ratio, n_w = a["k"], a["n"], a["ratio"], a["n_w"]
-    sizes = [n] * (k // 2) + [max(1, int(math.floor(n / ratio)))] * (k - k // 2)
-    floor = sum(s * math.log(s - 1 + n_w) for s in sizes if s - 1 + n_w > 0)
-    return abs(a["loss"] - b["loss"]) / max(b["loss"] - floor, 1e-300)
+    return abs(a["loss"] - b["loss"]) / max(b["loss"] - a["floor"], 1e-300)
 
 
 def grid(quick: bool, dense_max: int, timeout: float) -> list[dict]:
@@ -139,7 +136,7 @@ def grid(quick: bool, dense_max: int, timeout: float) -> list[dict]:
                         dense = {**point, **run_point(args + ["--method", "lbfgs"], timeout)}
                         row["dense_seconds"] = dense.get("seconds")
                         row["dense_peak_gb"] = dense.get("peak_gb")
-                        row["excess_difference"] = _floor_free_excess_difference(row, dense)
+                        row["excess_difference"] = _excess_difference(row, dense)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     return rows
