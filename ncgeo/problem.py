@@ -197,11 +197,6 @@ class UFMProblem:
         return self.batches is None
 
     @property
-    def uses_prototypes(self) -> bool:
-        """Whether prototypes enter the objective (``n_w > 0``)."""
-        return self.n_w > 0
-
-    @property
     def prototype_gram(self) -> np.ndarray | None:
         """``W^T W`` (read-only, computed once when the problem is built), None without prototypes."""
         return self._prototype_gram
@@ -249,17 +244,6 @@ class UFMProblem:
                 has = proto_positives > 0
                 total += float(self.n_w * np.sum(np.log(proto_positives[has])))
         return total
-
-    def excess(self, loss: float) -> float:
-        """``loss - floor()``: the part of a loss that depends on the geometry."""
-        return float(loss) - self.floor()
-
-    def settings(self) -> dict[str, Any]:
-        """The scalar settings as a JSON-ready dict (``n_w``, ``tau``, ``nonnegative``,
-        ``prototypes_as_anchors``, ``dim``, ``full_batch``)."""
-        return {"n_w": self.n_w, "tau": self.tau, "nonnegative": self.nonnegative,
-                "prototypes_as_anchors": self.prototypes_as_anchors, "dim": self.dim,
-                "full_batch": self.full_batch}
 
     def __repr__(self) -> str:
         sizes = self.class_sizes
