@@ -61,11 +61,6 @@ SOLVE_ARRAYS = 100
 BATCH_ARRAYS = 5
 
 
-def _available_memory(device: torch.device) -> int | None:
-    """Bytes free for a solve on ``device`` (:func:`ncgeo.ufm.streaming.available_memory`)."""
-    return available_memory(device)
-
-
 def _memory_need(num_samples: int, dim: int, num_classes: int, largest: int, size: int) -> tuple[int, int]:
     """``(embedding bytes, similarity bytes)`` of a solve (see :func:`check_memory`)."""
     embeddings = SOLVE_ARRAYS * num_samples * dim * size + 8 * (4 * dim * num_classes + 4 * dim * dim)
@@ -76,7 +71,7 @@ def dense_fits(num_samples: int, dim: int, num_classes: int, *, dtype="float64",
     """Whether a dense full-batch solve (``N x N`` similarities) fits in 90% of the free memory
     (``True`` when the free memory is unknown)."""
     size = torch.finfo(_resolve_dtype(dtype)).bits // 8
-    free = _available_memory(_resolve_device(device))
+    free = available_memory(_resolve_device(device))
     return free is None or sum(_memory_need(num_samples, dim, num_classes, num_samples, size)) <= 0.9 * free
 
 
@@ -104,7 +99,7 @@ def check_memory(num_samples: int, dim: int, num_classes: int, *, batching: str 
     if stream:
         similarities = 0
     need = embeddings + similarities
-    free = _available_memory(device_t)
+    free = available_memory(device_t)
     if free is None or need <= 0.9 * free:
         return
     if embeddings >= similarities:
