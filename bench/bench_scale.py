@@ -127,7 +127,7 @@ def grid(quick: bool, dense_max: int, timeout: float) -> list[dict]:
         for geometry in ("etf", "of"):
             for n_w in (0, 1000):
                 for N in ([10**3, 10**4, 10**5] if quick else [10**3, 10**4, 10**5, 10**6]):
-                    n = max(2, round(N / (k // 2 * 1.1)))  # step R = 10: N = k/2 (n + n/10)
+                    n = max(10, round(N / (k // 2 * 1.1)))  # step R = 10: N = k/2 (n + n/10); n >= R (k = 1000: N >= 5,500)
                     args = ["--classes", str(k), "--samples", str(n), "--imbalance", "step", "--ratio", "10",
                             "--protos", str(n_w), "--geometry", geometry]
                     point = dict(k=k, n=n, ratio=10.0, n_w=n_w, geometry=geometry)
