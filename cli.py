@@ -272,10 +272,8 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
                        "samples: the full-batch problem", err=True)
     from ncgeo.ufm.solver import check_memory
 
-    if method in ("collapsed", "adam") and batching not in ("full", "shuffle"):
-        raise click.BadParameter(f"{method} needs --batching full (got {batching})", param_hint="'--method'")
-    if method == "collapsed" and batching == "shuffle":
-        raise click.BadParameter("collapsed needs --batching full (got shuffle)", param_hint="'--method'")
+    if method == "collapsed" and batching != "full":
+        raise click.BadParameter(f"collapsed needs --batching full (got {batching})", param_hint="'--method'")
     # the class rows first: --classes 1e6 would otherwise allocate a dense k x k prototype matrix
     # before solve_ufm's own check (which also covers the N samples)
     check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)

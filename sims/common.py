@@ -193,7 +193,6 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     out.update(geometry_pinned=bool(geometry["pinned"]), geometry_verdict=geometry["line"])
     if polish:
         from ncgeo.metrics import class_means
-        from ncgeo.problem import UFMProblem
         from ncgeo.ufm import solve_ufm
 
         # the collapsed start only: the polish is accepted against the SDP bound, so the extra random

@@ -32,22 +32,21 @@ def test_a_bare_group_prints_its_help_and_exits_0(group, commands):
     assert set(commands) <= set(listed), listed
 
 
+_SOLVE = ["solve", "--classes", "3"]
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["--tau", "abc"], "Invalid value for '--tau': must be a finite number > 0, got 'abc'"),
-    (["--tau", "-1"], "Invalid value for '--tau': must be a finite number > 0, got '-1'"),
-    (["--tau", "nan"], "Invalid value for '--tau': must be a finite number > 0, got 'nan'"),
-    (["--protos", "inf"], "Invalid value for '--protos': must be a finite number >= 0, got 'inf'"),
-    (["--samples", "2.5"], "Invalid value for '--samples': must be an integer >= 1, got '2.5'"),
-    (["--restarts", "0"], "Invalid value for '--restarts': must be an integer in [1, 10000], got '0'"),
+    ([*_SOLVE, "--tau", "abc"], "Invalid value for '--tau': must be a finite number > 0, got 'abc'"),
+    ([*_SOLVE, "--tau", "-1"], "Invalid value for '--tau': must be a finite number > 0, got '-1'"),
+    ([*_SOLVE, "--tau", "nan"], "Invalid value for '--tau': must be a finite number > 0, got 'nan'"),
+    ([*_SOLVE, "--protos", "inf"], "Invalid value for '--protos': must be a finite number >= 0, got 'inf'"),
+    ([*_SOLVE, "--samples", "2.5"], "Invalid value for '--samples': must be an integer >= 1, got '2.5'"),
+    ([*_SOLVE, "--restarts", "0"], "Invalid value for '--restarts': must be an integer in [1, 10000], got '0'"),
+    (["certify", "x.npz", "--rtol", "1"], "Invalid value for '--rtol': must be a finite number in (0, 1), got '1'"),
+    (["certify", "x.npz", "--atol", "inf"], "Invalid value for '--atol': must be a finite number in [0, 1], got 'inf'"),
 ])
 def test_a_bad_number_says_what_is_needed(args, expected):
-    line = _one_error_line(CliRunner().invoke(main, ["solve", "--classes", "3", *args]))
-    assert line == f"Error: {expected}"
-
-
-def test_certify_rtol_in_words():
-    line = _one_error_line(CliRunner().invoke(main, ["certify", "x.npz", "--rtol", "1"]))
-    assert line == "Error: Invalid value for '--rtol': must be a finite number in (0, 1), got '1'"
+    assert _one_error_line(CliRunner().invoke(main, args)) == f"Error: {expected}"
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -74,6 +73,13 @@ def test_sims_empty_geometry_lists_and_bad_out_folders_name_the_flags(tmp_path):
     blocker.write_text("x")
     under_a_file = _one_error_line(CliRunner().invoke(main, ["sims", "limit", "--out", str(blocker / "o"), "--quick"]))
     assert under_a_file.startswith(f"Error: --out '{blocker / 'o'}': cannot create"), under_a_file
+
+
+@pytest.mark.parametrize("batching", ["partition", "shuffle", "bind"])
+def test_collapsed_method_needs_the_full_batch(batching):
+    line = _one_error_line(CliRunner().invoke(main, ["solve", "--classes", "3", "--method", "collapsed",
+                                                     "--batching", batching, "--batch-size", "4"]))
+    assert line == f"Error: Invalid value for '--method': collapsed needs --batching full (got {batching})"
 
 
 def test_batch_size_without_batching_is_refused(monkeypatch):
