@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._validation import as_float_array, as_label_tensor, check_bool, check_nonnegative, check_real, check_tau
-from ..geometry import check_gram
-from ..problem import UNIT_TOL, check_problem
+from .._validation import as_float_array, check_real
+from ..problem import check_problem
 
 
 @dataclass(frozen=True)
@@ -75,20 +73,11 @@ def problem_candidate(problem, H, upper_bound=None):
     return H, np.asarray(labels, dtype=np.int64), (None if moved else upper_bound)
 
 
-def check_loss_args(n_w, tau, prototypes_as_anchors: bool) -> tuple[float, float]:
-    check_bool("prototypes_as_anchors", prototypes_as_anchors)
-    n_w = check_nonnegative("n_w", n_w)
-    tau = check_tau(tau)
-    if prototypes_as_anchors and 0 < n_w < 1:
-        raise ValueError(f"n_w must be 0 or >= 1 when prototypes_as_anchors is set, got {n_w}")
-    return n_w, tau
-
-
 def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
                    prototypes_as_anchors: bool = False) -> float:
     """:func:`ncgeo.ufm.ufm_objective` of a candidate (default: one full batch), as a float.
 
-    The inputs are those :func:`candidate_inputs` and ``check_batches`` have validated;
+    The inputs are those :func:`problem_candidate` and the problem have validated;
     they are not checked again."""
     from ..ufm import ufm_objective
 
@@ -102,36 +91,6 @@ def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,
 #: Largest deviation of a candidate row from the unit sphere (or below 0 for UFM+) that
 #: :func:`feasible_candidate` accepts and projects away (float32 solutions are ~1e-7 off).
 CANDIDATE_TOL = 1e-5
-
-
-def candidate_inputs(H, labels, prototypes, n_w, tau, nonnegative: bool, prototypes_as_anchors: bool,
-                     upper_bound):
-    """Validated candidate of a certificate: ``(H, y, W, n_w, tau, upper_bound)``.
-
-    ``H`` (N, d) is brought onto the feasible set by :func:`feasible_candidate`; a given
-    ``upper_bound`` is dropped (``None``) when that moved it, since it belonged to the
-    infeasible point. ``y`` is an int64 numpy array, ``W`` (d, k) or ``None``.
-    """
-    n_w, tau = check_loss_args(n_w, tau, prototypes_as_anchors)
-    nonnegative = check_bool("nonnegative", nonnegative)
-    if upper_bound is not None:
-        upper_bound = check_real("upper_bound", upper_bound)
-    H, moved = feasible_candidate(as_float_array("H", H, ndim=2), nonnegative)
-    if moved:
-        upper_bound = None
-    N, d = H.shape
-    if N < 1:
-        raise ValueError("H must have at least one row")
-    W = None if prototypes is None else as_float_array("prototypes", prototypes, ndim=2)
-    if W is not None and W.shape[0] != d:
-        raise ValueError(f"prototypes must have shape ({d}, k), got {W.shape}")
-    if W is not None:  # the same unit-length rule as the relaxations (prototype_setup)
-        check_gram(W.T @ W, "prototypes' Gram W^T W", tol=UNIT_TOL, psd=False)
-    # with prototypes, k is their number (labels index them even when n_w = 0)
-    y = as_label_tensor("labels", labels, N, None if W is None else W.shape[1]).numpy()
-    if n_w > 0 and W is None:
-        raise ValueError("prototypes are required when n_w > 0")
-    return H, y, W, n_w, tau, upper_bound
 
 
 def feasible_candidate(H: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, bool]:
@@ -156,10 +115,6 @@ def feasible_candidate(H: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, bo
         projected = np.clip(projected, 0.0, None)
     projected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
     return projected, bool(H.size and np.abs(projected - H).max() > 1e-12)
-
-
-def log_or_none(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
 
 
 def realise_nonnegative(G: np.ndarray, N: int, W: np.ndarray | None, d: int,

@@ -35,7 +35,7 @@ from scipy.special import logsumexp
 from .._io import jsonable
 from .._validation import as_float_array, check_tau
 from ..geometry import check_gram
-from ._common import UNIT_TOL
+from ..problem import UNIT_TOL
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .result import verdict_line
 

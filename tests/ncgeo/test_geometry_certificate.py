@@ -68,7 +68,6 @@ def test_step_imbalance_at_n_w_0_margin_bounds_points_within_the_gap():
     labels = np.arange(10)
     R = _grouped_matrix(means.T, weights, None)
     bound = reduced_bound(problem, R)
-    P = bound.S.copy()
     eig, vec = np.linalg.eigh(bound.S)
     upper = vec[:, eig > geometry["null_threshold"]]
     P = upper @ upper.T
