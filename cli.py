@@ -274,6 +274,9 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
 
     if method == "collapsed" and batching != "full":
         raise click.BadParameter(f"collapsed needs --batching full (got {batching})", param_hint="'--method'")
+    if method == "lbfgs" and batching == "shuffle":  # reshuffled batches are minimised by Adam epochs only
+        raise click.BadParameter("lbfgs needs fixed batches; --batching shuffle runs Adam epochs (leave --method "
+                                 "at auto)", param_hint="'--method'")
     # the class rows first: --classes 1e6 would otherwise allocate a dense k x k prototype matrix
     # before solve_ufm's own check (which also covers the N samples)
     check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)

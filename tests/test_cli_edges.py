@@ -82,6 +82,12 @@ def test_collapsed_method_needs_the_full_batch(batching):
     assert line == f"Error: Invalid value for '--method': collapsed needs --batching full (got {batching})"
 
 
+def test_lbfgs_is_refused_with_reshuffled_batches():
+    line = _one_error_line(CliRunner().invoke(main, ["solve", "--classes", "3", "--method", "lbfgs",
+                                                     "--batching", "shuffle", "--batch-size", "4"]))
+    assert line.startswith("Error: Invalid value for '--method': lbfgs needs fixed batches")
+
+
 def test_batch_size_without_batching_is_refused(monkeypatch):
     import ncgeo.ufm
 
