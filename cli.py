@@ -445,7 +445,7 @@ from deep.config import train_options as _deep_train_options  # stdlib + click o
 
 @main.group("deep", cls=_CleanErrors)
 def deep() -> None:
-    """Train ResNets with SCL + prototypes on real images and compare with the UFM prediction."""
+    """Train networks with SCL + prototypes on real images and compare with the UFM prediction."""
 
 
 @deep.command("train")
@@ -475,8 +475,9 @@ def deep_train(ctx, config_file, nproc, **options) -> None:
 @click.option("--predict/--no-predict", default=True, show_default=True,
               help="Compute the UFM prediction of SCL and ce-fixed runs (also written to RUN/prediction.json).")
 @click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
-              help="Prediction: reduced UFM with expected per-batch counts (default for SCL runs) or "
-                   "training-set counts, or the CE limit (default for ce-fixed runs).")
+              help="Prediction: reduced UFM with expected per-batch counts (default for mini-batch or two-view SCL "
+                   "runs) or training-set counts (default for full-batch runs of one view), or the CE limit "
+                   "(default for ce-fixed runs).")
 def deep_report(runs, out, predict, model) -> None:
     """Delta-vs-epoch curves, final Gram heatmaps beside G_W and the prediction, accuracy tables."""
     from deep.report import report
@@ -490,8 +491,9 @@ def deep_report(runs, out, predict, model) -> None:
 @deep.command("predict")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["batch", "dataset", "ce-limit"]), default=None,
-              help="Reduced UFM with expected per-batch counts 2*b*n_c/N (docs/theory.md section 7; default for "
-                   "SCL runs) or the counts n_c, or the CE limit with fixed classifier W (default for ce-fixed runs).")
+              help="Reduced UFM with expected per-batch counts views*b*n_c/N (docs/theory.md section 7; default for "
+                   "mini-batch or two-view SCL runs) or the counts n_c (default for full-batch runs of one view), "
+                   "or the CE limit with fixed classifier W (default for ce-fixed runs).")
 @click.option("--solver", type=click.Choice(["CLARABEL", "SCS"]), default="CLARABEL", show_default=True)
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Write RUN/prediction.json (--no-write: only print, e.g. for a read-only run folder).")

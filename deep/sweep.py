@@ -137,6 +137,8 @@ class SweepSpec:
         fixed = {"protos", "loss", "seed", "feature", "geometry", "out", "resume"} & set(self.train)
         if fixed:
             raise ValueError(f"train must not set {', '.join(sorted(fixed))}: the sweep sets them per run")
+        if self.train.get("proto_anchors"):  # ufm_excess evaluates sample anchors only
+            raise ValueError("train must not set proto_anchors: the sweep's UFM excess has no prototype anchors")
         object.__setattr__(self, "train", dict(self.train))
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,7 +204,8 @@ def spec_from_options(out: str, preset: str = "default", *, protos: str | None =
     if any(n < 0 or not math.isfinite(n) for n in lists["n_w"]):
         raise ValueError(f"--protos must be finite numbers >= 0, got {list(lists['n_w'])}")
     if "max_train_samples" not in options:
-        options["max_train_samples"] = training_cap(options["dataset"], per_class or DEFAULT_PER_CLASS,
+        options["max_train_samples"] = training_cap(options["dataset"],
+                                                    DEFAULT_PER_CLASS if per_class is None else per_class,
                                                     options["imbalance"], options["ratio"])
     elif per_class is not None:
         raise ValueError("--per-class and --max-train-samples both set the training-set size; give one")
@@ -372,7 +375,7 @@ def row_verdict(row: Mapping[str, Any]) -> tuple[bool, bool, str]:
     measured, to_gw, predicted_gw = row["delta_mp_train"], row["delta_gw_train"], row["delta_pred_gw"]
     if measured is None or not math.isfinite(measured):
         return decides, False, "no Delta(measured, predicted)"
-    if not row.get("certified", True):  # a Delta to an uncertified optimum confirms no theory
+    if row.get("certified") is not True:  # a Delta to an uncertified (or unknown) optimum confirms no theory
         return decides, False, "the prediction is not a certified optimum (see its prediction.json)"
     if measured > VERDICT_TOLERANCE:
         return decides, False, f"Delta(measured, predicted) {measured:.4f} > {VERDICT_TOLERANCE}"
@@ -396,7 +399,8 @@ def sweep_verdict(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"verdict": verdict,
             "rule": (f"every run with n_w >= {VERDICT_MIN_NW:g} (and ce-fixed): Delta(measured, predicted) <= "
                      f"{VERDICT_TOLERANCE} on the training set, and below Delta(measured, G_W) where "
-                     f"Delta(predicted, G_W) > {DISTINCT_FROM_PROTOTYPES}; runs with smaller n_w are information"),
+                     f"Delta(predicted, G_W) > {DISTINCT_FROM_PROTOTYPES}, to a certified prediction; runs with "
+                     "smaller n_w are information"),
             "rows": outcomes}
 
 

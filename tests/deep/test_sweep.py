@@ -20,7 +20,7 @@ from ncgeo.losses import fixed_classifier_cross_entropy, scl_prototype_loss
 
 def _row(n_w, measured, to_gw, predicted_gw, run="r"):
     return {"run": run, "n_w": n_w, "delta_mp_train": measured, "delta_gw_train": to_gw,
-            "delta_pred_gw": predicted_gw}
+            "delta_pred_gw": predicted_gw, "certified": True}
 
 
 @pytest.mark.parametrize("row, decides, passes", [
@@ -32,6 +32,7 @@ def _row(n_w, measured, to_gw, predicted_gw, run="r"):
     (_row(0.0, 0.52, 1.3, None), False, False),               # n_w = 0: information only
     (_row(1.0, None, 0.3, 0.2), False, False),
     ({**_row(100.0, 0.026, 0.065, 0.061), "certified": False}, True, False),  # an uncertified prediction
+    ({k: v for k, v in _row(100.0, 0.026, 0.065, 0.061).items() if k != "certified"}, True, False),  # unknown
 ])
 def test_row_verdict(row, decides, passes):
     assert row_verdict(row)[:2] == (decides, passes)
@@ -161,6 +162,10 @@ def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
         run_sweep(_spec(tmp_path / "a"), workers=0, log=lambda text: None)
     with pytest.raises(ValueError, match="must not set"):
         SweepSpec(str(tmp_path / "a"), train={"protos": 3.0})
+    with pytest.raises(ValueError, match="proto_anchors"):  # the UFM excess has no prototype anchors
+        SweepSpec(str(tmp_path / "a"), train={"proto_anchors": True})
+    with pytest.raises(ValueError, match="--per-class"):  # 0 is refused, not read as the default 100
+        spec_from_options(str(tmp_path / "a"), per_class=0)
     assert not (tmp_path / "a").exists()
     spec = spec_from_options(str(tmp_path / "b"), "quick")
     assert spec.train["max_train_samples"] == 550 and spec.n_w == (0, 10, 100, 1000)  # 5 x 100 + 5 x 10
@@ -200,7 +205,7 @@ SLOW_THRESHOLD = 0.02
 
 
 @pytest.mark.parametrize("args, option", [(["--workers", "0"], "--workers"), (["--protos", "0,x"], "--protos"),
-                                          (["--feature", "linear"], "--feature")])
+                                          (["--feature", "linear"], "--feature"), (["--per-class", "0"], "--per-class")])
 def test_cli_sweep_bad_option_is_one_line_naming_it(tmp_path, args, option):
     from click.testing import CliRunner
 
