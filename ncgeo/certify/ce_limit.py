@@ -18,8 +18,13 @@ of the sphere is exact and the class means are unit vectors; ``G_CE = X^T X`` is
 learnt class-mean Gram. When ``G_W`` is invariant under all permutations of the classes
 (ETF, OF) only class 0 is solved and the others follow by permutation.
 
-UFM+ (``nonnegative=True``, needs ``W`` itself): ``h >= 0`` entrywise in ``R^d``; the norm
-bound is still active.
+UFM+ (``nonnegative=True``, needs ``W`` itself): ``h >= 0`` entrywise in ``R^d``, a linear
+constraint on ``h``, so each class's program is still convex and exact whenever its norm bound is
+active (the reason says which classes it is not: then no unit ``h >= 0`` favours the class, e.g.
+random signed prototypes with ``d < k``). The solver's point is refined by an active-set Newton
+polish, and the rigorous bound is taken over the Gram of ``[h, e_1, ..., e_d]`` (coordinates, where
+``h >= 0`` is a sign constraint) when ``W`` has negative entries (e.g. a simplex ETF), over the Gram of
+``[h, W]`` with ``h.w >= 0`` when ``W >= 0``.
 """
 
 from __future__ import annotations
@@ -234,7 +239,12 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         polished, values = _polish(p, values, G, tau, symmetric)
         if not np.array_equal(polished, p):  # the means' Gram h_y.h_c = p_y G_W^+ p_c of the refined point
             p, gram = polished, polished @ np.linalg.pinv(G, rcond=1e-10, hermitian=True) @ polished.T
-    lower, bound_info = _rigorous_lower(p, G, tau, symmetric, nonnegative and bool(np.all(Wm >= 0)))
+    else:
+        means, p, values = _polish_nonnegative(Wm, means, values, tau)
+        gram = means.T @ means
+    coordinates = means if nonnegative and not np.all(Wm >= 0) else None
+    lower, bound_info = _rigorous_lower(p, G, tau, symmetric, nonnegative and bool(np.all(Wm >= 0)),
+                                        W=Wm if coordinates is not None else None, coordinates=coordinates)
     value = float(values.sum())
     gap = value - lower if lower is not None else math.inf
     tolerance = CE_RTOL * max(value, 0.0) + CE_ATOL * k
@@ -246,6 +256,10 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
                   "Lagrangian bound of the Gram relaxation")
     else:
         reason = f"gap {gap:.1e} > {tolerance:.1e} between the unit-norm point and the rigorous bound"
+        inside = np.flatnonzero(norms < 1 - 1e-3)
+        if len(inside):  # the ball relaxation of the sphere is not exact for these classes
+            reason += (f"; the norm bound ||h|| <= 1 is not active for class(es) {inside.tolist()} (the relaxation's "
+                       f"optimum has ||h|| = {float(norms[inside].min()):.3g}), so the relaxation is not exact")
     return CELimitResult(p, values, value, gram, means, status, timer(), certified, reason,
                          lower_bound=-math.inf if lower is None else lower, rank=matrix_rank(gram),
                          dim=None if Wm is None else Wm.shape[0],
@@ -264,23 +278,7 @@ def _polish(p: np.ndarray, values: np.ndarray, G: np.ndarray, tau: float, symmet
     k = G.shape[0]
     for y in ([0] if symmetric else range(k)):
         h = np.linalg.lstsq(F.T, p[y], rcond=None)[0]
-        h = h / np.linalg.norm(h)
-        eye = np.eye(len(h))
-        for _ in range(iterations):
-            # phi(h) = LSE(F^T h / tau) - (F^T h)_y / tau: gradient F (s - e_y) / tau, Hessian
-            # F (diag s - s s^T) F^T / tau^2 with s = softmax(F^T h / tau)
-            q = F.T @ h / tau
-            soft = np.exp(q - logsumexp(q))
-            grad = F @ (soft - (np.arange(k) == y)) / tau
-            hess = (F * soft) @ F.T / tau ** 2 - np.outer(F @ soft, F @ soft) / tau ** 2
-            proj = eye - np.outer(h, h)
-            rgrad = proj @ grad
-            if np.linalg.norm(rgrad) < 1e-15:
-                break
-            rhess = proj @ (hess - float(h @ grad) * eye) @ proj
-            step = -np.linalg.lstsq(rhess + np.outer(h, h), rgrad, rcond=None)[0]
-            h = (h + step) / np.linalg.norm(h + step)
-        row = F.T @ h
+        row = F.T @ _sphere_newton(F, h / np.linalg.norm(h), y, tau, iterations)
         value = float(logsumexp(row / tau) - row[y] / tau)
         if value < values[y]:
             if symmetric:
@@ -293,13 +291,68 @@ def _polish(p: np.ndarray, values: np.ndarray, G: np.ndarray, tau: float, symmet
     return p, values
 
 
+def _sphere_newton(F: np.ndarray, h: np.ndarray, y: int, tau: float, iterations: int) -> np.ndarray:
+    """Riemannian Newton for ``min_h LSE(F^T h / tau) - (F^T h)_y / tau`` on the unit sphere from ``h``."""
+    k = F.shape[1]
+    eye = np.eye(len(h))
+    for _ in range(iterations):
+        # gradient F (s - e_y) / tau, Hessian F (diag s - s s^T) F^T / tau^2, s = softmax(F^T h / tau)
+        q = F.T @ h / tau
+        soft = np.exp(q - logsumexp(q))
+        grad = F @ (soft - (np.arange(k) == y)) / tau
+        hess = (F * soft) @ F.T / tau ** 2 - np.outer(F @ soft, F @ soft) / tau ** 2
+        proj = eye - np.outer(h, h)
+        rgrad = proj @ grad
+        if np.linalg.norm(rgrad) < 1e-15:
+            break
+        rhess = proj @ (hess - float(h @ grad) * eye) @ proj
+        step = -np.linalg.lstsq(rhess + np.outer(h, h), rgrad, rcond=None)[0]
+        h = (h + step) / np.linalg.norm(h + step)
+    return h
+
+
+def _polish_nonnegative(W: np.ndarray, means: np.ndarray, values: np.ndarray, tau: float,
+                        zero: float = 1e-6, iterations: int = 30):
+    """UFM+ refinement of the solver's unit class means ``(d, k)`` (accurate to ~1e-7 only), per class,
+    by an active set: entries below ``zero`` times the largest start at 0; Riemannian Newton runs on the
+    sphere of the other coordinates (:func:`_sphere_newton` with ``F = W[support]``); a coordinate whose
+    Newton value turns negative leaves the support, and a zero coordinate whose gradient is negative
+    (a violated KKT sign) enters it, at most ``2 d`` rounds. The refined ``h`` replaces the solver's
+    when its value is not larger. Returns ``(means, p, values)``."""
+    means, values = means.copy(), values.copy()
+    d, k = means.shape
+    for y in range(k):
+        h = np.clip(means[:, y], 0.0, None)
+        support = h > zero * h.max()
+        for _ in range(2 * d):
+            start = np.where(support, np.maximum(h, 1e-3), 0.0)[support]
+            refined = _sphere_newton(W[support], start / np.linalg.norm(start), y, tau, iterations)
+            if refined.min() < 0:  # leave the face: drop the negative coordinates
+                support[np.flatnonzero(support)[refined < 0]] = False
+                continue
+            h = np.zeros(d)
+            h[support] = refined
+            q = W.T @ h / tau
+            grad = W @ (np.exp(q - logsumexp(q)) - (np.arange(k) == y)) / tau
+            outside = np.flatnonzero(~support)
+            if not len(outside) or grad[outside].min() >= -1e-12:
+                break
+            support[outside[np.argmin(grad[outside])]] = True
+        row = W.T @ h
+        value = float(logsumexp(row / tau) - row[y] / tau)
+        if h.min() >= 0 and np.linalg.norm(h) > 0 and value <= values[y]:
+            means[:, y], values[y] = h, value
+    return means, (W.T @ means).T, values
+
+
 #: Accepted gap of the CE-limit certificate: ``CE_RTOL * value + CE_ATOL * k`` (the CE values are the
 #: excess over the floor 0 of the limit; docs/theory.md 5.1).
 CE_RTOL = 1e-6
 CE_ATOL = 1e-12
 
 
-def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, sign_constrained: bool):
+def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, sign_constrained: bool,
+                    W: np.ndarray | None = None, coordinates: np.ndarray | None = None):
     r"""Sum over classes of the Lagrangian bound (:mod:`ncgeo.certify.lagrangian`) of the relaxation
     ``min CE_y(Z_{0P}) s.t. Z = [[1, p^T], [p, G_W]] >= 0`` at the solver's (rescaled) ``p``.
 
@@ -307,30 +360,47 @@ def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, s
     sample of class ``y`` with ``n_w = 1`` and no other sample: ``log sum_c e^{(Z_0c - Z_0y)/tau}``. With
     ``symmetric`` (``G_W`` invariant under all class permutations) the classes' programs are
     permutations of class 0's and its bound counts ``k`` times. ``sign_constrained``: UFM+ with
-    ``W >= 0`` adds ``Z_0P >= 0``. Returns ``(lower or None, summary)``."""
+    ``W >= 0`` adds ``Z_0P >= 0``.
+
+    UFM+ with prototypes ``W`` (``d x k``) that have negative entries: ``h >= 0`` is not a constraint on
+    ``Z``, so the bound is taken in coordinates instead, over ``Z = [[1, h^T], [h, I_d]] >= 0`` with
+    ``Z_0E >= 0`` (``h >= 0``) at ``h`` = the class's column of ``coordinates`` (``d x k``); ``p = W^T h``
+    is linear in ``Z``, so the objective stays convex, and ``Z >= 0`` is ``||h|| <= 1``: this relaxation
+    is the CE-limit program itself, hence exact. Returns ``(lower or None, summary)``."""
     from .gram_objective import grouped_excess
     from .lagrangian import lagrangian_bound
 
     k = G.shape[0]
     total, worst, failure, margin = 0.0, math.inf, None, 0.0
+    lifted = coordinates is not None
+    n = 1 + (W.shape[0] if lifted else k)
     mask = None
-    if sign_constrained:
-        mask = np.zeros((k + 1, k + 1), dtype=bool)
+    if sign_constrained or lifted:
+        mask = np.zeros((n, n), dtype=bool)
         mask[0, 1:] = mask[1:, 0] = True
+    if lifted:  # Z (lifted) -> the Gram of [h, W]: M^T Z M with M = diag(1, W)
+        M = torch.zeros((n, 1 + k), dtype=torch.float64)
+        M[0, 0] = 1.0
+        M[1:, 1:] = torch.as_tensor(np.asarray(W, dtype=np.float64))
     for y in ([0] if symmetric else range(k)):
-        Z0 = np.block([[np.ones((1, 1)), p[y][None, :]], [p[y][:, None], G]])
+        if lifted:
+            h = np.asarray(coordinates[:, y], dtype=np.float64)
+            Z0 = np.block([[np.ones((1, 1)), h[None, :]], [h[:, None], np.eye(n - 1)]])
+        else:
+            Z0 = np.block([[np.ones((1, 1)), p[y][None, :]], [p[y][:, None], G]])
         Zt = torch.tensor(Z0, requires_grad=True)
-        value = grouped_excess(Zt, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
-                               np.array([y]), 1.0, tau)
+        value = grouped_excess(M.T @ Zt @ M if lifted else Zt, torch.ones(1, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), np.array([y]), 1.0, tau)
         (grad,) = torch.autograd.grad(value.excess, Zt)
         g = grad.numpy()
         bound = lagrangian_bound(Z0, (g + g.T) / 2, float(value.excess.detach()), 0.0, value.scale, m=1,
-                                 lo=np.ones(1), hi=np.ones(1), G_W=G, sign_mask=mask)
+                                 lo=np.ones(1), hi=np.ones(1), G_W=np.eye(n - 1) if lifted else G, sign_mask=mask)
         if bound.lower is None:
             failure = bound.failure
             break
         total += bound.lower * (k if symmetric else 1)
         worst = min(worst, bound.lambda_min)
         margin += bound.margin * (k if symmetric else 1)
-    info = {"lambda_min": worst, "margin": margin, "failure": failure, "classes": 1 if symmetric else k}
+    info = {"lambda_min": worst, "margin": margin, "failure": failure, "classes": 1 if symmetric else k,
+            "form": "coordinates (h >= 0)" if lifted else "prototype Gram"}
     return (None if failure else total), info
