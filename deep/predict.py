@@ -17,7 +17,11 @@ prediction (and the default) for runs trained with ``--loss ce-fixed``.
 
 The predicted class-mean Gram comes from the optimal ``R`` of the reduced program:
 ``G_pred[c, c'] = R[c, c'] / sqrt(w_c w_c')`` (``= b_cc'`` off the diagonal and
-``(1 + (w_c - 1) a_c) / w_c`` on it; 1 at collapse). Distances use
+``(1 + (w_c - 1) a_c) / w_c`` on it; 1 at collapse). UFM+ with prototypes that have negative
+entries (a simplex ETF) is the exception: its Gram relaxation cannot express ``h >= 0`` and is not
+tight, so no certified prediction exists; the prediction is then the best non-negative collapsed point
+the certificate found (its upper bound, :func:`ncgeo.certify.reduced.finish_relaxation`), and the
+verdict says "best non-negative point found, not certified". Distances use
 :func:`ncgeo.metrics.gram_distance`: ``Delta(measured, predicted)`` with the uncentred
 training class means ``M`` of the run's last evaluation, and ``Delta(predicted, G_W)``.
 The learnt-classifier CE baseline (``--loss ce``) has no such prediction and is refused.
@@ -440,10 +444,17 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
         problem = UFMProblem.from_sizes(weights, W, n_w, tau, nonnegative=nonnegative,
                                         prototypes_as_anchors=anchors and n_w > 0, dim=W.shape[0])
         result = solve_reduced(problem, solver=solver)
-        if "R" not in result.solution:
+        certificate, verdict = result.to_dict(), result.verdict()
+        if nonnegative and n_w > 0 and np.any(W < 0) and not result.certified and "means" in result.solution:
+            # UFM+ with signed prototypes: the relaxation's optimum is not attained by non-negative
+            # features; the prediction is the best non-negative collapsed point found (its loss is the
+            # certificate's upper bound), not the relaxation's Gram
+            means = np.asarray(result.solution["means"])
+            gram, verdict = means.T @ means, f"best non-negative point found, {verdict}"
+        elif "R" in result.solution:
+            gram = predicted_means_gram(np.asarray(result.solution["R"]), weights)
+        else:
             raise ValueError(f"the reduced UFM program could not be solved for run {record.name!r}: {result.reason}")
-        gram, certificate, verdict = (predicted_means_gram(np.asarray(result.solution["R"]), weights),
-                                      result.to_dict(), result.verdict())
     measured = None
     if record.train_means is not None:
         present = np.any(record.train_means != 0, axis=0)

@@ -22,13 +22,19 @@ mini-batch runs (``"batch"``), the CE-limit program for ``ce-fixed``. Per run it
   full-batch objective of the training embeddings (:func:`ncgeo.ufm.ufm_objective`; full-batch
   single-view runs only) and for ``ce-fixed`` the summed fixed-classifier cross-entropy
   (:func:`ncgeo.losses.fixed_classifier_cross_entropy`) against ``sum_c n_c CE*_c``. A small
-  excess with a large Delta means that the loss is reached but the geometry is not pinned.
+  excess with a large Delta means that the loss is reached but the geometry is not pinned. Rows
+  without a certified prediction by construction (``certifiable`` false, below) take the excess over
+  the best point found instead of ``L`` (negative when training found a lower loss).
 
 Verdict (:func:`sweep_verdict`): every run with ``n_w >= 10`` (``ce-fixed`` included) must have
 ``Delta(measured, predicted) <= 0.05`` on the training set, and, where ``Delta(predicted, G_W) >
 0.02``, ``Delta(measured, predicted) < Delta(measured, G_W)`` (the measurement tells the
 prediction from the prototypes), and the prediction must be a certified optimum (a Delta to an
-uncertified point confirms nothing). Runs with ``n_w < 10`` get the same test as information only.
+uncertified point confirms nothing). Runs with ``n_w < 10`` get the same test as information only, and
+so do the finite-``n_w`` runs with non-negative features and prototypes that have negative entries (a
+simplex ETF): their UFM+ relaxation cannot express ``h >= 0`` in the prototypes' coordinates and is not
+tight, so no certified prediction exists (row field ``certifiable``: false; their prediction is the best
+non-negative point found). Their ``ce-fixed`` run is certified (the CE limit is convex in ``h``) and decides.
 
 Files in ``OUT``: ``sweep.json`` (the sweep's settings), ``runs/NAME/`` (run folders, each with
 ``prediction.json`` and ``row.json``), ``table.csv``, ``table.md``, ``verdict.json`` and
@@ -151,7 +157,7 @@ class SweepSpec:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {"n_w": (0.0, 10.0, 100.0, 1000.0)},
-    "full": {"seeds": (0, 1), "features": ("signed", "nonnegative"), "geometries": ("etf", "of")},
+    "full": {"seeds": (0, 1), "features": ("signed", "abs"), "geometries": ("etf", "of")},
 }
 #: Training options of a sweep that the user does not give: Fashion-MNIST, step imbalance R = 10 with
 #: 100 images in each majority class (5 x 100 + 5 x 10), 1000 test images, tau = 0.2, an MLP of width
@@ -345,7 +351,10 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
     network.load_state_dict(load_checkpoint(Path(folder) / "checkpoint.pt")["model"])
     H = embed(network, train_set.images, train_set.mean, train_set.std, config.eval_batch_size).double()
     certificate = prediction.certificate
-    optimum = (weighted_ce_optimum(certificate, prediction.weights) if ce else certificate.get("lower_bound"))
+    certifiable = ce or not (prediction.nonnegative and config.protos > 0 and bool(np.any(record.prototypes < 0)))
+    # the excess is over the certified optimum L; without a certificate, over the best point found
+    optimum = (weighted_ce_optimum(certificate, prediction.weights) if ce else
+               certificate.get("lower_bound" if certifiable else "upper_bound"))
     excess_means = excess_samples = None
     if optimum is not None and math.isfinite(optimum):
         excess_means, excess_samples = ufm_excess(H.numpy(), train_set.labels.numpy(), prediction.weights, W,
@@ -362,7 +371,9 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
         "delta_gw_train": last["train"]["delta_prototypes"], "delta_gw_test": test.get("delta_prototypes"),
         "nc1_train": last["train"]["nc1"], "nc1_test": test.get("nc1"), "ncc_test": test.get("ncc_accuracy"),
         "excess_means": excess_means, "excess_samples": excess_samples,
-        "certified": bool(certificate.get("certified", False)), "epoch": last["epoch"],
+        "certified": bool(certificate.get("certified", False)),
+        "certifiable": certifiable,
+        "epoch": last["epoch"],
         "gram_measured": np.asarray(last["train"]["mean_inner_products"]).tolist(),
         "gram_predicted": prediction.gram_predicted.tolist(),
     }
@@ -372,9 +383,15 @@ def row_verdict(row: Mapping[str, Any]) -> tuple[bool, bool, str]:
     """``(decides, passes, reason)`` of one row by the rule of the module docstring."""
     n_w = row["n_w"]
     decides = n_w == CE_FIXED or float(n_w) >= VERDICT_MIN_NW
+    if row.get("certifiable") is False:  # measured and shown, but no certified prediction can exist
+        decides = False
     measured, to_gw, predicted_gw = row["delta_mp_train"], row["delta_gw_train"], row["delta_pred_gw"]
     if measured is None or not math.isfinite(measured):
         return decides, False, "no Delta(measured, predicted)"
+    if row.get("certifiable") is False:
+        return decides, False, ("information: UFM+ features with prototypes that have negative entries have no "
+                                "certified prediction (the Gram relaxation cannot express h >= 0); the prediction "
+                                "is the best non-negative point found")
     if row.get("certified") is not True:  # a Delta to an uncertified (or unknown) optimum confirms no theory
         return decides, False, "the prediction is not a certified optimum (see its prediction.json)"
     if measured > VERDICT_TOLERANCE:

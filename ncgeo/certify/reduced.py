@@ -155,6 +155,12 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
     bound, so a wrong snap can only widen the gap, never certify falsely. With ``polish``
     the realised means are refined by :func:`polish_means` first. ``tolerance`` holds the
     ``floor``, ``anchors``, ``rtol`` and ``atol`` of :func:`~ncgeo.certify.result.make_result`.
+
+    UFM+ with prototypes that have negative entries: the relaxation cannot express ``h >= 0`` in the
+    prototypes' coordinates and is not tight, so every class is snapped, and the upper bound is the best
+    collapsed loss over the (non-negative) realisation and :data:`SIGNED_UFM_PLUS_STARTS` random
+    non-negative starts (``solution["means"]``); it is reported, not certified. An uncertified result
+    whose relaxation optimum is not collapsed (``a_c < 1``) says so in its reason.
     """
     weights, W, G_W, d, nonnegative = program.weights, program.W, program.G_W, program.dim, program.nonnegative
     k = len(weights)
@@ -162,6 +168,9 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
     a, b, p = _similarities(Rv, weights, kp)
     solution.update(a=a, b=b, p=p, R=Rv, weights=weights)
     collapsed = a >= 1 - COLLAPSE_TOL
+    signed_plus = nonnegative and W is not None and not program.proto_nonneg
+    if signed_plus:  # the relaxation is not tight: its optimum's spread says nothing of the UFM+ optimum,
+        collapsed[:] = True  # whose best collapsed non-negative point is searched for the upper bound
     Rc = Rv.copy()
     Rc[np.flatnonzero(collapsed), np.flatnonzero(collapsed)] = weights[collapsed]
     scale = np.concatenate([1.0 / np.sqrt(weights), np.ones(kp)])
@@ -176,14 +185,16 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable,
                            failure=failure, **common)
     means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
+    raw_min = float(means.min())
+    if nonnegative:  # the upper bound must be the loss of a feasible (non-negative) point
+        means = _nonnegative_unit(means)
     upper = objective.value(_collapsed_R(means, weights, protos, G_W, kp))
     if polish and (W is not None or kp == 0):
         # interior-point optima are accurate in value, less so in the point: refine the
         # realised means on the collapsed loss, whose value is then an upper bound
-        polished, polished_value = polish_means(means, weights, W if kp else None, objective.n_w,
-                                                objective.tau, nonnegative, objective.anchors)
-        if polished_value < upper:
-            means, upper = polished, polished_value
+        # UFM+ with signed prototypes: the relaxation is not tight, its realisation is only one start
+        means, upper = best_polished([means] + (random_nonnegative_starts(means.shape) if signed_plus else []),
+                                     program, objective, means, upper)
     realised = _collapsed_R(means, weights, protos if protos is not None else W, G_W, kp)
     solution["means"] = means
     # A2 hook: the Lagrangian bound at the realised (polished) point is rigorous too and tight when that
@@ -201,11 +212,55 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         rank = matrix_rank(realised * np.outer(scale, scale))
         common["rank"] = rank
         realisable = None if d is None else rank <= d
-    if nonnegative and means.min() < -1e-6:
-        return make_result(lower, upper, seconds=seconds(), realisable=realisable,
-                           failure="the realised optimum is not entrywise non-negative" + _signed_prototypes_note(program),
-                           **common)
-    return make_result(lower, upper, seconds=seconds(), realisable=realisable, **common)
+    result = make_result(lower, upper, seconds=seconds(), realisable=realisable, **common)
+    if result.certified:
+        return result
+    notes = []
+    spread = a < 1 - 1e-6
+    if np.any(spread):
+        notes.append(f"the relaxation's optimum is not collapsed (a_c = {float(a.min()):.6g} < 1 for class(es) "
+                     f"{np.flatnonzero(spread).tolist()}: spreading a class's samples lowers the loss); only its "
+                     "collapsed neighbour is realised")
+    if nonnegative and raw_min < -1e-6:
+        notes.append(f"the realised optimum is not entrywise non-negative (smallest entry {raw_min:.3g}): the "
+                     "upper bound is the loss of its clipped, polished non-negative neighbour")
+    if signed_plus:
+        notes.append(f"the upper bound is the best of {1 + SIGNED_UFM_PLUS_STARTS} non-negative collapsed starts"
+                     + _signed_prototypes_note(program))
+    if not notes:
+        return result
+    return make_result(lower, upper, seconds=seconds(), realisable=realisable,
+                       failure=f"{result.reason}; " + "; ".join(notes), **common)
+
+
+#: Random non-negative starts (besides the relaxation's realisation) of the collapsed polish for UFM+ with
+#: prototypes that have negative entries, whose relaxation is not tight (the best loss is the upper bound).
+SIGNED_UFM_PLUS_STARTS = 8
+
+
+def random_nonnegative_starts(shape: tuple[int, int], count: int = SIGNED_UFM_PLUS_STARTS) -> list[np.ndarray]:
+    """``count`` seeded random non-negative class means of ``shape`` ``(d, k)`` (columns normalised later)."""
+    rng = np.random.default_rng(0)
+    return [np.abs(rng.normal(size=shape)) for _ in range(count)]
+
+
+def best_polished(starts, program: ClassProgram, objective, means=None, upper: float = math.inf):
+    """The lowest of ``(means, upper)`` and :func:`polish_means` from each start: ``(means, loss)``."""
+    W = program.W if program.n_w > 0 else None
+    for start in starts:
+        polished, value = polish_means(start, program.weights, W, objective.n_w, objective.tau,
+                                       program.nonnegative, objective.anchors)
+        if value < upper:
+            means, upper = polished, value
+    return means, upper
+
+
+def _nonnegative_unit(means: np.ndarray) -> np.ndarray:
+    """Columns clipped at 0 and normalised (a column clipped to 0 takes its absolute values)."""
+    clipped = np.clip(means, 0.0, None)
+    dead = np.linalg.norm(clipped, axis=0) == 0
+    clipped[:, dead] = np.abs(means[:, dead])
+    return clipped / np.linalg.norm(clipped, axis=0, keepdims=True)
 
 
 def _signed_prototypes_note(program: ClassProgram) -> str:
@@ -272,8 +327,14 @@ def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: 
     cvx_problem, used, status, failure = objective.solve(R, constraints, solver, time_limit=time_limit,
                                                          fallback=fallback, verbose=verbose, psd_size=k + kp)
     if failure is not None:
-        return make_result(None, None, method="reduced", status=status, seconds=timer(),
-                           dim=program.dim, failure=f"reduced SDP failed ({failure})", **tolerance)
+        means, upper, solution = None, None, {}
+        if program.nonnegative and program.W is not None and not program.proto_nonneg:
+            # UFM+ with signed prototypes: the relaxation is not tight anyway; report the best
+            # non-negative collapsed point of the random starts
+            means, upper = best_polished(random_nonnegative_starts((program.W.shape[0], k)), program, objective)
+            solution = {"means": means}
+        return make_result(None, upper, method="reduced", status=status, seconds=timer(), dim=program.dim,
+                           failure=f"reduced SDP failed ({failure})", solution=solution, **tolerance)
     # the rigorous Lagrangian bound at the solver's point (A2 hook; the solver's value is a hint)
     lower, bound_info = relaxation_lower(problem, np.asarray(R.value),
                                          objective.floor + float(cvx_problem.value) * objective.normaliser,
@@ -328,10 +389,7 @@ def polish_means(means: np.ndarray, weights: np.ndarray, W, n_w: float, tau: flo
 
     start = np.array(means, dtype=np.float64)
     if nonnegative:
-        clipped = np.clip(start, 0, None)
-        dead = np.linalg.norm(clipped, axis=0) == 0  # clipping removed a whole column
-        clipped[:, dead] = np.abs(start[:, dead])
-        start = clipped
+        start = _nonnegative_unit(start)
     x0 = torch.as_tensor(start).T.contiguous()
     x0 = x0 / x0.norm(dim=1, keepdim=True)
     out = minimise_collapsed(x0, weights.tolist(), None if W is None else torch.tensor(np.asarray(W, dtype=np.float64)), n_w, tau,

@@ -33,6 +33,8 @@ def _row(n_w, measured, to_gw, predicted_gw, run="r"):
     (_row(1.0, None, 0.3, 0.2), False, False),
     ({**_row(100.0, 0.026, 0.065, 0.061), "certified": False}, True, False),  # an uncertified prediction
     ({k: v for k, v in _row(100.0, 0.026, 0.065, 0.061).items() if k != "certified"}, True, False),  # unknown
+    # UFM+ with signed prototypes: no certified prediction can exist, the row is information only
+    ({**_row(100.0, 0.01, 0.3, 0.2), "certified": False, "certifiable": False}, False, False),
 ])
 def test_row_verdict(row, decides, passes):
     assert row_verdict(row)[:2] == (decides, passes)
@@ -45,6 +47,9 @@ def test_sweep_verdict_is_decided_by_the_large_n_w_rows_only():
     rows[1] = _row(10.0, 0.08, 0.09, 0.09, "b")
     assert sweep_verdict(rows)["verdict"] == "FAIL"
     assert sweep_verdict(rows[:1])["verdict"] == "FAIL"  # nothing decides: no confirmation
+    rows[1] = {**_row(10.0, 0.3, 0.09, 0.09, "b"), "certified": False, "certifiable": False}
+    verdict = sweep_verdict(rows)
+    assert verdict["verdict"] == "PASS" and "no certified prediction" in verdict["rows"][1]["reason"]
 
 
 def test_ufm_excess_is_the_ncgeo_objective_minus_the_optimum():

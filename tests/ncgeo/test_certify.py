@@ -351,3 +351,39 @@ def test_invalid_inputs_of_the_certificates_are_value_or_type_errors():
         with pytest.raises((ValueError, TypeError), match=message):
             call()
     assert certify_closed_form(P([2, 2, 2], W.tolist(), 10.0, 0.1)).certified  # a list of columns is fine
+
+
+def test_reduced_ufm_plus_with_signed_prototypes_reports_its_best_nonnegative_point():
+    """UFM+ with a simplex ETF: the reduced (doubly non-negative) relaxation cannot express h >= 0 in the
+    prototypes' coordinates and is not tight; the upper bound is the loss of the best non-negative collapsed
+    point found (relaxation realisation and random starts), never of an infeasible one, and the reason says so."""
+    import torch
+
+    from ncgeo.certify.reduced import SIGNED_UFM_PLUS_STARTS
+    from ncgeo.closed_form import collapsed_loss
+
+    W = simplex_etf(4, 4)
+    sizes = [12, 12, 3, 3]
+    cert = solve_reduced(P(sizes, W, 5.0, 0.2, nonnegative=True, dim=4))
+    means = cert.solution["means"]
+    assert not cert.certified and means.min() >= 0 and np.allclose(np.linalg.norm(means, axis=0), 1.0)
+    value = float(collapsed_loss(torch.as_tensor(means), sizes, torch.as_tensor(W), 5.0, 0.2))
+    assert cert.upper_bound == pytest.approx(value, rel=1e-12) and cert.lower_bound <= cert.upper_bound
+    assert f"best of {1 + SIGNED_UFM_PLUS_STARTS} non-negative collapsed starts" in cert.reason
+    assert "prototypes have negative entries" in cert.reason
+    # no random non-negative collapse beats it
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        M = np.abs(rng.normal(size=(4, 4)))
+        M /= np.linalg.norm(M, axis=0)
+        assert float(collapsed_loss(torch.as_tensor(M), sizes, torch.as_tensor(W), 5.0, 0.2)) >= cert.upper_bound
+
+
+def test_reduced_relaxation_optimum_that_is_not_collapsed_is_named_in_the_reason():
+    """Imbalance, n_w = 10, tau = 0.1 (the deep tests' tiny run): the relaxation's optimum spreads each class
+    (a_c ~ 0.9998 < 1; confirmed by the torch solver in d = 80, which ends below the best collapse), so the
+    collapsed point is not certified and the reason says why instead of a bare gap."""
+    W = simplex_etf(4, 16)
+    cert = solve_reduced(P([24, 24, 12, 12], W, 10.0, 0.1, dim=16))
+    assert not cert.certified and "the relaxation's optimum is not collapsed" in cert.reason
+    assert cert.solution["a"].max() < 1 - 1e-6
