@@ -320,7 +320,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     if certify_method == "dual" and result.class_means is not None:  # the dual bound from the class means alone
         from ncgeo.certify import collapsed_certificate
 
-        certificate = collapsed_certificate(problem, result.class_means, upper_bound=result.loss, rtol=rtol, atol=atol)
+        certificate = collapsed_certificate(problem, result.class_means, rtol=rtol, atol=atol)
     elif certify_method != "none" and certificate is None:
         from ncgeo.certify import certify_result
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._validation import as_float_array, check_real
+from .._validation import as_float_array
 from ..problem import check_problem
 
 
@@ -54,23 +54,21 @@ def batch_list(problem) -> list[np.ndarray]:
     return [np.asarray(b) for b in problem.batches]
 
 
-def problem_candidate(problem, H, upper_bound=None):
-    """A validated candidate of ``problem``: ``(H, labels, upper_bound)``.
+def problem_candidate(problem, H):
+    """A validated candidate of ``problem``: ``(H, labels)``.
 
     ``H`` must be ``(N, d)`` with ``N`` the problem's samples and ``d`` its dimension; it is
-    brought onto the feasible set by :func:`feasible_candidate`, and a given ``upper_bound`` is
-    dropped (``None``) when that moved it (it belonged to the infeasible point).
+    brought onto the feasible set by :func:`feasible_candidate` (the certificates then compute its
+    loss themselves, in float64: an upper bound is never taken from the caller).
     """
     problem = check_problem(problem)
-    if upper_bound is not None:
-        upper_bound = check_real("upper_bound", upper_bound)
     labels = problem.sample_labels()
     H = as_float_array("H", H, ndim=2)
     if H.shape != (len(labels), problem.dim):
         raise ValueError(f"H must have shape ({len(labels)}, {problem.dim}) (samples x dim of the problem), "
                          f"got {H.shape}")
-    H, moved = feasible_candidate(H, problem.nonnegative)
-    return H, np.asarray(labels, dtype=np.int64), (None if moved else upper_bound)
+    H, _ = feasible_candidate(H, problem.nonnegative)
+    return H, np.asarray(labels, dtype=np.int64)
 
 
 def candidate_loss(H, y, W, n_w: float, tau: float, batches=None,

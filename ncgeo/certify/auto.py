@@ -104,7 +104,7 @@ def _against_candidate(name: str, problem: UFMProblem, H: np.ndarray, upper: flo
     relaxation's lower bound against ``upper`` (its own realised point only in ``solution``)."""
     timer = Timer()
     if name == "dual":
-        return dual_certificate(problem, H, upper_bound=upper, rtol=tolerance["rtol"], atol=tolerance["atol"])
+        return dual_certificate(problem, H, rtol=tolerance["rtol"], atol=tolerance["atol"])
     solve = {"orbit": solve_orbit, "reduced": solve_reduced, "full": solve_full}[name]
     relaxed = solve(problem, rtol=tolerance["rtol"], atol=tolerance["atol"], **settings)
     # the relaxation's own optimum (rank, realised loss) is not the candidate's: kept in the solution,
@@ -123,13 +123,13 @@ def _candidate_rank(problem: UFMProblem, H: np.ndarray) -> int:
     return int(np.linalg.matrix_rank(V, tol=1e-6))
 
 
-def certify(problem: UFMProblem, H, *, method: str = "auto", upper_bound: float | None = None,
-            solver: str = "CLARABEL", time_limit: float | None = None, rtol: float = DEFAULT_RTOL,
+def certify(problem: UFMProblem, H, *, method: str = "auto", solver: str = "CLARABEL", time_limit: float | None = None, rtol: float = DEFAULT_RTOL,
             atol: float = DEFAULT_ATOL) -> CertificateResult:
     r"""Certify that a candidate ``H`` is a global minimiser of the UFM (UFM+) ``problem``.
 
     The upper bound ``U`` is the candidate's objective (:func:`ncgeo.ufm.ufm_objective`, sum over
-    batches and anchors; pass ``upper_bound`` when known); the lower bound ``L`` comes from a
+    batches and anchors), always computed here in float64 (never taken from the caller: a stated
+    loss between ``L`` and the true one would certify falsely); the lower bound ``L`` comes from a
     relaxation (:func:`~ncgeo.certify.solve_orbit`, :func:`~ncgeo.certify.solve_reduced`,
     :func:`~ncgeo.certify.solve_full`) or from :func:`~ncgeo.certify.dual_certificate`.
     The candidate is certified when ``U - L <= rtol (U - F) + atol A`` (``F`` the problem's
@@ -143,13 +143,11 @@ def certify(problem: UFMProblem, H, *, method: str = "auto", upper_bound: float 
     H : (N, d) array
         Candidate unit embeddings (non-negative for UFM+), rows in the order of
         ``problem.sample_labels()``; rows within 1e-5 of the constraints are projected onto
-        them (``ValueError`` beyond) and the upper bound is then recomputed at the projected point.
+        them (``ValueError`` beyond); the upper bound is the projected point's loss.
     method : {"auto", "reduced", "orbit", "full", "dual"}
         ``reduced`` and ``orbit`` need the full batch; ``orbit`` an invariant prototype Gram.
         A named method is the one reported: if it fails, the result is not certified with its
         reason. ``auto`` tries the applicable methods in turn (module docstring).
-    upper_bound : float, optional
-        The candidate's objective, if known.
     solver : {"CLARABEL", "SCS"}
         Conic solver of the relaxations (the other one is its fallback).
     time_limit : float, optional
@@ -166,9 +164,8 @@ def certify(problem: UFMProblem, H, *, method: str = "auto", upper_bound: float 
     check_solver_args(solver, time_limit)
     tolerance = tolerance_of(problem, rtol, atol)
     check_method(method, problem)  # before the candidate's loss is computed
-    H, y, upper_bound = problem_candidate(problem, H, upper_bound)
-    if upper_bound is None:  # over the distinct rows when the batch is full: a collapsed N = 10^5 is cheap
-        upper_bound = candidate_value(problem, H, y)
+    H, y = problem_candidate(problem, H)
+    upper_bound = candidate_value(problem, H, y)  # over the distinct rows when the batch is full: cheap
     settings = dict(solver=solver, time_limit=time_limit)
     attempts: list[dict] = []
     best: CertificateResult | None = None
@@ -246,10 +243,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", ti
                            dim=result.H.shape[1], failure="reshuffled batches have no fixed objective to certify",
                            **tolerance_of(full, rtol, atol))
     problem = problem_of(result)
-    # a float32 solve's loss is accurate to ~1e-7 only: the upper bound is recomputed in float64
-    upper = getattr(result, "loss", None) if settings.get("dtype", "float64") == "float64" else None
-    certificate = certify(problem, result.H, method=method, upper_bound=upper, solver=solver,
-                          time_limit=time_limit, rtol=rtol, atol=atol)
+    # the upper bound is the candidate's loss recomputed in float64 (a float32 solve's is ~1e-7 off)
+    certificate = certify(problem, result.H, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
+                          atol=atol)
     closed = result.closed_form() if hasattr(result, "closed_form") else None
     if closed is not None:  # cross-check against ncgeo.closed_form (balanced ETF / OF set-ups)
         certificate.solution["closed_form"] = {"value": closed[0], "geometry": closed[1]}
@@ -302,7 +298,8 @@ def realise_and_certify(problem: UFMProblem, *, solver: str = "CLARABEL", time_l
                                     problem.prototypes_as_anchors)
     labels = problem.sample_labels()
     H = means[:, labels].T
-    dual = collapsed_certificate(problem, means, upper_bound=upper, rtol=rtol, atol=atol)  # no N x d work
+    dual = collapsed_certificate(problem, means, rtol=rtol, atol=atol)  # no N x d work
+    upper = dual.upper_bound  # the realised means' loss, computed by the certificate
     if uncollapsed and not dual.certified:
         return None, None, relaxed
     solution = dict(relaxed.solution, means=means, dual_lower_bound=dual.lower_bound,

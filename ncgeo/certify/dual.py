@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validation import as_float_array, check_choice, check_real
+from .._validation import as_float_array, check_choice
 from ..problem import check_problem
 from ._common import candidate_loss, feasible_candidate, problem_candidate
 from ._program import Timer, matrix_rank
@@ -98,7 +98,7 @@ def candidate_value(problem, H: np.ndarray, labels: np.ndarray) -> float:
     return candidate_loss(H, labels, W, problem.n_w, problem.tau, batches, problem.prototypes_as_anchors)
 
 
-def dual_certificate(problem, H, *, upper_bound: float | None = None, rtol: float = DEFAULT_RTOL,
+def dual_certificate(problem, H, *, rtol: float = DEFAULT_RTOL,
                      atol: float = DEFAULT_ATOL, snap_tol: float = 1e-6, zero_tol: float = 1e-7,
                      dense_max: int = 3000) -> CertificateResult:
     r"""Certify a candidate ``H`` of ``problem`` with the dual bound of the module docstring.
@@ -108,10 +108,9 @@ def dual_certificate(problem, H, *, upper_bound: float | None = None, rtol: floa
     problem : ncgeo.UFMProblem
     H : (N, d) array
         Candidate embeddings (unit rows; non-negative for UFM+), samples in the problem's order;
-        rows within 1e-5 of the constraints are projected onto them (``ValueError`` beyond), and
-        ``upper_bound`` is then recomputed at the projected point.
-    upper_bound : float, optional
-        The candidate's objective if already known (e.g. ``UFMResult.loss``); computed otherwise.
+        rows within 1e-5 of the constraints are projected onto them (``ValueError`` beyond). The
+        upper bound is the (projected) candidate's objective, always computed here in float64: a
+        certificate never rests on a loss the caller states.
     rtol, atol : float
         Accepted gap ``rtol * excess + atol * anchors`` (docs/theory.md 5.1).
     snap_tol : float
@@ -130,7 +129,8 @@ def dual_certificate(problem, H, *, upper_bound: float | None = None, rtol: floa
         distinct rows) and ``geometry`` (:func:`ncgeo.certify.face.geometry_certificate`).
     """
     timer = Timer()
-    H0, y, upper_bound = problem_candidate(problem, H, upper_bound)
+    H0, y = problem_candidate(problem, H)
+    upper_bound = None
     use_p = problem.n_w > 0
     W = np.asarray(problem.prototypes, dtype=float) if use_p else None
     d = H0.shape[1]
@@ -186,7 +186,7 @@ _INFO_KEYS = ("excess_lower", "floor", "point_excess", "lambda_min", "margin", "
               "multipliers", "failure")
 
 
-def collapsed_certificate(problem, means, *, upper_bound: float | None = None, rtol: float = DEFAULT_RTOL,
+def collapsed_certificate(problem, means, *, rtol: float = DEFAULT_RTOL,
                           atol: float = DEFAULT_ATOL, structure: str = "auto", zero_tol: float = 1e-7,
                           dense_max: int = 3000) -> CertificateResult:
     r"""The dual certificate of the collapsed candidate ``h_i = m_{y_i}`` of a full-batch ``problem``,
@@ -209,9 +209,8 @@ def collapsed_certificate(problem, means, *, upper_bound: float | None = None, r
         Full batch; classes of size 0 carry no group.
     means : (d, k) array
         Unit class means (non-negative for UFM+); columns within 1e-5 of the constraints are
-        projected onto them (``ValueError`` beyond), and ``upper_bound`` is then recomputed.
-    upper_bound : float, optional
-        The candidate's objective if known (e.g. the collapsed loss); else computed from ``R0``.
+        projected onto them (``ValueError`` beyond). The upper bound is their collapsed objective,
+        always computed here (from ``R0``).
     rtol, atol : float
         Accepted gap ``rtol * excess + atol * anchors`` (docs/theory.md 5.1).
     structure : {"auto", "dense", "orbit"}
@@ -233,15 +232,12 @@ def collapsed_certificate(problem, means, *, upper_bound: float | None = None, r
     check_choice("structure", structure, ("auto", "dense", "orbit"))
     if not problem.full_batch:
         raise ValueError("problem must be full batch for a collapsed candidate (use dual_certificate with H)")
-    if upper_bound is not None:
-        upper_bound = check_real("upper_bound", upper_bound)
     k, d = problem.num_classes, problem.dim
     M = as_float_array("means", means, ndim=2)
     if M.shape != (d, k):
         raise ValueError(f"means must have shape ({d}, {k}) (dim x classes of the problem), got {M.shape}")
-    rows, moved = feasible_candidate(M.T, problem.nonnegative)
-    if moved:
-        upper_bound = None
+    rows, _ = feasible_candidate(M.T, problem.nonnegative)
+    upper_bound = None
     weights = np.array(problem.class_sizes, dtype=float)  # a writable copy (torch)
     present = np.flatnonzero(weights > 0)
     common = dict(floor=problem.floor(), anchors=problem.num_anchors(), method="dual", status="n/a",

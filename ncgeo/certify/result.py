@@ -195,7 +195,7 @@ def make_result(lower: float | None, upper: float | None, *, floor: float, ancho
                                     "the solver was inaccurate")
     elif method == "dual" and gap < -max(1e-9, 1e-9 * abs(excess)):  # exact up to round-off
         certified, reason = False, (f"upper bound {upper:.10g} is below the dual lower bound {lower:.10g}: it is "
-                                    "not the candidate's loss (leave upper_bound unset to compute it)")
+                                    "not the candidate's loss")
     elif realisable is False:
         certified, reason = False, f"relaxation optimum has rank {rank} > d = {dim} (not realisable)"
     elif gap <= tolerance:

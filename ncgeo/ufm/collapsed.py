@@ -125,7 +125,8 @@ def certify_collapsed(problem, means: np.ndarray, loss: float, relaxed, relaxati
     from ..certify import collapsed_certificate
     from ..certify.result import contradicts, make_result
 
-    dual = collapsed_certificate(problem, means, upper_bound=loss, rtol=rtol, atol=atol)
+    dual = collapsed_certificate(problem, means, rtol=rtol, atol=atol)
+    loss = dual.upper_bound  # the means' loss as the certificate computed it
     note = (f"dual certificate on the k = {problem.num_classes} class means "
             f"({dual.solution.get('structure', 'dense')} structure)")
     if dual.certified or relaxed is None or not np.isfinite(relaxed.lower_bound):
