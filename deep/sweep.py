@@ -42,7 +42,9 @@ Files in ``OUT``: ``sweep.json`` (the sweep's settings), ``runs/NAME/`` (run fol
 each (``--workers``, default all CPU cores); every row records its wall and CPU seconds.
 Everything is written atomically. The sweep is resumable: a run whose
 ``row.json`` exists is not retrained, an interrupted run resumes from its checkpoint, and a
-second call with other settings on the same ``OUT`` is refused.
+second call with other settings on the same ``OUT`` is refused. A run that fails (:data:`RUN_ERRORS`:
+training diverged, a prediction that cannot be solved) becomes a row with its ``error`` (the verdict
+fails on it) while the other runs go on; it writes no ``row.json``, so the next call retries it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fmnist": 10}
 #: Columns of ``table.csv`` / ``table.md``.
 TABLE_COLUMNS = ("run", "geometry", "feature", "seed", "n_w", "model", "delta_mp_train", "delta_mp_test",
                  "delta_pred_gw", "delta_gw_train", "delta_gw_test", "nc1_train", "nc1_test", "ncc_test",
-                 "excess_means", "excess_samples", "certified", "decides", "passes", "seconds", "cpu_seconds")
+                 "excess_means", "excess_samples", "certified", "decides", "passes", "seconds", "cpu_seconds",
+                 "error")
 
 
 def training_cap(dataset: str, per_class: int, imbalance: str, ratio: float) -> int:
@@ -383,6 +386,8 @@ def row_verdict(row: Mapping[str, Any]) -> tuple[bool, bool, str]:
     """``(decides, passes, reason)`` of one row by the rule of the module docstring."""
     n_w = row["n_w"]
     decides = n_w == CE_FIXED or float(n_w) >= VERDICT_MIN_NW
+    if row.get("error"):
+        return decides, False, f"the run failed: {row['error']}"
     if row.get("certifiable") is False:  # measured and shown, but no certified prediction can exist
         decides = False
     measured, to_gw, predicted_gw = row["delta_mp_train"], row["delta_gw_train"], row["delta_pred_gw"]
@@ -488,6 +493,11 @@ def _train_and_measure(config: TrainConfig, datasets=None) -> dict[str, Any]:
     return row
 
 
+#: Errors of one run (training diverged, a prediction that cannot be solved, a damaged run folder) that
+#: become a failed row instead of stopping the sweep; anything else (a bug, an interrupt) stops it.
+RUN_ERRORS = (ValueError, RuntimeError, FloatingPointError, OSError, ArithmeticError)
+
+
 def _cpu_time() -> float:
     """CPU seconds of this process and of its waited-for children (finished sweep workers)."""
     times = os.times()
@@ -527,7 +537,18 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
     log(f"{len(runs)} runs: {len(rows)} done before (not retrained), {len(todo)} to train"
         + (f" in {workers} processes" if todo else ""))
 
-    def finish(name: str, row: dict[str, Any]) -> None:
+    configs = dict(runs)
+
+    def finish(name: str, row: dict[str, Any] | None, error: Exception | None = None) -> None:
+        if error is not None:  # this run's row is a failure; the other runs go on (a later call retries it)
+            config = configs[name]
+            row = {"run": name, "geometry": config.geometry, "feature": config.feature, "seed": config.seed,
+                   "n_w": CE_FIXED if config.loss == CE_FIXED else config.protos,
+                   "error": f"{type(error).__name__}: {error}"}
+            rows[name] = row
+            log(f"[{len(rows)}/{len(runs)}] {name}: FAILED ({row['error']}); the other runs go on, and a later "
+                "call with the same --out retries this one")
+            return
         rows[name] = row
         log(f"[{len(rows)}/{len(runs)}] {name}: Delta(measured, predicted) = {_show(row['delta_mp_train'])}, "
             f"Delta(measured, G_W) = {_show(row['delta_gw_train'])}, UFM excess of the means "
@@ -536,13 +557,21 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
 
     if workers == 1:
         for name, config in todo:
-            finish(name, _train_and_measure(config, datasets))
+            try:
+                row, error = _train_and_measure(config, datasets), None
+            except RUN_ERRORS as exc:
+                row, error = None, exc
+            finish(name, row, error)
     elif todo:
         with process_pool(workers) as pool:
             pending = {pool.submit(_train_and_measure, config, datasets): name for name, config in todo}
             try:
                 for future in futures.as_completed(pending):
-                    finish(pending[future], future.result())
+                    try:
+                        row, error = future.result(), None
+                    except RUN_ERRORS as exc:
+                        row, error = None, exc
+                    finish(pending[future], row, error)
             except BaseException:
                 for future in pending:
                     future.cancel()

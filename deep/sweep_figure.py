@@ -42,7 +42,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
                 xs, ys = [], []
                 for label in labels:
                     values = [row[data_key] for row in rows if (row["geometry"], row["feature"]) == group
-                              and key(row) == label and row[data_key] is not None]
+                              and key(row) == label and row.get(data_key) is not None]
                     if values:
                         xs.append(position[label])
                         ys.append(float(np.mean(values)))
@@ -56,7 +56,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
         if log:
             axis.set_yscale("log")
         axis.legend(fontsize=7)
-    finite = [row for row in rows if row["n_w"] != CE_FIXED]
+    finite = [row for row in rows if row["n_w"] != CE_FIXED and row.get("gram_measured") is not None]
     shown = []
     if finite:
         first = finite[0]

@@ -143,6 +143,37 @@ def test_sweep_writes_its_files_and_resumes_without_retraining(tmp_path, monkeyp
         run_sweep(_spec(tmp_path / "sweep", epochs=41), datasets=_datasets(), log=lambda text: None)
 
 
+def test_a_failing_run_is_a_failed_row_and_the_others_go_on(tmp_path, monkeypatch):
+    """One run whose prediction cannot be solved: its row says why, the verdict fails on it, the other
+    runs are measured and recorded, and the next call retries only that run."""
+    import deep.sweep
+
+    spec = _spec(tmp_path / "sweep", protos="10", epochs=4)
+    real_measure = deep.sweep.measure_run
+
+    def measure(folder, config, datasets=None):
+        if config.loss == CE_FIXED:
+            raise ValueError("the CE-limit program could not be solved (test)")
+        return real_measure(folder, config, datasets)
+
+    monkeypatch.setattr(deep.sweep, "measure_run", measure)
+    lines = []
+    summary = run_sweep(spec, workers=1, datasets=_datasets(), log=lines.append)
+    failed = [row for row in summary["table"] if row["error"]]
+    assert [row["run"] for row in failed] == ["etf-signed-s0-ce-fixed"]
+    assert "could not be solved (test)" in failed[0]["error"] and summary["verdict"] == "FAIL"
+    outcome = [o for o in summary["rows"] if o["run"] == "etf-signed-s0-ce-fixed"][0]
+    assert outcome["decides"] and outcome["reason"].startswith("the run failed: ValueError")
+    assert any("FAILED" in line for line in lines)
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    assert not (tmp_path / "sweep" / "runs" / "etf-signed-s0-ce-fixed" / "row.json").exists()
+    assert (tmp_path / "sweep" / "runs" / "etf-signed-s0-nw10" / "row.json").is_file()
+    monkeypatch.setattr(deep.sweep, "measure_run", real_measure)
+    again = run_sweep(spec, workers=1, datasets=_datasets(), log=lines.append)
+    assert not any(row["error"] for row in again["table"])
+    assert "1 to train" in [line for line in lines if "runs:" in line][-1]
+
+
 def test_mini_batch_sweep_is_predicted_with_the_expected_per_batch_counts(tmp_path):
     from deep.predict import load_run
 
