@@ -515,7 +515,8 @@ def deep_predict(ctx, run, model, solver, write, require_certificate) -> None:
 @click.option("--quick", "preset", flag_value="quick", default=None,
               help="n_w = 0, 10, 100, 1000 and ce-fixed (5 runs of about 20 s of one CPU core each).")
 @click.option("--full", "preset", flag_value="full",
-              help="2 seeds, signed and nonnegative features, ETF and OF prototypes (48 runs).")
+              help="2 seeds, signed and abs (|z|, non-negative) features, ETF and OF prototypes (48 runs, about "
+                   "10 min on 2 cores); abs with ETF at finite n_w has no certified prediction (information).")
 @click.option("--protos", default=None, help="n_w of the runs, comma-separated  [default: 0,1,10,100,1000].")
 @click.option("--ce-fixed/--no-ce-fixed", default=True, show_default=True,
               help="Add the --loss ce-fixed run (the n_w -> infinity limit).")

@@ -39,23 +39,29 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
         for group_index, group in enumerate(groups):
             colour = f"C{group_index}"
             for data_key, style in ((train_key, "-"), (test_key, "--")):
-                xs, ys = [], []
+                xs, ys, hollow = [], [], []
                 for label in labels:
-                    values = [row[data_key] for row in rows if (row["geometry"], row["feature"]) == group
+                    chosen = [row for row in rows if (row["geometry"], row["feature"]) == group
                               and key(row) == label and row.get(data_key) is not None]
-                    if values:
+                    if chosen:
                         xs.append(position[label])
-                        ys.append(float(np.mean(values)))
+                        ys.append(float(np.mean([row[data_key] for row in chosen])))
+                        hollow.append(not all(row.get("certified") for row in chosen))
                 axis.plot(xs, ys, style, marker="o", color=colour,
                           label=f"{Path(group[0]).stem}/{group[1]} {'train' if data_key == train_key else 'test'}")
+                open_x = [x for x, h in zip(xs, hollow) if h]
+                if open_x:  # a prediction that is not certified: hollow markers
+                    axis.plot(open_x, [y for y, h in zip(ys, hollow) if h], linestyle="none", marker="o",
+                              markersize=7, markerfacecolor="white", markeredgecolor=colour)
         if column == 0:
             axis.axhline(VERDICT_TOLERANCE, color="grey", linewidth=0.8, linestyle=":")
         axis.set_xticks(range(len(labels)), labels)
         axis.set_xlabel("n_w")
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title + (" (hollow: prediction not certified)" if column == 0 else ""), fontsize=10)
         if log:
             axis.set_yscale("log")
-        axis.legend(fontsize=7)
+        if column == len(panels) - 1:  # one legend for the three panels, outside them
+            axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     finite = [row for row in rows if row["n_w"] != CE_FIXED and row.get("gram_measured") is not None]
     shown = []
     if finite:
@@ -72,7 +78,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
                                                ("predicted", np.asarray(row["gram_predicted"])))):
             axis = axes[2 * index + offset]
             image = axis.imshow(gram, cmap="RdBu_r", vmin=-1, vmax=1)
-            axis.set_title(f"{name}, n_w = {float(row['n_w']):g} ({row['run']})", fontsize=8)
+            axis.set_title(f"{name}, n_w = {float(row['n_w']):g}\n{row['run']}", fontsize=8)
     for axis in axes[2 * len(shown[:2]):]:
         axis.axis("off")
     if image is not None:
