@@ -6,23 +6,7 @@ Submodules: :mod:`ncgeo.geometry` (prototype constructors, target Grams),
 (collapsed-configuration loss, ETF/OF closed forms) and :mod:`ncgeo.testing` (assertion helpers).
 """
 
-from . import geometry, losses, metrics, testing
-from .geometry import (
-    etf_gram,
-    load_prototypes,
-    orthogonal_frame,
-    orthogonal_frame_gram,
-    prototypes_from_gram,
-    random_prototypes,
-    simplex_etf,
-    spherical_code,
-    named_prototypes,
-)
-from .losses import fixed_classifier_cross_entropy, scl_prototype_loss
-from .metrics import geometry_metrics, gram_distance
-from . import closed_form, ufm  # noqa: E402  (after metrics: ufm builds on it)
-from .problem import UFMProblem
-from .ufm import solve_ufm
+import importlib
 
 __version__ = "0.1.0"
 
@@ -49,3 +33,30 @@ __all__ = [
     "solve_ufm",
     "UFMProblem",
 ]
+
+#: Where each public name lives: imported on first use (PEP 562), so that ``import ncgeo._click`` (the
+#: command line's helpers) or ``ncgeo.__version__`` does not load torch.
+_NAMES = {
+    "etf_gram": "geometry", "orthogonal_frame_gram": "geometry", "simplex_etf": "geometry",
+    "orthogonal_frame": "geometry", "random_prototypes": "geometry", "prototypes_from_gram": "geometry",
+    "load_prototypes": "geometry", "spherical_code": "geometry", "named_prototypes": "geometry",
+    "scl_prototype_loss": "losses", "fixed_classifier_cross_entropy": "losses",
+    "geometry_metrics": "metrics", "gram_distance": "metrics", "solve_ufm": "ufm", "UFMProblem": "problem",
+}
+_SUBMODULES = ("geometry", "losses", "metrics", "testing", "closed_form", "ufm", "problem", "certify",
+               "classes", "statistics", "plotting", "progress")
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
