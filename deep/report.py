@@ -33,7 +33,8 @@ from ncgeo._io import atomic_write_bytes, os_errors_as_value_errors
 
 from .predict import MEAN_PRODUCTS_KEYS, Prediction, RunRecord, check_predictable, load_run, predict_record
 
-__all__ = ["ReportResult", "report", "accuracy_rows", "cosines", "run_labels"]
+__all__ = ["ReportResult", "report", "accuracy_rows", "cosines", "run_labels", "markdown_table", "csv_bytes",
+           "write_file", "save_png"]
 
 TABLE_COLUMNS = (
     "run", "loss", "n_w", "imbalance", "ratio", "epoch", "train_ncc", "test_ncc", "train_nearest_prototype",
@@ -95,13 +96,15 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A Markdown table of ``rows`` (dicts) in ``columns`` order; floats with 4 decimals, None as n/a."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+def csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """UTF-8 CSV of ``rows`` (sequences) under ``header``; None is an empty cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -109,16 +112,17 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     """Atomic write of ``data``; an OS error (full disk, permissions) is one ``ValueError`` naming the file."""
     with os_errors_as_value_errors(path):
         atomic_write_bytes(path, data, make_folder=True)
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_png(figure, path: Path) -> None:
+    """A matplotlib figure as a PNG (dpi 120), written atomically by :func:`write_file`."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _write(path, buffer.getvalue())
+    write_file(path, buffer.getvalue())
 
 
 def run_labels(records: Sequence[RunRecord]) -> list[str]:
@@ -178,7 +182,7 @@ def _curves(records: Sequence[RunRecord], path: Path) -> None:
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
                   bbox_to_anchor=(0.5, 0.0))
     figure.tight_layout(rect=(0, 0.06 + 0.05 * ((len(handles) - 1) // 4), 1, 1))
-    _save_figure(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 
@@ -220,7 +224,7 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
             axis.set_ylabel("class", fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine")
-    _save_figure(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 
@@ -258,8 +262,8 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
                                         "per_class.csv")]
     _curves(records, files[0])
     _grams(records, predictions, files[1])
-    _write(files[2], _markdown(rows).encode("utf-8"))
-    _write(files[3], _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows]))
+    write_file(files[2], markdown_table(rows).encode("utf-8"))
+    write_file(files[3], csv_bytes(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows]))
     per_class = []
     for record in records:
         last = _final(record)
@@ -268,6 +272,6 @@ def report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, predict
             per_class.append([record.name, c, count, last["train"]["ncc_per_class"][c],
                               (test.get("ncc_per_class") or [None] * (c + 1))[c],
                               (test.get("nearest_prototype_per_class") or [None] * (c + 1))[c]])
-    _write(files[4], _csv(("run", "class", "train_count", "train_ncc", "test_ncc", "test_nearest_prototype"),
+    write_file(files[4], csv_bytes(("run", "class", "train_count", "train_ncc", "test_ncc", "test_nearest_prototype"),
                           per_class))
     return ReportResult(folder, tuple(files), tuple(rows))

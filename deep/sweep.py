@@ -443,29 +443,29 @@ def _check_folder(spec: SweepSpec) -> None:
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {spec.out!r} exists and is not a sweep folder; choose another --out")
-    from .report import _write
+    from .report import write_file
 
-    _write(stored, json.dumps(spec.to_dict(), indent=2).encode("utf-8"))
+    write_file(stored, json.dumps(spec.to_dict(), indent=2).encode("utf-8"))
 
 
 def _write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], seconds: float, cpu_seconds: float,
                    workers: int) -> dict[str, Any]:
-    from .report import _csv, _markdown, _write
+    from .report import csv_bytes, markdown_table, write_file
 
     out = Path(spec.out)
     verdict = sweep_verdict(rows)
     for row, outcome in zip(rows, verdict["rows"]):
         row["decides"], row["passes"] = outcome["decides"], outcome["passes"]
     table = [{column: row.get(column) for column in TABLE_COLUMNS} for row in rows]
-    _write(out / "table.csv", _csv(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in table]))
+    write_file(out / "table.csv", csv_bytes(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in table]))
     shown = [{**row, "n_w": row["n_w"] if row["n_w"] == CE_FIXED else f"{float(row['n_w']):g}",
               **{c: None if row[c] is None else f"{row[c]:.2e}" for c in ("excess_means", "excess_samples")},
               **{c: None if row[c] is None else f"{row[c]:.0f}" for c in ("seconds", "cpu_seconds")}}
              for row in table]
-    _write(out / "table.md", _markdown(shown, TABLE_COLUMNS).encode("utf-8"))
+    write_file(out / "table.md", markdown_table(shown, TABLE_COLUMNS).encode("utf-8"))
     summary = {**verdict, "seconds": seconds, "cpu_seconds": cpu_seconds, "workers": workers,
                "settings": spec.to_dict(), "table": table}
-    _write(out / "verdict.json", json.dumps(jsonable(summary, strict=True), indent=1).encode("utf-8"))
+    write_file(out / "verdict.json", json.dumps(jsonable(summary, strict=True), indent=1).encode("utf-8"))
     from .sweep_figure import plot_sweep
 
     plot_sweep(rows, spec, out / "sweep.png")

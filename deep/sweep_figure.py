@@ -20,7 +20,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _save_figure, cosines
+    from .report import cosines, save_png
 
     labels = [f"{n:g}" for n in spec.n_w] + ([CE_FIXED] if spec.ce_fixed else [])
     position = {label: index for index, label in enumerate(labels)}
@@ -83,5 +83,5 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
         axis.axis("off")
     if image is not None:
         figure.colorbar(image, ax=axes, shrink=0.7)
-    _save_figure(figure, path)
+    save_png(figure, path)
     plt.close(figure)

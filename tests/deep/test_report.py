@@ -149,7 +149,7 @@ def test_figures_name_runs_by_what_they_trained_and_show_every_curve(tiny_run, t
 
     first, second = copy_run(tiny_run, tmp_path / "runs", "a"), copy_run(tiny_run, tmp_path / "x", "a")
     figures = {}
-    monkeypatch.setattr(deep.report, "_save_figure", lambda figure, path: figures.__setitem__(path.name, figure))
+    monkeypatch.setattr(deep.report, "save_png", lambda figure, path: figures.__setitem__(path.name, figure))
     report([first, second], tmp_path / "report")
     name = "SCL n_w = 10"
     assert deep.report.run_labels([load_run(first), load_run(second)]) == [f"{name} (runs/a)", f"{name} (x/a)"]
