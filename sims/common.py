@@ -227,9 +227,9 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
     within ``1e-9`` (absolute, per class) of the certified one. Returns ``ce_value`` =
     ``(1/N) sum_c n_c CE_c`` (per-sample CE optimum for these class sizes), ``certified``,
     ``reason``, ``source``, ``gram`` (nested lists), ``geometry_pinned`` and ``geometry_verdict``
-    (:func:`ce_geometry_pinned`).
+    (:func:`ncgeo.certify.ce_geometry_pinned`).
     """
-    from ncgeo.certify.ce_limit import certify_ce_limit
+    from ncgeo.certify.ce_limit import ce_geometry_pinned, certify_ce_limit
 
     result = certify_ce_limit(W, tau, nonnegative=nonnegative)
     values = np.asarray(result.values, dtype=float)
@@ -244,37 +244,6 @@ def ce_limit_optimum(sizes, W: np.ndarray, tau: float, *, nonnegative: bool = Fa
     return {"ce_value": float(sizes @ values / sizes.sum()), "certified": bool(result.certified),
             "reason": result.reason, "source": source, "gram": gram.tolist(), "geometry_pinned": pinned,
             "geometry_verdict": line}
-
-
-#: The CE gradient at a class optimum counts as non-zero above this times ``||W||_2 / tau``.
-CE_GRADIENT_TOL = 1e-6
-
-
-def ce_geometry_pinned(result, W: np.ndarray, tau: float, nonnegative: bool = False) -> tuple[bool, str]:
-    r"""Whether the certified CE-limit optimum is unique: ``(pinned, one line)``.
-
-    Per class ``f(h) = LSE(W^T h / tau) - w_y . h / tau`` is convex and all its minimisers over the
-    convex set ``K`` (the unit ball; ball and orthant for UFM+) share one gradient ``g`` (Mangasarian
-    1988). When ``g != 0`` (``(-g)_+ != 0`` for UFM+) every minimiser also minimises ``g . h`` over
-    ``K``, whose minimiser ``-g / ||g||`` (``(-g)_+ / ||(-g)_+||``) is unique; the sphere's optima are
-    among the ball's (the certificate: equal values), so the class means and ``G_CE`` are unique.
-    ``g = W (softmax(p / tau) - e_y) / tau`` at the program's ``p``; non-zero means above
-    :data:`CE_GRADIENT_TOL` ``||W||_2 / tau`` (a stated numerical decision)."""
-    if not result.certified:
-        return False, "geometry not certified: the CE limit is not certified"
-    W = np.asarray(W, dtype=float)
-    p = np.asarray(result.p, dtype=float) / tau
-    pi = np.exp(p - p.max(axis=1, keepdims=True))
-    pi /= pi.sum(axis=1, keepdims=True)
-    g = W @ (pi - np.eye(W.shape[1])).T / tau  # (d, k): the gradient of each class
-    if nonnegative:
-        g = np.maximum(-g, 0.0)
-    smallest = float(np.linalg.norm(g, axis=0).min())
-    threshold = CE_GRADIENT_TOL * float(np.linalg.norm(W, 2)) / tau
-    if smallest > threshold:
-        return True, f"geometry certified (unique CE optimum): smallest class gradient {smallest:.2e}"
-    return False, (f"loss certified, geometry not pinned: a class gradient is {smallest:.1e} <= {threshold:.1e} "
-                   "(the norm constraint may be inactive)")
 
 
 def unpinned_note(rows, what: str = "Delta") -> str:

@@ -26,7 +26,7 @@ scale of ``UFMResult.loss`` (sum over batches and anchors).
 """
 
 from .auto import certify, certify_result, realise_and_certify
-from .ce_limit import CELimitResult, certify_ce_limit
+from .ce_limit import CELimitResult, ce_geometry_pinned, certify_ce_limit
 from .closed import certify_closed_form
 from .dual import collapsed_certificate, dual_certificate
 from .full import solve_full
@@ -48,5 +48,6 @@ __all__ = [
     "dual_certificate",
     "collapsed_certificate",
     "certify_ce_limit",
+    "ce_geometry_pinned",
     "certify_closed_form",
 ]

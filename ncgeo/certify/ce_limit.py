@@ -44,7 +44,7 @@ from ..problem import UNIT_TOL
 from ._program import Timer, check_solver_args, matrix_rank, solve_problem
 from .result import verdict_line
 
-__all__ = ["CELimitResult", "certify_ce_limit"]
+__all__ = ["CELimitResult", "certify_ce_limit", "ce_geometry_pinned", "CE_GRADIENT_TOL"]
 
 
 @dataclass(frozen=True)
@@ -404,3 +404,34 @@ def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, s
     info = {"lambda_min": worst, "margin": margin, "failure": failure, "classes": 1 if symmetric else k,
             "form": "coordinates (h >= 0)" if lifted else "prototype Gram"}
     return (None if failure else total), info
+
+
+#: The CE gradient at a class optimum counts as non-zero above this times ``||W||_2 / tau``.
+CE_GRADIENT_TOL = 1e-6
+
+
+def ce_geometry_pinned(result: CELimitResult, W: np.ndarray, tau: float, nonnegative: bool = False) -> tuple[bool, str]:
+    r"""Whether the certified CE-limit optimum is unique: ``(pinned, one line)``.
+
+    Per class ``f(h) = LSE(W^T h / tau) - w_y . h / tau`` is convex and all its minimisers over the
+    convex set ``K`` (the unit ball; ball and orthant for UFM+) share one gradient ``g`` (Mangasarian
+    1988). When ``g != 0`` (``(-g)_+ != 0`` for UFM+) every minimiser also minimises ``g . h`` over
+    ``K``, whose minimiser ``-g / ||g||`` (``(-g)_+ / ||(-g)_+||``) is unique; the sphere's optima are
+    among the ball's (the certificate: equal values), so the class means and ``G_CE`` are unique.
+    ``g = W (softmax(p / tau) - e_y) / tau`` at the program's ``p``; non-zero means above
+    :data:`CE_GRADIENT_TOL` ``||W||_2 / tau`` (a stated numerical decision)."""
+    if not result.certified:
+        return False, "geometry not certified: the CE limit is not certified"
+    W = np.asarray(W, dtype=float)
+    p = np.asarray(result.p, dtype=float) / tau
+    pi = np.exp(p - p.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    g = W @ (pi - np.eye(W.shape[1])).T / tau  # (d, k): the gradient of each class
+    if nonnegative:
+        g = np.maximum(-g, 0.0)
+    smallest = float(np.linalg.norm(g, axis=0).min())
+    threshold = CE_GRADIENT_TOL * float(np.linalg.norm(W, 2)) / tau
+    if smallest > threshold:
+        return True, f"geometry certified (unique CE optimum): smallest class gradient {smallest:.2e}"
+    return False, (f"loss certified, geometry not pinned: a class gradient is {smallest:.1e} <= {threshold:.1e} "
+                   "(the norm constraint may be inactive)")

@@ -398,3 +398,25 @@ def test_ce_limit_ufm_plus_inactive_norm_bound_is_not_certified():
     lies inside and the relaxation is not exact: refused, and the reason says why."""
     result = certify_ce_limit(random_prototypes(7, 5, seed=1), 0.1, nonnegative=True)
     assert not result.certified and "norm bound ||h|| <= 1 is not active" in result.reason
+
+
+def test_ce_geometry_pinned_says_when_the_ce_optimum_is_unique():
+    """ncgeo.certify.ce_geometry_pinned: the certified CE limit of ETF (signed) and OF (UFM+) prototypes
+    has a non-zero class gradient, so its class means are unique. UFM+ with the simplex ETF of R^10 is
+    certified but not pinned by this (sufficient) test: class 6's prototype has one small positive
+    entry, its optimum puts almost all its mass on the zero row of W, where the loss is flat and the
+    ball's optimum is not unique. An uncertified result pins nothing."""
+    from ncgeo.certify import ce_geometry_pinned
+
+    for W, nonnegative in ((simplex_etf(5, 5), False), (orthogonal_frame(5), True)):
+        result = certify_ce_limit(W, 0.2, nonnegative=nonnegative)
+        pinned, line = ce_geometry_pinned(result, W, 0.2, nonnegative)
+        assert result.certified and pinned and line.startswith("geometry certified"), line
+    W = simplex_etf(10, 10)
+    result = certify_ce_limit(W, 0.2, nonnegative=True)
+    pinned, line = ce_geometry_pinned(result, W, 0.2, True)
+    assert result.certified and not pinned and "geometry not pinned" in line
+    assert result.means[9, 6] > 0.99  # the flat coordinate
+    W = random_prototypes(7, 5, seed=1)
+    result = certify_ce_limit(W, 0.1, nonnegative=True)
+    assert ce_geometry_pinned(result, W, 0.1, True) == (False, "geometry not certified: the CE limit is not certified")
