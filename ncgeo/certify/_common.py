@@ -47,6 +47,22 @@ def class_program(problem, method: str) -> ClassProgram:
                         bool(problem.prototypes_as_anchors and use_p), problem.nonnegative)
 
 
+#: Why a UFM+ relaxation with prototypes that have negative entries (e.g. a simplex ETF) is not tight
+#: (docs/theory.md section 5): ``h >= 0`` is a constraint in the prototypes' coordinates, which the Gram of
+#: ``[H, W]`` does not see (only ``h.h' >= 0`` is imposed).
+SIGNED_UFM_PLUS_NOTE = ("the prototypes have negative entries: the Gram relaxation imposes h.h' >= 0 but not h >= 0 "
+                        "in their coordinates, so it is not tight for UFM+ and no certificate is expected "
+                        "(docs/theory.md section 5)")
+
+
+def signed_ufm_plus(problem) -> bool:
+    """UFM+ with prototypes (``n_w > 0``) that have negative entries: a :class:`ncgeo.UFMProblem` or a
+    :class:`ClassProgram`."""
+    if isinstance(problem, ClassProgram):
+        return bool(problem.nonnegative and problem.W is not None and not problem.proto_nonneg)
+    return bool(problem.nonnegative and problem.n_w > 0 and np.any(np.asarray(problem.prototypes) < 0))
+
+
 def batch_list(problem) -> list[np.ndarray]:
     """The batches of ``problem`` as index arrays (one full batch when ``problem.batches`` is None)."""
     if problem.batches is None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._validation import check_bool, check_choice
 from ..problem import UFMProblem, check_problem
-from ._common import problem_candidate, tolerance_of
+from ._common import SIGNED_UFM_PLUS_NOTE, problem_candidate, signed_ufm_plus, tolerance_of
 from ._program import Timer, check_solver_args
 from .dual import candidate_value, collapsed_certificate, dual_certificate
 from .full import solve_full
@@ -188,6 +188,8 @@ def certify(problem: UFMProblem, H, *, method: str = "auto", solver: str = "CLAR
     failure = None
     if not best.certified:
         failure = best.reason if len(attempts) == 1 else "; ".join(f"{a['method']}: {a['reason']}" for a in attempts)
+        if signed_ufm_plus(problem) and SIGNED_UFM_PLUS_NOTE not in failure:
+            failure += "; " + SIGNED_UFM_PLUS_NOTE
     return make_result(best.lower_bound, best.upper_bound, method=best.method, status=best.solver_status,
                        seconds=timer(), rank=best.rank, dim=best.dim, realisable=None, solution=dict(best.solution),
                        failure=failure, attempts=attempts, **tolerance)

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ..problem import UFMProblem
-from ._common import ClassProgram, class_program, tolerance_of
+from ._common import SIGNED_UFM_PLUS_NOTE, ClassProgram, class_program, signed_ufm_plus, tolerance_of
 from ._program import (LogSumExpObjective, Timer, block_and_sign_constraints, check_solver_args,
                        matrix_rank)
 from .face import geometry_certificate
@@ -168,7 +168,7 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
     a, b, p = _similarities(Rv, weights, kp)
     solution.update(a=a, b=b, p=p, R=Rv, weights=weights)
     collapsed = a >= 1 - COLLAPSE_TOL
-    signed_plus = nonnegative and W is not None and not program.proto_nonneg
+    signed_plus = signed_ufm_plus(program)
     if signed_plus:  # the relaxation is not tight: its optimum's spread says nothing of the UFM+ optimum,
         collapsed[:] = True  # whose best collapsed non-negative point is searched for the upper bound
     Rc = Rv.copy()
@@ -181,7 +181,7 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         # UFM+: the non-collapsed relaxation optimum is realised by no constructed non-negative
         # point (complete positivity unchecked), so its value bounds nothing from above
         failure = ("UFM+ relaxation optimum not collapsed: no non-negative realisation is constructed "
-                   "(complete positivity unchecked)" + _signed_prototypes_note(program)) if nonnegative else None
+                   "(complete positivity unchecked)") if nonnegative else None
         return make_result(lower, objective.value(_clip_psd(Rc)), seconds=seconds(), realisable=realisable,
                            failure=failure, **common)
     means, protos = realise_collapse(Rc, weights, W, d, nonnegative=nonnegative)
@@ -225,8 +225,8 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         notes.append(f"the realised optimum is not entrywise non-negative (smallest entry {raw_min:.3g}): the "
                      "upper bound is the loss of its clipped, polished non-negative neighbour")
     if signed_plus:
-        notes.append(f"the upper bound is the best of {1 + SIGNED_UFM_PLUS_STARTS} non-negative collapsed starts"
-                     + _signed_prototypes_note(program))
+        notes.append(f"the upper bound is the best of {1 + SIGNED_UFM_PLUS_STARTS} non-negative collapsed starts; "
+                     + SIGNED_UFM_PLUS_NOTE)
     if not notes:
         return result
     return make_result(lower, upper, seconds=seconds(), realisable=realisable,
@@ -261,16 +261,6 @@ def _nonnegative_unit(means: np.ndarray) -> np.ndarray:
     dead = np.linalg.norm(clipped, axis=0) == 0
     clipped[:, dead] = np.abs(means[:, dead])
     return clipped / np.linalg.norm(clipped, axis=0, keepdims=True)
-
-
-def _signed_prototypes_note(program: ClassProgram) -> str:
-    """Why a UFM+ relaxation with prototypes that have negative entries (e.g. a simplex ETF) is
-    generally not tight: ``h >= 0`` is a constraint in the prototypes' coordinates, which the Gram of
-    ``[H, W]`` does not see (only ``h.h' >= 0`` is imposed; ``h.w`` is unconstrained)."""
-    if program.W is None or program.proto_nonneg:
-        return ""
-    return ("; the prototypes have negative entries: the Gram relaxation imposes h.h' >= 0 but not h >= 0 in "
-            "their coordinates, so its optimum need not be attained by non-negative features")
 
 
 def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: float | None = None,
@@ -328,7 +318,7 @@ def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: 
                                                          fallback=fallback, verbose=verbose, psd_size=k + kp)
     if failure is not None:
         means, upper, solution = None, None, {}
-        if program.nonnegative and program.W is not None and not program.proto_nonneg:
+        if signed_ufm_plus(program):
             # UFM+ with signed prototypes: the relaxation is not tight anyway; report the best
             # non-negative collapsed point of the random starts
             means, upper = best_polished(random_nonnegative_starts((program.W.shape[0], k)), program, objective)

@@ -387,3 +387,17 @@ def test_reduced_relaxation_optimum_that_is_not_collapsed_is_named_in_the_reason
     cert = solve_reduced(P([24, 24, 12, 12], W, 10.0, 0.1, dim=16))
     assert not cert.certified and "the relaxation's optimum is not collapsed" in cert.reason
     assert cert.solution["a"].max() < 1 - 1e-6
+
+
+def test_certify_says_why_ufm_plus_with_signed_prototypes_is_not_certified():
+    """ncgeo solve --relu with ETF prototypes: the solver's point is reported not certified, and the reason
+    says that no certificate is expected for this set-up (not only a bare gap)."""
+    from ncgeo.certify import certify
+
+    problem = P([5] * 4, simplex_etf(4, 4), 10.0, 0.1, nonnegative=True)
+    solved = solve_ufm(problem, options=dict(restarts=2))
+    cert = certify(problem, solved.H)
+    assert not cert.certified and "no certificate is expected" in cert.reason
+    plain = certify(P([5] * 4, orthogonal_frame(4), 10.0, 0.1, nonnegative=True),
+                    np.repeat(np.eye(4), 5, axis=0))
+    assert plain.certified and "no certificate is expected" not in plain.reason
