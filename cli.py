@@ -183,6 +183,9 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     if batching == "full" and batch_size is not None:
         raise click.BadParameter("applies only to --batching partition, shuffle or bind (the full batch holds "
                                  "all N samples); add one of them or leave --batch-size out", param_hint="'--batch-size'")
+    if batching != "shuffle" and ctx.get_parameter_source("learning_rate") is click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter("applies only to --batching shuffle (Adam); the other batchings use L-BFGS, "
+                                 "which has no learning rate", param_hint="'--learning-rate'")
     if proto_anchors and 0 < protos < 1:
         raise click.BadParameter(f"must be 0 or >= 1 with --proto-anchors, got {protos:g}", param_hint="'--protos'")
     try:
@@ -230,10 +233,11 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         problem = UFMProblem.from_labels(labels, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
                                          dim=d, batches=make_batches(labels, batching, batch_size, seed))
     options = dict(restarts=restarts, seed=seed, device=device, dtype=dtype, max_iterations=max_iterations,
-                   init=init, learning_rate=learning_rate, progress=not quiet,
-                   certify=certify_method == "auto", rtol=rtol, atol=atol)
+                   init=init, progress=not quiet)
     if batching == "shuffle":
-        method, options["batch_size"] = "adam", batch_size
+        method, options["batch_size"], options["learning_rate"] = "adam", batch_size, learning_rate
+    if method in ("auto", "collapsed"):  # the collapsed path certifies its own candidate
+        options.update(certify=certify_method == "auto", rtol=rtol, atol=atol)
     try:
         result = solve_ufm(problem, method, options=options,
                            metadata={"geometry": geometry_name, "samples": samples, "imbalance": imbalance,

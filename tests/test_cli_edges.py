@@ -88,6 +88,19 @@ def test_lbfgs_is_refused_with_reshuffled_batches():
     assert line.startswith("Error: Invalid value for '--method': lbfgs needs fixed batches")
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--method", "collapsed", "--restarts", "3"], "Error: Invalid value for '--restarts': does not apply to method "
+                                                   "'collapsed', which would ignore it"),
+    (["--method", "collapsed", "--dtype", "float32"], "Error: Invalid value for '--dtype': does not apply"),
+    (["--method", "collapsed", "--init", "random"], "Error: Invalid value for '--init': does not apply"),
+    (["--learning-rate", "0.5"], "Error: Invalid value for '--learning-rate': applies only to --batching shuffle"),
+])
+def test_an_option_the_method_would_ignore_is_refused(args, expected):
+    """Options that the chosen solver never reads used to be accepted and silently ignored."""
+    line = _one_error_line(CliRunner().invoke(main, ["solve", "--classes", "3", "--samples", "4", *args]))
+    assert line.startswith(expected), line
+
+
 def test_batch_size_without_batching_is_refused(monkeypatch):
     import ncgeo.ufm
 

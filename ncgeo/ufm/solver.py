@@ -189,8 +189,20 @@ def _collapsed_start(problem: _Problem, generator: torch.Generator) -> torch.Ten
                               single_thread=True).x
 
 
+#: Options that a named method never reads: given with another value than its default, they are refused
+#: (``"auto"`` may take either path, so it accepts every option). The collapsed path runs in float64 on the CPU.
+IGNORED_OPTIONS = {
+    "lbfgs": ("learning_rate", "batch_size", "certify", "solver", "rtol", "atol"),
+    "adam": ("stream", "block", "certify", "solver", "rtol", "atol"),
+    "collapsed": ("init", "restarts", "device", "dtype", "time_limit", "learning_rate", "batch_size", "num_threads",
+                  "stream", "block"),
+}
+_COLLAPSED_RUNS_WITH = {"device": ("cpu",), "dtype": ("float64", "torch.float64")}
+
+
 def _check_options(method: str, options) -> dict:
-    """``OPTIONS`` updated by ``options`` (``TypeError``/``ValueError`` naming the key)."""
+    """``OPTIONS`` updated by ``options`` (``TypeError``/``ValueError`` naming the key); options that
+    ``method`` would ignore (:data:`IGNORED_OPTIONS`) are refused."""
     check_choice("method", method, METHODS)
     if options is None:
         options = {}
@@ -199,6 +211,15 @@ def _check_options(method: str, options) -> dict:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"options has unknown keys {', '.join(map(repr, unknown))} (known: {', '.join(OPTIONS)})")
+    for key in IGNORED_OPTIONS.get(method, ()):
+        value = options.get(key, OPTIONS[key])
+        if value is None or value is OPTIONS[key] or str(value) in _COLLAPSED_RUNS_WITH.get(key, ()):
+            continue
+        if isinstance(value, type(OPTIONS[key])) and value == OPTIONS[key]:
+            continue
+        raise ValueError(f"options['{key}'] does not apply to method {method!r}, which would ignore it "
+                         f"(got {value!r}; methods that use it: "
+                         f"{', '.join(m for m in METHODS[1:] if key not in IGNORED_OPTIONS[m])})")
     o = {**OPTIONS, **options}
     check_choice("options['init']", o["init"], INIT_CHOICES)
     o["restarts"] = check_int("options['restarts']", o["restarts"], minimum=1, maximum=MAX_RESTARTS)
@@ -311,6 +332,10 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
 
     Options (``OPTIONS`` holds the defaults)
     ----------------------------------------
+    A named method refuses (``ValueError``) an option it never reads when it is given another value
+    than its default (:data:`IGNORED_OPTIONS`, e.g. ``batch_size`` with ``"lbfgs"``, ``restarts`` or
+    ``dtype="float32"`` with ``"collapsed"``); ``"auto"`` accepts every option, since it may take either path.
+
     init, restarts, seed
         Starts (above).
     device, dtype

@@ -381,6 +381,12 @@ def test_solve_arguments_are_checked_before_the_solve():
         (dict(options=[("seed", 1)]), TypeError, "options must be a dict"),
         (dict(method="newton"), ValueError, "method must be one of"),
         (dict(method="adam"), ValueError, "batch_size'\\] is required by method 'adam'"),
+        # an option the named method never reads is refused, not silently ignored ("auto" accepts them all)
+        (dict(method="lbfgs", options={"batch_size": 4}), ValueError, "batch_size'\\] does not apply to method 'lbfgs'"),
+        (dict(method="lbfgs", options={"certify": False}), ValueError, "certify'\\] does not apply"),
+        (dict(method="collapsed", options={"restarts": 3}), ValueError, "restarts'\\] does not apply"),
+        (dict(method="collapsed", options={"dtype": "float32"}), ValueError, "dtype'\\] does not apply"),
+        (dict(method="adam", options={"batch_size": 2, "stream": True}), ValueError, "stream'\\] does not apply"),
     ]
     for kwargs, kind, message in cases:
         with pytest.raises(kind, match=message):
@@ -394,3 +400,6 @@ def test_solve_arguments_are_checked_before_the_solve():
     with pytest.raises(TypeError, match="rotate must be True or False"):
         simplex_etf(3, rotate="no")
     assert solve_ufm(problem, metadata={"note": "mine"}).settings["note"] == "mine"
+    # defaults (and the collapsed path's own float64 / CPU) are no conflict
+    assert solve_ufm(problem, "collapsed", options={"dtype": "float64", "device": "cpu", "restarts": 1}).loss > 0
+    assert solve_ufm(problem, "lbfgs", options={"learning_rate": 0.1, "certify": True}).loss > 0
