@@ -462,7 +462,8 @@ def _write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], seconds: float, 
               **{c: None if row[c] is None else f"{row[c]:.2e}" for c in ("excess_means", "excess_samples")},
               **{c: None if row[c] is None else f"{row[c]:.0f}" for c in ("seconds", "cpu_seconds")}}
              for row in table]
-    write_file(out / "table.md", markdown_table(shown, TABLE_COLUMNS).encode("utf-8"))
+    shown_columns = [c for c in TABLE_COLUMNS if c != "error" or any(row.get("error") for row in table)]
+    write_file(out / "table.md", markdown_table(shown, shown_columns).encode("utf-8"))
     summary = {**verdict, "seconds": seconds, "cpu_seconds": cpu_seconds, "workers": workers,
                "settings": spec.to_dict(), "table": table}
     write_file(out / "verdict.json", json.dumps(jsonable(summary, strict=True), indent=1).encode("utf-8"))

@@ -166,11 +166,13 @@ def test_a_failing_run_is_a_failed_row_and_the_others_go_on(tmp_path, monkeypatc
     assert outcome["decides"] and outcome["reason"].startswith("the run failed: ValueError")
     assert any("FAILED" in line for line in lines)
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    assert " error |" in (tmp_path / "sweep" / "table.md").read_text().splitlines()[0]  # shown when a run failed
     assert not (tmp_path / "sweep" / "runs" / "etf-signed-s0-ce-fixed" / "row.json").exists()
     assert (tmp_path / "sweep" / "runs" / "etf-signed-s0-nw10" / "row.json").is_file()
     monkeypatch.setattr(deep.sweep, "measure_run", real_measure)
     again = run_sweep(spec, workers=1, datasets=_datasets(), log=lines.append)
     assert not any(row["error"] for row in again["table"])
+    assert " error |" not in (tmp_path / "sweep" / "table.md").read_text().splitlines()[0]
     assert "1 to train" in [line for line in lines if "runs:" in line][-1]
 
 
