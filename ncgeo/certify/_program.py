@@ -212,7 +212,7 @@ def native_output_silenced(enabled: bool = True):
 
 def solve_problem(problem, solver: str, *, time_limit: float | None = None,
                   fallback: bool = True, verbose: bool = False,
-                  psd_size: int = 0) -> tuple[str, str, str | None]:
+                  psd_size: int = 0, tight: bool = True) -> tuple[str, str, str | None]:
     """Solve a cvxpy problem, falling back to the other conic solver on failure.
 
     Returns ``(solver_used, status, failure)``; ``failure`` is None on success, else a
@@ -222,6 +222,7 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
     programming errors (``TypeError``, ``IndexError``, ...) raise.
     Clarabel is skipped (with that reason) for a PSD cone larger than ``CLARABEL_MAX_PSD``; above
     ``CLARABEL_TIGHT_MAX_PSD`` it runs at its default tolerances only, after SCS when ``fallback``.
+    ``tight=False`` skips the tight Clarabel attempts (a program known to end "optimal_inaccurate" there).
     """
     import cvxpy as cp
 
@@ -232,6 +233,8 @@ def solve_problem(problem, solver: str, *, time_limit: float | None = None,
         # when both may run (measured 2026-12-06, full SDP k = 5, N = 100: the tight Clarabel attempts end
         # "optimal_inaccurate" after minutes, 366 s in all; SCS certifies in 8 s)
         order = ["SCS", "CLARABEL-default"] if fallback else [solver if solver == "SCS" else "CLARABEL-default"]
+    elif not tight:
+        order = ["CLARABEL-default" if name == "CLARABEL" else name for name in order]
     elif "CLARABEL" in order:
         # tight tolerances (cold, then warm), the other solver, and Clarabel's default tolerances last:
         # a default-tolerance "optimal" point can be too coarse for the rigorous bound (measured: gap

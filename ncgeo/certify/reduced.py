@@ -221,7 +221,7 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
         notes.append(f"the relaxation's optimum is not collapsed (a_c = {float(a.min()):.6g} < 1 for class(es) "
                      f"{np.flatnonzero(spread).tolist()}: spreading a class's samples lowers the loss); only its "
                      "collapsed neighbour is realised")
-    if nonnegative and raw_min < -1e-6:
+    if nonnegative and raw_min < -1e-6 and not signed_plus:
         notes.append(f"the realised optimum is not entrywise non-negative (smallest entry {raw_min:.3g}): the "
                      "upper bound is the loss of its clipped, polished non-negative neighbour")
     if signed_plus:
@@ -315,7 +315,8 @@ def solve_reduced(problem: UFMProblem, *, solver: str = "CLARABEL", time_limit: 
         constraints.append(diag[np.flatnonzero(~many)] == weights[~many])
     constraints += block_and_sign_constraints(R, k, kp, program.G_W, program.proto_nonneg, program.nonnegative)
     cvx_problem, used, status, failure = objective.solve(R, constraints, solver, time_limit=time_limit,
-                                                         fallback=fallback, verbose=verbose, psd_size=k + kp)
+                                                         fallback=fallback, verbose=verbose, psd_size=k + kp,
+                                                         tight=not signed_ufm_plus(program))
     if failure is not None:
         means, upper, solution = None, None, {}
         if signed_ufm_plus(program):

@@ -20,13 +20,18 @@ def test_the_clarabel_default_retry_does_not_inherit_the_first_attempts_settings
     assert abs(problem.value - np.linalg.eigvalsh(C)[0]) < 1e-7  # lambda_min(C) = 2 - sqrt(2)
 
 
-def test_the_reduced_ufm_plus_program_with_etf_prototypes_is_solved():
+def test_the_reduced_ufm_plus_program_with_etf_prototypes_is_solved(monkeypatch):
     from ncgeo import UFMProblem
     from ncgeo.certify import solve_reduced
     from ncgeo.geometry import simplex_etf
 
     problem = UFMProblem.from_sizes([100] * 5 + [10] * 5, simplex_etf(10, 10), 10, 0.2, nonnegative=True)
+    attempts = []
+    original = program.solve_problem
+    monkeypatch.setattr(program, "solve_problem", lambda *a, **k: attempts.append(k) or original(*a, **k))
     result = solve_reduced(problem)
     assert result.solver_status == "optimal" and "R" in result.solution
     # not certified: h >= 0 in the prototypes' coordinates is not seen by the Gram relaxation
     assert not result.certified and "prototypes have negative entries" in result.reason
+    # its tight Clarabel attempts are skipped (they end "optimal_inaccurate" after ~30 s)
+    assert attempts and all(k.get("tight") is False for k in attempts)
