@@ -113,11 +113,13 @@ def deep_predict(ctx, run, model, solver, write, require_certificate) -> None:
 @click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default=None,
               help="Learning-rate schedule  [default: cosine].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=IntRange(min=1), default=None,
               help="Runs trained at once, one process and one torch thread each  [default: all CPU cores].")
-def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_class, workers, **train) -> None:
+@click.pass_context
+def deep_sweep(ctx, out, preset, protos, ce_fixed, seeds, features, geometries, per_class, workers, **train) -> None:
     """Train one run per n_w (and ce-fixed), predict each with its certified UFM, write a table,
-    a figure and a verdict; finished runs are not retrained.
+    a figure and a verdict; finished runs are not retrained. Exit status 1 when a run failed (its row
+    says why; a second call retries it), else 0 whatever the verdict.
 
     \b
     Example:
@@ -134,3 +136,8 @@ def deep_sweep(out, preset, protos, ce_fixed, seeds, features, geometries, per_c
                f"{summary['workers']} processes")
     for name in ("table.csv", "table.md", "verdict.json", "sweep.png"):
         click.echo(f"wrote {Path(out) / name}")
+    failed = [row["run"] for row in summary["table"] if row.get("error")]
+    if failed:
+        click.echo(f"{len(failed)} run(s) failed: {', '.join(failed)}; run the same command again to retry them",
+                   err=True)
+        ctx.exit(1)

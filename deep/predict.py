@@ -326,6 +326,10 @@ class Prediction:
     certificate : dict
         ``to_dict()`` of the :class:`ncgeo.certify.CertificateResult` (or
         :class:`ncgeo.certify.CELimitResult`) of the solve.
+    certifiable : bool
+        False for UFM+ with prototypes that have negative entries at finite ``n_w``
+        (:func:`ncgeo.certify.signed_ufm_plus`): no certified prediction exists, and
+        :attr:`gram_predicted` is the best non-negative point found.
     """
 
     model: str
@@ -341,6 +345,7 @@ class Prediction:
     epoch: int | None
     verdict: str
     certificate: dict = field(default_factory=dict)
+    certifiable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -351,6 +356,7 @@ class Prediction:
             "delta_predicted_prototypes": self.delta_predicted_prototypes,
             "delta_measured_prototypes": self.delta_measured_prototypes,
             "epoch": self.epoch, "verdict": self.verdict, "certificate": self.certificate,
+            "certifiable": self.certifiable,
         }
 
     @property
@@ -424,13 +430,14 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
     """:func:`predict_run` of a record that :func:`check_predictable` has passed, with the model
     it returned (:func:`deep.report.report` checks every run before the first solve)."""
     from ncgeo import UFMProblem
-    from ncgeo.certify import certify_ce_limit, solve_reduced
+    from ncgeo.certify import certify_ce_limit, signed_ufm_plus, solve_reduced
 
     counts = np.asarray(record.run["train_class_counts"], dtype=np.float64)
     n_w, tau = float(record.config["protos"]), float(record.config["tau"])
     nonnegative = record.config.get("feature") in NONNEGATIVE_FEATURES
     anchors = bool(record.config.get("proto_anchors", False))
     W = record.prototypes
+    certifiable = True  # False: UFM+ with signed prototypes at finite n_w (no certified prediction exists)
     if model == "ce-limit":
         weights = counts
         limit = certify_ce_limit(W, tau, nonnegative, solver=solver)
@@ -445,7 +452,8 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
                                         prototypes_as_anchors=anchors and n_w > 0, dim=W.shape[0])
         result = solve_reduced(problem, solver=solver)
         certificate, verdict = result.to_dict(), result.verdict()
-        if nonnegative and n_w > 0 and np.any(W < 0) and not result.certified and "means" in result.solution:
+        certifiable = not signed_ufm_plus(problem)
+        if not certifiable and not result.certified and "means" in result.solution:
             # UFM+ with signed prototypes: the relaxation's optimum is not attained by non-negative
             # features; the prediction is the best non-negative collapsed point found (its loss is the
             # certificate's upper bound), not the relaxation's Gram
@@ -467,7 +475,7 @@ def predict_record(record: RunRecord, model: str, *, solver: str = "CLARABEL", w
         prototypes_as_anchors=anchors and n_w > 0 and model != "ce-limit", gram_predicted=gram,
         delta_measured_predicted=measured, delta_predicted_prototypes=delta_predicted_prototypes,
         delta_measured_prototypes=record.metrics[-1]["train"]["delta_prototypes"],
-        epoch=record.means_epoch, verdict=verdict, certificate=certificate,
+        epoch=record.means_epoch, verdict=verdict, certificate=certificate, certifiable=certifiable,
     )
     if write:
         target = record.path / "prediction.json"

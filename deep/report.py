@@ -39,7 +39,7 @@ __all__ = ["ReportResult", "report", "accuracy_rows", "cosines", "run_labels", "
 TABLE_COLUMNS = (
     "run", "loss", "n_w", "imbalance", "ratio", "epoch", "train_ncc", "test_ncc", "train_nearest_prototype",
     "test_nearest_prototype", "train_delta_prototypes", "test_delta_prototypes", "train_delta_etf",
-    "train_nc1", "delta_measured_predicted", "prediction_model",
+    "train_nc1", "delta_measured_predicted", "prediction_model", "prediction_certified",
 )
 
 
@@ -84,6 +84,7 @@ def accuracy_rows(records: Sequence[RunRecord], predictions: Sequence[Prediction
             "train_delta_etf": train["delta_etf"], "train_nc1": train["nc1"],
             "delta_measured_predicted": None if prediction is None else prediction.delta_measured_predicted,
             "prediction_model": None if prediction is None else prediction.model,
+            "prediction_certified": None if prediction is None else prediction.certified,
         })
     return rows
 
@@ -206,7 +207,8 @@ def _grams(records: Sequence[RunRecord], predictions: Sequence[Prediction | None
                              f"Delta to G_W = {_format(train.get('delta_prototypes'))}"),
                   (record.prototypes.T @ record.prototypes, "prototype Gram G_W"),
                   (None if prediction is None else cosines(prediction.gram_predicted),
-                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model})") + predicted)]
+                   "UFM prediction" + ("" if prediction is None else f" ({prediction.model}"
+                                        + ("" if prediction.certified else ", not certified") + ")") + predicted)]
         k = measured.shape[0]
         for axis, (matrix, title) in zip(axes[row], panels):
             axis.set_title(title, fontsize=9)

@@ -49,7 +49,6 @@ fails on it) while the other runs go on; it writes no ``row.json``, so the next 
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
 import math
 import os
@@ -83,7 +82,8 @@ DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fmnist": 10}
 #: Columns of ``table.csv`` / ``table.md``.
 TABLE_COLUMNS = ("run", "geometry", "feature", "seed", "n_w", "model", "delta_mp_train", "delta_mp_test",
                  "delta_pred_gw", "delta_gw_train", "delta_gw_test", "nc1_train", "nc1_test", "ncc_test",
-                 "excess_means", "excess_samples", "certified", "decides", "passes", "seconds", "cpu_seconds",
+                 "excess_means", "excess_samples", "certified", "certifiable", "decides", "passes", "seconds",
+                 "cpu_seconds",
                  "error")
 
 
@@ -354,7 +354,7 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
     network.load_state_dict(load_checkpoint(Path(folder) / "checkpoint.pt")["model"])
     H = embed(network, train_set.images, train_set.mean, train_set.std, config.eval_batch_size).double()
     certificate = prediction.certificate
-    certifiable = ce or not (prediction.nonnegative and config.protos > 0 and bool(np.any(record.prototypes < 0)))
+    certifiable = prediction.certifiable
     # the excess is over the certified optimum L; without a certificate, over the best point found
     optimum = (weighted_ce_optimum(certificate, prediction.weights) if ce else
                certificate.get("lower_bound" if certifiable else "upper_bound"))
@@ -374,7 +374,7 @@ def measure_run(folder: str | os.PathLike, config: TrainConfig, datasets=None) -
         "delta_gw_train": last["train"]["delta_prototypes"], "delta_gw_test": test.get("delta_prototypes"),
         "nc1_train": last["train"]["nc1"], "nc1_test": test.get("nc1"), "ncc_test": test.get("ncc_accuracy"),
         "excess_means": excess_means, "excess_samples": excess_samples,
-        "certified": bool(certificate.get("certified", False)),
+        "certified": prediction.certified,
         "certifiable": certifiable,
         "epoch": last["epoch"],
         "gram_measured": np.asarray(last["train"]["mean_inner_products"]).tolist(),
@@ -386,8 +386,8 @@ def row_verdict(row: Mapping[str, Any]) -> tuple[bool, bool, str]:
     """``(decides, passes, reason)`` of one row by the rule of the module docstring."""
     n_w = row["n_w"]
     decides = n_w == CE_FIXED or float(n_w) >= VERDICT_MIN_NW
-    if row.get("error"):
-        return decides, False, f"the run failed: {row['error']}"
+    if row.get("error"):  # a failed run fails the verdict whatever its n_w
+        return True, False, f"the run failed: {row['error']}"
     if row.get("certifiable") is False:  # measured and shown, but no certified prediction can exist
         decides = False
     measured, to_gw, predicted_gw = row["delta_mp_train"], row["delta_gw_train"], row["delta_pred_gw"]
@@ -417,12 +417,17 @@ def sweep_verdict(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         outcomes.append({"run": row["run"], "n_w": row["n_w"], "decides": decides, "passes": passes,
                          "reason": reason})
     deciding = [o for o in outcomes if o["decides"]]
+    uncertifiable = [row for row in rows if row.get("certifiable") is False and not row.get("error")
+                     and (row["n_w"] == CE_FIXED or float(row["n_w"]) >= VERDICT_MIN_NW)]
     verdict = "PASS" if deciding and all(o["passes"] for o in deciding) else "FAIL"
     return {"verdict": verdict,
             "rule": (f"every run with n_w >= {VERDICT_MIN_NW:g} (and ce-fixed): Delta(measured, predicted) <= "
                      f"{VERDICT_TOLERANCE} on the training set, and below Delta(measured, G_W) where "
                      f"Delta(predicted, G_W) > {DISTINCT_FROM_PROTOTYPES}, to a certified prediction; runs with "
-                     "smaller n_w are information"),
+                     "smaller n_w are information" + (
+                         f", and so are {len(uncertifiable)} run(s) with non-negative features and prototypes that "
+                         "have negative entries (no certified prediction exists)" if uncertifiable else "")
+                     + "; every run must finish"),
             "rows": outcomes}
 
 
@@ -495,8 +500,27 @@ def _train_and_measure(config: TrainConfig, datasets=None) -> dict[str, Any]:
 
 
 #: Errors of one run (training diverged, a prediction that cannot be solved, a damaged run folder) that
-#: become a failed row instead of stopping the sweep; anything else (a bug, an interrupt) stops it.
-RUN_ERRORS = (ValueError, RuntimeError, FloatingPointError, OSError, ArithmeticError)
+#: become a failed row instead of stopping the sweep; anything else (a bug, an interrupt) stops it. Errors
+#: every run would meet (the dataset cannot be read) are found before training starts.
+RUN_ERRORS = (ValueError, ArithmeticError, OSError)
+
+
+#: Keys every measured row has (``row.json``); a row without them is measured again.
+ROW_KEYS = ("run", "geometry", "feature", "seed", "n_w", "model", "delta_mp_train", "delta_gw_train", "delta_pred_gw",
+            "certified", "seconds", "cpu_seconds")
+
+
+def _read_row(path: Path, name: str) -> dict[str, Any] | None:
+    """The stored row of run ``name``, or None (to measure it again) when it is missing, unreadable, of
+    another run or lacks a key of :data:`ROW_KEYS`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            row = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(row, dict) or row.get("run") != name or any(key not in row for key in ROW_KEYS):
+        return None
+    return row
 
 
 def _cpu_time() -> float:
@@ -517,7 +541,7 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
     time of this call, its workers included) and ``workers``. ``datasets`` (train, test)
     replaces reading the dataset (tests).
     """
-    from ncgeo._parallel import process_pool, resolve_workers
+    from ncgeo._parallel import resolve_workers, run_each
 
     if not isinstance(spec, SweepSpec):
         raise TypeError(f"spec must be a SweepSpec, got {type(spec).__name__}")
@@ -528,19 +552,24 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     for name, config in runs:
-        row_path = Path(config.out) / "row.json"
-        if row_path.is_file():
-            with open(row_path, encoding="utf-8") as handle:
-                rows[name] = json.load(handle)
+        row = _read_row(Path(config.out) / "row.json", name)
+        if row is not None:
+            rows[name] = row
         else:
             todo.append((name, config))
+    if todo:  # what every run would meet (an unreadable dataset, too few test images): one error, now
+        import torch
+
+        from .train import prepare_data
+
+        prepare_data(todo[0][1], torch.device("cpu"), datasets)
     workers = min(workers, max(1, len(todo)))
     log(f"{len(runs)} runs: {len(rows)} done before (not retrained), {len(todo)} to train"
         + (f" in {workers} processes" if todo else ""))
 
     configs = dict(runs)
 
-    def finish(name: str, row: dict[str, Any] | None, error: Exception | None = None) -> None:
+    def finish(name: str, row: dict[str, Any] | None, error: BaseException | None) -> None:
         if error is not None:  # this run's row is a failure; the other runs go on (a later call retries it)
             config = configs[name]
             row = {"run": name, "geometry": config.geometry, "feature": config.feature, "seed": config.seed,
@@ -556,26 +585,7 @@ def run_sweep(spec: SweepSpec, *, workers: int | None = None, datasets=None,
             f"{_show(row['excess_means'], '.2e')} per anchor ({row['seconds']:.0f} s wall, "
             f"{row['cpu_seconds']:.0f} s CPU)")
 
-    if workers == 1:
-        for name, config in todo:
-            try:
-                row, error = _train_and_measure(config, datasets), None
-            except RUN_ERRORS as exc:
-                row, error = None, exc
-            finish(name, row, error)
-    elif todo:
-        with process_pool(workers) as pool:
-            pending = {pool.submit(_train_and_measure, config, datasets): name for name, config in todo}
-            try:
-                for future in futures.as_completed(pending):
-                    try:
-                        row, error = future.result(), None
-                    except RUN_ERRORS as exc:
-                        row, error = None, exc
-                    finish(pending[future], row, error)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+    run_each(_train_and_measure, {name: (config, datasets) for name, config in todo}, workers, finish,
+             errors=RUN_ERRORS)
     return _write_outputs(spec, [rows[name] for name, _ in runs], time.perf_counter() - started,
                           _cpu_time() - cpu_started, workers)

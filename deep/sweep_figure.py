@@ -36,6 +36,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
     groups = sorted({(row["geometry"], row["feature"]) for row in rows})
     for column, (title, train_key, test_key, log) in enumerate(panels):
         axis = figure.add_subplot(grid[0, 4 * column:4 * column + 4])
+        positive = False
         for group_index, group in enumerate(groups):
             colour = f"C{group_index}"
             for data_key, style in ((train_key, "-"), (test_key, "--")):
@@ -47,6 +48,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
                         xs.append(position[label])
                         ys.append(float(np.mean([row[data_key] for row in chosen])))
                         hollow.append(not all(row.get("certified") for row in chosen))
+                positive = positive or any(y > 0 for y in ys)
                 axis.plot(xs, ys, style, marker="o", color=colour,
                           label=f"{Path(group[0]).stem}/{group[1]} {'train' if data_key == train_key else 'test'}")
                 open_x = [x for x, h in zip(xs, hollow) if h]
@@ -58,7 +60,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, path: Path) -
         axis.set_xticks(range(len(labels)), labels)
         axis.set_xlabel("n_w")
         axis.set_title(title + (" (hollow: prediction not certified)" if column == 0 else ""), fontsize=10)
-        if log:
+        if log and positive:  # (no positive value: e.g. every run failed)
             axis.set_yscale("log")
         if column == len(panels) - 1:  # one legend for the three panels, outside them
             axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

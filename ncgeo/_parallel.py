@@ -11,8 +11,9 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import os
+from typing import Any, Callable, Hashable, Mapping
 
-__all__ = ["resolve_workers", "process_pool"]
+__all__ = ["resolve_workers", "process_pool", "run_each"]
 
 
 def resolve_workers(workers: int | None, name: str = "workers") -> int:
@@ -45,3 +46,33 @@ def process_pool(workers: int) -> futures.ProcessPoolExecutor:
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     return futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+
+
+def run_each(function: Callable[..., Any], calls: Mapping[Hashable, tuple], workers: int,
+             finish: Callable[[Hashable, Any, BaseException | None], None],
+             errors: tuple[type[BaseException], ...] = ()) -> None:
+    """``function(*calls[key])`` for every key, in this process when ``workers == 1`` or there is one call,
+    else in :func:`process_pool` (``function`` must then be picklable); ``finish(key, value, None)`` as each
+    ends, ``finish(key, None, exc)`` for an exception of type ``errors`` (the other calls go on). Any other
+    exception cancels the pending calls and is raised."""
+    if workers == 1 or len(calls) <= 1:
+        for key, args in calls.items():
+            try:
+                value, error = function(*args), None
+            except errors as exc:
+                value, error = None, exc
+            finish(key, value, error)
+        return
+    with process_pool(min(workers, len(calls))) as pool:
+        pending = {pool.submit(function, *args): key for key, args in calls.items()}
+        try:
+            for future in futures.as_completed(pending):
+                try:
+                    value, error = future.result(), None
+                except errors as exc:
+                    value, error = None, exc
+                finish(pending[future], value, error)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise

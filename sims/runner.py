@@ -20,7 +20,6 @@ allows it (no re-import of the caller's main module, imports shared with the par
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ncgeo._io import is_out_of_memory, out_of_memory_message, remove_stale_temporaries
-from ncgeo._parallel import process_pool, resolve_workers
+from ncgeo._parallel import resolve_workers, run_each
 from ncgeo.progress import Progress
 
 from .io import write_json_atomic
@@ -39,7 +38,7 @@ from .study import OptionError
 #: one, of another sweep writing the same folder, is milliseconds old).
 STALE_SECONDS = 600.0
 
-__all__ = ["SweepOutcome", "point_key", "run_sweep", "resolve_workers", "grid"]
+__all__ = ["SweepOutcome", "point_key", "run_sweep", "grid"]
 
 
 def point_key(point: dict[str, Any]) -> str:
@@ -159,26 +158,15 @@ def run_sweep(name: str, out_dir: str | os.PathLike, points: Sequence[dict[str, 
     bar = Progress(f"{name} ({cached} cached)" if cached else name, len(entries) + len(todo), unit="points",
                    initial=cached, enabled=progress and bool(todo))
 
-    def finish(key: str, result: dict, seconds: float) -> None:
+    def finish(key: str, timed: tuple[dict, float], error: BaseException | None) -> None:
+        result, seconds = timed
         entry = {"point": todo[key], "result": result, "seconds": seconds}
         write_json_atomic(os.path.join(store, f"{key}.json"), entry)
         entries[key] = json.loads(json.dumps(entry, allow_nan=True))
         bar.update()
 
     with bar:
-        if todo and (workers == 1 or len(todo) == 1):
-            for key, point in todo.items():
-                finish(key, *_timed(compute, point))
-        elif todo:
-            with process_pool(min(workers, len(todo))) as pool:
-                pending = {pool.submit(_timed, compute, point): key for key, point in todo.items()}
-                try:
-                    for future in futures.as_completed(pending):
-                        finish(pending[future], *future.result())
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
+        run_each(_timed, {key: (compute, point) for key, point in todo.items()}, workers, finish)
     return SweepOutcome(results=[entries[key] for key in keys], computed=len(todo), cached=cached,
                         seconds=time.perf_counter() - start)
 

@@ -26,6 +26,7 @@ scale of ``UFMResult.loss`` (sum over batches and anchors).
 """
 
 from .auto import certify, certify_result, realise_and_certify
+from ._common import signed_ufm_plus
 from .ce_limit import CELimitResult, ce_geometry_pinned, certify_ce_limit
 from .closed import certify_closed_form
 from .dual import collapsed_certificate, dual_certificate
@@ -49,5 +50,6 @@ __all__ = [
     "collapsed_certificate",
     "certify_ce_limit",
     "ce_geometry_pinned",
+    "signed_ufm_plus",
     "certify_closed_form",
 ]

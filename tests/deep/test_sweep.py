@@ -50,6 +50,11 @@ def test_sweep_verdict_is_decided_by_the_large_n_w_rows_only():
     rows[1] = {**_row(10.0, 0.3, 0.09, 0.09, "b"), "certified": False, "certifiable": False}
     verdict = sweep_verdict(rows)
     assert verdict["verdict"] == "PASS" and "no certified prediction" in verdict["rows"][1]["reason"]
+    assert "1 run(s) with non-negative features and prototypes that have negative entries" in verdict["rule"]
+    # a run that failed fails the sweep, whatever its n_w (n_w = 0 included)
+    failed = {"run": "d", "n_w": 0.0, "error": "FloatingPointError: diverged"}
+    verdict = sweep_verdict([_row(10.0, 0.04, 0.09, 0.09, "b"), _row(CE_FIXED, 0.01, 0.0, 0.0, "c"), failed])
+    assert verdict["verdict"] == "FAIL" and verdict["rows"][2]["decides"]
 
 
 def test_ufm_excess_is_the_ncgeo_objective_minus_the_optimum():
@@ -176,6 +181,55 @@ def test_a_failing_run_is_a_failed_row_and_the_others_go_on(tmp_path, monkeypatc
     assert "1 to train" in [line for line in lines if "runs:" in line][-1]
 
 
+def test_a_damaged_row_is_measured_again_and_an_unreadable_dataset_stops_before_training(tmp_path, monkeypatch):
+    """A row.json without its keys (edited, or written by an older version) is measured again, without
+    retraining; an error every run would meet (no dataset) is one error before any run starts."""
+    spec = _spec(tmp_path / "sweep", protos="10", ce_fixed=False, epochs=4)
+    first = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)
+    row_path = tmp_path / "sweep" / "runs" / "etf-signed-s0-nw10" / "row.json"
+    row_path.write_text(json.dumps({"run": "etf-signed-s0-nw10", "delta_mp_train": 0.0}))
+    calls = []
+    real_train = deep.train.train
+    monkeypatch.setattr(deep.train, "train", lambda config, **kw: calls.append(config) or real_train(config, **kw))
+    again = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)
+    assert len(calls) == 1 and calls[0].resume  # resumed from its final checkpoint: measured, not retrained
+    assert again["table"][0]["delta_mp_train"] == pytest.approx(first["table"][0]["delta_mp_train"])
+    missing = _spec(tmp_path / "nodata", protos="10,100", ce_fixed=False, epochs=4, data_root=str(tmp_path / "none"))
+    with pytest.raises(ValueError):
+        run_sweep(missing, workers=2, log=lambda text: None)
+    assert not (tmp_path / "nodata" / "runs").exists()
+
+
+def test_nonnegative_features_with_etf_prototypes_are_measured_against_the_best_point_found(tmp_path):
+    """UFM+ (|z|) with the simplex ETF: the row is not certifiable (information), its prediction is the best
+    non-negative point of the certificate and its excess is taken over that point's loss."""
+    from deep.sweep import ufm_excess
+    from deep.train import prepare_data
+
+    spec = _spec(tmp_path / "abs", protos="10", ce_fixed=False, features="abs", epochs=4)
+    (row,) = run_sweep(spec, workers=1, datasets=_datasets(), log=lambda text: None)["table"]
+    assert row["certifiable"] is False and row["certified"] is False and row["decides"] is False
+    run = tmp_path / "abs" / "runs" / row["run"]
+    prediction = json.loads((run / "prediction.json").read_text())
+    assert prediction["certifiable"] is False and prediction["verdict"].startswith("best non-negative point found")
+    gram = np.asarray(prediction["gram_predicted"])
+    assert np.allclose(np.diag(gram), 1.0) and gram.min() >= -1e-12
+    # the excess of the means is over the best point's loss (the upper bound), not the loose lower bound
+    config = dict(spec.train, protos=10.0, feature="abs", out=str(run))
+    from deep.config import TrainConfig
+    from deep.predict import load_run
+
+    train_set, _ = prepare_data(TrainConfig(**{**config, "geometry": "etf", "seed": 0}), torch.device("cpu"),
+                                _datasets())
+    record = load_run(run)
+    means = np.asarray(record.train_means)
+    counts = np.bincount(train_set.labels.numpy())
+    H = (means / np.linalg.norm(means, axis=0))[:, train_set.labels.numpy()].T
+    excess, _ = ufm_excess(H, train_set.labels.numpy(), counts.astype(float), torch.as_tensor(record.prototypes),
+                           10.0, spec.train["tau"], prediction["certificate"]["upper_bound"], samples=False)
+    assert row["excess_means"] == pytest.approx(excess, rel=1e-9, abs=1e-12)
+
+
 def test_mini_batch_sweep_is_predicted_with_the_expected_per_batch_counts(tmp_path):
     from deep.predict import load_run
 
@@ -240,6 +294,25 @@ def test_full_batch_mlp_reaches_the_certified_prediction_on_fashion_mnist(tmp_pa
 #: steps left 0.089.
 SLOW_EPOCHS = 400
 SLOW_THRESHOLD = 0.02
+
+
+def test_cli_sweep_exits_1_when_a_run_failed(tmp_path, tiny_mnist, monkeypatch):
+    from click.testing import CliRunner
+
+    import deep.sweep
+    from cli import main as cli_main
+
+    def measure(folder, config, datasets=None):
+        raise FloatingPointError("the loss diverged (test)")
+
+    monkeypatch.setattr(deep.sweep, "measure_run", measure)
+    result = CliRunner().invoke(cli_main, ["deep", "sweep", "--out", str(tmp_path / "s"), "--dataset", "mnist",
+                                           "--data-root", str(tiny_mnist), "--protos", "10", "--no-ce-fixed",
+                                           "--steps", "2", "--per-class", "6", "--ratio", "2", "--max-test-samples", "30",
+                                           "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "1 run(s) failed: etf-signed-s0-nw10" in result.output and "Traceback" not in result.output
+    assert "verdict: FAIL" in result.output
 
 
 @pytest.mark.parametrize("args, option", [(["--workers", "0"], "--workers"), (["--protos", "0,x"], "--protos"),
