@@ -150,7 +150,7 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
     ``gram`` describes *the* optimal geometry only when ``geometry_pinned`` is True.
     """
     from ncgeo.certify.reduced import solve_reduced
-    from ncgeo.certify.result import DEFAULT_ATOL, DEFAULT_RTOL
+    from ncgeo.certify.result import DEFAULT_ATOL, DEFAULT_RTOL, make_result
     from ncgeo.problem import UFMProblem
 
     sizes = [int(s) for s in sizes]
@@ -203,10 +203,11 @@ def certified_optimum(sizes, W: np.ndarray, n_w: float, tau: float, *, nonnegati
         loss = solved.loss / N
         lower = out["lower_bound"]
         M, _ = class_means(solved.H, solved.labels, k)
-        # docs/theory.md section 5.1: the gap against the excess over the floor, per sample
-        excess = loss - floor / N
-        if (loss - lower) * N <= DEFAULT_RTOL * max(excess * N, 0.0) + DEFAULT_ATOL * anchors:
-            relative = max(loss - lower, 0.0) / excess if excess > 0 else 0.0
+        # docs/theory.md section 5.1: ncgeo's verdict on the solver's loss against the rigorous bound
+        judged = make_result(lower * N if np.isfinite(lower) else None, solved.loss, floor=floor, anchors=anchors,
+                             method="reduced", status="optimal", seconds=0.0, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
+        if judged.certified:
+            relative = max(judged.relative_gap, 0.0)
             out.update(loss=loss, certified=True, source="solver", gram=(M.T @ M).tolist(), means=M.tolist(),
                        relative_gap=relative,
                        reason=f"solver loss within {relative:.1e} of the excess (relative) of the reduced-SDP bound")
