@@ -47,7 +47,16 @@ def test_json_to_stdout_relu_bind():
     data = json.loads(result.stdout)
     assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "fixed"
     assert data["settings"]["scheme"] == "bind"
+    assert data["settings"]["batch_size"] == 2 + 3  # the largest batch: 2 samples and one bound per class
     assert data["geometry"]["delta_of"] < 1e-6
+
+
+def test_report_names_the_batching_scheme():
+    """The report said "batching fixed (batch size None)" for partition and bind."""
+    result = _run("--classes", "3", "--samples", "4", "--batching", "partition", "--batch-size", "4", "--certify",
+                  "none")
+    assert result.exit_code == 0, result.output
+    assert "batching partition (largest batch 4)" in result.output
 
 
 def test_prototype_gram_file(tmp_path):

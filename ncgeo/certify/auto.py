@@ -218,7 +218,14 @@ def problem_of(result) -> UFMProblem:
                                   nonnegative=check_bool("settings['nonnegative']", settings.get("nonnegative", False)),
                                   prototypes_as_anchors=check_bool("settings['prototypes_as_anchors']",
                                                                    settings.get("prototypes_as_anchors", False)),
-                                  dim=np.asarray(result.H).shape[1])
+                                  dim=_dim_of(result))
+
+
+def _dim_of(result) -> int:
+    """The embedding dimension of a result without building ``H`` (an ``N x d`` array on every access
+    of a collapsed result)."""
+    dim = getattr(result, "dim", None)
+    return int(dim) if dim is not None else int(np.asarray(result.H).shape[1])
 
 
 def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", time_limit: float | None = None,
@@ -229,7 +236,7 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", ti
     a float64 solve and recomputed in float64 otherwise. A reshuffled (``"shuffle"``) solve has
     no fixed objective and is reported as not certified.
     """
-    if not all(hasattr(result, name) for name in ("settings", "H", "labels")):
+    if not all(hasattr(type(result), name) or hasattr(result, name) for name in ("settings", "H", "labels")):
         raise TypeError(f"result must be a UFMResult or SavedSolution (from solve_ufm or ncgeo.ufm.load_npz), "
                         f"got {type(result).__name__}; for a file use certify_result(load_npz(path)) or "
                         "`ncgeo certify FILE`")
@@ -240,9 +247,9 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", ti
         full = UFMProblem.from_labels(labels, W, settings["n_w"], settings["tau"],
                                       num_classes=W.shape[1] if W is not None else None,
                                       prototypes_as_anchors=bool(settings.get("prototypes_as_anchors", False)),
-                                      dim=np.asarray(result.H).shape[1])
+                                      dim=_dim_of(result))
         return make_result(None, getattr(result, "loss", None), method="none", status="n/a", seconds=0.0,
-                           dim=result.H.shape[1], failure="reshuffled batches have no fixed objective to certify",
+                           dim=_dim_of(result), failure="reshuffled batches have no fixed objective to certify",
                            **tolerance_of(full, rtol, atol))
     problem = problem_of(result)
     # the upper bound is the candidate's loss recomputed in float64 (a float32 solve's is ~1e-7 off)

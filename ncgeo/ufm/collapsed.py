@@ -111,8 +111,7 @@ def _start_rows(problem, relaxed, generator: torch.Generator) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True)
 
 
-def certify_collapsed(problem, means: np.ndarray, loss: float, relaxed, relaxation: str, rtol: float,
-                      atol: float):
+def certify_collapsed(problem, means: np.ndarray, relaxed, relaxation: str, rtol: float, atol: float):
     """Certify the collapsed candidate ``h_i = m_{y_i}`` (the ONE place that does it).
 
     The dual certificate from the class means and counts (:func:`ncgeo.certify.collapsed_certificate`:
@@ -126,7 +125,7 @@ def certify_collapsed(problem, means: np.ndarray, loss: float, relaxed, relaxati
     from ..certify.result import contradicts, make_result
 
     dual = collapsed_certificate(problem, means, rtol=rtol, atol=atol)
-    loss = dual.upper_bound  # the means' loss as the certificate computed it
+    loss = dual.upper_bound  # the means' loss, as the certificate computes it
     note = (f"dual certificate on the k = {problem.num_classes} class means "
             f"({dual.solution.get('structure', 'dense')} structure)")
     if dual.certified or relaxed is None or not np.isfinite(relaxed.lower_bound):
@@ -180,7 +179,7 @@ def solve_collapsed(problem, *, grad_tol: float = 1e-10, max_iterations: int = 5
     loss = float(value.detach())
     certificate, note = (None, "not certified: certification was switched off")
     if certify:
-        certificate, note = certify_collapsed(problem, means, loss, relaxed, name, rtol, atol)
+        certificate, note = certify_collapsed(problem, means, relaxed, name, rtol, atol)
         if certificate is not None and not certificate.certified:
             note += ("; the collapsed point is stationary but may be a saddle (collapse need not be optimal, "
                      "e.g. under exp imbalance with prototypes): try method 'lbfgs' from random starts")

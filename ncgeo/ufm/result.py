@@ -151,7 +151,10 @@ class UFMResult:
         """Short human-readable report: set-up, loss, closed form, iterations, gradient norm, geometry."""
         s = self.settings
         size_text = size_runs(self.class_sizes)
-        batching = s["batching"] if s["batching"] == "full" else f"{s['batching']} (batch size {s['batch_size']})"
+        scheme = s.get("scheme") or s["batching"]  # e.g. partition / bind (ncgeo solve), else fixed
+        batching = scheme if s["batching"] == "full" else (
+            f"{scheme} (batch size {s['batch_size']})" if s["batching"] == "shuffle"
+            else f"{scheme} (largest batch {s['batch_size']})")
         geometry = s.get("geometry", "given" if self.W is not None else "none")
         m = self.metrics
         stationarity = "KKT residual" if s["nonnegative"] else "Riemannian gradient"

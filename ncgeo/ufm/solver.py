@@ -10,6 +10,7 @@ r"""The UFM solver: minimise the SCL-with-prototypes objective over free unit em
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -189,9 +190,10 @@ def _collapsed_start(problem: _Problem, generator: torch.Generator) -> torch.Ten
                               single_thread=True).x
 
 
-#: Options that a named method never reads: given with another value than its default, they are refused
-#: (``"auto"`` may take either path, so it accepts every option). The collapsed path runs in float64 on the CPU.
+#: Options that a method never reads: given with another value than its default, they are refused
+#: (``"auto"`` takes ``"lbfgs"`` or ``"collapsed"``, never ``"adam"``). The collapsed path runs in float64 on the CPU.
 IGNORED_OPTIONS = {
+    "auto": ("learning_rate", "batch_size"),
     "lbfgs": ("learning_rate", "batch_size", "certify", "solver", "rtol", "atol"),
     "adam": ("stream", "block", "certify", "solver", "rtol", "atol"),
     "collapsed": ("init", "restarts", "device", "dtype", "time_limit", "learning_rate", "batch_size", "num_threads",
@@ -215,11 +217,11 @@ def _check_options(method: str, options) -> dict:
         value = options.get(key, OPTIONS[key])
         if value is None or value is OPTIONS[key] or str(value) in _COLLAPSED_RUNS_WITH.get(key, ()):
             continue
-        if isinstance(value, type(OPTIONS[key])) and value == OPTIONS[key]:
+        if not isinstance(value, bool) and isinstance(value, (numbers.Number, str)) and value == OPTIONS[key]:
             continue
         raise ValueError(f"options['{key}'] does not apply to method {method!r}, which would ignore it "
                          f"(got {value!r}; methods that use it: "
-                         f"{', '.join(m for m in METHODS[1:] if key not in IGNORED_OPTIONS[m])})")
+                         f"{', '.join(m for m in METHODS if key not in IGNORED_OPTIONS[m])})")
     o = {**OPTIONS, **options}
     check_choice("options['init']", o["init"], INIT_CHOICES)
     o["restarts"] = check_int("options['restarts']", o["restarts"], minimum=1, maximum=MAX_RESTARTS)
@@ -275,7 +277,9 @@ def _resolve_method(problem: UFMProblem, method: str, o: dict) -> tuple[str, int
     if method == "adam":
         check_memory(N, d, k, batching="partition", batch_size=o["batch_size"], dtype=o["dtype"],
                      device=o["device"], nonnegative=problem.nonnegative)
-        return method, None
+        # its final full-batch loss and gradient are streamed when the N x N similarities do not fit
+        fits = dense_fits(N, d, k, dtype=o["dtype"], device=o["device"])
+        return method, None if fits else block_rows(N, k, o["dtype"], o["device"])
     stream = o["stream"]
     if stream == "auto":
         stream = full and not dense_fits(N, d, k, dtype=o["dtype"], device=o["device"])
@@ -332,9 +336,9 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
 
     Options (``OPTIONS`` holds the defaults)
     ----------------------------------------
-    A named method refuses (``ValueError``) an option it never reads when it is given another value
-    than its default (:data:`IGNORED_OPTIONS`, e.g. ``batch_size`` with ``"lbfgs"``, ``restarts`` or
-    ``dtype="float32"`` with ``"collapsed"``); ``"auto"`` accepts every option, since it may take either path.
+    A method refuses (``ValueError``) an option it never reads when it is given another value than its
+    default (:data:`IGNORED_OPTIONS`, e.g. ``batch_size`` with ``"lbfgs"`` or ``"auto"``, ``restarts`` or
+    ``dtype="float32"`` with ``"collapsed"``); ``"auto"`` accepts the options of both of its paths.
 
     init, restarts, seed
         Starts (above).
@@ -396,7 +400,8 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
     settings = dict(
         class_sizes=sizes, n_w=problem.n_w, tau=problem.tau, dim=d, nonnegative=problem.nonnegative,
         batching="shuffle" if resolved == "adam" else ("full" if problem.full_batch else "fixed"),
-        batch_size=o["batch_size"] if resolved == "adam" else None,
+        batch_size=o["batch_size"] if resolved == "adam" else (
+            None if problem.full_batch else max(len(b) for b in problem.batches)),  # fixed: the largest batch
         prototypes_as_anchors=problem.prototypes_as_anchors, method=resolved, requested_method=method,
         restarts=o["restarts"], seed=o["seed"], device=str(o["device"]), dtype=str(o["dtype"]).replace("torch.", ""),
         grad_tol=o["grad_tol"], max_iterations=o["max_iterations"], init=o["init"], learning_rate=o["learning_rate"],
@@ -438,7 +443,9 @@ def solve_ufm(problem: UFMProblem, method: str = "auto", *, options: dict | None
 def _collapsed_result(problem: UFMProblem, o: dict, labels: np.ndarray, W, settings: dict,
                       start_time: float) -> UFMResult:
     """The collapsed path's :class:`UFMResult` (class means stored, ``H`` expanded on demand)."""
-    out = solve_collapsed(problem, grad_tol=min(o["grad_tol"], 1e-10), max_iterations=min(o["max_iterations"], 5000),
+    grad_tol, max_iterations = min(o["grad_tol"], 1e-10), min(o["max_iterations"], 5000)
+    settings.update(grad_tol=grad_tol, max_iterations=max_iterations)  # the values the collapsed path uses
+    out = solve_collapsed(problem, grad_tol=grad_tol, max_iterations=max_iterations,
                           seed=o["seed"], certify=o["certify"], solver=o["solver"], rtol=o["rtol"], atol=o["atol"])
     k = problem.num_classes
     settings.update(starts=["collapsed"], start="collapsed", relaxation=out.relaxation,

@@ -376,7 +376,7 @@ def test_solve_arguments_are_checked_before_the_solve():
         (dict(metadata="abc"), TypeError, "metadata must be a dict"),
         (dict(options={"time_limit": "5"}), TypeError, "time_limit'\\] must be a real number"),
         (dict(options={"time_limit": -1}), ValueError, "time_limit'\\] must be > 0"),
-        (dict(options={"batch_size": "4"}), TypeError, "batch_size'\\] must be an integer"),
+        (dict(method="adam", options={"batch_size": "4"}), TypeError, "batch_size'\\] must be an integer"),
         (dict(options={"tolerance": 1e-3}), ValueError, "options has unknown keys 'tolerance'"),
         (dict(options=[("seed", 1)]), TypeError, "options must be a dict"),
         (dict(method="newton"), ValueError, "method must be one of"),
@@ -403,3 +403,6 @@ def test_solve_arguments_are_checked_before_the_solve():
     # defaults (and the collapsed path's own float64 / CPU) are no conflict
     assert solve_ufm(problem, "collapsed", options={"dtype": "float64", "device": "cpu", "restarts": 1}).loss > 0
     assert solve_ufm(problem, "lbfgs", options={"learning_rate": 0.1, "certify": True}).loss > 0
+    assert solve_ufm(problem, "collapsed", options={"restarts": np.int64(1)}).settings["grad_tol"] == 1e-10
+    with pytest.raises(ValueError, match="batch_size'\\] does not apply to method 'auto'"):
+        solve_ufm(problem, options={"batch_size": 4})  # auto never takes the Adam path

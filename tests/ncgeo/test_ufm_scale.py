@@ -67,6 +67,23 @@ def test_streamed_solve_reaches_the_dense_optimum():
     assert streamed.loss == pytest.approx(dense.loss, rel=1e-12)
 
 
+def test_adam_streams_its_full_batch_loss_when_the_dense_one_does_not_fit(monkeypatch):
+    """Adam's batches fit, its final full-batch loss and gradient would not: they are streamed (they used to
+    form the N x N similarities whatever the memory), with the same value as the dense evaluation."""
+    import ncgeo.ufm.solver as solver
+    import ncgeo.ufm.streaming as streaming
+
+    problem = UFMProblem.from_sizes([20, 20, 10], simplex_etf(3, 3), 3.0, 0.3)
+    options = dict(batch_size=8, max_iterations=3, seed=0)
+    dense = solve_ufm(problem, "adam", options=options)
+    need = sum(solver._memory_need(50, 3, 3, 50, 8))
+    monkeypatch.setattr(solver, "available_memory", lambda device: need)  # 90% of it: the dense batch does not fit
+    monkeypatch.setattr(streaming, "available_memory", lambda device: need)
+    streamed = solve_ufm(problem, "adam", options=options)
+    assert dense.settings["stream_block"] is None and streamed.settings["stream_block"] is not None
+    assert streamed.loss == pytest.approx(dense.loss, rel=1e-12)
+
+
 # ------------------------------------------------------------------ collapsed path
 
 
