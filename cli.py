@@ -192,15 +192,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         sizes = class_sizes(classes, samples, imbalance, ratio)
     except ValueError as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--ratio' / '--samples'") from exc
-    from ncgeo.problem import UFMProblem
-    from ncgeo.ufm import make_batches
-
-    if batching != "full" and sum(sizes) <= 1_000_000 and not quiet:  # larger N: the memory check below refuses B >= N
-        from ncgeo.classes import labels_from_sizes
-
-        if len(make_batches(labels_from_sizes(sizes), batching, batch_size, seed)) == 1:
-            click.echo(f"note: --batch-size {batch_size} with N = {sum(sizes)} samples gives one batch of all "
-                       "samples: the full-batch problem", err=True)
+    from ncgeo.ufm import scheme_problem
     from ncgeo.ufm.solver import check_memory
 
     if method == "collapsed" and batching != "full":
@@ -212,26 +204,22 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
     # before solve_ufm's own check (which also covers the N samples)
     check_memory(classes, classes if dim is None else dim, classes, dtype=dtype, device=device, nonnegative=relu)
     W, d, geometry_name = _solve_prototypes(geometry, classes, dim, relu, seed)
-    # the full-batch problem (the problem itself unless batches are drawn below)
-    full = UFMProblem.from_sizes(sizes, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors, dim=d)
+    problem = scheme_problem(sizes, W, protos, tau, scheme=batching, batch_size=batch_size, seed=seed,
+                             nonnegative=relu, prototypes_as_anchors=proto_anchors, dim=d)
     if certify_method != "none":  # before the solve: what the certificate needs of the set-up
         from ncgeo.certify.auto import check_method
 
         try:
-            if batching != "full" and certify_method in ("reduced", "orbit"):
-                raise ValueError(f"method {certify_method!r} needs the full batch; use 'auto', 'full' or 'dual' "
-                                 "for other batchings")
-            check_method(certify_method, full)
+            if batching == "shuffle" and certify_method != "auto":
+                raise ValueError(f"method {certify_method!r} does not apply to --batching shuffle: reshuffled "
+                                 "batches have no fixed objective to certify (leave --certify at auto or none)")
+            check_method(certify_method, problem)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--certify'") from exc
-    if batching in ("full", "shuffle"):
-        problem = full
-    else:
-        from ncgeo.classes import labels_from_sizes
-
-        labels = labels_from_sizes(sizes)
-        problem = UFMProblem.from_labels(labels, W, protos, tau, nonnegative=relu, prototypes_as_anchors=proto_anchors,
-                                         dim=d, batches=make_batches(labels, batching, batch_size, seed))
+    one_batch = sum(sizes) <= batch_size if batching == "shuffle" else (batching != "full" and problem.full_batch)
+    if one_batch and not quiet:
+        click.echo(f"note: --batch-size {batch_size} with N = {sum(sizes)} samples gives one batch of all "
+                   "samples: the full-batch problem", err=True)
     options = dict(restarts=restarts, seed=seed, device=device, dtype=dtype, max_iterations=max_iterations,
                    init=init, progress=not quiet)
     if batching == "shuffle":
@@ -249,14 +237,10 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
         raise click.BadParameter(str(exc)[named.end():], param_hint=f"'--{named.group(1).replace('_', '-')}'") from exc
     summary = result.to_dict()
     certificate = result.certificate  # the collapsed path certifies its own candidate with --certify auto
-    if certify_method == "dual" and result.class_means is not None:  # the dual bound from the class means alone
-        from ncgeo.certify import collapsed_certificate
-
-        certificate = collapsed_certificate(problem, result.class_means, rtol=rtol, atol=atol)
-    elif certify_method != "none" and certificate is None:
+    if certify_method != "none" and certificate is None:
         from ncgeo.certify import certify_result
 
-        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)  # a named method: H expanded
+        certificate = certify_result(result, method=certify_method, rtol=rtol, atol=atol)
     if certificate is not None:
         summary["certificate"] = _certificate_summary(certificate)
     text = json.dumps(summary, indent=2)
@@ -306,13 +290,10 @@ def certificate_lines(certificate, verbose: bool = False) -> list[str]:
 
 
 def _certificate_summary(certificate) -> dict:
-    """The ``certificate`` entry of ``--json``."""
-    data = certificate.to_dict()
-    keys = ("lower_bound", "upper_bound", "gap", "relative_gap", "floor", "excess", "tolerance", "certified",
-            "method", "reason", "solver_status", "seconds", "rank", "dim", "attempts")
+    """The certificate in ``--json``: every key of ``to_dict()`` and the geometry verdict."""
     from ncgeo.certify.face import geometry_summary
 
-    return {**{key: data[key] for key in keys}, "geometry": geometry_summary(certificate)}
+    return {**certificate.to_dict(), "geometry": geometry_summary(certificate)}
 
 
 @main.command("certify")
@@ -356,7 +337,7 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, atol, json_path
     solution = load_npz(path)
     certificate = certify_result(solution, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
                                  atol=atol)
-    text = json.dumps(certificate.to_dict(), indent=2)
+    text = json.dumps(_certificate_summary(certificate), indent=2)
     if json_path == "-":
         click.echo(text)
     else:

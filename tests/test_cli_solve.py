@@ -48,6 +48,7 @@ def test_json_to_stdout_relu_bind():
     assert data["settings"]["nonnegative"] and data["settings"]["batching"] == "fixed"
     assert data["settings"]["scheme"] == "bind"
     assert data["settings"]["batch_size"] == 2 + 3  # the largest batch: 2 samples and one bound per class
+    assert {"realisable", "geometry", "attempts", "tolerance"} <= set(data["certificate"])  # every to_dict key
     assert data["geometry"]["delta_of"] < 1e-6
 
 
@@ -199,6 +200,8 @@ def test_an_empty_or_folder_output_name_is_refused_before_the_solve(option, tmp_
      "method 'reduced' needs the full batch"),
     (["--classes", "4", "--protos", "10", "--geometry", "random", "--certify", "orbit"],
      "method 'orbit' needs prototypes whose Gram is invariant"),
+    (["--classes", "4", "--batching", "shuffle", "--batch-size", "4", "--certify", "dual"],
+     "method 'dual' does not apply to --batching shuffle"),
 ])
 def test_a_certificate_that_cannot_apply_is_refused_before_the_solve(args, expected, monkeypatch):
     """The check is ncgeo.certify.check_method (certify() uses it too), not a copy in the CLI."""

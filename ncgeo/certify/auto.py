@@ -232,9 +232,10 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", ti
                    rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> CertificateResult:
     """Certify a :class:`ncgeo.ufm.UFMResult` or :class:`ncgeo.ufm.SavedSolution` with :func:`certify`.
 
-    The problem is the result's (:func:`problem_of`); the candidate's loss is the upper bound for
-    a float64 solve and recomputed in float64 otherwise. A reshuffled (``"shuffle"``) solve has
-    no fixed objective and is reported as not certified.
+    The problem is the result's (:func:`problem_of`); the upper bound is the candidate's loss, recomputed
+    in float64 by the certificate (never the solver's own value). A reshuffled (``"shuffle"``) solve has
+    no fixed objective and is reported as not certified. ``method="dual"`` on a collapsed-path result
+    (``class_means`` set) is :func:`~ncgeo.certify.collapsed_certificate` from the class means.
     """
     if not all(hasattr(type(result), name) or hasattr(result, name) for name in ("settings", "H", "labels")):
         raise TypeError(f"result must be a UFMResult or SavedSolution (from solve_ufm or ncgeo.ufm.load_npz), "
@@ -252,9 +253,12 @@ def certify_result(result, method: str = "auto", *, solver: str = "CLARABEL", ti
                            dim=_dim_of(result), failure="reshuffled batches have no fixed objective to certify",
                            **tolerance_of(full, rtol, atol))
     problem = problem_of(result)
-    # the upper bound is the candidate's loss recomputed in float64 (a float32 solve's is ~1e-7 off)
-    certificate = certify(problem, result.H, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
-                          atol=atol)
+    means = getattr(result, "class_means", None)
+    if method == "dual" and means is not None:  # a collapsed-path result: the dual bound from its class means
+        certificate = collapsed_certificate(problem, means, rtol=rtol, atol=atol)  # (no N x d H is formed)
+    else:  # the upper bound is the candidate's loss recomputed in float64 (a float32 solve's is ~1e-7 off)
+        certificate = certify(problem, result.H, method=method, solver=solver, time_limit=time_limit, rtol=rtol,
+                              atol=atol)
     closed = result.closed_form() if hasattr(result, "closed_form") else None
     if closed is not None:  # cross-check against ncgeo.closed_form (balanced ETF / OF set-ups)
         certificate.solution["closed_form"] = {"value": closed[0], "geometry": closed[1]}
