@@ -155,7 +155,7 @@ def solve(ctx, classes, samples, imbalance, ratio, protos, geometry, dim, tau, r
       ncgeo solve --classes 4 --samples 10 --imbalance step --ratio 10 --tau 0.5
       ncgeo solve --classes 4 --samples 20 --imbalance step --relu --geometry of --protos 10
       ncgeo solve --classes 4 --samples 4 --relu --batching bind --batch-size 4 --json out.json
-      ncgeo solve --classes 10 --protos 100 --geometry gram.npy --save sol.npz --plot gram.png
+      ncgeo solve --classes 10 --protos 100 --geometry examples/gram.npy --save sol.npz --plot gram.png
       ncgeo solve --classes 1000 --samples 1000 --protos 1000 --imbalance step --ratio 10
     """
     import json
@@ -325,7 +325,8 @@ def certify_command(ctx, path, method, solver, time_limit, rtol, atol, json_path
     \b
     Examples:
       ncgeo solve --classes 4 --samples 10 --save sol.npz && ncgeo certify sol.npz
-      ncgeo certify sol.npz --method full --json cert.json
+      ncgeo certify sol.npz --method reduced --json cert.json
+      ncgeo certify sol.npz --method full   # the N x N program: 85 s for this N = 40 set-up
     """
     import json
 

@@ -3,7 +3,9 @@
     python examples/solve_and_certify.py [--quick]
 
 Step imbalance (half the classes with n samples, half with n / 10), ETF prototypes with
-multiplicity n_w, tau = 0.1 (docs/theory.md sections 2-5):
+multiplicity n_w, tau = 0.2 (docs/theory.md sections 2-5). At tau = 0.1 the same set-up is not
+certified: the relaxation's optimum spreads the classes slightly (a_c = 0.99997 < 1), so the
+collapsed optimum is only its neighbour (docs/theory.md section 5), and the script says so.
 
 1. ``solve_ufm`` minimises the full-batch loss over unit embeddings; ``certify_result``
    proves (or refuses) global optimality and prints one verdict line.
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="solve and certify a UFM set-up")
     parser.add_argument("--quick", action="store_true", help="4 classes instead of 10")
     args = parser.parse_args(argv)
-    k, n, n_w, tau = (4, 10, 100.0, 0.1) if args.quick else (10, 20, 100.0, 0.1)
+    k, n, n_w, tau = (4, 10, 100.0, 0.2) if args.quick else (10, 20, 100.0, 0.2)
     W = simplex_etf(k)
     sizes = class_sizes(k, n, "step", 10)
 
@@ -48,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     # 2. the same optimum from the reduced program, realised and checked with the dual bound
     H, labels, realised = realise_and_certify(problem)
     print(f"realised optimum: loss {realised.upper_bound:.10g} ({realised.verdict()})")
-    if cert.certified and realised.certified:
-        assert abs(realised.upper_bound - result.loss) <= 1e-6 * abs(result.loss)
+    assert cert.certified and realised.certified, (cert.reason, realised.reason)
+    # the same optimum: equal losses up to the accepted gap on the excess over the floor
+    assert abs(realised.upper_bound - result.loss) <= cert.tolerance + realised.tolerance
 
     # 3. balanced classes: the optimum is the closed-form ETF collapse
     balanced = solve_ufm(UFMProblem.from_sizes([n] * k, W, n_w, tau))

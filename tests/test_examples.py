@@ -63,6 +63,7 @@ def test_inputs_are_what_their_names_say():
 def test_solve_and_certify_example():
     out = run("examples/solve_and_certify.py", "--quick").stdout
     assert "sizes [10, 10, 1, 1]" in out and "closed form" in out and "CE limit" in out
+    assert out.count("certified global optimum") == 3 and "not certified" not in out  # solve, realised, CE limit
 
 
 @pytest.mark.slow

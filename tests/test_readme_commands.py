@@ -1,12 +1,13 @@
-"""Every `ncgeo ...` command of the README's ```bash blocks runs as written from the repository root.
+"""Every `ncgeo ...` command of the README's ```bash blocks, and every example of the commands'
+``--help`` (the ``Example(s):`` lines of cli.py and deep/cli.py), runs as written from the repository root.
 
 The commands are parsed from whatever README.md holds (continuation lines joined, comments
 dropped) and run in README order through ``python cli.py`` (the ``ncgeo`` console script's
 module), with three rewrites, all explicit below:
 
 * outputs go to a temporary folder: the value of ``--out``, ``--json``, ``--save``, ``--plot``
-  and every other relative path that does not exist in the repository (a file a previous
-  command wrote, such as ``sol.npz``), so nothing is written into the checkout;
+  and every other relative path that is not a tracked file of the repository (a file a previous
+  command wrote, such as ``sol.npz``), so nothing is written into the checkout or read from it;
 * ``ncgeo sims`` commands without ``--quick`` (full sizes: minutes) get ``--quick``;
 * commands that cannot run here are skipped with the reason in :data:`SKIPS` (data
   downloads, long network training, multi-process launches, shell loop variables, run
@@ -17,6 +18,7 @@ Input files the commands name (``examples/gram.npy``, ...) must exist in the rep
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -41,6 +43,8 @@ SKIPS = [
      "trains networks for minutes; tests/deep runs the same code on tiny data"),
     (lambda a: a[:2] in (["deep", "predict"], ["deep", "report"]) and "--help" not in a,
      "needs run folders written by `ncgeo deep train`, which is skipped here"),
+    (lambda a: a[:1] == ["certify"] and _value(a, "--method") == "full",
+     "the N x N program of the help's N = 40 example takes 85 s (timed in the README)"),
 ]
 
 #: Options whose value is a path the command writes.
@@ -78,21 +82,46 @@ def skip_reason(args: list[str]) -> str | None:
     return None
 
 
-def rewrite(args: list[str], tmp: Path) -> list[str]:
-    """Outputs into ``tmp`` and quick sizes for sims (module docstring)."""
+@functools.lru_cache(maxsize=None)
+def tracked_files(root: Path) -> frozenset[str]:
+    """The repository's tracked files (``git ls-files``); without git, the files under ``examples/`` and ``docs/``."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, timeout=60, check=True)
+        return frozenset(listed.stdout.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        return frozenset(str(p.relative_to(root)) for folder in ("examples", "docs") for p in (root / folder).rglob("*"))
+
+
+def rewrite(args: list[str], tmp: Path, tracked: frozenset[str] | set[str] | None = None) -> list[str]:
+    """Outputs into ``tmp`` and quick sizes for sims (module docstring): every relative path that is not a
+    tracked file of the repository (an input such as ``examples/gram.npy`` is) goes to ``tmp``, so that a
+    file a user's earlier README run left in the clone is neither read nor overwritten."""
+    tracked = tracked_files(ROOT) if tracked is None else tracked
     out = []
     for i, token in enumerate(args):
         previous = args[i - 1] if i else ""
         writes = previous in OUTPUT_OPTIONS and token != "-"
-        missing_path = (not token.startswith("-") and _PATH_LIKE.search(token)
-                        and not (ROOT / token).exists())
-        out.append(str(tmp / token) if (writes or missing_path) and not os.path.isabs(token) else token)
+        untracked_path = not token.startswith("-") and _PATH_LIKE.search(token) and token not in tracked
+        out.append(str(tmp / token) if (writes or untracked_path) and not os.path.isabs(token) else token)
     if out[:1] == ["sims"] and "--quick" not in out and "--help" not in out:
         out.append("--quick")
     return out
 
 
-COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
+def help_commands(sources) -> list[str]:
+    """The ``ncgeo`` lines of the ``--help`` examples in ``sources`` (docstring lines indented by six
+    spaces; ``a && b`` gives two commands)."""
+    commands = []
+    for source in sources:
+        for line in re.findall(r"^      (ncgeo .+)$", source.read_text(encoding="utf-8"), flags=re.M):
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                commands.append(" ".join(shlex.quote(w) for w in words))
+    return commands
+
+
+COMMANDS = readme_commands(README.read_text(encoding="utf-8")) + help_commands([ROOT / "cli.py",
+                                                                                 ROOT / "deep" / "cli.py"])
 
 
 def test_the_readme_has_commands_to_check():
@@ -114,6 +143,9 @@ def test_parser_and_rewrites_on_a_made_up_readme(tmp_path):
     assert rewrite(args[2], tmp_path) == ["sims", "limit", "--out", str(tmp_path / "results"), "--quick"]
     assert rewrite(["solve", "--geometry", "examples/gram.npy", "--json", "-"], tmp_path) == \
         ["solve", "--geometry", "examples/gram.npy", "--json", "-"]
+    # a file left by an earlier run (untracked) is not read: sol.npz goes to tmp even where it exists
+    assert rewrite(["certify", "sol.npz"], tmp_path, tracked={"examples/gram.npy"}) == \
+        ["certify", str(tmp_path / "sol.npz")]
     assert skip_reason(["deep", "train", "--dataset", "cifar10"]) is not None
     assert skip_reason(["deep", "train", "--nproc", "4", "--dataset", "fmnist"]) is not None
     assert skip_reason(["solve", "--classes", "4"]) is None
