@@ -23,8 +23,7 @@ constraint on ``h``, so each class's program is still convex and exact whenever 
 active (the reason says which classes it is not: then no unit ``h >= 0`` favours the class, e.g.
 random signed prototypes with ``d < k``). The solver's point is refined by an active-set Newton
 polish, and the rigorous bound is taken over the Gram of ``[h, e_1, ..., e_d]`` (coordinates, where
-``h >= 0`` is a sign constraint) when ``W`` has negative entries (e.g. a simplex ETF), over the Gram of
-``[h, W]`` with ``h.w >= 0`` when ``W >= 0``.
+``h >= 0`` is a sign constraint), for signed and non-negative prototypes alike.
 """
 
 from __future__ import annotations
@@ -62,8 +61,8 @@ class CELimitResult:
     gram : (k, k) array
         Learnt class-mean Gram ``G_CE`` (unit diagonal).
     means : (r, k) array or None
-        Optimal class means in the coordinates of the factor of ``G_W`` (of ``W`` for UFM+;
-        a factor of ``gram`` in the symmetric case, None there when ``k > 200``).
+        Optimal class means: in the coordinates of ``W`` for UFM+; otherwise a factor of ``gram``
+        (its frame is free; None in the symmetric case when ``k > 200``).
     solver_status, seconds, certified, reason
         As in :class:`ncgeo.certify.CertificateResult`; ``certified`` means the
         unit-norm point's value is within ``CE_RTOL * value + CE_ATOL * k`` of the rigorous bound.
@@ -239,12 +238,14 @@ def certify_ce_limit(W=None, tau: float = 0.1, nonnegative: bool = False, *, pro
         polished, values = _polish(p, values, G, tau, symmetric)
         if not np.array_equal(polished, p):  # the means' Gram h_y.h_c = p_y G_W^+ p_c of the refined point
             p, gram = polished, polished @ np.linalg.pinv(G, rcond=1e-10, hermitian=True) @ polished.T
+            if means is not None:  # means of the refined point (a factor of its Gram; the frame is free)
+                eig, vec = np.linalg.eigh((gram + gram.T) / 2)
+                means = (vec * np.sqrt(np.maximum(eig, 0))).T
     else:
         means, p, values = _polish_nonnegative(Wm, means, values, tau)
         gram = means.T @ means
-    coordinates = means if nonnegative and not np.all(Wm >= 0) else None
-    lower, bound_info = _rigorous_lower(p, G, tau, symmetric, nonnegative and bool(np.all(Wm >= 0)),
-                                        W=Wm if coordinates is not None else None, coordinates=coordinates)
+    lower, bound_info = _rigorous_lower(p, G, tau, symmetric, W=Wm if nonnegative else None,
+                                        coordinates=means if nonnegative else None)
     value = float(values.sum())
     gap = value - lower if lower is not None else math.inf
     tolerance = CE_RTOL * max(value, 0.0) + CE_ATOL * k
@@ -351,7 +352,7 @@ CE_RTOL = 1e-6
 CE_ATOL = 1e-12
 
 
-def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, sign_constrained: bool,
+def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool,
                     W: np.ndarray | None = None, coordinates: np.ndarray | None = None):
     r"""Sum over classes of the Lagrangian bound (:mod:`ncgeo.certify.lagrangian`) of the relaxation
     ``min CE_y(Z_{0P}) s.t. Z = [[1, p^T], [p, G_W]] >= 0`` at the solver's (rescaled) ``p``.
@@ -359,11 +360,11 @@ def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, s
     ``CE_y`` is the one torch objective (:func:`~ncgeo.certify.gram_objective.grouped_excess`) of one
     sample of class ``y`` with ``n_w = 1`` and no other sample: ``log sum_c e^{(Z_0c - Z_0y)/tau}``. With
     ``symmetric`` (``G_W`` invariant under all class permutations) the classes' programs are
-    permutations of class 0's and its bound counts ``k`` times. ``sign_constrained``: UFM+ with
-    ``W >= 0`` adds ``Z_0P >= 0``.
+    permutations of class 0's and its bound counts ``k`` times.
 
-    UFM+ with prototypes ``W`` (``d x k``) that have negative entries: ``h >= 0`` is not a constraint on
-    ``Z``, so the bound is taken in coordinates instead, over ``Z = [[1, h^T], [h, I_d]] >= 0`` with
+    UFM+ (any prototypes ``W``, ``d x k``): ``h >= 0`` is not a constraint on the Gram of ``[h, W]`` (for
+    ``W >= 0`` it implies ``h.w >= 0``, a weaker relaxation, tight only for an orthogonal frame), so the
+    bound is taken in coordinates instead, over ``Z = [[1, h^T], [h, I_d]] >= 0`` with
     ``Z_0E >= 0`` (``h >= 0``) at ``h`` = the class's column of ``coordinates`` (``d x k``); ``p = W^T h``
     is linear in ``Z``, so the objective stays convex, and ``Z >= 0`` is ``||h|| <= 1``: this relaxation
     is the CE-limit program itself, hence exact. Returns ``(lower or None, summary)``."""
@@ -375,7 +376,7 @@ def _rigorous_lower(p: np.ndarray, G: np.ndarray, tau: float, symmetric: bool, s
     lifted = coordinates is not None
     n = 1 + (W.shape[0] if lifted else k)
     mask = None
-    if sign_constrained or lifted:
+    if lifted:
         mask = np.zeros((n, n), dtype=bool)
         mask[0, 1:] = mask[1:, 0] = True
     if lifted:  # Z (lifted) -> the Gram of [h, W]: M^T Z M with M = diag(1, W)

@@ -420,3 +420,19 @@ def test_ce_geometry_pinned_says_when_the_ce_optimum_is_unique():
     W = random_prototypes(7, 5, seed=1)
     result = certify_ce_limit(W, 0.1, nonnegative=True)
     assert ce_geometry_pinned(result, W, 0.1, True) == (False, "geometry not certified: the CE limit is not certified")
+
+
+def test_ce_limit_ufm_plus_with_nonnegative_prototypes_is_certified_in_coordinates():
+    """Entrywise non-negative prototypes that are not an orthogonal frame: the Gram form (h.w >= 0 only) left
+    gaps of 0.2 to 240; the bound in coordinates certifies, and stays below the CE of non-negative unit means."""
+    rng = np.random.default_rng(0)
+    for d, k in ((6, 4), (3, 5)):
+        W = np.abs(rng.normal(size=(d, k))) * (rng.random((d, k)) < 0.5) + 1e-3
+        W /= np.linalg.norm(W, axis=0)
+        result = certify_ce_limit(W, 0.2, nonnegative=True)
+        assert result.certified, result.reason
+        H = np.abs(rng.normal(size=(200, d)))
+        H /= np.linalg.norm(H, axis=1, keepdims=True)
+        logits = H @ W / 0.2
+        ce = np.log(np.exp(logits).sum(1))[:, None] - logits  # (samples, class)
+        assert result.lower_bound <= ce.min(axis=0).sum() + 1e-12
