@@ -130,7 +130,6 @@ def dual_certificate(problem, H, *, rtol: float = DEFAULT_RTOL,
     """
     timer = Timer()
     H0, y = problem_candidate(problem, H)
-    upper_bound = None
     use_p = problem.n_w > 0
     W = np.asarray(problem.prototypes, dtype=float) if use_p else None
     d = H0.shape[1]
@@ -139,13 +138,12 @@ def dual_certificate(problem, H, *, rtol: float = DEFAULT_RTOL,
     if problem.full_batch:
         Hs, first, counts, snapped = _groups(H0, y, snap_tol)
         if len(counts) > MAX_DENSE_GROUPS:
-            return _too_large(len(counts), problem, H0, y, upper_bound, timer, common)
-        if upper_bound is None and snapped:  # the grouped value is the snapped point's, not the candidate's
-            upper_bound = candidate_value(problem, H0, y)
+            return _too_large(len(counts), problem, H0, y, None, timer, common)
+        # the grouped value is the candidate's loss unless rows were snapped onto their class mean
+        upper_bound = candidate_value(problem, H0, y) if snapped else None
         return _grouped_result(problem, Hs[first], counts, y[first], upper_bound, timer, common, zero_tol=zero_tol,
                                dense_max=dense_max)
-    if upper_bound is None:
-        upper_bound = candidate_value(problem, H0, y)
+    upper_bound = candidate_value(problem, H0, y)
     if len(y) > MAX_DENSE_GROUPS:
         return _too_large(len(y), problem, H0, y, upper_bound, timer, common)
     V = H0.T if W is None else np.concatenate([H0.T, W], axis=1)
@@ -237,7 +235,6 @@ def collapsed_certificate(problem, means, *, rtol: float = DEFAULT_RTOL,
     if M.shape != (d, k):
         raise ValueError(f"means must have shape ({d}, {k}) (dim x classes of the problem), got {M.shape}")
     rows, _ = feasible_candidate(M.T, problem.nonnegative)
-    upper_bound = None
     weights = np.array(problem.class_sizes, dtype=float)  # a writable copy (torch)
     present = np.flatnonzero(weights > 0)
     common = dict(floor=problem.floor(), anchors=problem.num_anchors(), method="dual", status="n/a",
@@ -250,7 +247,7 @@ def collapsed_certificate(problem, means, *, rtol: float = DEFAULT_RTOL,
         raise ValueError("structure 'orbit' needs non-empty classes, fewer size groups than classes and a prototype "
                          "Gram invariant under permutations of equal-size classes")
     if structure == "dense" or (structure == "auto" and (not orbit or k <= ORBIT_ABOVE_K)):
-        result = _grouped_result(problem, rows[present], weights[present], present, upper_bound, timer, common,
+        result = _grouped_result(problem, rows[present], weights[present], present, None, timer, common,
                                  zero_tol=zero_tol, dense_max=dense_max)
         result.solution["structure"] = "dense"
         return result
@@ -258,10 +255,9 @@ def collapsed_certificate(problem, means, *, rtol: float = DEFAULT_RTOL,
 
     W = np.asarray(problem.prototypes, dtype=float) if use_p else None
     R0 = _grouped_matrix(rows, weights, W)
-    if upper_bound is None:
-        value = reduced_excess(torch.as_tensor(R0), weights, np.arange(k), problem.n_w, problem.tau,
-                               problem.prototypes_as_anchors)
-        upper_bound = float(value.excess) + value.floor
+    value = reduced_excess(torch.as_tensor(R0), weights, np.arange(k), problem.n_w, problem.tau,
+                           problem.prototypes_as_anchors)
+    upper_bound = float(value.excess) + value.floor
     point = _orbit_average(R0, groups, weights, 2 if use_p else 1)
     proto_nonneg = bool(use_p and problem.nonnegative and np.all(W >= 0))
     info = orbit_bound(point, problem.n_w, problem.tau, anchors=bool(problem.prototypes_as_anchors and use_p),

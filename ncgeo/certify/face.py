@@ -32,7 +32,6 @@ largest curvature; the margin and the leave bound themselves are rigorous given 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,7 +68,7 @@ def _free_delta(coefficients: np.ndarray, Rb: np.ndarray, Nb: np.ndarray) -> np.
     return RX + RX.T + Nb @ C @ Nb.T
 
 
-def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callable | None = None,
+def geometry_certificate(bound, Z0: np.ndarray, gap: float, *,
                          null_tol: float = 1e-6, multiplier_tol: float = 1e-9,
                          curvature_tol: float = 1e-9) -> dict:
     """The geometry certificate of the module docstring from a :class:`LagrangianBound`.
@@ -77,13 +76,12 @@ def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callab
     Parameters
     ----------
     bound : ncgeo.certify.lagrangian.LagrangianBound
+        Its ``objective`` (``Z -> excess``, torch) gives the curvature along the face; without it only
+        a zero-dimensional face pins the geometry.
     Z0 : (n, n) array
         The point the bound was computed at (the optimum's Gram, grouped or not).
     gap : float
         ``U - L``: how far above the bound the points of interest lie (the candidate's gap).
-    objective : callable, optional
-        ``Z (torch, n x n) -> excess`` (:mod:`ncgeo.certify.gram_objective`), for the curvature
-        along the face; without it only a zero-dimensional face pins the geometry.
     null_tol, multiplier_tol, curvature_tol : float
         Relative thresholds: null eigenvalues of ``S``, non-zero diagonal multipliers, and the
         smallest curvature along the face relative to the largest.
@@ -135,7 +133,7 @@ def geometry_certificate(bound, Z0: np.ndarray, gap: float, *, objective: Callab
     if dimension == 0:
         out.update(pinned=True, verdict=PINNED, reason="the optimal face is a single point")
         return out
-    objective = objective if objective is not None else bound.objective
+    objective = bound.objective  # Z (torch) -> excess, for the curvature test
     if objective is None or dimension > CURVATURE_MAX_DIRECTIONS or Z0.shape[0] > CURVATURE_MAX_ORDER:
         out["reason"] = (f"the optimal face has dimension {dimension}; the curvature along it was not computed")
         return out

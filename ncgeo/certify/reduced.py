@@ -147,13 +147,13 @@ COLLAPSE_TOL = 0.05
 
 
 def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, method: str, lower: float,
-                      status: str, seconds, tolerance: dict, solution: dict, polish: bool = True) -> CertificateResult:
+                      status: str, seconds, tolerance: dict, solution: dict) -> CertificateResult:
     """Rank, realisation and upper bound of a reduced optimum ``R``; the verdict.
 
     Classes with ``a_c >= 1 - COLLAPSE_TOL`` are snapped to collapse (``a_c = 1``); the collapsed
     configuration is realised (:func:`realise_collapse`) and its exact loss is the upper
-    bound, so a wrong snap can only widen the gap, never certify falsely. With ``polish``
-    the realised means are refined by :func:`polish_means` first. ``tolerance`` holds the
+    bound, so a wrong snap can only widen the gap, never certify falsely. The realised means are
+    refined by :func:`polish_means` first. ``tolerance`` holds the
     ``floor``, ``anchors``, ``rtol`` and ``atol`` of :func:`~ncgeo.certify.result.make_result`.
 
     UFM+ with prototypes that have negative entries: the relaxation cannot express ``h >= 0`` in the
@@ -189,7 +189,7 @@ def finish_relaxation(Rv: np.ndarray, program: ClassProgram, objective, *, metho
     if nonnegative:  # the upper bound must be the loss of a feasible (non-negative) point
         means = _nonnegative_unit(means)
     upper = objective.value(_collapsed_R(means, weights, protos, G_W, kp))
-    if polish and (W is not None or kp == 0):
+    if W is not None or kp == 0:
         # interior-point optima are accurate in value, less so in the point: refine the
         # realised means on the collapsed loss, whose value is then an upper bound
         # UFM+ with signed prototypes: the relaxation is not tight, its realisation is only one start
