@@ -21,7 +21,9 @@ symmetric ``Lambda`` and ``N >= 0`` on ``\mathcal{N}``, with
 
 ``T = sum_u hi_u + tr G_W >= tr Z``. Directions ``(0, z)`` with ``G_W z = 0`` carry no mass
 in a feasible ``Z``, so ``S`` is restricted to ``diag(I_m, Q)`` (``Q`` an orthonormal basis of
-the range of ``G_W``) and ``Lambda = Q Lambda_Q Q^T``. The bound is computed on the excess
+the range of ``G_W``) and ``Lambda = Q Lambda_Q Q^T``. Eigen-directions of ``G_W`` with
+eigenvalues ``0 < t_v <= 1e-10`` of the largest (a nearly singular ``G_W``) do carry mass: their part of
+``<S, Z>`` is bounded below separately (:func:`_dropped_directions`). The bound is computed on the excess
 (the floor is added back as a constant) and less the floating-point margin of
 :func:`floating_point_margin` (``n`` the order of ``S``, ``scale`` the magnitude of the terms of
 the excess), which covers the rounding of the objective and its gradient, of the inner
@@ -122,12 +124,18 @@ def smallest_eigenvalue(A: np.ndarray, dense_max: int = 3000, dense_limit: int =
     return math.nan, "none", f"eigenvalue not verified: {why}, and {n} rows exceed the dense limit {dense_limit}"
 
 
-def prototype_range(G_W: np.ndarray | None, tol: float = 1e-10):
-    """``(Q, s)``: orthonormal basis of the range of ``G_W`` and its positive eigenvalues."""
+def prototype_range(G_W: np.ndarray | None, tol: float = 1e-10, *, dropped: bool = False):
+    """``(Q, s)``: orthonormal basis of the range of ``G_W`` and its eigenvalues above ``tol`` times the
+    largest; with ``dropped`` also ``(V, t)``: the other eigenvectors and their eigenvalues (tiny but not
+    zero for a nearly singular ``G_W``: a feasible ``Z`` carries that mass), 0 at round-off level."""
     if G_W is None or G_W.size == 0:
-        return np.zeros((0, 0)), np.zeros(0)
+        empty = (np.zeros((0, 0)), np.zeros(0))
+        return (*empty, *empty) if dropped else empty
     eig, vec = np.linalg.eigh((G_W + G_W.T) / 2)
     keep = eig > tol * max(1.0, float(eig.max()))
+    if dropped:  # eigenvalues at round-off level (8 k eps of the largest) count as an exact null space
+        zero = 8 * len(eig) * _EPS * max(1.0, float(eig.max()))
+        return vec[:, keep], eig[keep], vec[:, ~keep], np.where(eig[~keep] > zero, eig[~keep], 0.0)
     return vec[:, keep], eig[keep]
 
 
@@ -167,7 +175,7 @@ def lagrangian_bound(Z0: np.ndarray, g: np.ndarray, point_excess: float, floor: 
     kp = n - m
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
-    Q, s = prototype_range(G_W if kp else None)
+    Q, s, V, t = prototype_range(G_W if kp else None, dropped=True)
     trace_bound = float(hi.sum() + (np.trace(G_W) if kp else 0.0))
     g_inner = float(np.sum(g * Z0))
     Nn = np.zeros_like(g)
@@ -191,6 +199,7 @@ def lagrangian_bound(Z0: np.ndarray, g: np.ndarray, point_excess: float, floor: 
         lam, how, failure = smallest_eigenvalue(S, dense_max, dense_limit)
         diag_term = float(np.minimum(y * lo, y * hi).sum())
         lambda_term = float(np.sum(Lq * np.diag(s))) if kp else 0.0
+        leak = _dropped_directions(gp, m, Q, V, t, trace_bound)
         margin = floating_point_margin(n, scale, point_excess, float(np.sum(np.abs(g * Z0))),
                                        float(np.abs(y) @ np.abs(hi)) + abs(lambda_term),
                                        trace_bound * float(np.linalg.norm(S)))
@@ -199,7 +208,7 @@ def lagrangian_bound(Z0: np.ndarray, g: np.ndarray, point_excess: float, floor: 
                                      S, basis, y, Lq, name, lo, hi)
         else:
             excess_lower = (point_excess - g_inner + diag_term + lambda_term + trace_bound * min(0.0, lam)
-                            - margin)
+                            + leak - margin)
             result = LagrangianBound(floor + excess_lower, excess_lower, floor, point_excess, lam, margin,
                                      trace_bound, how, None, S, basis, y, Lq, name, lo, hi)
         if best is None or (result.excess_lower is not None
@@ -216,6 +225,19 @@ def floating_point_margin(n: int, scale: float, excess: float, inner: float, mul
     log_n = 2 * math.log2(max(n, 2))
     return _EPS * ((log_n + 16) * (abs(scale) + abs(excess)) + (log_n + 8) * inner
                    + 8 * n * (multipliers + eigen))
+
+
+def _dropped_directions(gp: np.ndarray, m: int, Q: np.ndarray, V: np.ndarray, t: np.ndarray,
+                        trace_bound: float) -> float:
+    """The part of ``<S, Z>`` on the eigen-directions ``V`` of ``G_W`` left out of the basis (eigenvalues
+    ``t``, tiny for a nearly singular ``G_W``, 0 for an exact null space): ``Z_VV = diag(t)`` exactly and
+    ``||Z_BV||_F <= sqrt(tr Z_BB tr Z_VV) <= sqrt(T sum t)`` (``Z`` PSD), so it is at least
+    ``sum_v (V^T g' V)_vv t_v - 2 ||B^T g' V||_F sqrt(T sum t)``. ``Lambda`` lives on ``Q`` and adds nothing."""
+    if not V.shape[1] or not np.any(t > 0):
+        return 0.0
+    cross = np.concatenate([gp[:m, m:] @ V, Q.T @ gp[m:, m:] @ V], axis=0)
+    within = float(np.sum(np.diag(V.T @ gp[m:, m:] @ V) * t))
+    return within - 2.0 * float(np.linalg.norm(cross)) * math.sqrt(trace_bound * float(t.sum()))
 
 
 def _restricted(A: np.ndarray, m: int, Q: np.ndarray) -> np.ndarray:

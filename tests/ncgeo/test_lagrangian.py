@@ -228,3 +228,27 @@ def test_ce_limit_bound_is_rigorous(use_symmetry):
             logits = H @ W / tau
             ce = (np.log(np.exp(logits).sum(1)) - np.diag(logits)).sum()
             assert result.lower_bound <= ce
+
+
+def test_a_nearly_singular_prototype_gram_keeps_the_bound_below_feasible_losses():
+    """G_W with an eigenvalue 2e-10 (a prototype tilted by 2e-5 out of R^3): that direction used to be
+    treated as carrying no mass, and the bound at the best point restricted to R^3 rose 1.8e-10 above a
+    feasible loss (found by the review of 2026-12-06). Now it stays below every loss found."""
+    from ncgeo.certify import collapsed_certificate
+    from ncgeo.certify.reduced import polish_means
+
+    rng = np.random.default_rng(3)
+    k, sizes, n_w, tau = 4, np.array([5.0] * 4), 1.0, 0.3
+    W3 = rng.normal(size=(3, k))
+    W3 /= np.linalg.norm(W3, axis=0)
+    W = np.vstack([W3, np.zeros((1, k))])
+    W[3, 0] = 2e-5
+    W /= np.linalg.norm(W, axis=0)
+    problem = UFMProblem.from_sizes(sizes, W, n_w, tau)
+    assert np.linalg.eigvalsh(problem.prototype_gram).min() < 1e-9
+    best = min(polish_means(start, sizes, W, n_w, tau, False, False)[1]
+               for start in [W] + [rng.normal(size=(4, k)) for _ in range(3)])
+    restricted = min((polish_means(start, sizes, W3, n_w, tau, False, False) for start in
+                      [W3] + [rng.normal(size=(3, k)) for _ in range(3)]), key=lambda out: out[1])[0]
+    cert = collapsed_certificate(problem, np.vstack([restricted, np.zeros((1, k))]))
+    assert cert.lower_bound <= best
