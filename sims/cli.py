@@ -100,7 +100,7 @@ class _SimsGroup(CleanErrors):
 
 @click.command("all")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for every study.")
-@click.option("--quick", is_flag=True, help="Small sizes: all studies in under a minute on 2 cores.")
+@click.option("--quick", is_flag=True, help="Small sizes: all studies in about a minute on 2 cores.")
 @click.option("--workers", type=IntRange(min=1), default=None, help="Processes [default: all CPU cores].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def sims_all(out, quick, workers, progress) -> None:
@@ -125,7 +125,7 @@ def sims() -> None:
 
     \b
     ncgeo sims NAME --out DIR [--quick] [--workers N] [study options]
-    ncgeo sims all --out DIR --quick      every study, small sizes (under a minute on 2 cores)
+    ncgeo sims all --out DIR --quick      every study, small sizes (about a minute on 2 cores)
     \b
     Studies and their full sizes (--quick: k=4, inverse k=6, and short grids):
       limit        k=10, n=100 (step R=10), OF prototypes, tau=0.2, 25 n_w in [1, 1e6]

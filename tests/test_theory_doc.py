@@ -247,6 +247,17 @@ def test_reduced_loss_formula_at_a_collapsed_point():
 def test_certified_rule_is_the_decided_one():
     in_doc(r"\text{certified} \iff U - L \ \le\ \mathrm{rtol}\,(U - F) + \mathrm{atol}\cdot A",
            r"\mathrm{rtol} = 10^{-6},\ \mathrm{atol} = 10^{-12}", "`relative_gap` $= (U - L)/(U - F)$")
+    # ... and it is the library's rule: its defaults, its tolerance and relative gap, on both sides of the line
+    from ncgeo.certify.result import DEFAULT_ATOL, DEFAULT_RTOL, make_result
+
+    assert (DEFAULT_RTOL, DEFAULT_ATOL) == (1e-6, 1e-12)
+    F, A, U = 10.0, 50, 12.0
+    accepted = 1e-6 * (U - F) + 1e-12 * A
+    for gap, certified in ((0.99 * accepted, True), (1.01 * accepted, False)):
+        result = make_result(U - gap, U, floor=F, anchors=A, method="reduced", status="optimal", seconds=0.0,
+                             rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
+        assert result.certified == certified and result.tolerance == pytest.approx(accepted, rel=1e-12)
+        assert result.relative_gap == pytest.approx(gap / (U - F), rel=1e-9)
 
 
 # --- section 6 ---------------------------------------------------------------------------------
