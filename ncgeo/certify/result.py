@@ -152,7 +152,10 @@ def verdict_line(certified: bool, gap: float, reason: str, label: str, seconds: 
     if certified:
         accepted = "" if tolerance is None else f" <= accepted {tolerance:.1e}"
         relative = "" if relative_gap is None else f", relative gap {max(relative_gap, 0.0):.1e} of the excess"
-        return f"certified global optimum: gap {max(gap, 0.0):.1e}{accepted}{relative} ({label}, {seconds:.2f} s)"
+        loose = ("; within the absolute tolerance only: the excess is at round-off level, see the geometry verdict"
+                 if "within the absolute tolerance only" in reason else "")
+        return (f"certified global optimum: gap {max(gap, 0.0):.1e}{accepted}{relative}{loose} "
+                f"({label}, {seconds:.2f} s)")
     return f"not certified: {reason} ({label}, {seconds:.2f} s)"
 
 
@@ -201,6 +204,9 @@ def make_result(lower: float | None, upper: float | None, *, floor: float, ancho
     elif gap <= tolerance:
         certified, reason = True, (f"gap {max(gap, 0.0):.1e} <= rtol * excess + atol * anchors = {tolerance:.1e} "
                                    f"(relative gap {max(relative, 0.0):.1e})")
+        if rtol * max(excess, 0.0) < atol * anchors:  # e.g. tau = 0.02: every collapse is at the floor
+            reason += (f"; within the absolute tolerance only: the excess {excess:.1e} is at round-off level, "
+                       "where distinct geometries have equal losses (see the geometry verdict)")
     else:
         certified, reason = False, (f"relative gap {relative:.1e} > rtol {rtol:.0e} "
                                     f"(gap {gap:.1e} > accepted {tolerance:.1e}, excess {excess:.3g})")

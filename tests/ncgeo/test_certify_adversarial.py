@@ -150,3 +150,15 @@ def test_a_numerical_error_in_a_solve_is_a_result(monkeypatch):
     result = certify(problem, optimum, method="orbit")
     assert result.method == "orbit" and not result.certified
     assert "numerical error (FloatingPointError: overflow in exp)" in result.reason
+
+
+def test_a_certificate_at_the_round_off_level_says_so():
+    """tau = 0.02, no prototypes: every collapse is at the floor to round-off, so the orthogonal frame (not the
+    optimal ETF) is within atol * anchors of the bound. It is certified only as the loss rule says, and the
+    printed verdict says that the excess is at round-off level; the geometry verdict does not pin it."""
+    from ncgeo.certify.face import geometry_summary
+
+    problem = UFMProblem.from_sizes([5] * 4, None, 0.0, 0.02, dim=4)
+    result = certify(problem, np.repeat(np.eye(4), 5, axis=0))
+    assert result.certified and "within the absolute tolerance only" in result.verdict()
+    assert not geometry_summary(result)["pinned"]
